@@ -1,0 +1,1 @@
+"""Reversible AST codecs: one per language, registered in ``ml.languages``."""
