@@ -1,0 +1,170 @@
+"""The one place a language slice is registered: parser/extractor, codec, renamer, default source, globs.
+
+Adding a slice means adding one ``LanguageSpec`` to ``LANGUAGES``; partitions, assets, the sensor and
+the benchmarks all read this table.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from ml.codec.base import Codec
+from ml.corpus.sources import SourceSpec
+from ml.extract import Extraction
+
+
+@dataclass(frozen=True)
+class LanguageSpec:
+    name: str
+    globs: tuple[str, ...]
+    excludes: tuple[str, ...]
+    default_source: Callable[[], SourceSpec]
+    extractor: Callable[..., Extraction]  # (text, path, source, language, max_chars) -> Extraction
+    codec_factory: Callable[[], Codec]
+    renamer: Callable[[str], object]  # code -> Renaming(code, mapping)
+    # The code a docstring describes (Phase 2 target): Python drops the docstring from the body;
+    # JS/Java leading comments sit outside the unit already. None: nothing left to predict.
+    nl_target: Callable[[str], str | None] = lambda code: code
+
+    @property
+    def codec(self) -> Codec:
+        return _codec(self.name)
+
+
+def _python_stdlib() -> SourceSpec:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    if not stdlib.is_dir():
+        return SourceSpec("missing", "", note=f"Python standard library not found at {stdlib}")
+    return SourceSpec("dir", str(stdlib))
+
+
+def _npm_installation() -> SourceSpec:
+    node = shutil.which("node")
+    candidates = []
+    if node:
+        prefix = Path(node).resolve().parent.parent
+        candidates.append(prefix / "lib" / "node_modules" / "npm")
+    candidates.append(Path("/usr/lib/node_modules/npm"))
+    candidates.append(Path("/usr/local/lib/node_modules/npm"))
+    for c in candidates:
+        if c.is_dir():
+            return SourceSpec("dir", str(c))
+    return SourceSpec("missing", "", note="no npm installation found next to Node.js (is Node.js installed?)")
+
+
+def _jdk_src_zip() -> SourceSpec:
+    import os
+
+    homes = []
+    if os.environ.get("JAVA_HOME"):
+        homes.append(Path(os.environ["JAVA_HOME"]))
+    javac = shutil.which("javac") or shutil.which("java")
+    if javac:
+        homes.append(Path(javac).resolve().parent.parent)
+    for home in homes:
+        for candidate in (home / "lib" / "src.zip", home / "src.zip"):
+            if candidate.is_file():
+                return SourceSpec("zip", str(candidate))
+    return SourceSpec(
+        "missing", "", note="the JDK's lib/src.zip was not found (install a JDK with sources, or set JAVA_HOME)"
+    )
+
+
+def _python_extract(text, path, source, language="python", max_chars=20000):
+    from ml.extract.python_units import extract_units
+
+    return extract_units(text, path, source, language, max_chars)
+
+
+def _ts_extract(text, path, source, language, max_chars=20000):
+    from ml.extract.treesitter_units import extract_units
+
+    return extract_units(text, path, source, language, max_chars)
+
+
+def _python_nl_target(code):
+    from ml.extract.python_units import without_docstring
+
+    return without_docstring(code)
+
+
+def _python_codec():
+    from ml.codec.python_ast import PythonCodec
+
+    return PythonCodec()
+
+
+def _python_rename(code):
+    from ml.renaming.python_rename import alpha_rename
+
+    return alpha_rename(code)
+
+
+def _ts_codec(language):
+    def make():
+        from ml.codec.treesitter_codec import TreeSitterCodec
+
+        return TreeSitterCodec(language)
+
+    return make
+
+
+def _ts_rename(language):
+    def rename(code):
+        from ml.renaming.treesitter_rename import alpha_rename
+
+        return alpha_rename(code, language)
+
+    return rename
+
+
+LANGUAGES: dict[str, LanguageSpec] = {
+    "python": LanguageSpec(
+        name="python",
+        globs=("**/*.py",),
+        excludes=("site-packages/*", "*/site-packages/*"),
+        default_source=_python_stdlib,
+        extractor=_python_extract,
+        codec_factory=_python_codec,
+        renamer=_python_rename,
+        nl_target=_python_nl_target,
+    ),
+    "javascript": LanguageSpec(
+        name="javascript",
+        globs=("**/*.js", "**/*.mjs", "**/*.cjs"),
+        # Bundles and minified builds are machine output; very long lines are caught by the filter too.
+        excludes=("*.min.js", "*/dist/*", "*bundle*.js"),
+        default_source=_npm_installation,
+        extractor=_ts_extract,
+        codec_factory=_ts_codec("javascript"),
+        renamer=_ts_rename("javascript"),
+    ),
+    "java": LanguageSpec(
+        name="java",
+        globs=("**/*.java",),
+        excludes=(),
+        default_source=_jdk_src_zip,
+        extractor=_ts_extract,
+        codec_factory=_ts_codec("java"),
+        renamer=_ts_rename("java"),
+    ),
+}
+
+SLICES: list[str] = list(LANGUAGES)
+
+
+@cache
+def _codec(name: str) -> Codec:
+    return LANGUAGES[name].codec_factory()
+
+
+def get_language(name: str) -> LanguageSpec:
+    try:
+        return LANGUAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown language slice {name!r}; registered: {', '.join(LANGUAGES)}") from None
