@@ -66,6 +66,8 @@ def _jdk_src_zip() -> SourceSpec:
     javac = shutil.which("javac") or shutil.which("java")
     if javac:
         homes.append(Path(javac).resolve().parent.parent)
+    # Some distributions ship lib/src.zip as a dangling link; any installed JDK's sources will do.
+    homes += sorted(Path("/usr/lib/jvm").glob("*/"))
     for home in homes:
         for candidate in (home / "lib" / "src.zip", home / "src.zip"):
             if candidate.is_file():
