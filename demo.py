@@ -46,13 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"  {r['asset_key']:<{width}}  {r['partition']:<11} {r['rows']:>8}")
     skips = catalog.query(
-        "SELECT partition, reason, sum(count) AS n FROM skipped_inputs GROUP BY ALL ORDER BY partition, n DESC"
+        "SELECT partition, asset_key, reason, sum(count) AS n FROM skipped_inputs "
+        "GROUP BY ALL ORDER BY partition, asset_key, n DESC"
     )
     if skips:
-        print("\nSkipped inputs:")
+        print("\nSkipped inputs (by slice, asset and reason):")
         for s in skips:
-            print(f"  {s['partition']:<11} {s['reason']:<20} {s['n']:>7}")
-    print(f"\nCatalog: {catalog.db_path}  (e.g. duckdb {catalog.db_path} \"SELECT * FROM artifacts\")")
+            print(f"  {s['partition']:<11} {s['asset_key']:<14} {s['reason']:<18} {s['n']:>7}")
+    print(f"\nCatalog: {catalog.db_path}")
+    print(f"  query it: .venv/bin/python -c \"import duckdb; print(duckdb.connect('{catalog.db_path}', "
+          "read_only=True).sql('SELECT * FROM artifacts'))\"")
     print(f"Dagster instance: {instance.root_directory}")
     print("Open the UI with: make ui   (http://127.0.0.1:3000)")
     if failed:

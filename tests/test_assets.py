@@ -1,6 +1,8 @@
 """Asset tests through dagster: the data graph on the fixture corpora, checks, atomic replacement."""
 
-import multiprocessing as mp
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +14,7 @@ from definitions import defs
 from resources import DuckDBCatalog
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_definitions_load_with_the_contract_asset_keys():
@@ -101,23 +104,41 @@ def test_failed_step_leaves_the_previous_version_intact(resources, astforge_home
     assert not any((astforge_home / "artifacts" / ".staging").iterdir())
 
 
-def _run_slice(home: str, partition: str) -> bool:
-    import os
+_RUN_SLICE = """
+import sys
+import dagster as dg
+from assets import ALL_ASSETS
+from definitions import build_resources
+from resources import CorpusResource
+from tests.conftest import fixture_sources
 
-    os.environ["ASTFORGE_HOME"] = home
-    from definitions import build_resources
-    from resources import CorpusResource
-    from tests.conftest import fixture_sources
+res = build_resources(corpus=CorpusResource(sources=fixture_sources()))
+ok = dg.materialize(ALL_ASSETS, resources=res, partition_key=sys.argv[1], raise_on_error=False).success
+sys.exit(0 if ok else 1)
+"""
 
-    res = build_resources(corpus=CorpusResource(sources=fixture_sources()))
-    return dg.materialize(ALL_ASSETS, resources=res, partition_key=partition, raise_on_error=False).success
+
+def _start_slice(home: Path, partition: str) -> subprocess.Popen:
+    """One run process per slice, as a backfill launches them."""
+    env = dict(os.environ, ASTFORGE_HOME=str(home))
+    return subprocess.Popen([sys.executable, "-c", _RUN_SLICE, partition], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run_slice(home: Path, partition: str) -> bool:
+    proc = _start_slice(home, partition)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return True
 
 
 def test_concurrent_backfill_of_all_slices_loses_and_duplicates_nothing(astforge_home, resources):
     slices = ["python", "javascript", "java"]
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(3) as pool:
-        assert pool.starmap(_run_slice, [(str(astforge_home), s) for s in slices]) == [True] * 3
+    procs = [_start_slice(astforge_home, s) for s in slices]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        assert "Could not set lock" not in out and "CatalogLockTimeout" not in out
     catalog = resources["catalog"]
     for s in slices:
         for table in ("code_units", "ast_corpus"):
@@ -130,7 +151,7 @@ def test_concurrent_backfill_of_all_slices_loses_and_duplicates_nothing(astforge
     # Re-materializing one slice replaces exactly that slice.
     counts = {r["partition"]: r["n"] for r in catalog.query(
         "SELECT partition, count(*) AS n FROM ast_corpus GROUP BY partition")}
-    assert _run_slice(str(astforge_home), "javascript")
+    assert _run_slice(astforge_home, "javascript")
     again = {r["partition"]: r["n"] for r in catalog.query(
         "SELECT partition, count(*) AS n FROM ast_corpus GROUP BY partition")}
     assert again == counts

@@ -1,0 +1,106 @@
+"""Where and how a model trains: device, precision, 4-bit quantization and training backend.
+
+``resolve_compute`` turns user requests (each ``"auto"`` by default) into a concrete
+:class:`ComputePlan`, or raises ``ValueError`` with the reason when a request cannot be honoured
+on this machine (e.g. 4-bit without CUDA or without bitsandbytes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+_DEVICES = ("auto", "cuda", "cpu")
+_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_QUANT = ("auto", "4bit", "none")
+_BACKENDS = ("auto", "hf", "unsloth")
+
+
+@dataclass
+class ComputePlan:
+    device: str  # "cuda" | "cpu"
+    dtype: str  # "bf16" | "fp16" | "fp32"
+    quantize_4bit: bool
+    backend: str  # "hf" | "unsloth"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
+    value = str(value).lower()
+    aliases = {
+        "bfloat16": "bf16",
+        "float16": "fp16",
+        "float32": "fp32",
+        "4-bit": "4bit",
+        "nf4": "4bit",
+        "off": "none",
+        "false": "none",
+        "transformers": "hf",
+    }
+    value = aliases.get(value, value)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+def resolve_compute(
+    device: str = "auto", precision: str = "auto", quantization: str = "auto", backend: str = "auto"
+) -> ComputePlan:
+    device = _check(device, _DEVICES, "device")
+    precision = _check(precision, _PRECISIONS, "precision")
+    quantization = _check(quantization, _QUANT, "quantization")
+    backend = _check(backend, _BACKENDS, "backend")
+
+    cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    elif device == "cuda" and not cuda:
+        raise ValueError("device='cuda' requested but torch.cuda.is_available() is False on this machine")
+
+    on_cuda = device == "cuda"
+    bf16_ok = on_cuda and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        precision = "bf16" if bf16_ok else ("fp16" if on_cuda else "fp32")
+    elif precision == "bf16" and on_cuda and not bf16_ok:
+        raise ValueError(
+            "precision='bf16' requested but this GPU does not support bfloat16; use fp16 or auto"
+        )
+    elif precision == "fp16" and not on_cuda:
+        raise ValueError(
+            "precision='fp16' requires CUDA (fp16 mixed precision is not supported for CPU training)"
+        )
+
+    bnb = _importable("bitsandbytes")
+    if quantization == "auto":
+        quantize_4bit = on_cuda and bnb
+    elif quantization == "4bit":
+        if not on_cuda:
+            raise ValueError("quantization='4bit' requires CUDA (bitsandbytes 4-bit kernels); device is cpu")
+        if not bnb:
+            raise ValueError(
+                "quantization='4bit' requires the bitsandbytes package (pip install bitsandbytes)"
+            )
+        quantize_4bit = True
+    else:
+        quantize_4bit = False
+
+    unsloth = on_cuda and _importable("unsloth")
+    if backend == "auto":
+        backend = "unsloth" if unsloth else "hf"
+    elif backend == "unsloth" and not unsloth:
+        why = "device is cpu" if not on_cuda else "the unsloth package is not installed"
+        raise ValueError(f"backend='unsloth' requires CUDA and the unsloth package; {why}")
+
+    return ComputePlan(device=device, dtype=precision, quantize_4bit=quantize_4bit, backend=backend)

@@ -1,0 +1,1 @@
+"""Metrics for generated ASTs: validity, alpha-normalized exact match, tree similarity."""

@@ -1,0 +1,115 @@
+"""Base causal LMs: a tiny from-config model for demos/tests, or a pretrained one (optionally 4-bit),
+with the embedding matrix resized to the AST tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ml.compute import ComputePlan
+
+# Small configs built from scratch (no download). Sizes keep a CPU step well under a second.
+TINY_CONFIGS: dict[str, dict] = {
+    "qwen2": {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+    },
+    "gemma3_text": {
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "max_position_embeddings": 2048,
+        "sliding_window": 128,
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def _tiny_model(arch: str, tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if arch not in TINY_CONFIGS:
+        raise ValueError(f"unknown tiny architecture {arch!r}; known: {sorted(TINY_CONFIGS)}")
+    cfg = AutoConfig.for_model(
+        arch,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        **TINY_CONFIGS[arch],
+    )
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+def build_base_model(base_model: str, tokenizer, seed: int = 0, plan: ComputePlan | None = None):
+    """``tiny:<arch>`` → a freshly initialised small model (seeded); otherwise ``from_pretrained``
+    (4-bit NF4 when ``plan.quantize_4bit``). The embeddings are resized to ``len(tokenizer)``; new
+    rows start at the mean of the old rows."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    if base_model.startswith("tiny:"):
+        model = _tiny_model(base_model.split(":", 1)[1], tokenizer)
+        if plan is not None and plan.device == "cuda":
+            model = model.to("cuda")
+        return model
+    kwargs: dict = {}
+    if plan is not None:
+        kwargs["dtype"] = plan.torch_dtype
+        if plan.quantize_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=plan.torch_dtype,
+            )
+            kwargs["device_map"] = {"": 0}
+        elif plan.device == "cuda":
+            kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+    # Pretrained matrices may hold padding rows past the tokenizer (Qwen2.5: 151936 rows for 151665
+    # tokens): the AST rows start at the tokenizer's base size either way and get the mean init.
+    base_size = tokenizer.init_kwargs.get("astforge_base_vocab_size")
+    resize_with_mean_init(model, len(tokenizer), first_new_row=base_size)
+    if tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+@torch.no_grad()
+def resize_with_mean_init(model, new_size: int, first_new_row: int | None = None) -> None:
+    """Resize the (input and output) embeddings to ``new_size`` rows; rows from ``first_new_row``
+    (default: the old row count) on are set to the mean of the rows before it."""
+    old = model.get_input_embeddings().weight.shape[0]
+    start = old if first_new_row is None else min(first_new_row, old)
+    if new_size != old:
+        # mean_resizing=False: we set the new rows ourselves
+        model.resize_token_embeddings(new_size, mean_resizing=False)
+    if start >= new_size:
+        return
+    emb = model.get_input_embeddings().weight
+    emb[start:new_size] = emb[:start].float().mean(0).to(emb.dtype)
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != emb.data_ptr():
+        out.weight[start:new_size] = out.weight[:start].float().mean(0).to(out.weight.dtype)
+
+
+def save_base_model(model, tokenizer, folder: str | Path) -> Path:
+    """A normal HF folder (safetensors + config + tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

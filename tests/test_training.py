@@ -1,0 +1,457 @@
+"""ml.training: AST tokenizer, tiny base model, TRL Phase 1 / Phase 2 training, batching, adapters."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+
+from ml.compute import ComputePlan, resolve_compute
+from ml.training import (
+    PhaseConfig,
+    assert_disjoint,
+    ast_id_range,
+    build_ast_tokenizer,
+    build_base_model,
+    load_adapter,
+    save_base_model,
+    train_phase1,
+    train_phase2,
+)
+from ml.training.batching import (
+    LengthGroupedSampler,
+    length_grouped_batches,
+    random_batches,
+    real_token_fraction,
+)
+from ml.training.sft import build_phase2_trainer, prompt_completion_rows
+
+AST_VOCAB = [
+    "<FunctionDef>",
+    "<arguments>",
+    "<arg>",
+    "<end>",
+    "<close>",
+    "<indent>",
+    "<dedent>",
+    "<Return>",
+    "<Assign>",
+    "<BinOp>",
+    "<op:Add>",
+    "<op:Mult>",
+    "<Name>",
+    "<Call>",
+    "<Expr>",
+    "<If>",
+    "<Compare>",
+]
+
+
+def synth_ast(rng: random.Random) -> str:
+    body = "".join(
+        f"<Assign>var_{rng.randint(0, 4)}<BinOp>var_{rng.randint(0, 4)}<op:{rng.choice(['Add', 'Mult'])}>"
+        f"var_{rng.randint(0, 4)}<close>"
+        for _ in range(rng.randint(1, 3))
+    )
+    return f"<FunctionDef>var_0<arguments><arg>var_1<close><end><close><indent>{body}<Return>var_1<dedent>"
+
+
+DOCS = ["Add two numbers.", "Multiply the values.", "Return the sum of x.", "Compute a product."]
+
+
+def synth_pairs(n: int, seed: int = 1) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [(rng.choice(DOCS), synth_ast(rng)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models run as fast on one thread, and one thread does not stall when other processes
+    share the CPU (two spinning OpenMP threads on a busy 2-core machine slow training ~20x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    rng = random.Random(0)
+    return [synth_ast(rng) for _ in range(64)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    return build_ast_tokenizer("tiny:qwen2", corpus + DOCS * 4, AST_VOCAB, vocab_size=320)
+
+
+@pytest.fixture(scope="module")
+def cpu_plan() -> ComputePlan:
+    return resolve_compute(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("base") / "tiny"
+    save_base_model(build_base_model("tiny:qwen2", tokenizer, seed=0), tokenizer, folder)
+    return folder
+
+
+def fast_cfg(**kw) -> PhaseConfig:
+    base = {
+        "max_steps": 24,
+        "learning_rate": 3e-3,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "warmup_steps": 2,
+        "logging_steps": 4,
+        "eval_steps": 12,
+        "save_steps": 12,
+        "save_total_limit": 2,
+        "max_length": 256,
+        "lora_r": 8,
+        "lora_alpha": 16,
+    }
+    base.update(kw)
+    return PhaseConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def phase1(tmp_path_factory, tokenizer, base_dir, corpus, cpu_plan):
+    root = tmp_path_factory.mktemp("p1")
+    logs: list[tuple[int, dict]] = []
+    result = train_phase1(
+        base_dir,
+        tokenizer,
+        corpus[:52],
+        corpus[52:],
+        root / "adapter",
+        root / "work",
+        fast_cfg(),
+        cpu_plan,
+        on_log=lambda step, d: logs.append((step, d)),
+    )
+    return result, logs
+
+
+# ----------------------------------------------------------------------------- compute
+
+
+def test_resolve_compute_cpu():
+    plan = resolve_compute()
+    if not torch.cuda.is_available():
+        assert plan == ComputePlan(device="cpu", dtype="fp32", quantize_4bit=False, backend="hf")
+        with pytest.raises(ValueError, match="4bit"):
+            resolve_compute(quantization="4bit")
+        with pytest.raises(ValueError, match="unsloth"):
+            resolve_compute(backend="unsloth")
+        with pytest.raises(ValueError, match="cuda"):
+            resolve_compute(device="cuda")
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_compute(precision="int3")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_ast_ids_disjoint_from_base(tokenizer):
+    lo, hi = ast_id_range(tokenizer, AST_VOCAB)
+    base = tokenizer.init_kwargs["astforge_base_vocab_size"]
+    assert lo == base and hi == len(tokenizer) - 1 and hi - lo + 1 == len(AST_VOCAB)
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<|pad|>"
+    assert tokenizer.eos_token_id < base and tokenizer.pad_token_id < base
+    assert_disjoint(tokenizer, AST_VOCAB)
+    ids = tokenizer("<FunctionDef>var_0<close>", add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<FunctionDef>") and ids[
+        -1
+    ] == tokenizer.convert_tokens_to_ids("<close>")
+
+
+def test_disjoint_checker_catches_overlap(tokenizer):
+    vocab = tokenizer.get_vocab()
+    base_token = next(t for t, i in vocab.items() if i == 5)  # a BPE piece of the base vocabulary
+    with pytest.raises(ValueError, match="overlap"):
+        assert_disjoint(tokenizer, [*AST_VOCAB, base_token])
+    with pytest.raises(ValueError, match="exactly one id"):
+        assert_disjoint(tokenizer, [*AST_VOCAB, "<NotAdded>"])
+
+
+def test_tokenizer_reload(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    text = "<FunctionDef>var_0<arguments><arg>var_1<close><end><close><indent><Return>var_1<dedent>"
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert ast_id_range(again, AST_VOCAB) == ast_id_range(tokenizer, AST_VOCAB)
+    assert_disjoint(again, AST_VOCAB)
+    assert again.decode(again(text, add_special_tokens=False)["input_ids"]) == text
+
+
+# ----------------------------------------------------------------------------- base model
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
+def test_tiny_model_forward_and_reload(arch, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = build_base_model(f"tiny:{arch}", tokenizer, seed=0)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    ids = torch.tensor([tokenizer("<FunctionDef>var_0<close>")["input_ids"]])
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits.shape == (1, ids.shape[1], len(tokenizer)) and torch.isfinite(out.loss)
+    save_base_model(model, tokenizer, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert torch.allclose(again(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    same = build_base_model(f"tiny:{arch}", tokenizer, seed=0)
+    assert torch.equal(same.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_resize_mean_init(tokenizer, tmp_path):
+    from ml.training.base_model import resize_with_mean_init
+
+    model = build_base_model("tiny:qwen2", tokenizer, seed=0)
+    old = model.get_input_embeddings().weight.detach().clone()
+    resize_with_mean_init(model, len(tokenizer) + 3)
+    new = model.get_input_embeddings().weight
+    assert new.shape[0] == len(tokenizer) + 3
+    assert torch.allclose(new[-1], old.mean(0), atol=1e-6)
+    # a pretrained matrix with padding rows past the tokenizer: the AST rows are re-initialised too
+    model = build_base_model("tiny:qwen2", tokenizer, seed=0)
+    base = tokenizer.init_kwargs["astforge_base_vocab_size"]
+    resize_with_mean_init(model, len(tokenizer), first_new_row=base)
+    emb = model.get_input_embeddings().weight
+    assert emb.shape[0] == len(tokenizer) and torch.allclose(emb[base], old[:base].mean(0), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_length_grouped_batching():
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(10, 40), rng.randint(200, 900)]) for _ in range(1003)]
+    grouped = length_grouped_batches(lengths, 16, mega_batch_mult=64, seed=0)
+    flat = [i for b in grouped for i in b]
+    assert sorted(flat) == list(range(1003))
+    assert all(len(b) == 16 for b in grouped[:-1]) and len(grouped[-1]) == 1003 % 16
+    naive = random_batches(lengths, 16, seed=0)
+    assert real_token_fraction(grouped, lengths) >= 0.9 > real_token_fraction(naive, lengths)
+    sampler = LengthGroupedSampler(lengths, 16, seed=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert sorted(first) == sorted(sampler) and first != list(sampler)
+    assert real_token_fraction([[3, 3], [1, 4]]) == pytest.approx(11 / 14)
+
+
+# ----------------------------------------------------------------------------- phase 1
+
+
+def test_phase1_lowers_eval_loss_and_adapter_loads(phase1, base_dir, tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result, logs = phase1
+    assert result.steps == 24 and result.resumed_from is None
+    assert result.eval_loss_final < result.eval_loss_initial - 0.5, result
+    metrics = {m for _, m, _ in result.curve}
+    assert {"loss", "eval_loss", "learning_rate", "grad_norm"} <= metrics
+    assert any("loss" in d for _, d in logs) and result.tokens_per_s > 0
+    cfg = json.loads(Path(result.out_dir, "adapter_config.json").read_text())
+    assert set(cfg["target_modules"]) >= {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    lo, hi = ast_id_range(tokenizer, AST_VOCAB)
+    assert cfg["trainable_token_indices"]["embed_tokens"] == list(range(lo, hi + 1))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), result.out_dir)
+    model.eval()
+    ids = torch.tensor([tokenizer("<FunctionDef>var_0<arguments>")["input_ids"]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+    assert not torch.allclose(tuned, plain)
+    # the AST rows moved, the tied lm_head sees the same rows, the base rows did not move
+    merged = model.merge_and_unload()
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    emb, emb0 = merged.get_input_embeddings().weight, base.get_input_embeddings().weight
+    assert torch.equal(emb[:lo], emb0[:lo]) and not torch.allclose(emb[lo:], emb0[lo:])
+
+
+def test_phase1_resumes_from_checkpoint(tmp_path, tokenizer, base_dir, corpus, cpu_plan):
+    work, out = tmp_path / "work", tmp_path / "adapter"
+    cfg = fast_cfg(max_steps=4, save_steps=2, eval_steps=2, logging_steps=2)
+    first = train_phase1(base_dir, tokenizer, corpus[:32], corpus[52:56], out, work, cfg, cpu_plan)
+    assert first.steps == 4 and first.resumed_from is None
+    assert (work / "checkpoint-4").is_dir()
+    cfg.max_steps = 6
+    second = train_phase1(base_dir, tokenizer, corpus[:32], corpus[52:56], out, work, cfg, cpu_plan)
+    assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-4")
+    assert second.steps == 6
+    steps = [s for s, m, _ in second.curve if m == "loss"]
+    assert steps == [2, 4, 6]  # the history of the first call, then the continuation
+    assert second.eval_loss_initial == pytest.approx(first.eval_loss_initial)
+
+
+# ----------------------------------------------------------------------------- phase 2
+
+
+def test_phase2_masks_prompt(tmp_path, phase1, base_dir, tokenizer, cpu_plan):
+    result, _ = phase1
+    pairs = synth_pairs(12)
+    trainer, dropped = build_phase2_trainer(
+        base_dir, result.out_dir, tokenizer, pairs, pairs[:4], tmp_path / "w", fast_cfg(), cpu_plan
+    )
+    assert dropped == 0
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    for row, (nl, ast_text) in enumerate(pairs[:4]):
+        n_prompt = len(tokenizer(nl + "\n", add_special_tokens=False)["input_ids"])
+        n_total = len(
+            tokenizer(nl + "\n" + ast_text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        )
+        labels, ids = batch["labels"][row], batch["input_ids"][row]
+        assert (labels[:n_prompt] == -100).all()
+        assert torch.equal(labels[n_prompt:n_total], ids[n_prompt:n_total])
+        assert (labels[n_total:] == -100).all()  # padding
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # AST rows and base frozen
+
+
+def test_truncation_drop_count(tokenizer):
+    pairs = synth_pairs(10)
+    long = [("A very long docstring " * 40, pairs[0][1])]
+    rows, supervised, dropped = prompt_completion_rows(tokenizer, pairs + long, fast_cfg(max_length=64))
+    assert dropped == 1 + sum(
+        len(tokenizer(nl + "\n" + a + tokenizer.eos_token, add_special_tokens=False)["input_ids"]) > 64
+        for nl, a in pairs
+    )
+    assert len(rows) == 11 - dropped and all(s > 0 for s in supervised)
+    assert all(r["completion"].endswith(tokenizer.eos_token) for r in rows)
+
+
+def test_zero_supervised_batches_raise(tokenizer, base_dir, cpu_plan, tmp_path):
+    pairs = [("Add two numbers.", "")] * 4 + synth_pairs(4)
+    with pytest.raises(ValueError, match=r"1 of 2 batches .* zero supervised"):
+        build_phase2_trainer(
+            base_dir,
+            tmp_path / "unused",
+            tokenizer,
+            pairs,
+            [],
+            tmp_path / "w",
+            fast_cfg(per_device_train_batch_size=4, add_eos=False),
+            cpu_plan,
+        )
+    with pytest.raises(ValueError, match="no examples left"):
+        build_phase2_trainer(
+            base_dir,
+            tmp_path / "unused",
+            tokenizer,
+            synth_pairs(4),
+            [("doc " * 300, "<Return>")],
+            tmp_path / "w",
+            fast_cfg(max_length=32),
+            cpu_plan,
+        )
+
+
+def test_phase2_trains_and_reports(tmp_path, phase1, base_dir, tokenizer, cpu_plan):
+    result, _ = phase1
+    pairs = synth_pairs(40) + [("doc " * 300, "<Return>var_1")]
+    cfg = fast_cfg(max_steps=12, eval_steps=6, save_steps=6)
+    r2 = train_phase2(
+        base_dir,
+        result.out_dir,
+        tokenizer,
+        pairs,
+        synth_pairs(8, seed=7),
+        tmp_path / "p2",
+        tmp_path / "w2",
+        cfg,
+        cpu_plan,
+    )
+    assert r2.dropped_truncated == 1 and r2.steps == 12
+    assert r2.eval_loss_final < r2.eval_loss_initial
+    model = load_adapter(base_dir, r2.out_dir)
+    assert type(model).__name__.startswith("PeftModel")
+
+
+# ----------------------------------------------------------------------------- adapter loading
+
+
+def test_load_adapter_errors(tmp_path, phase1, base_dir, tokenizer, corpus):
+    result, _ = phase1
+    with pytest.raises(ValueError, match="does not exist"):
+        load_adapter(base_dir, tmp_path / "nope")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(f"{result.out_dir}/adapter_config.json", partial)
+    with pytest.raises(ValueError, match="incomplete"):
+        load_adapter(base_dir, partial)
+    # another base: fewer AST tokens → other vocabulary size
+    small_tok = build_ast_tokenizer("tiny:qwen2", corpus, AST_VOCAB[:5], vocab_size=320)
+    other = tmp_path / "other_base"
+    save_base_model(build_base_model("tiny:qwen2", small_tok), small_tok, other)
+    with pytest.raises(ValueError, match="does not match"):
+        load_adapter(other, result.out_dir)
+    # same vocabulary, wider model → shape mismatch (no tokenizer in the adapter folder to compare)
+    from ml.training import base_model as bm
+
+    wide_cfg = dict(bm.TINY_CONFIGS["qwen2"], hidden_size=192, intermediate_size=256)
+    wide = tmp_path / "wide"
+    old = bm.TINY_CONFIGS["qwen2"]
+    bm.TINY_CONFIGS["qwen2"] = wide_cfg
+    try:
+        save_base_model(build_base_model("tiny:qwen2", tokenizer), tokenizer, wide)
+    finally:
+        bm.TINY_CONFIGS["qwen2"] = old
+    with pytest.raises(ValueError, match="does not match|shape"):
+        load_adapter(wide, result.out_dir)
+    assert load_adapter(base_dir, result.out_dir) is not None
+
+
+def test_plot_curves():
+    from ml.training import plot_curves
+
+    png = plot_curves(
+        [
+            (0, "eval_loss", 5.0),
+            (4, "loss", 4.0),
+            (8, "loss", 3.0),
+            (8, "eval_loss", 3.5),
+            (8, "learning_rate", 1e-3),
+        ]
+    )
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert plot_curves([])[:4] == b"\x89PNG"
+
+
+def test_pretrained_folder_tokenizer_path(tmp_path, corpus):
+    """A non-tiny base goes through AutoTokenizer.from_pretrained (a local folder here, no hub)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from ml.tokenizer import train_bpe
+
+    plain = PreTrainedTokenizerFast(
+        tokenizer_object=train_bpe(corpus, vocab_size=300), eos_token="<|endoftext|>"
+    )
+    plain.save_pretrained(tmp_path / "plain")
+    tok = build_ast_tokenizer(str(tmp_path / "plain"), [], AST_VOCAB)
+    assert tok.pad_token == tok.eos_token  # no pad token in the base: eos is used
+    assert ast_id_range(tok, AST_VOCAB) == (len(plain), len(plain) + len(AST_VOCAB) - 1)
+    assert_disjoint(tok, AST_VOCAB)
