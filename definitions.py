@@ -3,19 +3,26 @@
 import dagster as dg
 
 from assets import ALL_ASSETS
-from jobs import ast_data_job, corpus_change_sensor
+from jobs import ALL_JOBS, corpus_change_sensor, daily_ast_eval
 from resources import ArtifactStore, CorpusResource, DuckDBCatalog
+from resources.compute import ComputeResource
 
 
 def build_resources(**overrides) -> dict:
-    resources = {"catalog": DuckDBCatalog(), "artifacts": ArtifactStore(), "corpus": CorpusResource()}
+    resources = {
+        "catalog": DuckDBCatalog(),
+        "artifacts": ArtifactStore(),
+        "corpus": CorpusResource(),
+        "compute": ComputeResource(),
+    }
     resources.update(overrides)
     return resources
 
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=[ast_data_job],
+    jobs=ALL_JOBS,
+    schedules=[daily_ast_eval],
     sensors=[corpus_change_sensor],
     resources=build_resources(),
 )

@@ -1,8 +1,17 @@
 """Dagster glue: each asset reads its inputs, calls ml/, writes artifacts and returns metadata."""
 
 from assets.ast_first import ast_corpus, nl_ast_pairs
+from assets.ast_models import (
+    ast_base_model,
+    ast_eval,
+    ast_phase1_adapter,
+    ast_phase2_adapter,
+    ast_tokenizer,
+)
 from assets.corpus import code_units, source_files
 
-ALL_ASSETS = [source_files, code_units, ast_corpus, nl_ast_pairs]
+DATA_ASSETS = [source_files, code_units, ast_corpus, nl_ast_pairs]
+MODEL_ASSETS = [ast_tokenizer, ast_base_model, ast_phase1_adapter, ast_phase2_adapter, ast_eval]
+ALL_ASSETS = DATA_ASSETS + MODEL_ASSETS
 
-__all__ = ["ALL_ASSETS", "ast_corpus", "code_units", "nl_ast_pairs", "source_files"]
+__all__ = ["ALL_ASSETS", "DATA_ASSETS", "MODEL_ASSETS"]

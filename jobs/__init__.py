@@ -1,6 +1,9 @@
 """Jobs, schedules and sensors."""
 
-from jobs.data import ast_data_job
+from jobs.data import ast_data_job, ast_eval_job, ast_first_job
+from jobs.schedules import daily_ast_eval
 from jobs.sensors import corpus_change_sensor
 
-__all__ = ["ast_data_job", "corpus_change_sensor"]
+ALL_JOBS = [ast_data_job, ast_first_job, ast_eval_job]
+
+__all__ = ["ALL_JOBS", "ast_data_job", "ast_eval_job", "ast_first_job", "corpus_change_sensor", "daily_ast_eval"]

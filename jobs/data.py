@@ -1,16 +1,28 @@
-"""The data job (corpus + the data half of ast_first), one run per language slice."""
+"""Jobs over the language slices: the data graph alone, the whole AST-first graph, and its evaluation."""
 
 import dagster as dg
 
 from assets.partitions import language_slices
 
-DATA_SELECTION = dg.AssetSelection.groups("corpus") | dg.AssetSelection.assets(
-    "ast_corpus", "nl_ast_pairs"
-)
+DATA_SELECTION = dg.AssetSelection.groups("corpus") | dg.AssetSelection.assets("ast_corpus", "nl_ast_pairs")
 
 ast_data_job = dg.define_asset_job(
     "ast_data_job",
     selection=DATA_SELECTION,
     partitions_def=language_slices,
     description="Source files -> code units -> AST corpus -> NL/AST pairs for one language slice.",
+)
+
+ast_first_job = dg.define_asset_job(
+    "ast_first_job",
+    selection=dg.AssetSelection.groups("corpus", "ast_first"),
+    partitions_def=language_slices,
+    description="Data, tokenizer, base model, Phase 1 and Phase 2 adapters and evaluation for one slice.",
+)
+
+ast_eval_job = dg.define_asset_job(
+    "ast_eval_job",
+    selection=dg.AssetSelection.assets("ast_eval"),
+    partitions_def=language_slices,
+    description="Re-evaluate the current adapters of a slice.",
 )

@@ -131,3 +131,14 @@ def build_nl_ast_pairs(
 ) -> tuple[list[dict], Counter]:
     """Docstring -> AST-token pairs from Phase 1 rows; units without a docstring are counted as skipped."""
     return _map_chunks(_pair_rows_chunk, language, cfg, ast_rows, workers)
+
+
+def is_heldout(unit_id: str, fraction: float) -> bool:
+    """A stable split by content hash: the same function is held out in every run and every phase."""
+    return int(unit_id[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def split_heldout(rows: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    train = [r for r in rows if not is_heldout(r["id"], fraction)]
+    held = [r for r in rows if is_heldout(r["id"], fraction)]
+    return train, held

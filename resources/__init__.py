@@ -2,6 +2,7 @@
 
 from resources.artifacts import ArtifactStore
 from resources.catalog import DuckDBCatalog
+from resources.compute import ComputeResource
 from resources.corpus import CorpusResource
 
-__all__ = ["ArtifactStore", "CorpusResource", "DuckDBCatalog"]
+__all__ = ["ArtifactStore", "ComputeResource", "CorpusResource", "DuckDBCatalog"]

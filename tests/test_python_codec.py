@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import os
 import sysconfig
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import given, settings
@@ -26,8 +26,7 @@ from ml.codec.tokens import is_structural, text_to_tokens, tokens_to_text
 SNIPPETS = {
     "simple": "def f(x):\n    return x + 1\n",
     "fstrings": (
-        "def f(a, b, c):\n"
-        "    return f'{a!r:>{b}} {c=} {a!s} {b!a:{c}.{a}f} {{}} plain' + f'' + f'{a}'\n"
+        "def f(a, b, c):\n    return f'{a!r:>{b}} {c=} {a!s} {b!a:{c}.{a}f} {{}} plain' + f'' + f'{a}'\n"
     ),
     "match": (
         "def f(cmd):\n"
@@ -70,8 +69,7 @@ SNIPPETS = {
     ),
     "posonly_defaults": "def f(a=1, b=2, /, c=3, *, d, e=4):\n    pass\n",
     "slices": (
-        "def f(a):\n"
-        "    return a[1:2], a[::3], a[:, None], a[..., 1:], a[1:2, ::-1], a[lo:hi:st], a[()]\n"
+        "def f(a):\n    return a[1:2], a[::3], a[:, None], a[..., 1:], a[1:2, ::-1], a[lo:hi:st], a[()]\n"
     ),
     "global_nonlocal": (
         "def f():\n    global g, h\n    x = 1\n    def inner():\n"
@@ -168,7 +166,9 @@ def test_snippet_round_trip(name: str, mode: str) -> None:
 def _fn(body: list[ast.stmt], **kw) -> ast.Module:
     fn = ast.FunctionDef(
         name="f",
-        args=ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
+        args=ast.arguments(
+            posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
+        ),
         body=body,
         decorator_list=[],
         returns=None,
@@ -197,7 +197,13 @@ HAND_BUILT = {
                 ),
                 body=[
                     ast.Assign(targets=[_name("x", ast.Store())], value=_name("a"), type_comment="int"),
-                    ast.For(target=_name("i", ast.Store()), iter=_name("a"), body=[ast.Pass()], orelse=[], type_comment="str"),
+                    ast.For(
+                        target=_name("i", ast.Store()),
+                        iter=_name("a"),
+                        body=[ast.Pass()],
+                        orelse=[],
+                        type_comment="str",
+                    ),
                     ast.With(
                         items=[ast.withitem(context_expr=_name("a"), optional_vars=None)],
                         body=[ast.Pass()],
@@ -225,7 +231,9 @@ HAND_BUILT = {
             ast.Expr(value=ast.Subscript(value=_name("s"), slice=ast.Constant(1), ctx=ast.Store())),
         ]
     ),
-    "odd_names": _fn([ast.Expr(value=_name("1abc")), ast.Expr(value=_name("<x>")), ast.Expr(value=_name("a\\b"))]),
+    "odd_names": _fn(
+        [ast.Expr(value=_name("1abc")), ast.Expr(value=_name("<x>")), ast.Expr(value=_name("a\\b"))]
+    ),
     "odd_constants": _fn(
         [
             ast.Expr(value=ast.Constant(value=(1, 2.5, "a"))),
@@ -239,7 +247,9 @@ HAND_BUILT = {
             ast.Expr(value=ast.Constant(value=-0.0)),
         ]
     ),
-    "import_level_none": _fn([ast.ImportFrom(module="m", names=[ast.alias(name="x", asname=None)], level=None)]),
+    "import_level_none": _fn(
+        [ast.ImportFrom(module="m", names=[ast.alias(name="x", asname=None)], level=None)]
+    ),
     "annassign_simple0": _fn(
         [ast.AnnAssign(target=_name("x", ast.Store()), annotation=_name("int"), value=None, simple=0)]
     ),
@@ -265,7 +275,7 @@ def test_compact_uses_modifiers_only_when_needed() -> None:
     tokens = encode_tree(HAND_BUILT["non_default_ctx"], "compact")
     assert "<ctx:Store>" in tokens and "<ctx:Del>" in tokens and "<ctx:Load>" in tokens
     plain = encode("def f(a):\n    a.b, c[0] = d = e\n    del a, b[1]\n    return [x for (x, y) in a]\n")
-    assert not any(t.startswith("<ctx:") or t.startswith("<field:") for t in plain)
+    assert not any(t.startswith(("<ctx:", "<field:")) for t in plain)
     kinds = encode_tree(HAND_BUILT["u_kind"], "compact")
     assert "<field:kind>" in kinds
 
@@ -351,7 +361,9 @@ def test_decode_error_names_position() -> None:
         decode_tree(["<Module>", "<indent>", "<Return>", "<bogus>"])
 
 
-_FUZZ_TOKENS = {mode: encode(SNIPPETS["match"] + SNIPPETS["star_args"] + SNIPPETS["literals"], mode) for mode in MODES}
+_FUZZ_TOKENS = {
+    mode: encode(SNIPPETS["match"] + SNIPPETS["star_args"] + SNIPPETS["literals"], mode) for mode in MODES
+}
 
 
 @settings(max_examples=300, deadline=None)
@@ -400,12 +412,14 @@ def _stdlib_files() -> list[str]:
     root = sysconfig.get_paths()["stdlib"]
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")
+        )
         out += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stdlib_trees(step: int = 1) -> list[tuple[str, ast.Module]]:
     """Every ``step``-th stdlib file that parses, with its tree."""
     trees = []

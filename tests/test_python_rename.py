@@ -26,7 +26,9 @@ def _load(code: str, name: str, extra_globals: dict | None = None):
 def _pair(code: str, extra_globals: dict | None = None):
     """(original function, renamed function, Renaming)."""
     code = textwrap.dedent(code)
-    name = next(n.name for n in ast.parse(code).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    name = next(
+        n.name for n in ast.parse(code).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    )
     renamed = alpha_rename(code)
     new_name = renamed.mapping.get(name, name)
     return _load(code, name, extra_globals), _load(renamed.code, new_name, extra_globals), renamed
@@ -322,8 +324,23 @@ def test_free_names_untouched() -> None:
     class_def = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef))
     assert class_def.name.startswith("var_")
     assert {s.name for s in class_def.body if isinstance(s, ast.FunctionDef)} == {"method"}
-    assert any(isinstance(t, ast.Name) and t.id == "field" for s in class_def.body for t in getattr(s, "targets", []))
-    for free in ("counter", "len", "CONSTANT", "helper", "sorted", "os", "print", "attr", "x", "key", "end", "field"):
+    assert any(
+        isinstance(t, ast.Name) and t.id == "field" for s in class_def.body for t in getattr(s, "targets", [])
+    )
+    for free in (
+        "counter",
+        "len",
+        "CONSTANT",
+        "helper",
+        "sorted",
+        "os",
+        "print",
+        "attr",
+        "x",
+        "key",
+        "end",
+        "field",
+    ):
         assert free not in result.mapping
     assert set(result.mapping) == {"f", "obj", "items", "result", "K", "self"}
 
@@ -347,7 +364,9 @@ def test_rejects_code_without_one_function() -> None:
 # Property: generated small arithmetic functions behave the same once renamed.
 # ---------------------------------------------------------------------------------------------
 
-_RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | {"range", "sum", "len", "abs", "min", "max", "print"}
+_RESERVED = (
+    set(keyword.kwlist) | set(keyword.softkwlist) | {"range", "sum", "len", "abs", "min", "max", "print"}
+)
 _names = st.one_of(
     st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True),
     st.sampled_from(["var_0", "var_1", "var_2", "x", "y", "i", "n", "total"]),
@@ -420,7 +439,9 @@ def _stdlib_functions(step: int):
     root = sysconfig.get_paths()["stdlib"]
     paths = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")
+        )
         paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
     for path in paths[::step]:
         try:
@@ -442,7 +463,9 @@ def test_undo_restores_stdlib_sample() -> None:
             continue  # a nested def cut out of its function: ``nonlocal`` has nothing to bind to
         result = alpha_rename(code)
         compile(result.code, path, "exec")  # still valid (nonlocal targets exist, ...)
-        assert ast.dump(ast.parse(undo_renaming(result.code, result.mapping))) == ast.dump(ast.parse(code)), path
+        assert ast.dump(ast.parse(undo_renaming(result.code, result.mapping))) == ast.dump(ast.parse(code)), (
+            path
+        )
         # every bound name became var_i, nothing else did
         assert all(v.startswith("var_") for v in result.mapping.values())
         count += 1

@@ -145,8 +145,19 @@ class _Spec:
     """Everything the encoder and decoder need to know about one node class."""
 
     __slots__ = (
-        "cls", "name", "cat", "tag", "fields", "nfields", "ctx_idx", "order", "prefix",
-        "elidable_from", "tagged", "by_name", "passes_ctx",
+        "by_name",
+        "cat",
+        "cls",
+        "ctx_idx",
+        "elidable_from",
+        "fields",
+        "name",
+        "nfields",
+        "order",
+        "passes_ctx",
+        "prefix",
+        "tag",
+        "tagged",
     )
 
 
@@ -243,7 +254,12 @@ _build_tables()
 _EXPR_TYPES = _CAT_TYPES["expr"]
 _DIGITS = frozenset("0123456789")
 _FIELD_NAMES = sorted({f[0] for s in _SPECS.values() for f in s.fields})
-_CONST_SINGLETONS = {"<const:True>": True, "<const:False>": False, "<const:None>": None, "<const:Ellipsis>": ...}
+_CONST_SINGLETONS = {
+    "<const:True>": True,
+    "<const:False>": False,
+    "<const:None>": None,
+    "<const:Ellipsis>": ...,
+}
 _FLOAT_SPECIALS = frozenset(("inf", "-inf", "nan", "-nan"))
 
 
@@ -317,7 +333,7 @@ def _number(text: str):
 def _const_from_repr(text: str):
     if text in _FLOAT_SPECIALS:
         return float(text)
-    if text.endswith("j") or text.endswith("j)"):
+    if text.endswith(("j", "j)")):
         return complex(text)
     if text.startswith("frozenset("):
         inner = text[len("frozenset(") : -1]
@@ -328,148 +344,6 @@ def _const_from_repr(text: str):
 # ---------------------------------------------------------------------------------------------
 # Encoding.
 # ---------------------------------------------------------------------------------------------
-
-
-def _is_default(field, value) -> bool:
-    kind = field[2]
-    if kind in _LIST_KINDS:
-        return not value and value is not None
-    if field[6] is None:
-        return value is None
-    return type(value) is int and value == field[6]
-
-
-class _CompactEncoder:
-    def __init__(self) -> None:
-        self.out: list[str] = []
-
-    def node(self, node, ctx) -> None:
-        """Append one node; ``ctx`` is the ctx the decoder will infer at this position."""
-        out = self.out
-        if node is None:
-            out.append("<none>")
-            return
-        cls = type(node)
-        if cls is ast.Name:
-            if type(node.ctx) is type(ctx):
-                ident = node.id
-                if ident and ident[0] not in _DIGITS:
-                    out.append(_esc(ident))
-                    return
-        elif cls is ast.Constant:
-            if node.kind is None:
-                _const_tokens(node.value, out)
-                return
-        elif cls is ast.BinOp:
-            out.append(_SINGLETONS[type(node.op)])
-            self.node(node.left, _CTX_LOAD)
-            self.node(node.right, _CTX_LOAD)
-            return
-        elif cls is ast.UnaryOp:
-            out.append(_SINGLETONS[type(node.op)])
-            self.node(node.operand, _CTX_LOAD)
-            return
-        elif cls is ast.BoolOp:
-            out.append(_SINGLETONS[type(node.op)])
-            for v in node.values:
-                self.node(v, _CTX_LOAD)
-            out.append("<end>")
-            return
-        elif cls is ast.Compare:
-            if len(node.ops) == 1 and len(node.comparators) == 1:
-                out.append(_SINGLETONS[type(node.ops[0])])
-                self.node(node.left, _CTX_LOAD)
-                self.node(node.comparators[0], _CTX_LOAD)
-                return
-        elif cls is ast.Expr:
-            if node.value is not None:  # in statement position an expression is an Expr
-                self.node(node.value, _CTX_LOAD)
-                return
-        elif cls is ast.arg:
-            if node.annotation is None and node.type_comment is None and node.arg:
-                out.append(_esc(node.arg))
-                return
-        elif cls is ast.alias:
-            if node.asname is None and node.name:
-                out.append(_esc(node.name))
-                return
-        elif cls is ast.MatchAs:
-            if node.pattern is None and node.name:
-                out.append(_esc(node.name))
-                return
-        spec = _SPECS.get(cls)
-        if spec is None:
-            raise TypeError(f"cannot encode {cls.__name__}")
-        if spec.tagged:
-            out.append(spec.tag)
-        own_ctx = ctx
-        if spec.ctx_idx >= 0:
-            own_ctx = node.ctx
-            if type(own_ctx) is not type(ctx):
-                out.append(_SINGLETONS[type(own_ctx)])
-        for f in spec.prefix:
-            v = getattr(node, f[0], None)
-            if v is not None:
-                out.append(f"<field:{f[0]}>")
-                out.append("<str>")
-                out.append(_esc(v))
-        order = spec.order
-        vals = [getattr(node, f[0], None) for f in order]
-        n = len(order)
-        last = n
-        while last > spec.elidable_from and _is_default(order[last - 1], vals[last - 1]):
-            last -= 1
-        passes = spec.passes_ctx
-        for j in range(last):
-            f = order[j]
-            v = vals[j]
-            kind = f[2]
-            if kind == K_NODE:
-                self.node(v, own_ctx if passes else f[4])
-            elif kind == K_LIST:
-                c = own_ctx if passes else f[4]
-                for e in v:
-                    self.node(e, c)
-                out.append("<close>" if (j == last - 1 and last < n) else "<end>")
-                continue
-            elif kind == K_STMTS:
-                out.append("<indent>")
-                for e in v:
-                    self.node(e, _CTX_LOAD)
-                out.append("<dedent>")
-            elif kind == K_OPTNODE:
-                if v is None:
-                    out.append("<none>")
-                else:
-                    self.node(v, own_ctx if passes else f[4])
-            elif kind == K_IDENT:
-                out.append(_esc(v))
-            elif kind == K_OPTIDENT:
-                out.append("<none>" if v is None else _esc(v))
-            elif kind == K_IDLIST:
-                for e in v:
-                    out.append(_esc(e))
-                out.append("<close>" if (j == last - 1 and last < n) else "<end>")
-                continue
-            elif kind == K_OPLIST:
-                for e in v:
-                    out.append(_SINGLETONS[type(e)])
-                out.append("<close>" if (j == last - 1 and last < n) else "<end>")
-                continue
-            elif kind == K_OP:
-                out.append(_SINGLETONS[type(v)])
-            elif kind == K_CONST:
-                _const_tokens(v, out)
-            elif kind == K_INT or kind == K_OPTINT:
-                out.append("<none>" if v is None else str(v))
-            elif kind == K_STR or kind == K_OPTSTR:
-                if v is None:
-                    out.append("<none>")
-                else:
-                    out.append("<str>")
-                    out.append(_esc(v))
-        if last < n and (last == 0 or order[last - 1][2] not in (K_LIST, K_IDLIST, K_OPLIST)):
-            out.append("<close>")
 
 
 def _encode_verbose(node, out: list) -> None:
@@ -525,6 +399,224 @@ def _encode_verbose(node, out: list) -> None:
     out.append("<close>")
 
 
+# ---------------------------------------------------------------------------------------------
+# Fast compact encoder: one generated function per node type (its full form), wrapped by the
+# shorthands; tokens are appended to the list of the current call.
+# ---------------------------------------------------------------------------------------------
+
+_G = globals()
+_enc_lock = threading.Lock()
+app = [].append
+_ENC: dict[type, object] = {}
+
+
+def _e(node, ctx) -> None:
+    if node is None:
+        app("<none>")
+        return
+    f = _ENC.get(type(node))
+    if f is None:
+        raise TypeError(f"cannot encode {type(node).__name__}")
+    f(node, ctx)
+
+
+def _gen_encoder(spec: _Spec) -> str:
+    name = spec.name
+    lines = [f"def _et_{name}(node, ctx):"]
+    emit = lines.append
+    if spec.tagged:
+        emit(f"    app({spec.tag!r})")
+    own = "ctx"
+    if spec.ctx_idx >= 0:
+        emit("    own = node.ctx")
+        emit("    if type(own) is not type(ctx):")
+        emit("        app(_SINGLETONS[type(own)])")
+        own = "own"
+    for p in spec.prefix:
+        emit(f"    p = getattr(node, {p[0]!r}, None)")
+        emit("    if p is not None:")
+        emit(f"        app('<field:{p[0]}>')")
+        emit("        app('<str>')")
+        emit("        app(_esc(p))")
+    order = spec.order
+    n = len(order)
+    for j, f in enumerate(order):
+        emit(f"    v{j} = node.{f[0]}")
+    k0 = spec.elidable_from
+    if k0 < n:
+        # last = number of fields written
+        first = True
+        for j in range(n - 1, k0 - 1, -1):
+            f = order[j]
+            kind = f[2]
+            if kind in _LIST_KINDS:
+                cond = f"v{j}"
+            elif f[6] is None:
+                cond = f"v{j} is not None"
+            else:
+                cond = f"not (type(v{j}) is int and v{j} == {f[6]!r})"
+            emit(f"    {'if' if first else 'elif'} {cond}:")
+            emit(f"        last = {j + 1}")
+            first = False
+        emit("    else:")
+        emit(f"        last = {k0}")
+    passes = spec.passes_ctx
+    for j, f in enumerate(order):
+        kind, cctx = f[2], f[4]
+        v = f"v{j}"
+        ctx_expr = (
+            own
+            if passes
+            else {"Load": "_CTX_LOAD", "Store": "_CTX_STORE", "Del": "_CTX_DEL"}[type(cctx).__name__]
+        )
+        ind = "    "
+        if j >= k0 and k0 < n:
+            emit(f"{ind}if last == {j}:")
+            if j > 0 and order[j - 1][2] in (K_LIST, K_IDLIST, K_OPLIST):
+                emit(f"{ind}    return")  # the list already ended with <close>
+            else:
+                emit(f"{ind}    app('<close>')")
+                emit(f"{ind}    return")
+        if kind in (K_LIST, K_IDLIST, K_OPLIST):
+            end = "'<end>'"
+            if j >= k0 and k0 < n and j < n - 1:
+                end = f"'<close>' if last == {j + 1} else '<end>'"
+            elif k0 < n and j == n - 1:
+                end = "'<end>'"
+            emit(f"{ind}for e in {v}:")
+            if kind == K_LIST:
+                emit(f"{ind}    _e(e, {ctx_expr})")
+            elif kind == K_IDLIST:
+                emit(f"{ind}    app(_esc(e))")
+            else:
+                emit(f"{ind}    app(_SINGLETONS[type(e)])")
+            emit(f"{ind}app({end})")
+        elif kind == K_NODE or kind == K_OPTNODE:
+            emit(f"{ind}_e({v}, {ctx_expr})")
+        elif kind == K_STMTS:
+            emit(f"{ind}app('<indent>')")
+            emit(f"{ind}for e in {v}:")
+            emit(f"{ind}    _e(e, _CTX_LOAD)")
+            emit(f"{ind}app('<dedent>')")
+        elif kind == K_IDENT:
+            emit(f"{ind}app(_esc({v}))")
+        elif kind == K_OPTIDENT:
+            emit(f"{ind}app('<none>' if {v} is None else _esc({v}))")
+        elif kind == K_OP:
+            emit(f"{ind}app(_SINGLETONS[type({v})])")
+        elif kind == K_CONST:
+            emit(f"{ind}_const_tokens({v}, _out)")
+        elif kind in (K_INT, K_OPTINT):
+            emit(f"{ind}app('<none>' if {v} is None else str({v}))")
+        else:
+            emit(f"{ind}if {v} is None:")
+            emit(f"{ind}    app('<none>')")
+            emit(f"{ind}else:")
+            emit(f"{ind}    app('<str>')")
+            emit(f"{ind}    app(_esc({v}))")
+    return "\n".join(lines)
+
+
+def _build_encoder() -> None:
+    for spec in sorted(_SPECS.values(), key=lambda s: s.name):
+        exec(_gen_encoder(spec), _G)  # noqa: S102 - generated from the ASDL table above
+        _ENC[spec.cls] = _G[f"_et_{spec.name}"]
+    full = dict(_ENC)
+
+    def name(node, ctx, full=full[ast.Name]):
+        if type(node.ctx) is type(ctx):
+            ident = node.id
+            if ident and ident[0] not in _DIGITS:
+                app(_esc(ident))
+                return
+        full(node, ctx)
+
+    def constant(node, ctx, full=full[ast.Constant]):
+        if node.kind is None:
+            _const_tokens(node.value, _out)
+        else:
+            full(node, ctx)
+
+    def binop(node, ctx):
+        app(_SINGLETONS[type(node.op)])
+        _e(node.left, _CTX_LOAD)
+        _e(node.right, _CTX_LOAD)
+
+    def unaryop(node, ctx):
+        app(_SINGLETONS[type(node.op)])
+        _e(node.operand, _CTX_LOAD)
+
+    def boolop(node, ctx):
+        app(_SINGLETONS[type(node.op)])
+        for v in node.values:
+            _e(v, _CTX_LOAD)
+        app("<end>")
+
+    def compare(node, ctx, full=full[ast.Compare]):
+        if len(node.ops) == 1 and len(node.comparators) == 1:
+            app(_SINGLETONS[type(node.ops[0])])
+            _e(node.left, _CTX_LOAD)
+            _e(node.comparators[0], _CTX_LOAD)
+        else:
+            full(node, ctx)
+
+    def expr(node, ctx, full=full[ast.Expr]):
+        if node.value is not None:  # in statement position an expression is an Expr
+            _e(node.value, _CTX_LOAD)
+        else:
+            full(node, ctx)
+
+    def arg(node, ctx, full=full[ast.arg]):
+        if node.annotation is None and node.type_comment is None and node.arg:
+            app(_esc(node.arg))
+        else:
+            full(node, ctx)
+
+    def alias(node, ctx, full=full[ast.alias]):
+        if node.asname is None and node.name:
+            app(_esc(node.name))
+        else:
+            full(node, ctx)
+
+    def match_as(node, ctx, full=full[ast.MatchAs]):
+        if node.pattern is None and node.name:
+            app(_esc(node.name))
+        else:
+            full(node, ctx)
+
+    _ENC.update(
+        {
+            ast.Name: name,
+            ast.Constant: constant,
+            ast.BinOp: binop,
+            ast.UnaryOp: unaryop,
+            ast.BoolOp: boolop,
+            ast.Compare: compare,
+            ast.Expr: expr,
+            ast.arg: arg,
+            ast.alias: alias,
+            ast.MatchAs: match_as,
+        }
+    )
+
+
+_out: list = []
+_build_encoder()
+
+
+def _encode_compact(tree: ast.AST) -> list[str]:
+    global _out, app
+    with _enc_lock:
+        out = _out = []
+        app = out.append
+        try:
+            _e(tree, _CTX_LOAD)
+        finally:
+            _out = []
+            app = _out.append
+        return out
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -535,9 +627,7 @@ def encode_tree(tree: ast.AST, mode: str = "compact") -> list[str]:
     _check_mode(mode)
     with _deep_recursion():
         if mode == "compact":
-            enc = _CompactEncoder()
-            enc.node(tree, _CTX_LOAD)
-            return enc.out
+            return _encode_compact(tree)
         out: list[str] = []
         _encode_verbose(tree, out)
         return out
@@ -551,7 +641,7 @@ _EOF = "<end of input>"
 
 
 class _Decoder:
-    __slots__ = ("toks", "pos")
+    __slots__ = ("pos", "toks")
 
     def __init__(self, tokens: list[str]) -> None:
         self.toks = list(tokens)
@@ -627,217 +717,6 @@ class _Decoder:
             raise self.fail(f"an {cat} token")
         self.pos += 1
         return entry[1]
-
-
-class _CompactDecoder(_Decoder):
-    __slots__ = ()
-
-    def node(self, cat: str, ctx):
-        toks = self.toks
-        pos = self.pos
-        tok = toks[pos]
-        if tok[:1] != "<":
-            # bare payload shorthands
-            if cat == "expr":
-                self.pos = pos + 1
-                if tok[:1] in _DIGITS:
-                    try:
-                        return ast.Constant(_number(tok), None)
-                    except ValueError:
-                        raise self.fail("a number", pos) from None
-                return ast.Name(_unesc(tok), ctx)
-            if cat == "arg":
-                self.pos = pos + 1
-                return ast.arg(_unesc(tok), None, None)
-            if cat == "alias":
-                self.pos = pos + 1
-                return ast.alias(_unesc(tok), None)
-            if cat == "pattern":
-                self.pos = pos + 1
-                return ast.MatchAs(None, _unesc(tok))
-            if cat == "stmt":
-                return ast.Expr(self.node("expr", _CTX_LOAD))
-            spec = _SPEC_BY_NAME.get("<" + cat + ">")
-            if spec is None or spec.tagged:
-                raise self.fail(f"a {cat} node")
-            return self.fields(spec, ctx)
-        types = _CAT_TYPES.get(cat)
-        spec = types.get(tok) if types is not None else None
-        if spec is not None:
-            self.pos = pos + 1
-            return self.fields(spec, ctx)
-        if cat == "expr":
-            entry = _SINGLETON_BY_TOKEN.get(tok)
-            if entry is not None:
-                ocat, op = entry
-                self.pos = pos + 1
-                if ocat == "operator":
-                    left = self.node("expr", _CTX_LOAD)
-                    return ast.BinOp(left, op, self.node("expr", _CTX_LOAD))
-                if ocat == "unaryop":
-                    return ast.UnaryOp(op, self.node("expr", _CTX_LOAD))
-                if ocat == "cmpop":
-                    left = self.node("expr", _CTX_LOAD)
-                    return ast.Compare(left, [op], [self.node("expr", _CTX_LOAD)])
-                if ocat == "boolop":
-                    values, closed = self.node_list("expr", _CTX_LOAD)
-                    if closed:
-                        raise self.fail("<end>", self.pos - 1)
-                    return ast.BoolOp(op, values)
-                raise self.fail("an expression", pos)
-            if tok == "<str>" or tok == "<const>" or tok in _CONST_SINGLETONS:
-                return ast.Constant(self.const_value(), None)
-        elif cat == "stmt":
-            return ast.Expr(self.node("expr", _CTX_LOAD))
-        spec = _SPEC_BY_NAME.get("<" + cat + ">")
-        if spec is not None and not spec.tagged:
-            return self.fields(spec, ctx)
-        raise self.fail(f"a {cat} node", pos)
-
-    def node_list(self, cat: str, ctx):
-        """Elements up to <end> (returns closed=False) or <close> (closed=True)."""
-        toks = self.toks
-        out = []
-        while True:
-            tok = toks[self.pos]
-            if tok == "<end>":
-                self.pos += 1
-                return out, False
-            if tok == "<close>":
-                self.pos += 1
-                return out, True
-            if tok == "<none>" and cat == "expr":  # kw_defaults, Dict.keys
-                self.pos += 1
-                out.append(None)
-            else:
-                out.append(self.node(cat, ctx))
-
-    def stmts(self):
-        toks = self.toks
-        if toks[self.pos] != "<indent>":
-            raise self.fail("<indent>")
-        self.pos += 1
-        out = []
-        while True:
-            if toks[self.pos] == "<dedent>":
-                self.pos += 1
-                return out
-            out.append(self.node("stmt", _CTX_LOAD))
-
-    def fields(self, spec: _Spec, ctx):
-        toks = self.toks
-        vals = [None] * spec.nfields
-        own_ctx = ctx
-        # prefix modifiers
-        while True:
-            tok = toks[self.pos]
-            if tok[:5] == "<ctx:" and spec.ctx_idx >= 0:
-                own_ctx = self.op("expr_context")
-            elif tok[:7] == "<field:":
-                f = spec.by_name.get(tok[7:-1])
-                if f is None or f not in spec.prefix:
-                    raise self.fail(f"a field of {spec.name}")
-                if toks[self.pos + 1] != "<str>":
-                    raise self.fail("<str>", self.pos + 1)
-                self.pos += 2
-                vals[f[1]] = self.raw_str()
-            else:
-                break
-        if spec.ctx_idx >= 0:
-            vals[spec.ctx_idx] = own_ctx
-        order = spec.order
-        passes = spec.passes_ctx
-        n = len(order)
-        j = 0
-        while j < n:
-            f = order[j]
-            tok = toks[self.pos]
-            if tok == "<close>" and j >= spec.elidable_from:
-                self.pos += 1
-                break
-            kind = f[2]
-            if kind == K_NODE:
-                vals[f[1]] = self.node(f[3], own_ctx if passes else f[4])
-            elif kind == K_LIST:
-                value, closed = self.node_list(f[3], own_ctx if passes else f[4])
-                vals[f[1]] = value
-                if closed:
-                    j += 1
-                    if j < spec.elidable_from:
-                        raise self.fail(f"<end> (field {order[j][0]!r} of {spec.name} follows)", self.pos - 1)
-                    break
-            elif kind == K_STMTS:
-                vals[f[1]] = self.stmts()
-            elif kind == K_OPTNODE:
-                if tok == "<none>":
-                    self.pos += 1
-                else:
-                    vals[f[1]] = self.node(f[3], own_ctx if passes else f[4])
-            elif kind == K_IDENT:
-                vals[f[1]] = self.payload(f"identifier {f[0]!r} of {spec.name}")
-            elif kind == K_OPTIDENT:
-                if tok == "<none>":
-                    self.pos += 1
-                else:
-                    vals[f[1]] = self.payload(f"identifier {f[0]!r} of {spec.name}")
-            elif kind == K_IDLIST:
-                names = []
-                closed = False
-                while True:
-                    tok = toks[self.pos]
-                    if tok == "<end>":
-                        break
-                    if tok == "<close>":
-                        closed = True
-                        break
-                    names.append(self.payload(f"an identifier or <end> in {spec.name}.{f[0]}"))
-                self.pos += 1
-                vals[f[1]] = names
-                if closed:
-                    j += 1
-                    if j < spec.elidable_from:
-                        raise self.fail("<end>", self.pos - 1)
-                    break
-            elif kind == K_OPLIST:
-                ops = []
-                while True:
-                    tok = toks[self.pos]
-                    if tok == "<end>" or tok == "<close>":
-                        break
-                    ops.append(self.op(f[3]))
-                self.pos += 1
-                vals[f[1]] = ops
-                if tok == "<close>":
-                    j += 1
-                    if j < spec.elidable_from:
-                        raise self.fail("<end>", self.pos - 1)
-                    break
-            elif kind == K_OP:
-                vals[f[1]] = self.op(f[3])
-            elif kind == K_CONST:
-                vals[f[1]] = self.const_value()
-            elif kind == K_INT or kind == K_OPTINT:
-                if tok == "<none>" and kind == K_OPTINT:
-                    self.pos += 1
-                else:
-                    vals[f[1]] = self.int_value()
-            else:  # K_STR / K_OPTSTR
-                if tok == "<none>" and kind == K_OPTSTR:
-                    self.pos += 1
-                else:
-                    if tok != "<str>":
-                        raise self.fail(f"<str> for {spec.name}.{f[0]}")
-                    self.pos += 1
-                    vals[f[1]] = self.raw_str()
-            j += 1
-        while j < n:  # elided fields
-            f = order[j]
-            vals[f[1]] = [] if f[2] in _LIST_KINDS else f[6]
-            j += 1
-        try:
-            return spec.cls(*vals)
-        except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
-            raise DecodeError(f"token {self.pos}: cannot build {spec.name}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -925,7 +804,6 @@ _MODIFIERS = frozenset(t for t in _SINGLETON_BY_TOKEN if t.startswith("<ctx:")) 
 _EXPR_D: dict = {}
 _STMT_D: dict = {}
 _TYPE_D: dict[str, dict] = {}  # category -> {type token: reader}
-_G = globals()
 
 
 def _d_expr(t, ctx):
@@ -1017,7 +895,11 @@ def _gen_decoder(spec: _Spec) -> str:
         fname, _, kind, cat, cctx, _, _ = f
         var = f"v{j}"
         values[fname] = var
-        ctx_expr = "ctx" if passes else {"Load": "_CTX_LOAD", "Store": "_CTX_STORE", "Del": "_CTX_DEL"}[type(cctx).__name__]
+        ctx_expr = (
+            "ctx"
+            if passes
+            else {"Load": "_CTX_LOAD", "Store": "_CTX_STORE", "Del": "_CTX_DEL"}[type(cctx).__name__]
+        )
         ind = "    "
         if j > 0:
             emit(f"{ind}t = nxt()")
@@ -1031,7 +913,11 @@ def _gen_decoder(spec: _Spec) -> str:
             emit(f"{ind}{var} = None if t == '<none>' else {reader}(t, {ctx_expr})")
         elif kind in (K_LIST, K_IDLIST, K_OPLIST):
             if kind == K_LIST:
-                item = f"None if t == '<none>' else {reader}(t, {ctx_expr})" if cat == "expr" else f"{reader}(t, {ctx_expr})"
+                item = (
+                    f"None if t == '<none>' else {reader}(t, {ctx_expr})"
+                    if cat == "expr"
+                    else f"{reader}(t, {ctx_expr})"
+                )
             elif kind == K_IDLIST:
                 item = f"_ident(t, 'an identifier or <end> in {name}.{fname}')"
             else:
@@ -1092,10 +978,10 @@ def _build_decoder() -> None:
         "alias": lambda s: ast.alias(s, None),
         "pattern": lambda s: ast.MatchAs(None, s),
     }
-    for cat in _CAT_TYPES:
+    for cat, types in _CAT_TYPES.items():
         if cat in ("expr", "stmt"):
             continue
-        untagged = [s for s in _CAT_TYPES[cat].values() if not s.tagged]
+        untagged = [s for s in types.values() if not s.tagged]
         if untagged:
             _G[f"_d_{cat}"] = _G[f"_dt_{untagged[0].name}"]
         else:
@@ -1148,7 +1034,7 @@ def _decode_compact(tokens: list[str]) -> ast.AST:
         nxt = it.__next__
         try:
             t = nxt()
-            tree = _d_mod(t, _CTX_LOAD)
+            tree = _d_mod(t, _CTX_LOAD)  # noqa: F821 - built by _build_decoder
             if next(it, _EOF) is not _EOF:
                 raise _err("end of input")
             return tree

@@ -41,7 +41,7 @@ class Renaming:
 
 
 class _Scope:
-    __slots__ = ("kind", "parent", "bound", "frozen", "globals", "nonlocals", "walrus", "params")
+    __slots__ = ("bound", "frozen", "globals", "kind", "nonlocals", "params", "parent", "walrus")
 
     def __init__(self, kind: str, parent: _Scope | None) -> None:
         self.kind = kind  # "module" | "function" | "class" | "comprehension"
@@ -54,7 +54,12 @@ class _Scope:
         self.params: set[str] = set()
 
     def is_local(self, name: str) -> bool:
-        return name in self.bound and name not in self.globals and name not in self.nonlocals and name not in self.walrus
+        return (
+            name in self.bound
+            and name not in self.globals
+            and name not in self.nonlocals
+            and name not in self.walrus
+        )
 
 
 class _Analyzer:
@@ -85,7 +90,7 @@ class _Analyzer:
             inner.params.add(a.arg)
             self.occ(a, "arg", inner)
 
-    def visit(self, node: ast.AST, scope: _Scope) -> None:  # noqa: C901 - one dispatch
+    def visit(self, node: ast.AST, scope: _Scope) -> None:
         if isinstance(node, ast.Name):
             if not isinstance(node.ctx, ast.Load):
                 scope.bound.add(node.id)
@@ -214,7 +219,13 @@ def _names_used(tree: ast.AST) -> set[str]:
     for node in ast.walk(tree):
         for fname, value in ast.iter_fields(node):
             if isinstance(value, str) and fname in (
-                "id", "arg", "name", "asname", "attr", "rest", "module",
+                "id",
+                "arg",
+                "name",
+                "asname",
+                "attr",
+                "rest",
+                "module",
             ):
                 used.add(value)
             elif fname in ("names", "kwd_attrs") and isinstance(value, list):
@@ -327,7 +338,6 @@ def undo_renaming(code: str, mapping: dict[str, str]) -> str:
                 node.asname = back.get(node.asname, node.asname)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             node.names = [back.get(n, n) for n in node.names]
-        elif isinstance(node, ast.MatchMapping):
-            if node.rest is not None:
-                node.rest = back.get(node.rest, node.rest)
+        elif isinstance(node, ast.MatchMapping) and node.rest is not None:
+            node.rest = back.get(node.rest, node.rest)
     return ast.unparse(tree)

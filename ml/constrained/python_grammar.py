@@ -1,0 +1,580 @@
+"""Grammar-constrained decoding for the compact Python AST text form.
+
+``PythonAstGrammar`` is a pushdown automaton over the *model's* tokens (BPE pieces and the added
+AST tokens) that only admits text that stays a prefix of a compact token sequence which decodes
+(``decode_tree``) to a tree that ``compile()`` accepts; ``GrammarLogitsProcessor`` applies it
+during ``model.generate``.
+
+Why our own automaton and not llguidance / XGrammar: those engines take a context-free grammar
+(EBNF / JSON schema / regex) over characters, but the compact form is positional and
+context-sensitive: which token may come next depends on the ASDL table (per-type field order,
+elision of trailing defaults with a single ``<close>`` that may also end a list), on inferred
+``ctx`` (Store/Del targets), on counts across fields (``Dict`` keys vs values, ``Compare`` ops vs
+comparators, ``kw_defaults`` vs ``kwonlyargs``, positional defaults vs args) and on the enclosing
+scope (``await`` only in ``async def``, ``break`` only in loops, no duplicate argument or keyword
+names). Writing that as a CFG would need one copy of the expression grammar per context and would
+still miss the counting and uniqueness rules; the tables live in ``ml.codec.python_ast`` and are
+imported here, so the automaton follows the codec without a second grammar to keep in sync.
+
+Speed: a state's mask depends only on a small *mask key* (lexer mode + DFA state of the payload
+being written + whether it may end here + the interned signature of the next grammar slot). Masks
+are built once per key by running every vocabulary piece through the same character-level
+simulation that ``advance`` uses, and cached, so a step is a dict lookup of a ready bool tensor.
+
+Restrictions (sound but not complete): no ``match``, ``try/except*``, ``global``, ``nonlocal``,
+no explicit ``<ctx:*>`` modifiers or ``type_comment``s, ASCII identifiers only, ``<const>``
+payloads are bytes literals or ``inf``; ``yield`` is not generated inside ``async def``; ``Slice``
+only directly in a subscript (or a tuple there); ``Starred`` only in tuple/list/set elements, call
+arguments and class bases; ``FormattedValue`` only in f-strings. The start is always
+``<Module><indent>`` + one (async) function + ``<dedent><close>``.
+"""
+
+from __future__ import annotations
+
+import keyword
+from functools import lru_cache
+
+import torch
+
+from ml.codec import python_ast as pa
+from ml.codec.tokens import is_raw_opener
+
+__all__ = ["PythonAstGrammar", "GrammarState"]
+
+# ---------------------------------------------------------------------------------------------
+# Tables from the codec.
+# ---------------------------------------------------------------------------------------------
+
+SPECS = pa._SPEC_BY_NAME  # "<Call>" -> spec
+K_NODE, K_OPTNODE, K_LIST, K_STMTS = pa.K_NODE, pa.K_OPTNODE, pa.K_LIST, pa.K_STMTS
+K_IDENT, K_OPTIDENT, K_IDLIST = pa.K_IDENT, pa.K_OPTIDENT, pa.K_IDLIST
+K_STR, K_OPTSTR, K_INT, K_OPTINT, K_CONST, K_OP, K_OPLIST = (
+    pa.K_STR, pa.K_OPTSTR, pa.K_INT, pa.K_OPTINT, pa.K_CONST, pa.K_OP, pa.K_OPLIST,
+)
+
+OPS_BY_CAT = {cat: frozenset(tbl) for cat, tbl in pa._OPS_BY_CAT.items()}
+SHORT_OPS = OPS_BY_CAT["operator"] | OPS_BY_CAT["unaryop"] | OPS_BY_CAT["cmpop"] | OPS_BY_CAT["boolop"]
+CONST_SINGLETONS = frozenset(pa._CONST_SINGLETONS)
+EXPR_TAGS = frozenset(pa._CAT_TYPES["expr"])
+STMT_TAGS = frozenset(pa._CAT_TYPES["stmt"])
+
+FORBIDDEN_NAMES = frozenset(keyword.kwlist) | {"__debug__"}
+
+# Env flags.
+F_FUNC = 1  # return allowed
+F_ASYNC = 2  # await / async for / async with / async comprehensions
+F_GEN = 4  # yield allowed
+F_LOOP = 8  # break / continue
+F_COMP = 16  # inside a comprehension: no yield, no walrus
+F_ANN = 32  # annotation: no yield / await / walrus
+F_LAMBDA = 64  # arguments of a lambda: no annotations
+
+# Allow bits of an expression slot.
+A_STAR = 1
+A_SLICE = 2
+A_NONE = 4  # <none> admitted (optional field or None element)
+A_SIMPLE = 8  # Name / Attribute / Subscript only (AugAssign / AnnAssign targets)
+A_NAME = 16  # Name only (walrus target)
+A_ARGNAME = 32  # identifier must be new among the arguments
+A_KWNAME = 64  # identifier must be new among the call's keywords
+
+LOAD, STORE, DEL = 0, 1, 2
+_CTX_OF = {"Load": LOAD, "Store": STORE, "Del": DEL}
+
+# Min lengths of list fields / non-empty statement bodies.
+MIN_LEN = {
+    ("Delete", "targets"): 1, ("Assign", "targets"): 1, ("BoolOp", "values"): 2,
+    ("Compare", "ops"): 1, ("Import", "names"): 1, ("ImportFrom", "names"): 1,
+    ("With", "items"): 1, ("AsyncWith", "items"): 1, ("ListComp", "generators"): 1,
+    ("SetComp", "generators"): 1, ("DictComp", "generators"): 1, ("GeneratorExp", "generators"): 1,
+}
+NAMES_SPECS = ("arguments", "Call", "ClassDef")  # nodes tracking names for uniqueness
+
+# Payload kinds (plain payloads) and lexer modes.
+P_EXPR, P_IDENT, P_DOTTED = "expr", "ident", "dotted"
+INT_SETS = {
+    "conv": ("-1", "115", "114", "97"),
+    "bool": ("0", "1"),
+    "zero": ("0",),
+    "level": tuple(str(i) for i in range(10)),
+}
+M_BOUND, M_PEND, M_PLAIN, M_RAW, M_SEP = range(5)
+SEP = b"<sep>"
+NUM_MAX = 60  # longest number payload
+
+# ---------------------------------------------------------------------------------------------
+# Character automata of the payloads (over bytes).
+# ---------------------------------------------------------------------------------------------
+
+_ALPHA = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_DIG = frozenset(b"0123456789")
+_ALNUM = _ALPHA | _DIG
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_PRINT = frozenset(range(0x20, 0x7F))
+SP = 0x20
+LT = 0x3C
+BS = 0x5C
+
+
+def _start_kind(pkind: str, c: int):
+    """(sub-kind, dfa state) of a plain payload of ``pkind`` whose first byte is ``c``; None if invalid."""
+    if pkind == P_EXPR:
+        if c in _DIG:
+            return ("num", 1)
+        if c in _ALPHA:
+            return ("ident", 1)
+        return None
+    if pkind == P_IDENT:
+        return ("ident", 1) if c in _ALPHA else None
+    if pkind == P_DOTTED:
+        return ("dotted", 1) if c in _ALPHA else None
+    # int set
+    chars = bytes([c]).decode("latin-1")
+    return (pkind, chars) if any(s.startswith(chars) for s in INT_SETS[pkind[4:]]) else None
+
+
+def _step(kind: str, s, c: int):
+    """Next DFA state of a plain payload, or None."""
+    if kind == "ident":
+        return 1 if c in _ALNUM else None
+    if kind == "dotted":
+        if s == 1:
+            return 1 if c in _ALNUM else (2 if c == 0x2E else None)
+        return 1 if c in _ALPHA else None
+    if kind == "num":
+        if c in _DIG:
+            return {1: 1, 2: 3, 3: 3, 4: 6, 5: 6, 6: 6}.get(s)
+        if c == 0x2E:  # .
+            return 2 if s == 1 else None
+        if c == 0x65:  # e
+            return 4 if s in (1, 3) else None
+        if c in (0x2B, 0x2D):  # + -
+            return 5 if s == 4 else None
+        if c == 0x6A:  # j
+            return 7 if s in (1, 3, 6) else None
+        return None
+    text = s + chr(c)
+    return text if any(x.startswith(text) for x in INT_SETS[kind[4:]]) else None
+
+
+def _accepting(kind: str, s) -> bool:
+    if kind == "ident":
+        return True
+    if kind == "dotted":
+        return s == 1
+    if kind == "num":
+        return s in (1, 3, 6, 7)
+    return s in INT_SETS[kind[4:]]
+
+
+# <const> payloads: a bytes literal (b'..' / b"..") or inf, with the payload escape layer on top
+# (``\\`` is a backslash, ``\l`` a ``<``). States: (escape pending, inner state).
+def _const_inner(s, c: int):
+    if s == "start":
+        return "b" if c == 0x62 else ("i" if c == 0x69 else None)
+    if s == "i":
+        return "in" if c == 0x6E else None
+    if s == "in":
+        return "inf" if c == 0x66 else None
+    if s == "b":
+        return ("body", c) if c in (0x27, 0x22) else None
+    if s in ("inf", "end"):
+        return None
+    tag, q = s[0], s[1]
+    if tag == "body":
+        if c == q:
+            return "end"
+        if c == BS:
+            return ("esc", q)
+        return s if c in _PRINT else None
+    if tag == "esc":
+        if c in b"\\'\"nrt":
+            return ("body", q)
+        return ("hex1", q) if c == 0x78 else None
+    if tag == "hex1":
+        return ("hex2", q) if c in _HEX else None
+    if tag == "hex2":
+        return ("body", q) if c in _HEX else None
+    return None
+
+
+def _const_step(state, c: int):
+    esc, inner = state
+    if esc:
+        inner = _const_inner(inner, LT if c == 0x6C else c)
+        return None if inner is None else (False, inner)
+    if c == BS:
+        return (True, inner)
+    if c == LT:
+        return None
+    inner = _const_inner(inner, c)
+    return None if inner is None else (False, inner)
+
+
+def _const_accepting(state) -> bool:
+    return not state[0] and state[1] in ("end", "inf")
+
+
+CONST_START = (False, "start")
+
+# ---------------------------------------------------------------------------------------------
+# Slot signatures: what may come at a grammar position (interned).
+# ---------------------------------------------------------------------------------------------
+
+
+class Sig:
+    __slots__ = ("id", "structs", "pkind", "closing")
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging
+        return f"Sig({self.id}, {sorted(self.structs)[:8]}, {self.pkind})"
+
+
+_SIGS: dict = {}
+
+
+def _sig(structs: frozenset, pkind) -> Sig:
+    key = (structs, pkind)
+    s = _SIGS.get(key)
+    if s is None:
+        s = Sig()
+        s.id, s.structs, s.pkind = len(_SIGS), structs, pkind
+        _SIGS[key] = s
+    return s
+
+
+DONE_SIG = _sig(frozenset(), None)
+
+# Tokens that never open a node: what a budget-limited ("closing") state is steered to.
+CLOSERS = frozenset(
+    ("<end>", "<close>", "<dedent>", "<none>", "<indent>", "<const:None>", "<const:True>",
+     "<const:False>", "<Pass>", "<Break>", "<Continue>", "<str>")
+)
+
+# ---------------------------------------------------------------------------------------------
+# The pushdown automaton over codec tokens. Symbols on the stack (top last):
+#   ('V', vk, ctx, flags, allow, fi)            one value of kind vk
+#   ('F', spec, j, ctx, flags, counts, names)   fields order[j:] of a node
+#   ('L', ek, ctx, flags, allow, fi, count, mn, mx, stars)   list elements until <end>/<close>
+#   ('S', flags, count, mn, mx)                 statements until <dedent>
+#   ('K', tok)                                   exactly tok
+# ---------------------------------------------------------------------------------------------
+
+
+def _expr_structs(ctx: int, flags: int, allow: int) -> frozenset:
+    return _expr_structs_c(ctx, flags & (F_ASYNC | F_GEN | F_COMP | F_ANN), allow)
+
+
+@lru_cache(maxsize=None)
+def _expr_structs_c(ctx: int, flags: int, allow: int) -> frozenset:
+    if allow & A_NAME:
+        out = {"<Name>"}
+    elif ctx != LOAD or allow & A_SIMPLE:
+        out = {"<Name>", "<Attribute>", "<Subscript>"}
+        if not allow & A_SIMPLE:
+            out |= {"<Tuple>", "<List>"}
+            if ctx == STORE and allow & A_STAR:
+                out.add("<Starred>")
+    else:
+        out = set(EXPR_TAGS) | SHORT_OPS | CONST_SINGLETONS | {"<str>", "<const>"}
+        out.discard("<FormattedValue>")
+        if not allow & A_STAR:
+            out.discard("<Starred>")
+        if not allow & A_SLICE:
+            out.discard("<Slice>")
+        if not (flags & F_ASYNC) or flags & F_ANN:
+            out.discard("<Await>")
+        if not (flags & F_GEN) or flags & (F_COMP | F_ANN | F_ASYNC):
+            out.discard("<Yield>")
+            out.discard("<YieldFrom>")
+        if flags & (F_COMP | F_ANN):
+            out.discard("<NamedExpr>")
+    if allow & A_NONE:
+        out.add("<none>")
+    return frozenset(out)
+
+
+_EXCLUDED_STMTS = frozenset(("<Match>", "<TryStar>", "<Global>", "<Nonlocal>"))
+
+
+@lru_cache(maxsize=None)
+def _stmt_structs(flags: int) -> frozenset:
+    out = (set(STMT_TAGS) - _EXCLUDED_STMTS) | _expr_structs(LOAD, flags, 0)
+    if not flags & F_FUNC:
+        out.discard("<Return>")
+    if not flags & F_LOOP:
+        out.discard("<Break>")
+        out.discard("<Continue>")
+    if not flags & F_ASYNC:
+        out.discard("<AsyncFor>")
+        out.discard("<AsyncWith>")
+    return frozenset(out)
+
+
+def _count(counts, i, j):
+    return counts[i] if i < j else 0
+
+
+def _can_elide(spec, j: int, counts) -> bool:
+    """May fields order[j:] all be left out (one <close>)? ``counts`` holds the fields before j."""
+    if j < spec.elidable_from:
+        return False
+    name = spec.name
+    order = spec.order
+    for k in range(j, len(order)):
+        f = order[k]
+        if f[0] == "body" or MIN_LEN.get((name, f[0]), 0):
+            return False
+    if name == "Dict":
+        return _count(counts, 0, j) == 0
+    if name == "arguments":
+        if j <= 5 and _count(counts, 4, j):
+            return False
+        return _count(counts, 1, j) <= _count(counts, 0, j)
+    if name == "Try":
+        return j <= 2 and _count(counts, 1, j) > 0 if j >= 2 else False
+    return True
+
+
+def _field_sym(spec, j: int, ctx: int, flags: int, counts):
+    """The symbol for field order[j] of a node being read."""
+    f = spec.order[j]
+    fname, kind, cat = f[0], f[2], f[3]
+    name = spec.name
+    cctx = ctx if spec.passes_ctx else _CTX_OF[type(f[4]).__name__]
+    allow = 0
+    fl = flags
+    if kind == K_STMTS:
+        mn, mx = (1 if fname == "body" else 0), None
+        if name in ("FunctionDef", "AsyncFunctionDef"):
+            fl = F_FUNC | (F_ASYNC if name == "AsyncFunctionDef" else F_GEN)
+        elif name == "ClassDef":
+            fl = 0
+        elif name in ("For", "AsyncFor", "While") and fname == "body":
+            fl = flags | F_LOOP
+        elif name == "Try" and counts[1] == 0:
+            mn, mx = (0, 0) if fname == "orelse" else (1, None)
+        return ("V", "indent", LOAD, fl, (mn, mx), j)
+    if kind in (K_LIST, K_IDLIST, K_OPLIST):
+        mn, mx = MIN_LEN.get((name, fname), 0), None
+        if kind == K_OPLIST:
+            return ("L", "op:" + cat, LOAD, flags, 0, j, 0, mn, mx, 0)
+        if cat == "expr":
+            if name in ("Tuple", "List", "Set") or (name, fname) in (("Call", "args"), ("ClassDef", "bases")):
+                if cctx != DEL:
+                    allow |= A_STAR
+            if name == "Tuple" and ctx == LOAD and counts is not None and counts[-1] == -1:
+                allow |= A_SLICE  # a tuple directly in a subscript
+            if (name, fname) in (("Dict", "keys"), ("arguments", "kw_defaults")):
+                allow |= A_NONE
+            if (name, fname) == ("Dict", "values"):
+                mn = mx = counts[0]
+            elif (name, fname) == ("Compare", "comparators"):
+                mn = mx = counts[1]
+            elif (name, fname) == ("arguments", "kw_defaults"):
+                mn = mx = counts[4]
+            if name in ("ListComp", "SetComp", "GeneratorExp", "DictComp"):
+                fl = flags | F_COMP
+            return ("L", "expr", cctx, fl, allow, j, 0, mn, mx, 0)
+        if (name, fname) == ("arguments", "posonlyargs"):
+            mn = max(0, counts[1] - counts[0])
+        if name in ("ListComp", "SetComp", "GeneratorExp", "DictComp"):
+            fl = flags | F_COMP
+        if name == "JoinedStr":
+            return ("L", "fstr", LOAD, flags, 0, j, 0, mn, mx, 0)
+        if name == "Try" and fname == "handlers":
+            return ("L", "excepthandler", LOAD, flags, 0, j, 0, mn, mx, 0)
+        return ("L", cat, LOAD, fl, 0, j, 0, mn, mx, 0)
+    opt = kind in (K_OPTNODE, K_OPTIDENT, K_OPTSTR, K_OPTINT)
+    if opt:
+        allow |= A_NONE
+    if kind in (K_IDENT, K_OPTIDENT):
+        if name == "arg":
+            allow |= A_ARGNAME
+        elif name == "keyword":
+            allow |= A_KWNAME
+        vk = "dotted" if (name, fname) in (("alias", "name"), ("ImportFrom", "module")) else "ident"
+        return ("V", vk, LOAD, flags, allow, j)
+    if kind in (K_INT, K_OPTINT):
+        if fname == "conversion":
+            s = "conv"
+        elif fname == "level":
+            s = "level"
+        elif fname == "is_async":
+            s = "bool" if flags & F_ASYNC else "zero"
+        elif fname == "simple":
+            s = "bool" if counts[0] == 2 else "zero"
+        else:
+            s = "zero"
+        return ("V", "int:" + s, LOAD, flags, allow, j)
+    if kind == K_OP:
+        return ("V", "op:" + cat, LOAD, flags, 0, j)
+    if kind == K_CONST:
+        return ("V", "const", LOAD, flags, 0, j)
+    if kind in (K_STR, K_OPTSTR):
+        return ("V", "strfield", LOAD, flags, allow, j)
+    # a node
+    if cat != "expr":
+        if cat == "arguments" and name == "Lambda":
+            fl = flags | F_LAMBDA
+        return ("V", cat, LOAD, fl, allow, j)
+    if name == "Raise" and fname == "cause" and counts[0] == 0:
+        return ("V", "none", LOAD, flags, 0, j)
+    if name == "FormattedValue" and fname == "format_spec":
+        return ("V", "jstr", LOAD, flags, allow, j)
+    if name in ("FunctionDef", "AsyncFunctionDef") and fname == "returns":
+        fl = flags | F_ANN
+    elif name == "arg" or (name == "AnnAssign" and fname == "annotation"):
+        fl = flags | F_ANN
+    elif name == "Lambda":
+        fl = F_GEN  # the lambda body: its own (non-async) function scope
+    elif name in ("ListComp", "SetComp", "GeneratorExp", "DictComp"):
+        fl = flags | F_COMP
+    if (name, fname) in (("AugAssign", "target"), ("AnnAssign", "target")):
+        allow |= A_SIMPLE
+    elif (name, fname) == ("NamedExpr", "target"):
+        allow |= A_NAME
+    elif (name, fname) == ("Subscript", "slice"):
+        allow |= A_SLICE
+    return ("V", "expr", cctx, fl, allow, j)
+
+
+def _node_start(spec, ctx: int, flags: int, allow: int):
+    """The F symbol of a node whose type token was read (None when it has no fields)."""
+    if not spec.order:
+        return None
+    counts = [0] * len(spec.order)
+    if spec.name == "Tuple" and allow & A_SLICE:
+        counts.append(-1)  # marker: a tuple in a subscript (elements may be slices)
+    return ("F", spec, 0, ctx, flags, tuple(counts), frozenset())
+
+
+class PDAError(ValueError):
+    pass
+
+
+def _top_slot(stack) -> tuple[Sig, frozenset | None]:
+    """(signature, forbidden identifiers) of the position on top of ``stack``."""
+    if not stack:
+        return DONE_SIG, None
+    sym = stack[-1]
+    t = sym[0]
+    if t == "K":
+        return _sig(frozenset((sym[1],)), None), None
+    if t == "S":
+        _, flags, count, mn, mx = sym
+        structs = set()
+        if mx is None or count < mx:
+            structs |= _stmt_structs(flags)
+        if count >= mn:
+            structs.add("<dedent>")
+        pk = P_EXPR if (mx is None or count < mx) else None
+        return _sig(frozenset(structs), pk), FORBIDDEN_NAMES
+    if t == "L":
+        ek, ctx, flags, allow, fi, count, mn, mx, stars = sym[1:]
+        sig, forbid = _elem_slot(ek, ctx, flags, allow if not stars else allow & ~A_STAR, stack)
+        if mx is not None and count >= mx:
+            sig = DONE_SIG
+        ends = set()
+        if count >= mn:
+            ends.add("<end>")
+            parent = stack[-2]
+            counts = parent[5][:fi] + (count,) + parent[5][fi + 1 :]
+            if _can_elide(parent[1], fi + 1, counts):
+                ends.add("<close>")
+        return _sig(sig.structs | frozenset(ends), sig.pkind), forbid
+    if t == "F":
+        _, spec, j, ctx, flags, counts, names = sym
+        sub = _field_sym(spec, j, ctx, flags, counts)
+        sig, forbid = _sym_slot(sub, stack)
+        if j == 0 and spec.name == "Constant":
+            pass
+        if _can_elide(spec, j, counts):
+            return _sig(sig.structs | {"<close>"}, sig.pkind), forbid
+        return sig, forbid
+    return _sym_slot(sym, stack)
+
+
+def _names_frame(stack, limit=4):
+    for i in range(len(stack) - 1, max(-1, len(stack) - 1 - limit), -1):
+        sym = stack[i]
+        if sym[0] == "F" and sym[1].name in NAMES_SPECS:
+            return i
+    return -1
+
+
+def _sym_slot(sym, stack):
+    if sym[0] == "L":
+        # a list field about to start: elements or its end (the node decides about <close>)
+        ek, ctx, flags, allow, fi, count, mn, mx, stars = sym[1:]
+        sig, forbid = _elem_slot(ek, ctx, flags, allow, stack)
+        ends = {"<end>"} if mn == 0 else set()
+        if mx == 0:
+            sig = DONE_SIG
+        if mn == 0 and stack and stack[-1][0] == "F":
+            parent = stack[-1]
+            if _can_elide(parent[1], fi + 1, parent[5][:fi] + (0,) + parent[5][fi + 1 :]):
+                ends.add("<close>")
+        return _sig(sig.structs | frozenset(ends), sig.pkind), forbid
+    _, vk, ctx, flags, allow, fi = sym
+    return _value_slot(vk, ctx, flags, allow, stack)
+
+
+def _elem_slot(ek, ctx, flags, allow, stack):
+    return _value_slot(ek, ctx, flags, allow, stack)
+
+
+def _value_slot(vk, ctx, flags, allow, stack):
+    none = frozenset(("<none>",)) if allow & A_NONE else frozenset()
+    if vk == "expr":
+        structs = _expr_structs(ctx, flags, allow)
+        pk = P_EXPR if (ctx == LOAD and not allow & (A_NAME | A_SIMPLE)) else P_IDENT
+        return _sig(structs, pk), FORBIDDEN_NAMES
+    if vk == "stmt":
+        return _sig(_stmt_structs(flags), P_EXPR), FORBIDDEN_NAMES
+    if vk in ("ident", "dotted"):
+        forbid = FORBIDDEN_NAMES
+        if allow & (A_ARGNAME | A_KWNAME):
+            i = _names_frame(stack)
+            if i >= 0:
+                forbid = FORBIDDEN_NAMES | stack[i][6]
+        return _sig(none, P_IDENT if vk == "ident" else P_DOTTED), forbid
+    if vk.startswith("int:"):
+        return _sig(none, vk), None
+    if vk.startswith("op:"):
+        return _sig(OPS_BY_CAT[vk[3:]], None), None
+    if vk == "const":
+        return _sig(CONST_SINGLETONS | {"<str>", "<const>"}, "int:never" if False else "num"), None
+    if vk == "indent":
+        return _sig(frozenset(("<indent>",)), None), None
+    if vk == "arg":
+        structs = none if flags & F_LAMBDA else none | {"<arg>"}
+        forbid = FORBIDDEN_NAMES
+        i = _names_frame(stack)
+        if i >= 0:
+            forbid = FORBIDDEN_NAMES | stack[i][6]
+        return _sig(structs, P_IDENT), forbid
+    if vk == "alias":
+        return _sig(none | {"<alias>"}, P_DOTTED), FORBIDDEN_NAMES
+    if vk == "excepthandler":
+        return _sig(frozenset(("<ExceptHandler>",)), None), None
+    if vk == "fstr":
+        return _sig(frozenset(("<str>", "<FormattedValue>")), None), None
+    if vk == "jstr":
+        return _sig(none | {"<JoinedStr>"}, None), None
+    if vk == "none":
+        return _sig(frozenset(("<none>",)), None), None
+    if vk == "strfield":
+        return _sig(none | {"<str>"}, None), None
+    if vk == "rawstr" or vk == "rawconst":
+        return _sig(frozenset(), vk), None
+    if vk == "funcdef":
+        return _sig(frozenset(("<FunctionDef>", "<AsyncFunctionDef>")), None), None
+    if vk == "mod":
+        return _sig(frozenset(("<Module>",)), None), None
+    # untagged products: their first field
+    spec = SPECS["<" + vk + ">"]
+    sub = _field_sym(spec, 0, LOAD, flags, (0,) * len(spec.order))
+    sig, forbid = _sym_slot(sub, stack + [("F", spec, 0, LOAD, flags, (0,) * len(spec.order), frozenset())])
+    if _can_elide(spec, 0, (0,) * len(spec.order)):
+        sig = _sig(sig.structs | {"<close>"}, sig.pkind)
+    return sig, forbid

@@ -1,0 +1,75 @@
+"""Language-model evaluation helpers: held-out loss and batched generation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy per real token over ``texts`` (each ending with EOS, as in training)."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    eos = tokenizer.eos_token or ""
+    for i in range(0, len(texts), batch_size):
+        batch = [t + eos for t in texts[i : i + batch_size]]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                        add_special_tokens=False).to(device)
+        logits = model(**enc).logits[:, :-1].float()
+        target = enc["input_ids"][:, 1:]
+        mask = enc["attention_mask"][:, 1:].bool()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        total += float(loss[mask].sum())
+        count += int(mask.sum())
+    return total / count if count else math.nan
+
+
+@torch.no_grad()
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    do_sample: bool,
+    seed: int = 0,
+    processor_factory: Callable[[list[int]], object] | None = None,
+    batch_size: int = 8,
+) -> list[str]:
+    """Continuations of ``prompts`` (decoded text of the new tokens only). ``processor_factory`` gets the
+    prompt lengths of a batch and returns a logits processor (e.g. the grammar constraint)."""
+    from transformers import LogitsProcessorList
+
+    model.eval()
+    device = next(model.parameters()).device
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    out: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = list(prompts[i : i + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            width = enc["input_ids"].shape[1]
+            processors = LogitsProcessorList()
+            if processor_factory is not None:
+                processors.append(processor_factory([width] * len(chunk)))
+            torch.manual_seed(seed + i)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                top_k=0 if do_sample else None,
+                temperature=1.0 if do_sample else None,
+                top_p=None,
+                logits_processor=processors,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            for row in gen[:, width:]:
+                out.append(tokenizer.decode(row, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = old_side
+    return out

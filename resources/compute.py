@@ -1,0 +1,21 @@
+"""Compute: where training runs (cpu/cuda), in which precision, quantized or not, with which backend."""
+
+import dagster as dg
+
+from ml.compute import ComputePlan, resolve_compute
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Each field is ``auto`` by default: CUDA when present, bf16 on GPU, 4-bit only with CUDA +
+    bitsandbytes, the unsloth backend only with CUDA and the ``gpu`` extra installed."""
+
+    device: str = "auto"  # auto | cuda | cpu
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    quantization: str = "auto"  # auto | 4bit | none
+    backend: str = "auto"  # auto | hf | unsloth
+
+    def plan(self) -> ComputePlan:
+        try:
+            return resolve_compute(self.device, self.precision, self.quantization, self.backend)
+        except ValueError as exc:
+            raise dg.Failure(f"compute resource: {exc}") from exc
