@@ -30,7 +30,11 @@ Two modes (see ``ml.codec.base.MODES``):
       ``Constant``; ``<op:Add> l r`` is a BinOp, ``<op:USub> x`` a UnaryOp, ``<op:And> v... <end>``
       a BoolOp, ``<op:Lt> l r`` a one-operator Compare. In ``arg`` position a bare payload is an
       ``arg`` without annotation, in ``alias`` position an ``alias`` without asname, in
-      ``pattern`` position a capture ``MatchAs``.
+      ``pattern`` position a capture ``MatchAs``; in statement position an expression (any
+      token that is not a statement type) is an ``Expr`` statement.
+
+The compact encoder and decoder are generated at import from the ASDL table (one function per
+node type), for speed; the verbose ones are generic.
 
 Payloads go through ``escape_payload``/``unescape_payload``. ``decode_tree`` raises
 ``DecodeError`` (position and what was expected) on any sequence it cannot decode.
@@ -54,6 +58,7 @@ __all__ = [
     "decode_tree",
     "encode",
     "encode_tree",
+    "same_tree",
     "structural_vocabulary",
     "verify",
 ]
@@ -280,7 +285,7 @@ def structural_vocabulary() -> list[str]:
 
 
 def _esc(text: str) -> str:
-    if "\\" in text or "<" in text:
+    if "\\" in text or "<" in text or not text.isascii():  # non-ASCII may hold lone surrogates
         return escape_payload(text)
     return text
 
@@ -1223,6 +1228,12 @@ def decode(tokens: list[str], mode: str = "compact") -> str:
     tree = decode_tree(tokens, mode)
     with _deep_recursion():
         return ast.unparse(ast.fix_missing_locations(tree))
+
+
+def same_tree(a: ast.AST, b: ast.AST) -> bool:
+    """``ast.dump(a) == ast.dump(b)``, without building the dumps."""
+    with _deep_recursion():
+        return _same(a, b)
 
 
 def verify(code: str, tokens: list[str], mode: str = "compact") -> bool:

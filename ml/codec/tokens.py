@@ -20,16 +20,35 @@ from urllib.parse import quote
 STRUCT_RE = re.compile(r"<[^\s<>]+>")
 SEP = "<sep>"
 _SPLIT_RE = re.compile(r"(<[^\s<>]+>)")
-_UNESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_UNESCAPE_RE = re.compile(r"\\(s[0-9a-f]{4}|.)", re.DOTALL)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def escape_payload(text: str) -> str:
-    """Escape a literal so it can never be mistaken for a structural token."""
-    return text.replace("\\", "\\\\").replace("<", "\\l")
+    """Escape a literal so it can never be mistaken for a structural token.
+
+    Lone surrogates (Python strings such as ``"\\udc80"``) become ``\\sdc80``: UTF-8 files, Parquet
+    and tokenizers cannot hold them.
+    """
+    text = text.replace("\\", "\\\\").replace("<", "\\l")
+    if not text.isascii() and _SURROGATE_RE.search(text):
+        text = _SURROGATE_RE.sub(lambda m: f"\\s{ord(m.group()):04x}", text)
+    return text
+
+
+def _unescape_one(m: re.Match) -> str:
+    code = m.group(1)
+    if code == "l":
+        return "<"
+    if len(code) == 5:
+        return chr(int(code[1:], 16))
+    return code
 
 
 def unescape_payload(token: str) -> str:
-    return _UNESCAPE_RE.sub(lambda m: "<" if m.group(1) == "l" else m.group(1), token)
+    if "\\" not in token:
+        return token
+    return _UNESCAPE_RE.sub(_unescape_one, token)
 
 
 def is_structural(token: str) -> bool:
