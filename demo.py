@@ -20,29 +20,50 @@ from resources import DuckDBCatalog
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="*", default=SLICES, help="language slices (default: all)")
-    parser.add_argument("--job", default="ast_data_job")
+    parser.add_argument("--data-only", action="store_true", help="skip training and evaluation")
     args = parser.parse_args(argv)
 
     instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def(args.job)
+    catalog = DuckDBCatalog()
     failed = []
-    for language in args.slices:
+
+    def run(job_name: str, language: str) -> bool:
         start = time.monotonic()
-        print(f"[astforge] {args.job} [{language}] ...", flush=True)
-        result = job.execute_in_process(partition_key=language, instance=instance, raise_on_error=False)
+        print(f"[astforge] {job_name} [{language}] ...", flush=True)
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            partition_key=language, instance=instance, raise_on_error=False
+        )
         status = "ok" if result.success else "FAILED"
-        print(f"[astforge] {args.job} [{language}] {status} in {time.monotonic() - start:.0f}s "
+        print(f"[astforge] {job_name} [{language}] {status} in {time.monotonic() - start:.0f}s "
               f"(run {result.run_id})", flush=True)
         if not result.success:
-            failed.append(language)
+            failed.append(f"{job_name}[{language}]")
+        return result.success
 
-    catalog = DuckDBCatalog()
+    for language in args.slices:
+        if not run("ast_data_job", language) or args.data_only:
+            continue
+        entry = catalog.latest_artifact("ast_corpus", language)
+        if not entry or not entry["rows"]:
+            print(f"[astforge] {language}: no AST rows, so no training for this slice", flush=True)
+            continue
+        run("ast_model_job", language)
+
     print("\nRows per slice (from the catalog):")
     rows = catalog.query(
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
            FROM artifacts GROUP BY ALL ORDER BY asset_key, partition"""
     )
     width = max((len(r["asset_key"]) for r in rows), default=10)
+    if any(r["asset_key"] == "ast_eval" for r in rows):
+        print("\nEvaluation (ast_eval, latest per slice):")
+        evals = catalog.query(
+            """SELECT partition, metric, arg_max(value, created_at) AS value FROM eval_metrics
+               WHERE asset_key = 'ast_eval' GROUP BY ALL ORDER BY partition, metric"""
+        )
+        for e in evals:
+            print(f"  {e['partition']:<11} {e['metric']:<26} {e['value']:.4f}")
+        print()
     for r in rows:
         print(f"  {r['asset_key']:<{width}}  {r['partition']:<11} {r['rows']:>8}")
     skips = catalog.query(
@@ -59,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Dagster instance: {instance.root_directory}")
     print("Open the UI with: make ui   (http://127.0.0.1:3000)")
     if failed:
-        print(f"\nFailed slices: {', '.join(failed)}", file=sys.stderr)
+        print(f"\nFailed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -20,6 +20,13 @@ ast_first_job = dg.define_asset_job(
     description="Data, tokenizer, base model, Phase 1 and Phase 2 adapters and evaluation for one slice.",
 )
 
+ast_model_job = dg.define_asset_job(
+    "ast_model_job",
+    selection=dg.AssetSelection.groups("ast_first") - DATA_SELECTION,
+    partitions_def=language_slices,
+    description="Tokenizer, base model, Phase 1/Phase 2 adapters and evaluation, on the slice's current data.",
+)
+
 ast_eval_job = dg.define_asset_job(
     "ast_eval_job",
     selection=dg.AssetSelection.assets("ast_eval"),

@@ -68,6 +68,12 @@ F_LOOP = 8  # break / continue
 F_COMP = 16  # inside a comprehension: no yield, no walrus
 F_ANN = 32  # annotation: no yield / await / walrus
 F_LAMBDA = 64  # arguments of a lambda: no annotations
+F_DEPTH1 = 256  # statement-block nesting depth, counted in the high bits
+MAX_BLOCKS = 14  # CPython allows 20 static blocks per code object (a try/with level may take 3)
+COMPOUND = frozenset(
+    ("<For>", "<AsyncFor>", "<While>", "<If>", "<With>", "<AsyncWith>", "<Try>", "<FunctionDef>",
+     "<AsyncFunctionDef>", "<ClassDef>")
+)
 
 # Allow bits of an expression slot.
 A_STAR = 1
@@ -84,10 +90,11 @@ _CTX_OF = {"Load": LOAD, "Store": STORE, "Del": DEL}
 # Min lengths of list fields / non-empty statement bodies.
 MIN_LEN = {
     ("Delete", "targets"): 1, ("Assign", "targets"): 1, ("BoolOp", "values"): 2,
-    ("Compare", "ops"): 1, ("Import", "names"): 1, ("ImportFrom", "names"): 1,
+    ("Compare", "ops"): 1, ("Compare", "comparators"): 1, ("Import", "names"): 1, ("ImportFrom", "names"): 1,
     ("With", "items"): 1, ("AsyncWith", "items"): 1, ("ListComp", "generators"): 1,
     ("SetComp", "generators"): 1, ("DictComp", "generators"): 1, ("GeneratorExp", "generators"): 1,
 }
+MAX_WITH_ITEMS = 4
 NAMES_SPECS = ("arguments", "Call", "ClassDef")  # nodes tracking names for uniqueness
 
 # Payload kinds (plain payloads) and lexer modes.
@@ -98,6 +105,7 @@ INT_SETS = {
     "zero": ("0",),
     "level": tuple(str(i) for i in range(10)),
 }
+PLAIN_KINDS = frozenset((P_EXPR, P_IDENT, P_DOTTED, "num")) | frozenset("int:" + k for k in INT_SETS)
 M_BOUND, M_PEND, M_PLAIN, M_RAW, M_SEP = range(5)
 SEP = b"<sep>"
 NUM_MAX = 60  # longest number payload
@@ -128,6 +136,10 @@ def _start_kind(pkind: str, c: int):
         return ("ident", 1) if c in _ALPHA else None
     if pkind == P_DOTTED:
         return ("dotted", 1) if c in _ALPHA else None
+    if pkind == "num":
+        return ("num", 1) if c in _DIG else None
+    if not pkind.startswith("int:"):
+        return None
     # int set
     chars = bytes([c]).decode("latin-1")
     return (pkind, chars) if any(s.startswith(chars) for s in INT_SETS[pkind[4:]]) else None
@@ -307,6 +319,8 @@ def _stmt_structs(flags: int) -> frozenset:
     if not flags & F_ASYNC:
         out.discard("<AsyncFor>")
         out.discard("<AsyncWith>")
+    if flags // F_DEPTH1 >= MAX_BLOCKS:
+        out -= COMPOUND
     return frozenset(out)
 
 
@@ -318,6 +332,8 @@ def _can_elide(spec, j: int, counts) -> bool:
     """May fields order[j:] all be left out (one <close>)? ``counts`` holds the fields before j."""
     if j < spec.elidable_from:
         return False
+    if j >= len(spec.order):
+        return True
     name = spec.name
     order = spec.order
     for k in range(j, len(order)):
@@ -331,7 +347,9 @@ def _can_elide(spec, j: int, counts) -> bool:
             return False
         return _count(counts, 1, j) <= _count(counts, 0, j)
     if name == "Try":
-        return j <= 2 and _count(counts, 1, j) > 0 if j >= 2 else False
+        return _count(counts, 1, j) > 0
+    if name == "AnnAssign":
+        return _count(counts, 0, j) == 2
     return True
 
 
@@ -345,12 +363,21 @@ def _field_sym(spec, j: int, ctx: int, flags: int, counts):
     fl = flags
     if kind == K_STMTS:
         mn, mx = (1 if fname == "body" else 0), None
+        if name in ("With", "AsyncWith"):
+            inc = counts[0]
+        elif name == "If":
+            inc = 0
+        elif name == "ExceptHandler" or fname == "finalbody":
+            inc = 2
+        else:
+            inc = 1
+        fl = flags + inc * F_DEPTH1
         if name in ("FunctionDef", "AsyncFunctionDef"):
             fl = F_FUNC | (F_ASYNC if name == "AsyncFunctionDef" else F_GEN)
         elif name == "ClassDef":
             fl = 0
         elif name in ("For", "AsyncFor", "While") and fname == "body":
-            fl = flags | F_LOOP
+            fl = fl | F_LOOP
         elif name == "Try" and counts[1] == 0:
             mn, mx = (0, 0) if fname == "orelse" else (1, None)
         return ("V", "indent", LOAD, fl, (mn, mx), j)
@@ -358,6 +385,8 @@ def _field_sym(spec, j: int, ctx: int, flags: int, counts):
         mn, mx = MIN_LEN.get((name, fname), 0), None
         if kind == K_OPLIST:
             return ("L", "op:" + cat, LOAD, flags, 0, j, 0, mn, mx, 0)
+        if name == "JoinedStr":
+            return ("L", "fstr", LOAD, flags, 0, j, 0, mn, mx, 0)
         if cat == "expr":
             if name in ("Tuple", "List", "Set") or (name, fname) in (("Call", "args"), ("ClassDef", "bases")):
                 if cctx != DEL:
@@ -379,8 +408,8 @@ def _field_sym(spec, j: int, ctx: int, flags: int, counts):
             mn = max(0, counts[1] - counts[0])
         if name in ("ListComp", "SetComp", "GeneratorExp", "DictComp"):
             fl = flags | F_COMP
-        if name == "JoinedStr":
-            return ("L", "fstr", LOAD, flags, 0, j, 0, mn, mx, 0)
+        if name in ("With", "AsyncWith"):
+            mx = MAX_WITH_ITEMS
         if name == "Try" and fname == "handlers":
             return ("L", "excepthandler", LOAD, flags, 0, j, 0, mn, mx, 0)
         return ("L", cat, LOAD, fl, 0, j, 0, mn, mx, 0)
@@ -478,16 +507,13 @@ def _top_slot(stack) -> tuple[Sig, frozenset | None]:
         if count >= mn:
             ends.add("<end>")
             parent = stack[-2]
-            counts = parent[5][:fi] + (count,) + parent[5][fi + 1 :]
-            if _can_elide(parent[1], fi + 1, counts):
+            if fi >= 0 and _can_elide(parent[1], fi + 1, parent[5][:fi] + (count,) + parent[5][fi + 1 :]):
                 ends.add("<close>")
         return _sig(sig.structs | frozenset(ends), sig.pkind), forbid
     if t == "F":
         _, spec, j, ctx, flags, counts, names = sym
         sub = _field_sym(spec, j, ctx, flags, counts)
         sig, forbid = _sym_slot(sub, stack)
-        if j == 0 and spec.name == "Constant":
-            pass
         if _can_elide(spec, j, counts):
             return _sig(sig.structs | {"<close>"}, sig.pkind), forbid
         return sig, forbid
@@ -524,6 +550,8 @@ def _elem_slot(ek, ctx, flags, allow, stack):
 
 
 def _value_slot(vk, ctx, flags, allow, stack):
+    if vk == "indent":
+        return _sig(frozenset(("<indent>",)), None), None
     none = frozenset(("<none>",)) if allow & A_NONE else frozenset()
     if vk == "expr":
         structs = _expr_structs(ctx, flags, allow)
@@ -543,7 +571,7 @@ def _value_slot(vk, ctx, flags, allow, stack):
     if vk.startswith("op:"):
         return _sig(OPS_BY_CAT[vk[3:]], None), None
     if vk == "const":
-        return _sig(CONST_SINGLETONS | {"<str>", "<const>"}, "int:never" if False else "num"), None
+        return _sig(CONST_SINGLETONS | {"<str>", "<const>"}, "num"), None
     if vk == "indent":
         return _sig(frozenset(("<indent>",)), None), None
     if vk == "arg":
@@ -578,3 +606,499 @@ def _value_slot(vk, ctx, flags, allow, stack):
     if _can_elide(spec, 0, (0,) * len(spec.order)):
         sig = _sig(sig.structs | {"<close>"}, sig.pkind)
     return sig, forbid
+
+
+# ---------------------------------------------------------------------------------------------
+# Feeding codec tokens to the stack.
+# ---------------------------------------------------------------------------------------------
+
+
+def _presence(tok, payload_kind):
+    if tok == "<none>":
+        return 0
+    if tok == "<Name>" or (tok is None and payload_kind == "ident"):
+        return 2
+    return 1
+
+
+def _feed(stack: list, tok: str | None, pkind: str | None = None, text: str = "") -> None:
+    """Consume one codec token (structural ``tok``, or a payload of sub-kind ``pkind``) in place."""
+    while True:
+        sym = stack[-1]
+        t = sym[0]
+        if t == "K":
+            stack.pop()
+            break
+        if t == "S":
+            _, flags, count, mn, mx = sym
+            if tok == "<dedent>":
+                stack.pop()
+                break
+            stack[-1] = ("S", flags, count + 1, mn, mx)
+            stack.append(("V", "stmt", LOAD, flags, 0, -1))
+            continue
+        if t == "L":
+            ek, ctx, flags, allow, fi, count, mn, mx, stars = sym[1:]
+            if tok == "<end>" or tok == "<close>":
+                stack.pop()
+                if fi >= 0:
+                    parent = stack[-1]
+                    counts = parent[5][:fi] + (count,) + parent[5][fi + 1 :]
+                    if tok == "<close>":
+                        stack.pop()
+                    else:
+                        stack[-1] = parent[:5] + (counts,) + parent[6:]
+                break
+            if tok == "<Starred>" and ctx == STORE:
+                stars += 1
+            stack[-1] = ("L", ek, ctx, flags, allow, fi, count + 1, mn, mx, stars)
+            if stars:
+                allow &= ~A_STAR
+            stack.append(("V", ek, ctx, flags, allow, -1))
+            continue
+        if t == "F":
+            _, spec, j, ctx, flags, counts, names = sym
+            if tok == "<close>" and _can_elide(spec, j, counts):
+                stack.pop()
+                break
+            sub = _field_sym(spec, j, ctx, flags, counts)
+            counts = counts[:j] + (_presence(tok, pkind),) + counts[j + 1 :]
+            stack[-1] = ("F", spec, j + 1, ctx, flags, counts, names)
+            if spec.name == "ExceptHandler" and j == 0 and tok == "<none>":
+                lst = stack[-2]  # the handlers list: a bare except must be the last handler
+                stack[-2] = lst[:8] + (lst[6],) + lst[9:]
+            stack.append(sub)
+            continue
+        # V
+        _, vk, ctx, flags, allow, fi = sym
+        if vk in ("keyword", "withitem", "comprehension", "arguments"):
+            spec = SPECS["<" + vk + ">"]
+            stack[-1] = ("F", spec, 0, LOAD, flags, (0,) * len(spec.order), frozenset())
+            continue
+        if tok is None:  # a payload
+            if (vk in ("ident", "arg") and allow & (A_ARGNAME | A_KWNAME)) or vk == "arg":
+                i = _names_frame(stack)
+                if i >= 0:
+                    f = stack[i]
+                    stack[i] = f[:6] + (f[6] | {text},)
+            stack.pop()
+            break
+        if vk == "indent":
+            stack[-1] = ("S", flags, 0, allow[0], allow[1])
+            break
+        if vk == "mod":
+            stack[-1:] = [("K", "<close>"), ("K", "<dedent>"), ("V", "funcdef", LOAD, 0, 0, -1), ("K", "<indent>")]
+            break
+        stack.pop()
+        if tok == "<none>" or tok in CONST_SINGLETONS:
+            break
+        if tok == "<str>":
+            stack.append(("V", "rawstr", LOAD, flags, 0, -1))
+            break
+        if tok == "<const>":
+            stack.append(("V", "rawconst", LOAD, flags, 0, -1))
+            break
+        if vk.startswith("op:"):
+            break
+        if tok in SHORT_OPS:
+            cat = pa._SINGLETON_BY_TOKEN[tok][0]
+            e = ("V", "expr", LOAD, flags, 0, -1)
+            if cat == "boolop":
+                stack.append(("L", "expr", LOAD, flags, 0, -1, 0, 2, None, 0))
+            elif cat == "unaryop":
+                stack.append(e)
+            else:
+                stack.append(e)
+                stack.append(e)
+            break
+        spec = SPECS[tok]
+        f = _node_start(spec, ctx, flags, allow)
+        if f is not None:
+            stack.append(f)
+        break
+    # pop finished nodes
+    while stack:
+        top = stack[-1]
+        if top[0] == "F" and top[2] >= len(top[1].order):
+            stack.pop()
+        else:
+            break
+
+
+def _cost(stack) -> int:
+    """A rough upper bound of the tokens needed to finish ``stack`` in closing mode."""
+    total = 0
+    for sym in stack:
+        t = sym[0]
+        if t == "K":
+            total += 1
+        elif t == "S":
+            total += 1 + 3 * max(0, sym[3] - sym[2])
+        elif t == "L":
+            total += 1 + 3 * max(0, sym[7] - sym[6])
+        elif t == "F":
+            total += 1 + 3 * (len(sym[1].order) - sym[2])
+        else:
+            total += 3
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The grammar over the tokenizer's vocabulary.
+# ---------------------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+class GrammarState:
+    """Where a generated sequence stands. ``advance`` returns a new state (this one is unchanged)."""
+
+    __slots__ = ("stack", "mode", "kind", "dstate", "text", "sig", "forbid", "budget", "finished")
+
+    def copy(self) -> "GrammarState":
+        s = GrammarState.__new__(GrammarState)
+        s.stack = list(self.stack)
+        s.mode, s.kind, s.dstate, s.text = self.mode, self.kind, self.dstate, self.text
+        s.sig, s.forbid, s.budget, s.finished = self.sig, self.forbid, self.budget, self.finished
+        return s
+
+
+class PythonAstGrammar:
+    """Token-level constraint for the compact Python AST text form (see the module docstring)."""
+
+    MAX_DEPTH = 48
+    MARGIN = 6
+
+    def __init__(self, tokenizer, mode: str = "compact", vocab_size: int | None = None) -> None:
+        if mode != "compact":
+            raise ValueError("only the compact mode is supported")
+        self.tokenizer = tokenizer
+        n = len(tokenizer)
+        self.vocab_size = max(n, vocab_size or 0)
+        self.eos_id = tokenizer.eos_token_id
+        vocab = tokenizer.get_vocab()
+        known = set(pa.structural_vocabulary())
+        self.struct_id: dict[str, int] = {t: vocab[t] for t in known if t in vocab}
+        self.id_struct: dict[int, str] = {i: t for t, i in self.struct_id.items()}
+        specials = set(tokenizer.all_special_ids)
+        added = set(tokenizer.get_added_vocab().values())
+        dec = {c: b for b, c in _bytes_to_unicode().items()}
+        self.pieces: dict[int, bytes] = {}
+        for tok, i in vocab.items():
+            if i in self.id_struct or i in specials or i in added or i >= n:
+                continue
+            try:
+                self.pieces[i] = bytes(dec[c] for c in tok)
+            except KeyError:
+                continue  # not a byte-level piece: never allowed
+        self._piece_items = sorted(self.pieces.items())
+        self._masks: dict = {}
+        self._empty = torch.zeros(self.vocab_size, dtype=torch.bool)
+        self._eos_mask = self._empty.clone()
+        if self.eos_id is not None:
+            self._eos_mask[self.eos_id] = True
+
+    # -- states -------------------------------------------------------------------------------
+
+    def initial_state(self, budget: int | None = None) -> GrammarState:
+        s = GrammarState()
+        s.stack = [("V", "mod", LOAD, 0, 0, -1)]
+        s.mode, s.kind, s.dstate, s.text = M_BOUND, None, None, b""
+        s.sig, s.forbid = _top_slot(s.stack)
+        s.budget = budget
+        s.finished = False
+        return s
+
+    def is_complete(self, state: GrammarState) -> bool:
+        return not state.stack and state.mode == M_BOUND
+
+    def _can_end(self, state: GrammarState) -> bool:
+        m = state.mode
+        if m == M_PLAIN:
+            if not _accepting(state.kind, state.dstate):
+                return False
+            if state.forbid is not None and state.text.decode("latin-1") in state.forbid:
+                return False
+            return True
+        if m == M_RAW:
+            return state.kind == "str" or _const_accepting(state.dstate)
+        return m == M_BOUND
+
+    def _closing(self, state: GrammarState) -> bool:
+        if len(state.stack) > self.MAX_DEPTH:
+            return True
+        if state.budget is None:
+            return False
+        return state.budget <= _cost(state.stack) + self.MARGIN
+
+    def key(self, state: GrammarState):
+        if state.finished:
+            return "finished"
+        if self.is_complete(state):
+            return "complete"
+        cont_ok = not (state.mode == M_PLAIN and state.kind == "num" and len(state.text) >= NUM_MAX)
+        return (state.mode, state.kind, state.dstate, self._can_end(state), cont_ok, state.sig, self._closing(state))
+
+    def allowed(self, state: GrammarState) -> torch.Tensor:
+        k = self.key(state)
+        m = self._masks.get(k)
+        if m is None:
+            m = self._masks[k] = self._build(k)
+        return m
+
+    # -- masks --------------------------------------------------------------------------------
+
+    def _build(self, key) -> torch.Tensor:
+        if key in ("finished", "complete"):
+            return self._eos_mask
+        mode, kind, dstate, can_end, cont_ok, sig, closing = key
+        structs: frozenset = frozenset()
+        if mode == M_BOUND or (mode in (M_PLAIN, M_RAW) and can_end):
+            structs = sig.structs
+        pieces_ok = True
+        must_end = closing and mode in (M_PLAIN, M_RAW) and can_end
+        if closing:
+            limited = structs & CLOSERS
+            if limited:
+                structs = limited
+                if mode == M_BOUND or (mode in (M_PLAIN, M_RAW) and can_end):
+                    pieces_ok = False
+            elif mode in (M_PLAIN, M_RAW) and can_end and structs:
+                pieces_ok = False
+        ids = [self.struct_id[t] for t in structs if t in self.struct_id]
+        if pieces_ok:
+            good, finishing = [], []
+            for i, piece in self._piece_items:
+                r = _sim(piece, mode, kind, dstate, can_end, cont_ok, sig)
+                if r is not None and (not must_end or r[0] is not None):
+                    good.append(i)
+                    if closing and mode in (M_PLAIN, M_RAW) and not can_end and r[2] == mode and _final_ok(r):
+                        finishing.append(i)
+            ids += finishing if finishing else good
+        mask = self._empty.clone()
+        if ids:
+            mask[torch.tensor(ids, dtype=torch.long)] = True
+        return mask
+
+    # -- advancing ----------------------------------------------------------------------------
+
+    def advance(self, state: GrammarState, token_id: int) -> GrammarState:
+        token_id = int(token_id)
+        mask = self.allowed(state)
+        if not (0 <= token_id < mask.shape[0]) or not bool(mask[token_id]):
+            raise ValueError(f"token {token_id} ({self._name(token_id)!r}) is not allowed here")
+        s = state.copy()
+        if s.budget is not None:
+            s.budget -= 1
+        if token_id == self.eos_id and (state.finished or self.is_complete(state)):
+            s.finished = True
+            return s
+        tok = self.id_struct.get(token_id)
+        if tok is not None:
+            if s.mode in (M_PLAIN, M_RAW):
+                self._end_payload(s, s.text)
+            _feed(s.stack, tok)
+            self._normalize_after_struct(s, tok)
+            return s
+        piece = self.pieces[token_id]
+        res = _sim(piece, s.mode, s.kind, s.dstate, self._can_end(s), True, s.sig)
+        end_at, start_at, m, k, d = res
+        if end_at is not None:
+            self._end_payload(s, s.text + piece[:end_at])
+            s.text = b""
+            s.sig, s.forbid = _top_slot(s.stack)
+        if start_at is not None:
+            if end_at is None:
+                s.text = b""
+            s.forbid = _top_slot(s.stack)[1]
+            s.text = piece[start_at:]
+            s.sig = self._after(s.stack, k)
+        elif end_at is None:
+            s.text = s.text + piece
+        s.mode, s.kind, s.dstate = m, k, d
+        return s
+
+    def _after(self, stack, kind) -> Sig:
+        tmp = list(stack)
+        _feed(tmp, None, kind, "_")
+        return _top_slot(tmp)[0]
+
+    def _end_payload(self, s: GrammarState, text: bytes) -> None:
+        _feed(s.stack, None, s.kind, text.decode("utf-8", "replace"))
+        s.mode, s.kind, s.dstate, s.text = M_BOUND, None, None, b""
+
+    def _normalize_after_struct(self, s: GrammarState, tok: str) -> None:
+        if is_raw_opener(tok):
+            s.mode = M_RAW
+            s.kind = "str" if tok == "<str>" else "const"
+            s.dstate = None if tok == "<str>" else CONST_START
+            s.text = b""
+            s.forbid = None
+            s.sig = self._after(s.stack, s.kind)
+        else:
+            s.mode, s.kind, s.dstate, s.text = M_BOUND, None, None, b""
+            s.sig, s.forbid = _top_slot(s.stack)
+
+    def _name(self, i: int) -> str:
+        if i in self.id_struct:
+            return self.id_struct[i]
+        if i in self.pieces:
+            return self.pieces[i].decode("utf-8", "replace")
+        return f"<id {i}>"
+
+
+def _final_ok(r) -> bool:
+    m, k, s = r[2], r[3], r[4]
+    if m == M_RAW:
+        return k == "str" or _const_accepting(s)
+    return _accepting(k, s)
+
+
+def _sim(piece: bytes, mode, kind, dstate, can_end, cont_ok, sig):
+    """Run one BPE piece through the payload lexer from an abstract position.
+
+    Returns ``(end_at, start_at, mode, kind, dstate)``: the byte offset where the current payload
+    ends (before a space / ``<sep>``), where a new payload starts, and the lexer state after the
+    piece; or None when the piece cannot come here. ``sig`` is the grammar slot at the next
+    payload boundary; a second boundary inside one piece is refused (its slot is not known).
+    """
+    m, k, s = mode, kind, dstate
+    end_at = start_at = None
+    cur = sig
+    for i, c in enumerate(piece):
+        if m == M_PLAIN:
+            if c == SP:
+                if i != 0 or not can_end or cur is None or cur.pkind not in PLAIN_KINDS:
+                    return None
+                end_at = 0
+                m = M_PEND
+                continue
+            if c == LT or (k == "num" and not cont_ok):
+                return None
+            s = _step(k, s, c)
+            if s is None:
+                return None
+        elif m == M_BOUND or m == M_PEND:
+            if c == SP or c == LT or cur is None or cur.pkind not in PLAIN_KINDS:
+                return None
+            st = _start_kind(cur.pkind, c)
+            if st is None:
+                return None
+            k, s = st
+            m = M_PLAIN
+            start_at = i
+            cur = None
+        elif m == M_RAW:
+            if c == LT:
+                if k == "const" and not _const_accepting(s):
+                    return None
+                if cur is None or cur.pkind not in PLAIN_KINDS:
+                    return None
+                end_at = i
+                m, s = M_SEP, 1
+                continue
+            if k == "const":
+                s = _const_step(s, c)
+                if s is None:
+                    return None
+        else:  # M_SEP
+            if c != SEP[s]:
+                return None
+            s += 1
+            if s == 5:
+                m, k, s = M_PEND, None, None
+    if m == M_PEND and start_at is None and end_at is None and mode == M_PEND:
+        pass
+    return end_at, start_at, m, k, s
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers integration.
+# ---------------------------------------------------------------------------------------------
+
+try:
+    from transformers import LogitsProcessor as _LogitsProcessorBase
+except ImportError:  # pragma: no cover
+    _LogitsProcessorBase = object
+
+
+class GrammarLogitsProcessor(_LogitsProcessorBase):
+    """Masks the scores of every batch row to the tokens ``grammar`` allows after the row's
+    generated tokens (those after ``prompt_length``, which the grammar reads as its own start).
+
+    One state per row, advanced by the newest token each call. Once a row is complete only EOS is
+    allowed; after EOS only EOS / pad. ``max_new_tokens`` (optional) gives the grammar a length
+    budget so that every row closes its tree in time. ``timings_us`` collects the time of each
+    row's step (advance + mask), for benchmarks.
+    """
+
+    def __init__(
+        self,
+        grammar: PythonAstGrammar,
+        prompt_length: int | list[int],
+        eos_token_id: int,
+        vocab_size: int,
+        max_new_tokens: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> None:
+        self.grammar = grammar
+        self.prompt_length = prompt_length
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.vocab_size = vocab_size
+        self.max_new_tokens = max_new_tokens
+        self.states: list | None = None
+        self.consumed: list[int] = []
+        self.timings_us: list[float] = []
+        self._pad_cache: dict[int, torch.Tensor] = {}
+
+    def _mask(self, state, width: int, device) -> torch.Tensor:
+        m = self.grammar.allowed(state)
+        if m.shape[0] != width:
+            if m.shape[0] > width:
+                m = m[:width]
+            else:
+                m = torch.cat([m, torch.zeros(width - m.shape[0], dtype=torch.bool)])
+        return m if device.type == "cpu" else m.to(device, non_blocking=True)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        import time
+
+        batch = input_ids.shape[0]
+        if self.states is None:
+            budget = None if self.max_new_tokens is None else self.max_new_tokens - 1
+            self.states = [self.grammar.initial_state(budget) for _ in range(batch)]
+            pl = self.prompt_length
+            self.consumed = list(pl) if isinstance(pl, (list, tuple)) else [int(pl)] * batch
+        rows = input_ids.tolist() if input_ids.shape[1] else [[] for _ in range(batch)]
+        width = scores.shape[-1]
+        masks = []
+        for b in range(batch):
+            t0 = time.perf_counter()
+            state = self.states[b]
+            row = rows[b]
+            while self.consumed[b] < len(row):
+                tid = row[self.consumed[b]]
+                self.consumed[b] += 1
+                if state.finished:
+                    continue  # EOS / pad after the end
+                state = self.grammar.advance(state, tid)
+            self.states[b] = state
+            masks.append(self._mask(state, width, scores.device))
+            self.timings_us.append((time.perf_counter() - t0) * 1e6)
+        allowed = torch.stack(masks)
+        if self.pad_token_id is not None:
+            done = torch.tensor([s.finished for s in self.states], device=scores.device)
+            if bool(done.any()):
+                allowed[done, self.pad_token_id] = True
+        return scores.masked_fill(~allowed, float("-inf"))

@@ -27,7 +27,7 @@ class FileFilter:
         if b"\x00" in data[:8192]:
             return None, BINARY
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")  # a byte-order mark is not part of the code
         except UnicodeDecodeError:
             return None, NON_UTF8
         if any(len(line) > self.max_line_chars for line in text.splitlines()):
