@@ -107,14 +107,15 @@ def _work_dir(store: ArtifactStore, asset: str, partition: str, key: dict) -> Pa
           kinds={"huggingface"})
 def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig, artifacts: ArtifactStore,
                   catalog: DuckDBCatalog) -> dg.MaterializeResult:
-    from ml.codec.tokens import text_to_tokens
+    from ml.codec.tokens import SEP, text_to_tokens
     from ml.training.ast_tokenizer import ast_id_range, build_ast_tokenizer
 
     language = context.partition_key
     rows, entry = read_upstream(catalog, "ast_corpus", language)
     pairs, pentry = read_upstream(catalog, "nl_ast_pairs", language)
     _require_rows(rows, "ast_corpus", language)
-    vocab = get_language(language).codec.vocabulary()
+    # <sep> belongs to the text form (it ends a raw payload), not to any one codec.
+    vocab = [*get_language(language).codec.vocabulary(), SEP]
     # The base vocabulary must cover payloads (identifiers, strings) and docstrings.
     corpus = [" ".join(t for t in text_to_tokens(r["ast_text"]) if not t.startswith("<")) for r in rows]
     corpus += [p["nl"] for p in pairs]
@@ -283,14 +284,17 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     })
 
 
-def _grammar_factory(language: str, tok, vocab_size: int):
-    """A grammar-constraining logits processor factory for the slice, or None where there is no grammar."""
+def _grammar_factory(language: str, tok, vocab_size: int, max_new_tokens: int):
+    """A grammar-constraining logits processor factory for the slice, or None where there is no grammar
+    (JavaScript and Java have none yet: their constrained metrics are not reported)."""
     if language != "python":
         return None
     from ml.constrained.python_grammar import GrammarLogitsProcessor, PythonAstGrammar
 
-    grammar = PythonAstGrammar(tok)
-    return lambda prompt_lengths: GrammarLogitsProcessor(grammar, prompt_lengths, tok.eos_token_id, vocab_size)
+    grammar = PythonAstGrammar(tok, vocab_size=vocab_size)
+    return lambda prompt_lengths: GrammarLogitsProcessor(
+        grammar, prompt_lengths, tok.eos_token_id, vocab_size, max_new_tokens=max_new_tokens,
+        pad_token_id=tok.pad_token_id)
 
 
 def _eval_model(catalog: DuckDBCatalog, language: str, adapter_asset: str, plan):
@@ -335,7 +339,7 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
     phase1, p1_entry = _eval_model(catalog, language, "ast_phase1_adapter", plan)
     metrics["heldout_loss_final"] = heldout_loss(phase1, tok, held_texts, config.max_length)
     vocab_size = phase1.get_output_embeddings().weight.shape[0]
-    factory = _grammar_factory(language, tok, vocab_size)
+    factory = _grammar_factory(language, tok, vocab_size, config.max_new_tokens)
     prompts = [tok.eos_token] * config.samples
     samples = {}
     for label, proc in (("unconstrained", None), ("constrained", factory)):

@@ -256,6 +256,8 @@ def _sig(structs: frozenset, pkind) -> Sig:
 
 DONE_SIG = _sig(frozenset(), None)
 
+ENDERS = frozenset(("<end>", "<close>", "<dedent>"))
+NONE_SET = frozenset(("<none>",))
 # Tokens that never open a node: what a budget-limited ("closing") state is steered to.
 CLOSERS = frozenset(
     ("<end>", "<close>", "<dedent>", "<none>", "<indent>", "<const:None>", "<const:True>",
@@ -725,9 +727,13 @@ def _feed(stack: list, tok: str | None, pkind: str | None = None, text: str = ""
             break
 
 
+_COUNTED = frozenset((("Dict", 0), ("Compare", 1), ("arguments", 1), ("arguments", 4)))
+
+
 def _cost(stack) -> int:
     """A rough upper bound of the tokens needed to finish ``stack`` in closing mode."""
     total = 0
+    prev = None
     for sym in stack:
         t = sym[0]
         if t == "K":
@@ -736,10 +742,19 @@ def _cost(stack) -> int:
             total += 1 + 3 * max(0, sym[3] - sym[2])
         elif t == "L":
             total += 1 + 3 * max(0, sym[7] - sym[6])
+            if prev is not None and prev[0] == "F" and (prev[1].name, sym[5]) in _COUNTED:
+                total += 3 * sym[6]  # elements that a later list must match
         elif t == "F":
-            total += 1 + 3 * (len(sym[1].order) - sym[2])
+            spec, j, counts = sym[1], sym[2], sym[5]
+            total += 1 + 3 * (len(spec.order) - j)
+            if spec.name == "arguments":
+                if 1 < j <= 6:
+                    total += 3 * max(0, counts[1] - counts[0])
+                if 4 < j <= 5:
+                    total += 3 * counts[4]
         else:
             total += 3
+        prev = sym
     return total
 
 
@@ -868,7 +883,7 @@ class PythonAstGrammar:
         pieces_ok = True
         must_end = closing and mode in (M_PLAIN, M_RAW) and can_end
         if closing:
-            limited = structs & CLOSERS
+            limited = (structs & ENDERS) or (structs & NONE_SET) or (structs & CLOSERS)
             if limited:
                 structs = limited
                 if mode == M_BOUND or (mode in (M_PLAIN, M_RAW) and can_end):
