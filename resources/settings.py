@@ -32,7 +32,7 @@ PROFILES = {
     # Small enough that the whole default graph materializes on 2 CPU cores in minutes.
     "demo": Profile(
         "demo", max_files_per_slice=300, token_cap=1024, max_unit_chars=20_000, base_model="tiny:qwen2",
-        phase1_steps=300, phase2_steps=150, batch_size=8, max_length=256, learning_rate=3e-3, eval_samples=16,
+        phase1_steps=150, phase2_steps=150, batch_size=8, max_length=256, learning_rate=3e-3, eval_samples=16,
     ),
     # The seed's numbers: Qwen2.5-0.5B (4-bit + LoRA on CUDA), 4096-token AST cap.
     "full": Profile(

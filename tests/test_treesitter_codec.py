@@ -119,6 +119,26 @@ def test_strings_templates_and_regex_stay_contiguous():
     assert java.verify(code, java.encode(code, "verbose"), "verbose")
 
 
+def test_java_text_block_hidden_escapes_are_kept():
+    """In a text block, ``\\<newline>`` (line continuation) and escapes such as ``\\0`` lex as hidden
+    tokens: no node covers them. Dropping them merged the fragments around a continuation
+    (HtmlConfiguration.detectJSModule, XmlText.readInput in the JDK) or changed the string."""
+    java = TreeSitterCodec("java")
+    continuation = 'String f() { return """\n    a \\\n    b\\\n    """; }'
+    others = 'String f() { return """\n    a\\0\n    b\\q\n    """; }'
+    for code in (continuation, others):
+        for mode in ("compact", "verbose"):
+            tokens = java.encode(code, mode)
+            assert java.verify(code, tokens, mode)
+            decoded = java.decode(tokens, mode)
+            assert java.encode(decoded, mode) == tokens
+            assert text_to_tokens(tokens_to_text(tokens)) == tokens
+    tokens = java.encode(continuation)
+    assert tokens.count("<t:\\%0A>") == 2
+    assert '"""\n    a \\\n    b\\\n    """' in java.decode(tokens)
+    assert '"""\n    a\\0\n    b\\q\n    """' in java.decode(java.encode(others))
+
+
 def test_anonymous_operators_are_struct_safe():
     js = TreeSitterCodec("javascript")
     tokens = js.encode("function f (a) { a <<= 2; return a >>> 1 }")

@@ -5,6 +5,9 @@ Token scheme (see ``ml.codec.tokens``):
 * a named node ``<n:TYPE>``: a named *leaf* (no children) is followed by exactly one payload, its
   text (``escape_payload``); any other named node is followed by its children, then ``<close>``;
 * an anonymous node (keyword, punctuation) ``<t:TEXT>``, TEXT passed through ``struct_name``;
+* source text that no visible node covers and that is not whitespace (the text of *hidden*
+  tokens, e.g. a Java text block's ``\\<newline>`` line continuation or ``\\0`` escape) is kept
+  as ``<t:TEXT>`` too, at its place among the leaves; such tokens are not in ``vocabulary()``;
 * verbose mode adds ``<field:NAME>`` before a child that has a field name and ``<open>`` before
   every non-leaf named node; compact mode has neither;
 * JavaScript only: ``<nl>`` where the source had a newline between two leaves (automatic
@@ -245,8 +248,11 @@ class TreeSitterCodec:
         while True:
             n = cursor.node
             start = n.start_byte
-            if newlines and prev_end >= 0 and start > prev_end:
-                if b"\n" in src[prev_end:start]:
+            if prev_end >= 0 and start > prev_end:
+                gap = src[prev_end:start]
+                if gap.strip():  # not only whitespace: the text of hidden tokens
+                    append(self._hidden_token(gap))
+                elif newlines and b"\n" in gap:
                     append(NL)
                 prev_end = start  # the gap is accounted for
             if verbose and depth:
@@ -281,6 +287,14 @@ class TreeSitterCodec:
                 cursor.goto_parent()
                 depth -= 1
                 append(CLOSE)
+
+    def _hidden_token(self, text: bytes) -> str:
+        """``<t:TEXT>`` for source text that no visible node covers (hidden tokens)."""
+        tok = self._anon_cache.get(text)
+        if tok is None:
+            tok = "<t:" + struct_name(text.decode("utf-8", "surrogatepass")) + ">"
+            self._anon_cache[text] = tok
+        return tok
 
     # -- decoding -------------------------------------------------------------------------------
 

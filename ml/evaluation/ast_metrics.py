@@ -30,7 +30,9 @@ class Judged:
 def _python_productions(tree: ast.AST) -> Counter:
     out: Counter = Counter()
     for node in ast.walk(tree):
-        kids = tuple(type(c).__name__ for c in ast.iter_child_nodes(node))
+        if isinstance(node, ast.expr_context):  # Load/Store/Del follow from position
+            continue
+        kids = tuple(type(c).__name__ for c in ast.iter_child_nodes(node) if not isinstance(c, ast.expr_context))
         out[(type(node).__name__, kids)] += 1
     return out
 
@@ -54,7 +56,7 @@ def judge(language: str, ast_text: str, mode: str = "compact") -> Judged:
         from ml.codec.python_ast import decode_tree
 
         try:
-            tree = decode_tree(tokens, mode)
+            tree = ast.fix_missing_locations(decode_tree(tokens, mode))
             compile(tree, "<generated>", "exec")
             return Judged(True, ast.unparse(tree), _python_productions(tree))
         except (ValueError, SyntaxError, TypeError, RecursionError):

@@ -49,6 +49,9 @@ class PhaseConfig:
     separator: str = "\n"  # Phase 2: between the docstring prompt and the AST completion
     add_eos: bool = True  # Phase 2: append the eos token to each completion
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # Phase 1 embedding rows that train: "ast" (the appended AST tokens, the method's choice for a
+    # pretrained base) or "all" (a tiny random-init base has no embeddings worth freezing).
+    trainable_embeddings: str = "ast"
 
 
 @dataclass
@@ -285,6 +288,10 @@ def train_phase1(
     model = _load_base(base_dir, plan, cfg.gradient_checkpointing)
     ids = ast_token_ids(tokenizer)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
+    if cfg.trainable_embeddings == "all":
+        ids = list(range(vocab_rows))
+    elif cfg.trainable_embeddings != "ast":
+        raise ValueError(f"trainable_embeddings must be 'ast' or 'all', not {cfg.trainable_embeddings!r}")
     if len(tokenizer) != vocab_rows:
         raise ValueError(
             f"tokenizer has {len(tokenizer)} tokens but the base model at {base_dir} has {vocab_rows}"
