@@ -237,7 +237,8 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
     def build(tmp: Path) -> None:
         tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
         holder["result"] = train_phase1(base["path"], tok, texts, eval_texts, tmp, work,
-                                        _phase_config(config, tiny_base=tiny), plan, on_log=_log_progress(context, f"phase 1 [{language}]"))
+                                        _phase_config(config, tiny_base=tiny), plan,
+                                        on_log=_log_progress(context, f"phase 1 [{language}]"))
         _save_curve(tmp, holder["result"], f"ast_phase1_adapter[{language}]")
 
     path = _publish_folder(context, artifacts, catalog, build,

@@ -73,7 +73,9 @@ def code_units(
 ) -> dg.MaterializeResult:
     language = context.partition_key
     files, entry = read_upstream(catalog, "source_files", language)
-    file_rows = [FileRow(f["source"], f["path"], f["sha256"], f["size_bytes"], f["text"], f["skip_reason"]) for f in files]
+    file_rows = [
+        FileRow(f["source"], f["path"], f["sha256"], f["size_bytes"], f["text"], f["skip_reason"]) for f in files
+    ]
     context.log.info(f"{language}: extracting units from {sum(f.text is not None for f in file_rows)} files")
     units, skipped = extract_units(language, file_rows, config.max_unit_chars, config.workers or None)
     rows = [u.to_row() for u in units]

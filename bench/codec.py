@@ -69,7 +69,7 @@ def _roundtrips(language: str, codes: list[str], mode: str) -> tuple[list[list[s
     parsed = [parse_unit_with_source(c, language) for c in codes]
     start = time.perf_counter()
     all_tokens, exact = [], 0
-    for (node, src), code in zip(parsed, codes):
+    for node, src in parsed:
         tokens = codec.encode_node(node, src, mode)
         exact += codec.verify_node(node, src, tokens, mode)
         all_tokens.append(tokens)

@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
 from _common import emit  # noqa: E402
 
 from ml.codec import python_ast as pa  # noqa: E402

@@ -60,7 +60,9 @@ def synth_texts(n: int, seed: int = 0) -> list[str]:
         body = []
         for _ in range(stmts):
             kind = rng.random()
-            v = lambda: f"var_{rng.randint(0, 9)}"
+            def v():
+                return f"var_{rng.randint(0, 9)}"
+
             if kind < 0.4:
                 body.append(f"<Assign>{v()}<BinOp>{v()}<op:{rng.choice(['Add', 'Mult'])}>{v()}<close>")
             elif kind < 0.7:

@@ -7,7 +7,7 @@ import os
 import random
 import sysconfig
 import warnings
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -52,7 +52,8 @@ def _restricted(module: ast.Module) -> str | None:
                     return "yield in async def"
         if isinstance(node, ast.Constant) and node.kind is not None:
             return "Constant.kind"
-        if isinstance(node, ast.Constant) and isinstance(node.value, (complex, float)) and not repr(node.value)[0].isdigit():
+        number = isinstance(node, ast.Constant) and isinstance(node.value, (complex, float))
+        if number and not repr(node.value)[0].isdigit():
             if repr(node.value) != "inf":
                 return "odd constant"
         if isinstance(node, (ast.With, ast.AsyncWith)) and len(node.items) > 4:
@@ -64,7 +65,7 @@ def _restricted(module: ast.Module) -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _setup():
     from ml.training.ast_tokenizer import build_ast_tokenizer
 

@@ -32,7 +32,7 @@ arguments and class bases; ``FormattedValue`` only in f-strings. The start is al
 from __future__ import annotations
 
 import keyword
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -278,7 +278,7 @@ def _expr_structs(ctx: int, flags: int, allow: int) -> frozenset:
     return _expr_structs_c(ctx, flags & (F_ASYNC | F_GEN | F_COMP | F_ANN), allow)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _expr_structs_c(ctx: int, flags: int, allow: int) -> frozenset:
     if allow & A_NAME:
         out = {"<Name>"}
@@ -310,7 +310,7 @@ def _expr_structs_c(ctx: int, flags: int, allow: int) -> frozenset:
 _EXCLUDED_STMTS = frozenset(("<Match>", "<TryStar>", "<Global>", "<Nonlocal>"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stmt_structs(flags: int) -> frozenset:
     out = (set(STMT_TAGS) - _EXCLUDED_STMTS) | _expr_structs(LOAD, flags, 0)
     if not flags & F_FUNC:
@@ -780,7 +780,7 @@ class GrammarState:
 
     __slots__ = ("stack", "mode", "kind", "dstate", "text", "sig", "forbid", "budget", "finished")
 
-    def copy(self) -> "GrammarState":
+    def copy(self) -> GrammarState:
         s = GrammarState.__new__(GrammarState)
         s.stack = list(self.stack)
         s.mode, s.kind, s.dstate, s.text = self.mode, self.kind, self.dstate, self.text

@@ -32,9 +32,10 @@ class SliceFiles:
 
 
 def read_files(
-    language: str, spec: SourceSpec, limit: int | None = None, file_filter: FileFilter = FileFilter()
+    language: str, spec: SourceSpec, limit: int | None = None, file_filter: FileFilter | None = None
 ) -> SliceFiles:
     lang = get_language(language)
+    file_filter = file_filter or FileFilter()
     out = SliceFiles()
     for raw in iter_files(spec, lang.globs, lang.excludes, limit=limit):
         text, reason = file_filter.classify(raw.data)
