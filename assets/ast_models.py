@@ -44,6 +44,7 @@ class PhaseTrainingConfig(dg.Config):
     trainable_embeddings: str = "auto"
     eval_steps: int = 50
     save_steps: int = 50
+    logging_steps: int = 10
     heldout_fraction: float = 0.05
     max_eval_rows: int = 64
 
@@ -171,7 +172,7 @@ def _phase_config(config: PhaseTrainingConfig, tiny_base: bool = False):
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, max_length=config.max_length,
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, eval_steps=config.eval_steps,
-        save_steps=config.save_steps, logging_steps=10,
+        save_steps=config.save_steps, logging_steps=config.logging_steps,
     )
 
 

@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from assets import ALL_ASSETS
+from assets import DATA_ASSETS as ALL_ASSETS
 from definitions import defs
 from resources import DuckDBCatalog
 
@@ -107,7 +107,7 @@ def test_failed_step_leaves_the_previous_version_intact(resources, astforge_home
 _RUN_SLICE = """
 import sys
 import dagster as dg
-from assets import ALL_ASSETS
+from assets import DATA_ASSETS as ALL_ASSETS
 from definitions import build_resources
 from resources import CorpusResource
 from tests.conftest import fixture_sources

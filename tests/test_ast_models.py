@@ -12,7 +12,8 @@ from assets import ALL_ASSETS
 
 pytestmark = pytest.mark.slow
 
-FAST = {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "heldout_fraction": 0.3}
+FAST = {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 2,
+        "heldout_fraction": 0.3}
 
 
 def _run_config(**eval_cfg):
