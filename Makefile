@@ -40,8 +40,9 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 bench: install
-	$(PY) bench/codec.py --lang python
-	$(PY) bench/ingest.py --lang python
+	for lang in python javascript java; do $(PY) bench/codec.py --lang $$lang; $(PY) bench/ingest.py --lang $$lang; done
+	$(PY) bench/constrained.py
+	$(PY) bench/train_throughput.py
 
 clean:
 	rm -rf $(ASTFORGE_HOME) $(DAGSTER_HOME)
