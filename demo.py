@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run("ast_model_job", language)
 
-    print("\nRows per slice (from the catalog):")
     rows = catalog.query(
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
            FROM artifacts GROUP BY ALL ORDER BY asset_key, partition"""
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for e in evals:
             print(f"  {e['partition']:<11} {e['metric']:<26} {e['value']:.4f}")
-        print()
+    print("\nRows per slice (from the catalog):")
     for r in rows:
         print(f"  {r['asset_key']:<{width}}  {r['partition']:<11} {r['rows']:>8}")
     skips = catalog.query(
