@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
-import sysconfig
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,41 +28,23 @@ from _common import emit  # noqa: E402
 from ml.codec import python_ast as pa  # noqa: E402
 from ml.codec.tokens import text_to_tokens, tokens_to_text  # noqa: E402
 from ml.constrained import GrammarLogitsProcessor, PythonAstGrammar  # noqa: E402
+from ml.corpus.ingest import extract_units, read_files  # noqa: E402
+from ml.evaluation.ast_metrics import judge  # noqa: E402
+from ml.languages import get_language  # noqa: E402
 from ml.training.ast_tokenizer import build_ast_tokenizer  # noqa: E402
 from ml.training.base_model import build_base_model  # noqa: E402
 
 
 def stdlib_functions(limit: int) -> list[ast.Module]:
-    root = sysconfig.get_paths()["stdlib"]
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__", "test"))
-        paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
-    out = []
-    for path in paths[::5]:
-        try:
-            with open(path, encoding="utf-8") as fh, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tree = ast.parse(fh.read())
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                out.append(ast.Module(body=[node], type_ignores=[]))
-        if len(out) >= limit:
-            break
-    return out[:limit]
+    """Functions of the stdlib slice, cut by the project's own extractor, each wrapped in a Module."""
+    spec = get_language("python").default_source()
+    units, _ = extract_units("python", read_files("python", spec, limit=max(20, limit // 10)).rows)
+    return [ast.parse(u.code) for u in units[:limit]]
 
 
 def valid(text: str) -> bool:
-    try:
-        tree = pa.decode_tree(text_to_tokens(text), "compact")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compile(ast.fix_missing_locations(tree), "<gen>", "exec")
-        return True
-    except Exception:  # noqa: BLE001 - any failure is an invalid sample
-        return False
+    return judge("python", text).valid
+
 
 
 def train(model, tok, texts: list[str], steps: int, seq_len: int = 256, batch: int = 8) -> float:
