@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets.ast_first import ast_corpus, nl_ast_pairs
 from assets.partitions import language_slices
-from assets.publish import png_markdown, read_upstream
+from assets.publish import png_markdown, publish_folder, read_upstream
 from ml.dataset import split_heldout
 from ml.languages import get_language
 from resources import ArtifactStore, DuckDBCatalog
@@ -61,29 +61,6 @@ class AstEvalConfig(dg.Config):
     seed: int = 0
 
 
-def _publish_folder(context, store: ArtifactStore, catalog: DuckDBCatalog, build, upstream: dict,
-                    rows: int = 0) -> Path:
-    """Build a model folder in staging, rename it into place and register it. ``build(tmp)`` writes it."""
-    asset = context.asset_key.to_user_string()
-    with store.staging(asset) as tmp:
-        build(tmp)
-        digest = hashlib.sha256()
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                digest.update(f.relative_to(tmp).as_posix().encode())
-                digest.update(f.read_bytes())
-        version = digest.hexdigest()[:16]
-        final, created = store.commit(tmp, asset, context.partition_key, version)
-    try:
-        catalog.publish_partition(asset_key=asset, partition=context.partition_key, data_version=version,
-                                  path=final, run_id=context.run_id, rows=rows, upstream=upstream)
-    except BaseException:
-        if created:
-            shutil.rmtree(final, ignore_errors=True)
-        raise
-    return final
-
-
 def _require_rows(rows: list, what: str, language: str) -> None:
     if not rows:
         raise dg.Failure(
@@ -127,8 +104,10 @@ def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig,
     tok.init_kwargs["astforge_base_model"] = config.base_model
     lo, hi = ast_id_range(tok, vocab)
     base_size = tok.init_kwargs["astforge_base_vocab_size"]
-    path = _publish_folder(context, artifacts, catalog, lambda tmp: tok.save_pretrained(tmp),
-                           {"ast_corpus": entry["data_version"], "nl_ast_pairs": pentry["data_version"]})
+    path = publish_folder(
+        context, store=artifacts, catalog=catalog, build=tok.save_pretrained, rows=0,
+        upstream={"ast_corpus": entry["data_version"], "nl_ast_pairs": pentry["data_version"]},
+    ).path
     return dg.MaterializeResult(metadata={
         "base_model": config.base_model, "vocab_size": len(tok), "base_vocab_size": base_size,
         "ast_tokens": len(vocab), "ast_id_min": lo, "ast_id_max": hi, "path": dg.MetadataValue.path(str(path)),
@@ -152,8 +131,10 @@ def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig
     plan = compute.plan()
     model = build_base_model(base_model, tok, seed=config.seed, plan=plan)
     n_params = sum(p.numel() for p in model.parameters())
-    path = _publish_folder(context, artifacts, catalog, lambda tmp: save_base_model(model, tok, tmp),
-                           {"ast_tokenizer": tok_entry["data_version"]})
+    path = publish_folder(
+        context, store=artifacts, catalog=catalog, build=lambda tmp: save_base_model(model, tok, tmp), rows=0,
+        upstream={"ast_tokenizer": tok_entry["data_version"]},
+    ).path
     return dg.MaterializeResult(metadata={
         "base_model": base_model, "parameters": n_params, "device": plan.device,
         "architecture": type(model).__name__, "path": dg.MetadataValue.path(str(path)),
@@ -242,9 +223,10 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
                                         on_log=_log_progress(context, f"phase 1 [{language}]"))
         _save_curve(tmp, holder["result"], f"ast_phase1_adapter[{language}]")
 
-    path = _publish_folder(context, artifacts, catalog, build,
-                           {"ast_base_model": base["data_version"], "ast_corpus": entry["data_version"]},
-                           rows=len(texts))
+    path = publish_folder(
+        context, store=artifacts, catalog=catalog, build=build, rows=len(texts),
+        upstream={"ast_base_model": base["data_version"], "ast_corpus": entry["data_version"]},
+    ).path
     return _training_result(context, catalog, holder["result"], path, {
         "train_sequences": len(texts), "dropped_too_long": dropped, "heldout_sequences": len(eval_texts),
         "device": plan.device, "backend": plan.backend, "checkpoints": dg.MetadataValue.path(str(work)),
@@ -282,9 +264,10 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
         _save_curve(tmp, holder["result"], f"ast_phase2_adapter[{language}]")
 
     try:
-        path = _publish_folder(context, artifacts, catalog, build,
-                               {"ast_phase1_adapter": phase1["data_version"], "nl_ast_pairs": entry["data_version"]},
-                               rows=len(pairs))
+        path = publish_folder(
+            context, store=artifacts, catalog=catalog, build=build, rows=len(pairs),
+            upstream={"ast_phase1_adapter": phase1["data_version"], "nl_ast_pairs": entry["data_version"]},
+        ).path
     except ValueError as exc:  # zero supervised tokens, an adapter that does not fit its base, ...
         raise dg.Failure(f"phase 2 [{language}]: {exc}") from exc
     result = holder["result"]
@@ -391,10 +374,11 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
             if png.exists():
                 shutil.copy(png, tmp / name)
 
-    path = _publish_folder(context, artifacts, catalog, build,
-                           {"ast_phase1_adapter": p1_entry["data_version"],
-                            "ast_phase2_adapter": p2_entry["data_version"],
-                            "ast_corpus": corpus_entry["data_version"]}, rows=len(scores))
+    path = publish_folder(
+        context, store=artifacts, catalog=catalog, build=build, rows=len(scores),
+        upstream={"ast_phase1_adapter": p1_entry["data_version"], "ast_phase2_adapter": p2_entry["data_version"],
+                  "ast_corpus": corpus_entry["data_version"]},
+    ).path
     context.log.info(f"ast_eval[{language}] in {time.monotonic() - started:.0f}s: {metrics}")
     return dg.MaterializeResult(metadata={
         **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},

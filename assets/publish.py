@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,60 @@ class Published:
     rows: int
 
 
-def file_digest(path: Path) -> str:
+def folder_digest(folder: Path) -> str:
+    """Content version of a folder: names and bytes of every file in it."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()[:16]
+
+
+def publish_folder(
+    context: dg.AssetExecutionContext,
+    *,
+    store: ArtifactStore,
+    catalog: DuckDBCatalog,
+    build: Callable[[Path], None],
+    rows: int,
+    upstream: Mapping[str, str] | None = None,
+    table: str | None = None,
+    exclude_columns: tuple[str, ...] = (),
+    skipped: Mapping[str, int] | None = None,
+) -> Published:
+    """``build(tmp)`` writes the artifact into a staging folder; it is renamed into place under its
+    content version and registered (with its rows in ``table`` when given) in one catalog transaction.
+    Any failure leaves the previous version as the registered one."""
+    asset = context.asset_key.to_user_string()
+    partition = context.partition_key
+    with store.staging(asset) as tmp:
+        build(tmp)
+        version = folder_digest(tmp)
+        final, created = store.commit(tmp, asset, partition, version)
+    try:
+        catalog.publish_partition(
+            asset_key=asset,
+            partition=partition,
+            data_version=version,
+            path=final,
+            run_id=context.run_id,
+            rows=rows,
+            upstream=upstream,
+            table=table,
+            parquet=final / "rows.parquet" if table else None,
+            exclude_columns=exclude_columns,
+            skipped=skipped,
+        )
+    except BaseException:
+        # The catalog still points at the previous version: drop the folder nobody references.
+        if created:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
+    context.log.info(f"{asset}[{partition}]: {rows} rows, version {version} at {final}")
+    return Published(final, final / "rows.parquet", version, rows)
 
 
 def publish_rows(
@@ -42,41 +91,17 @@ def publish_rows(
     schema: pa.Schema,
     skipped: Mapping[str, int],
     upstream: Mapping[str, str] | None = None,
-    files: Mapping[str, bytes] | None = None,
     exclude_columns: tuple[str, ...] = (),
 ) -> Published:
-    asset = context.asset_key.to_user_string()
-    partition = context.partition_key
-    with store.staging(asset) as tmp:
-        parquet = tmp / "rows.parquet"
-        pq.write_table(to_table(rows, schema), parquet, compression="zstd")
-        version = file_digest(parquet)
-        for name, data in (files or {}).items():
-            (tmp / name).write_bytes(data)
-        final, created = store.commit(tmp, asset, partition, version)
-    try:
-        catalog.publish_partition(
-            asset_key=asset,
-            partition=partition,
-            data_version=version,
-            path=final,
-            run_id=context.run_id,
-            rows=len(rows),
-            upstream=upstream,
-            table=asset,
-            parquet=final / "rows.parquet",
-            exclude_columns=exclude_columns,
-            skipped=skipped,
-        )
-    except BaseException:
-        # The catalog still points at the previous version: drop the folder nobody references.
-        if created:
-            import shutil
+    """A dataset artifact: ``rows.parquet``, mirrored into the catalog table named after the asset."""
 
-            shutil.rmtree(final, ignore_errors=True)
-        raise
-    context.log.info(f"{asset}[{partition}]: {len(rows)} rows, version {version} at {final}")
-    return Published(final, final / "rows.parquet", version, len(rows))
+    def build(tmp: Path) -> None:
+        pq.write_table(to_table(rows, schema), tmp / "rows.parquet", compression="zstd")
+
+    return publish_folder(
+        context, store=store, catalog=catalog, build=build, rows=len(rows), upstream=upstream,
+        table=context.asset_key.to_user_string(), exclude_columns=exclude_columns, skipped=skipped,
+    )
 
 
 def read_upstream(catalog: DuckDBCatalog, asset: str, partition: str) -> tuple[list[dict], dict]:
