@@ -78,7 +78,10 @@ def _log_progress(context, phase: str):
 
 
 def _work_dir(store: ArtifactStore, asset: str, partition: str, key: dict) -> Path:
-    """Checkpoints live outside staging, keyed by inputs and config, so a re-run resumes them."""
+    """Checkpoints live outside staging, keyed by inputs and config (all but ``max_steps``: a longer
+    run continues a shorter one), so a re-run after an interruption resumes them."""
+    key = {k: ({f: v for f, v in cfg.items() if f != "max_steps"} if isinstance(cfg, dict) else cfg)
+           for k, cfg in key.items()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return store.root_path / asset / partition / "_checkpoints" / digest
 

@@ -83,3 +83,17 @@ def test_empty_slice_is_a_clear_error(astforge_home):
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "nothing to train on" in failure.event_specific_data.error.message
+
+
+def test_rematerializing_an_adapter_resumes_from_its_checkpoint(resources):
+    assert dg.materialize(ALL_ASSETS, resources=resources, partition_key="python", run_config=_run_config()).success
+    phase1 = [a for a in ALL_ASSETS if a.key.to_user_string() == "ast_phase1_adapter"]
+    # A longer run with otherwise the same inputs picks up the checkpoints the first one left.
+    longer = dict(FAST, max_steps=6)
+    result = dg.materialize(phase1, resources=resources, partition_key="python",
+                            run_config={"ops": {"ast_phase1_adapter": {"config": longer}}})
+    assert result.success
+    [mat] = result.get_asset_materialization_events()
+    meta = mat.materialization.metadata
+    assert meta["steps"].value == 6
+    assert meta["resumed_from"].value.endswith("checkpoint-4")
