@@ -26,29 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _common import emit, peak_rss_mb
 
-STRUCT = [
-    "<FunctionDef>",
-    "<arguments>",
-    "<arg>",
-    "<end>",
-    "<close>",
-    "<indent>",
-    "<dedent>",
-    "<Return>",
-    "<Assign>",
-    "<BinOp>",
-    "<op:Add>",
-    "<op:Mult>",
-    "<Name>",
-    "<Call>",
-    "<Expr>",
-    "<If>",
-    "<Compare>",
-    "<op:Lt>",
-    "<For>",
-    "<str>",
-    "<const>",
-]
+from ml.codec.python_ast import structural_vocabulary
+
+# The real compact-codec vocabulary; the synthetic texts below use a few of its tokens.
+STRUCT = structural_vocabulary()
 
 
 def synth_texts(n: int, seed: int = 0) -> list[str]:

@@ -15,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")
 
+from ml.codec.python_ast import structural_vocabulary
 from ml.compute import ComputePlan, resolve_compute
 from ml.training import (
     PhaseConfig,
@@ -35,25 +36,8 @@ from ml.training.batching import (
 )
 from ml.training.sft import build_phase2_trainer, prompt_completion_rows
 
-AST_VOCAB = [
-    "<FunctionDef>",
-    "<arguments>",
-    "<arg>",
-    "<end>",
-    "<close>",
-    "<indent>",
-    "<dedent>",
-    "<Return>",
-    "<Assign>",
-    "<BinOp>",
-    "<op:Add>",
-    "<op:Mult>",
-    "<Name>",
-    "<Call>",
-    "<Expr>",
-    "<If>",
-    "<Compare>",
-]
+# The real compact-codec vocabulary; the synthetic texts below use a few of its tokens.
+AST_VOCAB = structural_vocabulary()
 
 
 def synth_ast(rng: random.Random) -> str:
