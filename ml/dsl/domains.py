@@ -175,10 +175,7 @@ def build_domain(
             f = FieldSpec(f.name, f.type, f.label_en, f.label_fr,
                           tuple(v for v in f.enum_values if v in chosen), f.pool, f.phrases)
         fields.append(f)
-    n_ops = rng.randint(min_operators, max_operators)
-    others = [op for op in OPERATOR_CATALOG if op != "eq"]
-    chosen_ops = {"eq", *rng.sample(others, n_ops - 1)}
-    operators = tuple(op for op in OPERATOR_CATALOG if op in chosen_ops)
+    operators = sample_operators(rng, min_operators, max_operators)
     return DomainSpec(name, seed, noun_en, noun_fr, fem, tuple(fields), operators)
 
 
@@ -274,3 +271,49 @@ def schema_errors(ast: Any, schema: dict[str, Any]) -> list[str]:
 
 def is_valid(ast: Any, schema: dict[str, Any]) -> bool:
     return not schema_errors(ast, schema)
+
+
+# ---------------------------------------------------------------------------------------------------- serialization
+
+
+def spec_to_dict(domain: DomainSpec) -> dict[str, Any]:
+    """JSON-ready form of a spec (what the ``dsl_domain_specs`` asset stores)."""
+    return {
+        "name": domain.name, "seed": domain.seed, "noun_en": domain.noun_en, "noun_fr": domain.noun_fr,
+        "feminine_fr": domain.feminine_fr, "operators": list(domain.operators),
+        "fields": [
+            {"name": f.name, "type": f.type, "label_en": f.label_en, "label_fr": f.label_fr,
+             "enum_values": list(f.enum_values), "pool": list(f.pool),
+             "phrases": {op: list(p) for op, p in f.phrases.items()}}
+            for f in domain.fields
+        ],
+    }
+
+
+def spec_from_dict(data: dict[str, Any]) -> DomainSpec:
+    """Inverse of :func:`spec_to_dict`. Raises ``ValueError`` on an unknown field type or operator."""
+    fields = []
+    for f in data["fields"]:
+        if f["type"] not in FIELD_TYPES:
+            raise ValueError(f"field {f['name']!r}: unknown type {f['type']!r}; expected one of {FIELD_TYPES}")
+        fields.append(FieldSpec(
+            f["name"], f["type"], f.get("label_en") or f["name"].replace("_", " "),
+            f.get("label_fr") or f["name"].replace("_", " "), tuple(f.get("enum_values") or ()),
+            tuple(f.get("pool") or ()), {op: tuple(p) for op, p in (f.get("phrases") or {}).items()},
+        ))
+    unknown = [op for op in data["operators"] if op not in OPERATOR_CATALOG]
+    if unknown:
+        raise ValueError(f"unknown operators {unknown}; the catalog is {OPERATOR_CATALOG}")
+    return DomainSpec(data["name"], int(data.get("seed", 0)), data.get("noun_en", data["name"]),
+                      data.get("noun_fr", data["name"]), bool(data.get("feminine_fr", False)), tuple(fields),
+                      tuple(op for op in OPERATOR_CATALOG if op in data["operators"]))
+
+
+def sample_operators(rng: random.Random, min_operators: int, max_operators: int) -> tuple[str, ...]:
+    """A seeded subset of ``OPERATOR_CATALOG`` of ``min..max`` operators, ``eq`` always in."""
+    if not 1 <= min_operators <= max_operators <= len(OPERATOR_CATALOG):
+        raise ValueError("need 1 <= min_operators <= max_operators <= len(OPERATOR_CATALOG)")
+    n_ops = rng.randint(min_operators, max_operators)
+    others = [op for op in OPERATOR_CATALOG if op != "eq"]
+    chosen = {"eq", *rng.sample(others, n_ops - 1)}
+    return tuple(op for op in OPERATOR_CATALOG if op in chosen)

@@ -29,7 +29,9 @@ TINY_CONFIGS: dict[str, dict] = {
         "num_key_value_heads": 2,
         "head_dim": 32,
         "max_position_embeddings": 2048,
-        "sliding_window": 128,
+        # One sliding and one global layer: a schema-conditioned student must see its whole prompt.
+        "sliding_window": 256,
+        "layer_types": ["sliding_attention", "full_attention"],
         "tie_word_embeddings": True,
     },
 }
