@@ -12,13 +12,30 @@ def train_bpe(
     vocab_size: int = 8000,
     special_tokens: Sequence[str] = ("<|endoftext|>", "<|pad|>"),
     min_frequency: int = 2,
+    split: str = "words",
+    max_token_length: int | None = None,
 ) -> Tokenizer:
-    """A byte-level BPE tokenizer trained on ``texts`` (no hub download: the corpus is the data)."""
+    """A byte-level BPE tokenizer trained on ``texts`` (no hub download: the corpus is the data).
+
+    ``split="words"``: GPT-2 style pre-tokenization (letters, digits and punctuation runs apart).
+    ``split="whitespace"``: merges may cross punctuation, only whitespace separates; with ``max_token_length``
+    this learns JSON pieces such as ``","value":"`` (DSL prompts and completions get about 40% shorter)."""
+    from tokenizers import Regex
+
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split == "words":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    elif split == "whitespace":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        raise ValueError(f"split must be 'words' or 'whitespace', not {split!r}")
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
+        max_token_length=max_token_length,
         min_frequency=min_frequency,
         special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

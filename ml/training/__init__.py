@@ -25,6 +25,9 @@ _EXPORTS = {
     "load_adapter": "ml.training.sft",
     "train_phase1": "ml.training.sft",
     "train_phase2": "ml.training.sft",
+    "train_lora_sft": "ml.training.sft",
+    "DPOSettings": "ml.training.dpo",
+    "train_dpo": "ml.training.dpo",
 }
 
 __all__ = [

@@ -23,18 +23,20 @@ def build_ast_tokenizer(
     corpus_texts: Iterable[str],
     ast_vocabulary: Sequence[str],
     vocab_size: int = 4000,
+    **bpe_options,
 ) -> PreTrainedTokenizerFast:
     """Base tokenizer + the AST vocabulary appended with ``add_tokens``.
 
     ``tiny:<arch>``: byte-level BPE trained on ``corpus_texts``. Anything else: ``AutoTokenizer``
     (hub id or local folder). The base vocabulary size (incl. base special tokens) is recorded in
-    ``tokenizer.init_kwargs["astforge_base_vocab_size"]`` so it survives save/reload.
+    ``tokenizer.init_kwargs["astforge_base_vocab_size"]`` so it survives save/reload. ``bpe_options`` go to
+    :func:`ml.tokenizer.train_bpe` (``split``, ``max_token_length``, ``min_frequency``).
     """
     if is_tiny(base_model):
         # The BPE trainer must not learn merges across AST tokens: strip them from the corpus text.
         vocab = list(dict.fromkeys(ast_vocabulary))
         texts = _strip_structural(corpus_texts, vocab)
-        raw = train_bpe(texts, vocab_size=vocab_size, special_tokens=(EOS, PAD))
+        raw = train_bpe(texts, vocab_size=vocab_size, special_tokens=(EOS, PAD), **bpe_options)
         tok = PreTrainedTokenizerFast(
             tokenizer_object=raw,
             eos_token=EOS,

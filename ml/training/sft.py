@@ -52,6 +52,11 @@ class PhaseConfig:
     # Phase 1 embedding rows that train: "ast" (the appended AST tokens, the method's choice for a
     # pretrained base) or "all" (a tiny random-init base has no embeddings worth freezing).
     trainable_embeddings: str = "ast"
+    max_grad_norm: float = 1.0
+    # Early stopping on eval_loss (0 = off): stop after `patience` evaluations without an improvement
+    # of at least `threshold`; the best checkpoint is the one kept.
+    early_stopping_patience: int = 0
+    early_stopping_threshold: float = 0.0
 
 
 @dataclass
@@ -115,6 +120,10 @@ def _sft_config(cfg: PhaseConfig, plan: ComputePlan, work_dir: Path, has_eval: b
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        load_best_model_at_end=bool(has_eval and cfg.early_stopping_patience),
+        metric_for_best_model="eval_loss" if has_eval and cfg.early_stopping_patience else None,
+        greater_is_better=False if has_eval and cfg.early_stopping_patience else None,
         lr_scheduler_type=cfg.lr_scheduler_type,
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if has_eval else "no",
@@ -214,9 +223,10 @@ def _curve(log_history: list[dict]) -> list[tuple[int, str, float]]:
     out: list[tuple[int, str, float]] = []
     for entry in log_history:
         step = int(entry.get("step", 0))
-        for key in CURVE_METRICS:
-            if key in entry and entry[key] is not None:
-                out.append((step, key, float(entry[key])))
+        for key, value in entry.items():
+            # probe_* entries come from callbacks that measure task metrics during training
+            if (key in CURVE_METRICS or key.startswith("probe_")) and isinstance(value, int | float):
+                out.append((step, key, float(value)))
     return out
 
 
@@ -257,8 +267,13 @@ def _run(trainer, work_dir: Path, out_dir: Path, tokenizer, dropped: int) -> Tra
     return result
 
 
-def _callbacks(on_log: OnLog | None, cls) -> list:
-    return [cls(on_log)] if on_log is not None else []
+def _callbacks(on_log: OnLog | None, cls, cfg: PhaseConfig | None = None, has_eval: bool = False) -> list:
+    out = [cls(on_log)] if on_log is not None else []
+    if cfg is not None and has_eval and cfg.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        out.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
+    return out
 
 
 # --------------------------------------------------------------------------- Phase 1
@@ -528,3 +543,63 @@ def _shape_problem(key: str, shape: tuple, modules: dict) -> str | None:
                 return f"{key}: hidden size {shape[1]} vs base embedding dim {in_f}"
             return None
     return None
+
+
+# --------------------------------------------------------------------------- prompt → completion LoRA SFT
+
+
+def train_lora_sft(
+    base_dir,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    eval_pairs: Sequence[tuple[str, str]],
+    out_dir,
+    work_dir,
+    cfg: PhaseConfig,
+    plan: ComputePlan,
+    on_log: OnLog | None = None,
+    callbacks: Sequence = (),
+) -> TrainResult:
+    """A fresh LoRA on ``(prompt, completion)`` pairs with completion-only loss (TRL masks the prompt).
+
+    Pairs whose prompt + completion exceed ``cfg.max_length`` are dropped (a cut completion would teach the
+    model to stop mid-answer); the eval batches are checked for supervised tokens before training starts.
+    ``cfg.trainable_embeddings``: "none" (LoRA only, for a pretrained base) or "all" (a random-init ``tiny:``
+    base also trains its embedding rows). Extra ``callbacks`` (``transformers.TrainerCallback``) are added."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    Trainer, LogCb = _make_trainer_class()
+    rows, sup, dropped = prompt_completion_rows(tokenizer, pairs, cfg)
+    check_supervised_batches(sup, cfg.per_device_train_batch_size, "SFT train set")
+    eval_rows, eval_sup, eval_dropped = (
+        prompt_completion_rows(tokenizer, eval_pairs, cfg) if eval_pairs else ([], [], 0)
+    )
+    if eval_rows:
+        check_supervised_batches(eval_sup, cfg.per_device_eval_batch_size, "SFT eval set")
+    model = _load_base(base_dir, plan, cfg.gradient_checkpointing)
+    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    if cfg.trainable_embeddings not in ("none", "all"):
+        raise ValueError(f"trainable_embeddings must be 'none' or 'all', not {cfg.trainable_embeddings!r}")
+    ids = list(range(vocab_rows)) if cfg.trainable_embeddings == "all" else []
+    peft_cfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        trainable_token_indices={"embed_tokens": ids} if ids else None,
+        task_type="CAUSAL_LM",
+    )
+    has_eval = bool(eval_rows)
+    trainer = Trainer(
+        model=model,
+        args=_sft_config(cfg, plan, Path(work_dir), has_eval),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=peft_cfg,
+        callbacks=_callbacks(on_log, LogCb, cfg, has_eval) + list(callbacks),
+        group_by_length=cfg.group_by_length,
+        mega_batch_mult=cfg.mega_batch_mult,
+    )
+    return _run(trainer, Path(work_dir), Path(out_dir), tokenizer, dropped=dropped + eval_dropped)

@@ -1,0 +1,139 @@
+"""Direct preference optimisation (TRL ``DPOTrainer``) that continues a LoRA adapter.
+
+The policy starts as base + the SFT adapter (trainable); the reference is the same SFT model merged and frozen,
+so the KL anchor is the SFT student, not the bare base. The saved adapter loads onto the same base with
+``PeftModel.from_pretrained``, like the SFT adapter it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml.compute import ComputePlan
+from ml.training.sft import OnLog, _expose_lm_head_bias, load_adapter
+
+
+@dataclass
+class DPOSettings:
+    beta: float = 0.1
+    max_steps: int = 500
+    learning_rate: float = 5e-6
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 8
+    warmup_steps: int = 50
+    logging_steps: int = 10
+    save_steps: int = 100
+    save_total_limit: int = 2
+    max_length: int = 1024
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class DPOResult:
+    out_dir: str
+    steps: int
+    train_loss: float
+    pairs: int
+    dropped_too_long: int
+    curve: list[tuple[int, str, float]]
+    resumed_from: str | None
+    seconds: float
+
+
+DPO_CURVE = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "learning_rate")
+
+
+def _fits(tokenizer, row: dict, max_length: int) -> bool:
+    n_prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+    longest = max(len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
+    return n_prompt + longest <= max_length
+
+
+def train_dpo(
+    base_dir,
+    sft_adapter_dir,
+    tokenizer,
+    pairs: Sequence[dict],
+    out_dir,
+    work_dir,
+    cfg: DPOSettings,
+    plan: ComputePlan,
+    on_log: OnLog | None = None,
+) -> DPOResult:
+    """DPO on ``{"prompt", "chosen", "rejected"}`` rows (completions end with EOS). Pairs longer than
+    ``cfg.max_length`` are dropped, never truncated. Checkpoints in ``work_dir``; a re-run resumes."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [r for r in pairs if _fits(tokenizer, r, cfg.max_length)]
+    dropped = len(pairs) - len(rows)
+    if not rows:
+        raise ValueError(f"DPO: no preference pairs left ({dropped} longer than {cfg.max_length} tokens dropped)")
+    policy = load_adapter(base_dir, sft_adapter_dir, plan=plan, is_trainable=True)
+    reference = load_adapter(base_dir, sft_adapter_dir, plan=plan).merge_and_unload().eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    args = DPOConfig(
+        output_dir=str(work_dir),
+        beta=cfg.beta,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_steps,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        max_length=cfg.max_length,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=plan.device == "cuda" and plan.dtype == "bf16",
+        fp16=plan.device == "cuda" and plan.dtype == "fp16",
+        use_cpu=plan.device == "cpu",
+        gradient_checkpointing=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+    class _Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and on_log is not None:
+                on_log(int(state.global_step), dict(logs))
+
+    trainer = DPOTrainer(
+        model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer, callbacks=[_Log()],
+    )
+    _expose_lm_head_bias(trainer.model)
+    if on_log is not None:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+    started = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    curve = [
+        (int(e.get("step", 0)), k, float(e[k]))
+        for e in trainer.state.log_history for k in DPO_CURVE if isinstance(e.get(k), int | float)
+    ]
+    result = DPOResult(
+        out_dir=str(out_dir), steps=int(trainer.state.global_step), train_loss=float(out.training_loss),
+        pairs=len(rows), dropped_too_long=dropped, curve=curve, resumed_from=resume,
+        seconds=time.perf_counter() - started,
+    )
+    (out_dir / "train_result.json").write_text(json.dumps(result.__dict__, indent=1))
+    return result
