@@ -6,6 +6,7 @@ from assets import ALL_ASSETS
 from jobs import ALL_JOBS, corpus_change_sensor, daily_ast_eval
 from resources import ArtifactStore, CorpusResource, DuckDBCatalog
 from resources.compute import ComputeResource
+from resources.teacher import TeacherResource
 
 
 def build_resources(**overrides) -> dict:
@@ -14,6 +15,7 @@ def build_resources(**overrides) -> dict:
         "artifacts": ArtifactStore(),
         "corpus": CorpusResource(),
         "compute": ComputeResource(),
+        "teacher": TeacherResource(),
     }
     resources.update(overrides)
     return resources

@@ -18,6 +18,9 @@ from ml.schemas import to_table
 from resources import ArtifactStore, DuckDBCatalog
 
 
+UNPARTITIONED = "all"
+
+
 @dataclass(frozen=True)
 class Published:
     path: Path
@@ -49,12 +52,14 @@ def publish_folder(
     table: str | None = None,
     exclude_columns: tuple[str, ...] = (),
     skipped: Mapping[str, int] | None = None,
+    table_asset_column: bool = False,
 ) -> Published:
     """``build(tmp)`` writes the artifact into a staging folder; it is renamed into place under its
     content version and registered (with its rows in ``table`` when given) in one catalog transaction.
-    Any failure leaves the previous version as the registered one."""
+    Any failure leaves the previous version as the registered one. ``table_asset_column``: ``table`` is shared by
+    several assets (e.g. ``eval_results``), its rows carry ``asset_key`` and only this asset's rows are replaced."""
     asset = context.asset_key.to_user_string()
-    partition = context.partition_key
+    partition = partition_of(context)
     with store.staging(asset) as tmp:
         build(tmp)
         version = folder_digest(tmp)
@@ -72,6 +77,7 @@ def publish_folder(
             parquet=final / "rows.parquet" if table else None,
             exclude_columns=exclude_columns,
             skipped=skipped,
+            table_asset_key=asset if table_asset_column else None,
         )
     except BaseException:
         # The catalog still points at the previous version: drop the folder nobody references.
@@ -102,6 +108,11 @@ def publish_rows(
         context, store=store, catalog=catalog, build=build, rows=len(rows), upstream=upstream,
         table=context.asset_key.to_user_string(), exclude_columns=exclude_columns, skipped=skipped,
     )
+
+
+def partition_of(context: dg.AssetExecutionContext) -> str:
+    """The slice of a partitioned asset; ``all`` for an unpartitioned one (the catalog keys every row by one)."""
+    return context.partition_key if context.has_partition_key else UNPARTITIONED
 
 
 def read_upstream(catalog: DuckDBCatalog, asset: str, partition: str) -> tuple[list[dict], dict]:

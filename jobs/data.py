@@ -33,3 +33,15 @@ ast_eval_job = dg.define_asset_job(
     partitions_def=language_slices,
     description="Re-evaluate the current adapters of a slice.",
 )
+
+dsl_job = dg.define_asset_job(
+    "dsl_job",
+    selection=dg.AssetSelection.groups("dsl"),
+    description="Schema-conditioned NL -> JSON AST: teacher data, SFT student, evaluation, DPO, report.",
+)
+
+dsl_eval_job = dg.define_asset_job(
+    "dsl_eval_job",
+    selection=dg.AssetSelection.assets("dsl_sft_eval", "dsl_dpo_eval", "dsl_report"),
+    description="Re-evaluate the current DSL adapters (e.g. after changing the teacher) and rebuild the report.",
+)

@@ -60,5 +60,47 @@ NL_AST_PAIRS = pa.schema(
 )
 
 
+# ---- dsl group: JSON values are stored as compact JSON text (queryable with DuckDB's json functions)
+
+DSL_DOMAIN_SPECS = pa.schema(
+    [("domain", pa.string()), ("split", pa.string()), ("teacher", pa.string()), ("spec_json", pa.string()),
+     ("example_queries_json", pa.string())]
+)
+
+DSL_SCHEMAS = pa.schema(
+    [("domain", pa.string()), ("split", pa.string()), ("schema_json", pa.string()), ("fields", pa.int64()),
+     ("operators", pa.string())]
+)
+
+DSL_QUERIES = pa.schema(
+    [("id", pa.string()), ("domain", pa.string()), ("split", pa.string()), ("lang", pa.string()),
+     ("text", pa.string()), ("teacher_ast_json", pa.string())]
+)
+
+DSL_DATASET = pa.schema(
+    [("id", pa.string()), ("domain", pa.string()), ("split", pa.string()), ("lang", pa.string()),
+     ("query", pa.string()), ("ast_json", pa.string()), ("valid", pa.bool_()), ("mutation", pa.string()),
+     ("errors", pa.string())]
+)
+
+DSL_TRAINING_CORPUS = pa.schema(
+    [("id", pa.string()), ("domain", pa.string()), ("split", pa.string()), ("group", pa.string()),
+     ("lang", pa.string()), ("query", pa.string()), ("prompt", pa.large_string()), ("completion", pa.string()),
+     ("valid", pa.bool_())]
+)
+
+EVAL_RESULTS = pa.schema(
+    [("asset_key", pa.string()), ("id", pa.string()), ("domain", pa.string()), ("group", pa.string()),
+     ("lang", pa.string()), ("mode", pa.string()), ("query", pa.string()), ("target", pa.string()),
+     ("output", pa.string()), ("prediction", pa.string()), ("parsed", pa.bool_()), ("schema_valid", pa.bool_()),
+     ("exact_match", pa.bool_()), ("teacher_accept", pa.bool_()), ("semantic_pass", pa.bool_()),
+     ("error", pa.string())]
+)
+
+DSL_DPO_PAIRS = pa.schema(
+    [("id", pa.string()), ("domain", pa.string()), ("prompt", pa.large_string()), ("chosen", pa.string()),
+     ("rejected", pa.string()), ("reason", pa.string())]
+)
+
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)

@@ -113,14 +113,16 @@ class DuckDBCatalog(dg.ConfigurableResource):
         parquet: Path | None = None,
         exclude_columns: tuple[str, ...] = (),
         skipped: Mapping[str, int] | None = None,
+        table_asset_key: str | None = None,
     ) -> None:
-        """Register an artifact and, in the same transaction, replace the partition's rows and skip counts."""
+        """Register an artifact and, in the same transaction, replace the partition's rows and skip counts.
+        ``table_asset_key``: the table is shared between assets; replace only the rows whose ``asset_key`` is it."""
         now = datetime.now(UTC).replace(tzinfo=None)
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 if table and parquet is not None:
-                    self._replace_rows(con, _ident(table), partition, parquet, exclude_columns)
+                    self._replace_rows(con, _ident(table), partition, parquet, exclude_columns, table_asset_key)
                 con.execute(
                     "DELETE FROM skipped_inputs WHERE asset_key = ? AND partition = ?", [asset_key, partition]
                 )
@@ -148,7 +150,13 @@ class DuckDBCatalog(dg.ConfigurableResource):
                 raise
 
     def _replace_rows(
-        self, con: duckdb.DuckDBPyConnection, table: str, partition: str, parquet: Path, exclude: tuple[str, ...]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        partition: str,
+        parquet: Path,
+        exclude: tuple[str, ...],
+        asset_key: str | None = None,
     ) -> None:
         star = f"* EXCLUDE ({', '.join(_ident(c) for c in exclude)})" if exclude else "*"
         con.execute(
@@ -156,7 +164,10 @@ class DuckDBCatalog(dg.ConfigurableResource):
             f"SELECT ''::VARCHAR AS partition, {star} FROM read_parquet(?) LIMIT 0",
             [str(parquet)],
         )
-        con.execute(f"DELETE FROM {table} WHERE partition = ?", [partition])
+        if asset_key is None:
+            con.execute(f"DELETE FROM {table} WHERE partition = ?", [partition])
+        else:
+            con.execute(f"DELETE FROM {table} WHERE partition = ? AND asset_key = ?", [partition, asset_key])
         self._insert_rows(con, table, partition, parquet, star)
 
     def _insert_rows(

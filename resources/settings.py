@@ -47,3 +47,53 @@ def active_profile() -> Profile:
     if name not in PROFILES:
         raise ValueError(f"ASTFORGE_PROFILE={name!r}: expected one of {', '.join(PROFILES)}")
     return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class DslProfile:
+    """Sizes of the `dsl` group. ``full`` carries the original project's config/defaults.json values."""
+
+    base_model: str
+    examples_per_schema: int
+    per_schema_queries: int
+    positives_per_schema: int
+    sft_max_steps: int
+    sft_batch_size: int
+    sft_grad_accum: int
+    sft_learning_rate: float
+    sft_warmup_steps: int
+    sft_eval_steps: int
+    sft_save_steps: int
+    max_seq_length: int
+    eval_max_samples: int  # SFT validation rows (eval_loss)
+    eval_samples: int  # generated requests per group (seen / held-out domains) in dsl_*_eval
+    probe_samples: int  # requests generated at each SFT evaluation (semantic_pass_rate vs steps); 0 = off
+    dpo_max_steps: int
+    dpo_batch_size: int
+    dpo_grad_accum: int
+    dpo_learning_rate: float
+    dpo_warmup_steps: int
+    max_pairs: int
+
+
+DSL_PROFILES = {
+    # tiny Gemma 3 architecture on 2 CPU cores: the whole group in minutes.
+    "demo": DslProfile(
+        base_model="tiny:gemma3_text", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
+        sft_max_steps=300, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=3e-3, sft_warmup_steps=10,
+        sft_eval_steps=50, sft_save_steps=50, max_seq_length=1024, eval_max_samples=32, eval_samples=32,
+        probe_samples=16, dpo_max_steps=20, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
+        dpo_warmup_steps=2, max_pairs=64,
+    ),
+    "full": DslProfile(
+        base_model="unsloth/gemma-3-270m-it", examples_per_schema=60, per_schema_queries=60, positives_per_schema=250,
+        sft_max_steps=3000, sft_batch_size=4, sft_grad_accum=4, sft_learning_rate=5e-5, sft_warmup_steps=50,
+        sft_eval_steps=50, sft_save_steps=200, max_seq_length=32768, eval_max_samples=256, eval_samples=200,
+        probe_samples=0, dpo_max_steps=500, dpo_batch_size=2, dpo_grad_accum=8, dpo_learning_rate=5e-6,
+        dpo_warmup_steps=50, max_pairs=2000,
+    ),
+}
+
+
+def active_dsl_profile() -> DslProfile:
+    return DSL_PROFILES[active_profile().name]

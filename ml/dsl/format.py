@@ -36,13 +36,18 @@ def schema_to_text(schema: dict[str, Any]) -> str:
 
 
 def prompt_text(schema: dict[str, Any], query: str) -> str:
-    return f"{INSTRUCTION}\nSchema: {schema_to_text(schema)}\nRequest: {query}\nJSON: "
+    # Ends in a newline: byte-level BPE would glue a trailing space to the completion's first "{".
+    return f"{INSTRUCTION}\nSchema: {schema_to_text(schema)}\nRequest: {query}\nJSON:\n"
 
 
 def build_prompt(tokenizer, schema: dict[str, Any], query: str) -> str:
     """The prompt string for ``tokenizer``: wrapped in its chat template when it has one (instruct models such as
     ``unsloth/gemma-3-270m-it``), plain text otherwise (the ``tiny:`` students)."""
-    text = prompt_text(schema, query)
+    return wrap_prompt(tokenizer, prompt_text(schema, query))
+
+
+def wrap_prompt(tokenizer, text: str) -> str:
+    """A plain prompt text (:func:`prompt_text`) in the tokenizer's chat template, if it has one."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True

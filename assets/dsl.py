@@ -1,0 +1,721 @@
+"""`dsl` group: schema-conditioned natural language → JSON AST. Teacher-made data, a LoRA SFT student, teacher
+evaluation, DPO on teacher verdicts, and a report. Unpartitioned: the catalog keys its rows by ``all``."""
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from assets.publish import UNPARTITIONED, png_markdown, publish_folder, publish_rows, read_upstream, skip_metadata
+from ml import schemas
+from ml.dsl.domains import DOMAIN_NAMES, build_schema, sample_operators, schema_errors, spec_from_dict, spec_to_dict
+from ml.dsl.format import ast_to_text, prompt_text
+from resources import ArtifactStore, DuckDBCatalog
+from resources.compute import ComputeResource
+from resources.settings import active_dsl_profile
+from resources.teacher import TeacherResource
+
+_D = active_dsl_profile()
+GROUP = "dsl"
+P = UNPARTITIONED
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+
+
+class DslDomainSpecsConfig(dg.Config):
+    domains: list[str] = list(DOMAIN_NAMES)
+    # Never trained on: the evaluation reports them apart, to tell schema reading from memorization.
+    heldout_domains: list[str] = ["recipes", "weather"]
+    examples_per_schema: int = _D.examples_per_schema
+    seed: int = 11
+
+
+class DslSchemasConfig(dg.Config):
+    min_operators: int = 4
+    max_operators: int = 7
+    seed: int = 11
+
+
+class DslQueriesConfig(dg.Config):
+    per_schema_queries: int = _D.per_schema_queries
+    test_fraction: float = 0.1  # requests of the training domains kept for evaluation
+    seed: int = 11
+
+
+class DslDatasetConfig(dg.Config):
+    positives_per_schema: int = _D.positives_per_schema
+    negative_ratio: float = 0.6  # schema-invalid mutations per kept positive
+    seed: int = 11
+
+
+class DslTrainingCorpusConfig(dg.Config):
+    include_invalid: bool = False  # mutated, schema-invalid targets (off: they would teach schema violations)
+    max_samples: int = 0  # cap on training rows; 0 = all
+
+
+class DslBaseModelConfig(dg.Config):
+    base_model: str = _D.base_model  # tiny:gemma3_text | unsloth/gemma-3-270m-it | a local folder
+    vocab_size: int = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
+    seed: int = 0
+
+
+class DslSftConfig(dg.Config):
+    max_steps: int = _D.sft_max_steps
+    batch_size: int = _D.sft_batch_size
+    gradient_accumulation_steps: int = _D.sft_grad_accum
+    learning_rate: float = _D.sft_learning_rate
+    weight_decay: float = 0.01
+    warmup_steps: int = _D.sft_warmup_steps
+    max_seq_length: int = _D.max_seq_length
+    val_split: float = 0.05
+    eval_max_samples: int = _D.eval_max_samples
+    eval_steps: int = _D.sft_eval_steps
+    logging_steps: int = 10
+    save_steps: int = _D.sft_save_steps
+    save_total_limit: int = 3
+    max_grad_norm: float = 1.0
+    early_stopping_min_delta: float = 0.002
+    early_stopping_patience: int = 2
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    probe_samples: int = _D.probe_samples
+    seed: int = 0
+
+
+class DslEvalConfig(dg.Config):
+    samples: int = _D.eval_samples  # per group: seen-domain test requests, held-out-domain requests
+    batch_size: int = 16
+    seed: int = 0
+
+
+class DslDpoPairsConfig(dg.Config):
+    max_pairs: int = _D.max_pairs
+    only_rejected: bool = True  # False: also pairs where the teacher accepted an output that differs from its AST
+    candidates: int = 0  # training requests the student answers; 0 = 2 × max_pairs
+    batch_size: int = 16
+    seed: int = 0
+
+
+class DslDpoConfig(dg.Config):
+    beta: float = 0.1
+    max_steps: int = _D.dpo_max_steps
+    batch_size: int = _D.dpo_batch_size
+    gradient_accumulation_steps: int = _D.dpo_grad_accum
+    learning_rate: float = _D.dpo_learning_rate
+    warmup_steps: int = _D.dpo_warmup_steps
+    logging_steps: int = 5
+    save_steps: int = 100
+    max_seq_length: int = _D.max_seq_length
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _row_id(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _teacher(resource: TeacherResource):
+    return resource.teacher()
+
+
+def _teacher_call(what: str, fn, *args, **kwargs):
+    """Run a teacher call; a dead server fails the step with the teacher's message (earlier artifacts stay)."""
+    from ml.dsl.teachers import TeacherUnavailable
+
+    try:
+        return fn(*args, **kwargs)
+    except TeacherUnavailable as exc:
+        raise dg.Failure(f"{what}: the teacher is unavailable. {exc}") from exc
+
+
+def _specs_and_schemas(catalog: DuckDBCatalog) -> tuple[dict, dict, dict, dict]:
+    """Per domain: the final spec, its schema, and its split (train | heldout_domain); and the catalog entry."""
+    rows, entry = read_upstream(catalog, "dsl_schemas", P)
+    specs, schemas_, splits = {}, {}, {}
+    for r in rows:
+        schema = json.loads(r["schema_json"])
+        specs[r["domain"]] = spec_from_dict(schema["x-astforge-spec"])
+        schemas_[r["domain"]] = {k: v for k, v in schema.items() if k != "x-astforge-spec"}
+        splits[r["domain"]] = r["split"]
+    return specs, schemas_, splits, entry
+
+
+def _log(context, what: str):
+    def on_log(step: int, logs: dict) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, int | float))
+        context.log.info(f"{what} step {step}: {shown}")
+
+    return on_log
+
+
+def _work_dir(store: ArtifactStore, asset: str, key: dict) -> Path:
+    """Checkpoints keyed by inputs and config minus ``max_steps``: a re-run after an interruption resumes."""
+    key = {k: ({f: v for f, v in c.items() if f != "max_steps"} if isinstance(c, dict) else c) for k, c in key.items()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return store.root_path / asset / P / "_checkpoints" / digest
+
+
+def _teacher_metadata(teacher) -> dict:
+    return {"teacher": teacher.describe().get("backend", teacher.name),
+            **{f"teacher_{k}": v for k, v in teacher.stats.as_dict().items()}}
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+@dg.asset(group_name=GROUP, kinds={"python"},
+          description="Teacher-invented domains: fields, types, enum values and example requests per domain prompt.")
+def dsl_domain_specs(context: dg.AssetExecutionContext, config: DslDomainSpecsConfig, teacher: TeacherResource,
+                     artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    unknown = sorted(set(config.heldout_domains) - set(config.domains))
+    if unknown:
+        raise dg.Failure(f"heldout_domains {unknown} are not in domains {config.domains}")
+    if not set(config.domains) - set(config.heldout_domains):
+        raise dg.Failure("every domain is held out: nothing is left to train on")
+    t = _teacher(teacher)
+    rows = []
+    for name in config.domains:
+        try:
+            spec, examples = _teacher_call("dsl_domain_specs", t.domain_spec, name, seed=config.seed,
+                                           examples=config.examples_per_schema)
+        except ValueError as exc:
+            raise dg.Failure(f"dsl_domain_specs: no usable spec for domain {name!r}: {exc}") from exc
+        split = "heldout_domain" if name in config.heldout_domains else "train"
+        rows.append({"domain": name, "split": split, "teacher": t.name, "spec_json": json.dumps(spec_to_dict(spec)),
+                     "example_queries_json": json.dumps(examples, ensure_ascii=False)})
+        context.log.info(f"dsl_domain_specs: {name} ({split}): {len(spec.fields)} fields, {len(examples)} examples")
+    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_DOMAIN_SPECS, skipped={})
+    return dg.MaterializeResult(metadata={
+        "domains": len(rows), "heldout_domains": ", ".join(config.heldout_domains) or "none",
+        **_teacher_metadata(t),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_domain_specs], kinds={"json"},
+          description="One JSON Schema per domain: its fields and enums plus a seeded operator sample, injected "
+                      "into the base query-schema template.")
+def dsl_schemas(context: dg.AssetExecutionContext, config: DslSchemasConfig, artifacts: ArtifactStore,
+                catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    import dataclasses
+
+    specs, entry = read_upstream(catalog, "dsl_domain_specs", P)
+    rows, files = [], {}
+    for r in specs:
+        spec = spec_from_dict(json.loads(r["spec_json"]))
+        ops = sample_operators(random.Random(f"operators:{r['domain']}:{config.seed}"),
+                               config.min_operators, config.max_operators)
+        spec = dataclasses.replace(spec, operators=ops)
+        schema = build_schema(spec)
+        files[r["domain"]] = schema
+        # The final spec travels with the schema (an extension keyword validators ignore).
+        stored = {**schema, "x-astforge-spec": spec_to_dict(spec)}
+        rows.append({"domain": r["domain"], "split": r["split"], "schema_json": json.dumps(stored, ensure_ascii=False),
+                     "fields": len(spec.fields), "operators": ",".join(ops)})
+
+    def build(tmp: Path) -> None:
+        pq.write_table(schemas.to_table(rows, schemas.DSL_SCHEMAS), tmp / "rows.parquet", compression="zstd")
+        (tmp / "schemas").mkdir()
+        for name, schema in files.items():
+            (tmp / "schemas" / f"{name}.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False))
+
+    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(rows),
+                          upstream={"dsl_domain_specs": entry["data_version"]}, table="dsl_schemas").path
+    first = next(iter(files.values()))
+    return dg.MaterializeResult(metadata={
+        "schemas": len(rows), "operators": {r["domain"]: r["operators"] for r in rows},
+        "example_schema": dg.MetadataValue.json(first), "path": dg.MetadataValue.path(str(path / "schemas")),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_schemas], kinds={"python"},
+          description="Natural-language requests per schema, in English and French, split train / test / held-out "
+                      "domain.")
+def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, teacher: TeacherResource,
+                artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    specs, schemas_, splits, entry = _specs_and_schemas(catalog)
+    t = _teacher(teacher)
+    rows, seen = [], set()
+    for domain, spec in specs.items():
+        queries = _teacher_call("dsl_queries", t.queries, spec, schemas_[domain], config.per_schema_queries,
+                                seed=config.seed)
+        for q in queries:
+            # Both languages of one request share a split (the AST, when known, names the request).
+            key = ast_to_text(q.ast) if q.ast is not None else q.text
+            split = splits[domain]
+            if split == "train":
+                draw = int(hashlib.sha256(f"{config.seed}:{domain}:{key}".encode()).hexdigest()[:8], 16) / 16**8
+                split = "test" if draw < config.test_fraction else "train"
+            rid = _row_id(domain, q.lang, q.text)
+            if rid in seen:
+                continue
+            seen.add(rid)
+            rows.append({"id": rid, "domain": domain, "split": split, "lang": q.lang, "text": q.text,
+                         "teacher_ast_json": ast_to_text(q.ast) if q.ast is not None else None})
+        context.log.info(f"dsl_queries: {domain}: {len(queries)} requests")
+    if not rows:
+        raise dg.Failure("dsl_queries: the teacher produced no requests")
+    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_QUERIES,
+                 skipped={"teacher_dropped": t.stats.dropped}, upstream={"dsl_schemas": entry["data_version"]})
+    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "test", "heldout_domain")}
+    return dg.MaterializeResult(metadata={
+        "requests": len(rows), **{f"split_{k}": v for k, v in counts.items()},
+        "english": sum(r["lang"] == "en" for r in rows), "french": sum(r["lang"] == "fr" for r in rows),
+        "sample": dg.MetadataValue.json(rows[:4]), **_teacher_metadata(t),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_queries], kinds={"duckdb"},
+          description="(schema, request) → AST rows labelled by the teacher and validated with jsonschema, plus "
+                      "schema-invalid negatives made by seeded mutations.")
+def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, teacher: TeacherResource,
+                artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.dsl.mutations import mutate
+    from ml.dsl.teachers import TeacherQuery
+
+    specs, schemas_, _, sentry = _specs_and_schemas(catalog)
+    queries, qentry = read_upstream(catalog, "dsl_queries", P)
+    t = _teacher(teacher)
+    skipped = {"teacher_no_label": 0, "schema_invalid_label": 0, "over_positive_cap": 0}
+    rows, kept = [], {}
+    started = time.monotonic()
+    for i, q in enumerate(queries):
+        domain = q["domain"]
+        if kept.get(domain, 0) >= config.positives_per_schema:
+            skipped["over_positive_cap"] += 1
+            continue
+        known = json.loads(q["teacher_ast_json"]) if q["teacher_ast_json"] else None
+        tq = TeacherQuery(domain=domain, lang=q["lang"], text=q["text"], ast=known)
+        ast = _teacher_call("dsl_dataset", t.label, specs[domain], schemas_[domain], tq)
+        if ast is None:
+            skipped["teacher_no_label"] += 1
+            continue
+        if schema_errors(ast, schemas_[domain]):
+            skipped["schema_invalid_label"] += 1
+            continue
+        kept[domain] = kept.get(domain, 0) + 1
+        rows.append({"id": q["id"], "domain": domain, "split": q["split"], "lang": q["lang"], "query": q["text"],
+                     "ast_json": ast_to_text(ast), "valid": True, "mutation": None, "errors": None})
+        if (i + 1) % 500 == 0:
+            context.log.info(f"dsl_dataset: {i + 1}/{len(queries)} requests labelled")
+    if not rows:
+        raise dg.Failure(f"dsl_dataset: no request got a valid label from the teacher ({skipped})")
+    positives = list(rows)
+    for domain in specs:
+        mine = [r for r in positives if r["domain"] == domain]
+        rng = random.Random(f"negatives:{config.seed}:{domain}")
+        for r in rng.sample(mine, min(len(mine), round(len(mine) * config.negative_ratio))):
+            bad, kind = mutate(json.loads(r["ast_json"]), rng, specs[domain])
+            errors = schema_errors(bad, schemas_[domain])
+            if not errors:  # a mutation must break the schema; keep the promise visible if one ever does not
+                skipped["mutation_still_valid"] = skipped.get("mutation_still_valid", 0) + 1
+                continue
+            rows.append({**r, "id": _row_id(r["id"], kind), "ast_json": ast_to_text(bad), "valid": False,
+                         "mutation": kind, "errors": errors[0][:300]})
+    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_DATASET, skipped=skipped,
+                 upstream={"dsl_queries": qentry["data_version"], "dsl_schemas": sentry["data_version"]})
+    negatives = [r for r in rows if not r["valid"]]
+    kinds = {}
+    for r in negatives:
+        kinds[r["mutation"]] = kinds.get(r["mutation"], 0) + 1
+    return dg.MaterializeResult(metadata={
+        "positives": len(positives), "negatives": len(negatives), "positives_per_domain": kept,
+        "mutations": kinds, "seconds": round(time.monotonic() - started, 1),
+        "sample": dg.MetadataValue.json([{k: r[k] for k in ("domain", "lang", "query", "ast_json")}
+                                         for r in positives[:3]]),
+        **skip_metadata(skipped), **_teacher_metadata(t),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_dataset], kinds={"duckdb"},
+          description="Prompt (instruction + schema + request) and completion (compact JSON AST) rows.")
+def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCorpusConfig,
+                        artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    _, schemas_, _, sentry = _specs_and_schemas(catalog)
+    data, dentry = read_upstream(catalog, "dsl_dataset", P)
+    rows = []
+    for r in data:
+        if not r["valid"] and not config.include_invalid:
+            continue
+        group = "heldout" if r["split"] == "heldout_domain" else "seen"
+        rows.append({"id": r["id"], "domain": r["domain"], "split": r["split"], "group": group, "lang": r["lang"],
+                     "query": r["query"], "prompt": prompt_text(schemas_[r["domain"]], r["query"]),
+                     "completion": r["ast_json"], "valid": r["valid"]})
+    train = [r for r in rows if r["split"] == "train"]
+    capped = 0
+    if config.max_samples and len(train) > config.max_samples:
+        drop = {r["id"] for r in random.Random(0).sample(train, len(train) - config.max_samples)}
+        capped = len(drop)
+        rows = [r for r in rows if r["id"] not in drop]
+    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_TRAINING_CORPUS,
+                 skipped={"over_max_samples": capped},
+                 upstream={"dsl_dataset": dentry["data_version"], "dsl_schemas": sentry["data_version"]})
+    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "test", "heldout_domain")}
+    return dg.MaterializeResult(metadata={
+        "rows": len(rows), **{f"split_{k}": v for k, v in counts.items()},
+        "invalid_rows": sum(not r["valid"] for r in rows), "capped": capped,
+        "prompt_chars_mean": round(sum(len(r["prompt"]) for r in rows) / max(1, len(rows)), 1),
+        "example_prompt": dg.MetadataValue.md(f"```\n{rows[0]['prompt']}{rows[0]['completion']}\n```"),
+    })
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_training_corpus], kinds={"huggingface", "pytorch"},
+          description="The student's base: Gemma 3 (tiny: built from config with a BPE tokenizer trained on the "
+                      "training prompts; otherwise a hub id or local folder).")
+def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig, artifacts: ArtifactStore,
+                   catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from ml.training.ast_tokenizer import build_ast_tokenizer
+    from ml.training.base_model import build_base_model, save_base_model
+
+    rows, entry = read_upstream(catalog, "dsl_training_corpus", P)
+    # Only training rows: held-out domains must not shape the tokenizer either.
+    texts = [r["prompt"] + r["completion"] for r in rows if r["split"] == "train"]
+    if not texts:
+        raise dg.Failure("dsl_training_corpus has no training rows")
+    # Whitespace-split BPE learns JSON pieces (","value":") and keeps prompts ~40% shorter than word-split BPE.
+    tok = build_ast_tokenizer(config.base_model, texts, [], config.vocab_size, split="whitespace",
+                              max_token_length=12)
+    tok.init_kwargs["astforge_base_model"] = config.base_model
+    plan = compute.plan()
+    model = build_base_model(config.base_model, tok, seed=config.seed, plan=plan)
+    n_params = sum(p.numel() for p in model.parameters())
+    path = publish_folder(context, store=artifacts, catalog=catalog, rows=0,
+                          build=lambda tmp: save_base_model(model, tok, tmp),
+                          upstream={"dsl_training_corpus": entry["data_version"]}).path
+    return dg.MaterializeResult(metadata={
+        "base_model": config.base_model, "parameters": n_params, "vocab_size": len(tok),
+        "architecture": type(model).__name__, "device": plan.device, "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+def _split_val(rows: list[dict], fraction: float, cap: int, seed: int) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    shuffled = rng.sample(rows, len(rows))
+    n_val = min(cap, max(1, round(len(rows) * fraction))) if fraction > 0 else 0
+    return shuffled[n_val:], shuffled[:n_val]
+
+
+def _model_inputs(tok, rows: list[dict]) -> list[tuple[str, str]]:
+    from ml.dsl.format import wrap_prompt
+
+    return [(wrap_prompt(tok, r["prompt"]), r["completion"] + (tok.eos_token or "")) for r in rows]
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_base_model, dsl_training_corpus], pool="gpu", kinds={"pytorch", "huggingface"},
+          description="LoRA SFT of the student on prompt → AST with completion-only loss and early stopping; "
+                      "semantic_pass_rate is probed at each evaluation.")
+def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, teacher: TeacherResource,
+                    artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.dsl.probe import make_probe_callback
+    from ml.training.sft import PhaseConfig, train_lora_sft
+
+    base = catalog.require_artifact("dsl_base_model", P)
+    rows, entry = read_upstream(catalog, "dsl_training_corpus", P)
+    specs, schemas_, _, _ = _specs_and_schemas(catalog)
+    tok = AutoTokenizer.from_pretrained(base["path"])
+    train, val = _split_val([r for r in rows if r["split"] == "train"], config.val_split, config.eval_max_samples,
+                            config.seed)
+    if not train:
+        raise dg.Failure("dsl_sft_adapter: no training rows")
+    tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
+    cfg = PhaseConfig(
+        max_steps=config.max_steps, learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, max_length=config.max_seq_length, logging_steps=config.logging_steps,
+        eval_steps=config.eval_steps, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+        max_grad_norm=config.max_grad_norm, early_stopping_patience=config.early_stopping_patience,
+        early_stopping_threshold=config.early_stopping_min_delta, lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, seed=config.seed,
+        separator="", add_eos=False, lr_scheduler_type="linear",
+        # a random-init tiny: base also trains its embedding rows; a pretrained base keeps them
+        trainable_embeddings="all" if tiny else "none",
+    )
+    plan = compute.plan()
+    t = _teacher(teacher)
+    probe_rows = val[: config.probe_samples]
+    callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t)] if probe_rows else []
+    work = _work_dir(artifacts, "dsl_sft_adapter",
+                     {"base": base["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
+    context.log.info(f"dsl_sft_adapter: {len(train)} training rows, {len(val)} validation rows, "
+                     f"probe {len(probe_rows)} requests, device {plan.device}, base {base['path']}")
+    holder = {}
+
+    def build(tmp: Path) -> None:
+        from ml.dsl.report import sft_curve_plot
+
+        result = train_lora_sft(base["path"], tok, _model_inputs(tok, train), _model_inputs(tok, val), tmp, work, cfg,
+                                plan, on_log=_log(context, "dsl SFT"), callbacks=callbacks)
+        holder["result"] = result
+        (tmp / "training_curve.png").write_bytes(sft_curve_plot(result.curve))
+
+    try:
+        path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(train),
+                              upstream={"dsl_base_model": base["data_version"],
+                                        "dsl_training_corpus": entry["data_version"]}).path
+    except ValueError as exc:  # no supervised tokens, every row too long, an adapter that does not fit
+        raise dg.Failure(f"dsl_sft_adapter: {exc}") from exc
+    result = holder["result"]
+    catalog.write_training_curve(asset_key="dsl_sft_adapter", partition=P, run_id=context.run_id, points=result.curve)
+    probes = [(s, v) for s, m, v in result.curve if m == "probe_semantic_pass_rate_constrained"]
+    return dg.MaterializeResult(metadata={
+        "steps": result.steps, "train_loss": round(result.train_loss, 4),
+        "eval_loss_initial": round(result.eval_loss_initial, 4), "eval_loss_final": round(result.eval_loss_final, 4),
+        "dropped_truncated": result.dropped_truncated, "tokens_per_s": round(result.tokens_per_s, 1),
+        "train_rows": len(train), "val_rows": len(val), "device": plan.device, "backend": plan.backend,
+        "probe_semantic_pass_rate_constrained": probes[-1][1] if probes else float("nan"),
+        "resumed_from": result.resumed_from or "none",
+        "training_curve": png_markdown((path / "training_curve.png").read_bytes(), "SFT curve"),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+def _eval_rows(rows: list[dict], samples: int, seed: int) -> list[dict]:
+    """Up to ``samples`` requests of each group: test requests of the training domains, held-out domains."""
+    out = []
+    for split in ("test", "heldout_domain"):
+        mine = [r for r in rows if r["split"] == split and r["valid"]]
+        out += random.Random(f"{seed}:{split}").sample(mine, min(samples, len(mine)))
+    return out
+
+
+def _load_student(catalog: DuckDBCatalog, adapter_asset: str, plan):
+    from ml.training.sft import load_adapter
+
+    base = catalog.require_artifact("dsl_base_model", P)
+    adapter = catalog.require_artifact(adapter_asset, P)
+    try:
+        model = load_adapter(base["path"], adapter["path"], plan)
+    except ValueError as exc:
+        raise dg.Failure(f"{adapter_asset}: {exc}") from exc
+    return model.merge_and_unload(), adapter
+
+
+def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifacts: ArtifactStore,
+              catalog: DuckDBCatalog, compute: ComputeResource, adapter_asset: str) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.dsl.probe import evaluate_student
+
+    asset = context.asset_key.to_user_string()
+    plan = compute.plan()
+    specs, schemas_, _, _ = _specs_and_schemas(catalog)
+    corpus, centry = read_upstream(catalog, "dsl_training_corpus", P)
+    rows = _eval_rows(corpus, config.samples, config.seed)
+    if not rows:
+        raise dg.Failure(f"{asset}: dsl_training_corpus has no test or held-out-domain rows")
+    model, adapter = _load_student(catalog, adapter_asset, plan)
+    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    t = _teacher(teacher)
+    metrics, results = {}, []
+    for constrained in (False, True):
+        mode = "constrained" if constrained else "unconstrained"
+        started = time.monotonic()
+        m, scored = _teacher_call(asset, evaluate_student, model, tok, rows, schemas_, specs, t,
+                                  constrained=constrained, batch_size=config.batch_size)
+        metrics.update(m)
+        results += [{"asset_key": asset, "mode": mode, **row} for row in scored]
+        context.log.info(f"{asset} {mode}: {len(rows)} requests in {time.monotonic() - started:.0f}s: "
+                         + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    metrics = {k: round(float(v), 4) for k, v in metrics.items()}
+    catalog.write_metrics(asset_key=asset, partition=P, run_id=context.run_id, metrics=metrics)
+
+    def build(tmp: Path) -> None:
+        from ml.dsl.report import rates_plot
+
+        pq.write_table(schemas.to_table(results, schemas.EVAL_RESULTS), tmp / "rows.parquet", compression="zstd")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "rates.png").write_bytes(rates_plot({asset: metrics}, title=asset))
+
+    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(results),
+                          table="eval_results", table_asset_column=True,
+                          upstream={adapter_asset: adapter["data_version"],
+                                    "dsl_training_corpus": centry["data_version"]}).path
+    return dg.MaterializeResult(metadata={
+        **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
+        "requests": len(rows), "rates": png_markdown((path / "rates.png").read_bytes(), "rates"),
+        **_teacher_metadata(t), "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_sft_adapter], kinds={"pytorch"},
+          description="SFT student: parse, schema validity, exact match, teacher verdict; unconstrained and "
+                      "schema-constrained; seen and held-out domains. Per-request rows in eval_results.")
+def dsl_sft_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
+                 artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    return _evaluate(context, config, teacher, artifacts, catalog, compute, "dsl_sft_adapter")
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_sft_adapter, dsl_training_corpus], kinds={"duckdb"},
+          description="Preference pairs: prompt → chosen (the teacher's AST) / rejected (the SFT student's output) "
+                      "on training requests the teacher rejected.")
+def dsl_dpo_pairs(context: dg.AssetExecutionContext, config: DslDpoPairsConfig, teacher: TeacherResource,
+                  artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.dsl.probe import preference_pairs
+
+    specs, schemas_, _, _ = _specs_and_schemas(catalog)
+    corpus, centry = read_upstream(catalog, "dsl_training_corpus", P)
+    train = [r for r in corpus if r["split"] == "train" and r["valid"]]
+    n = config.candidates or 2 * config.max_pairs
+    candidates = random.Random(config.seed).sample(train, min(n, len(train)))
+    model, adapter = _load_student(catalog, "dsl_sft_adapter", compute.plan())
+    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    t = _teacher(teacher)
+    started = time.monotonic()
+    pairs, stats = _teacher_call("dsl_dpo_pairs", preference_pairs, model, tok, candidates, schemas_, specs, t,
+                                 only_rejected=config.only_rejected, batch_size=config.batch_size)
+    pairs = pairs[: config.max_pairs]
+    context.log.info(f"dsl_dpo_pairs: {len(pairs)} pairs from {len(candidates)} requests "
+                     f"in {time.monotonic() - started:.0f}s ({stats})")
+    if not pairs:
+        raise dg.Failure(f"dsl_dpo_pairs: the teacher accepted every one of {len(candidates)} student outputs, so "
+                         "there is nothing to prefer; raise `candidates` or set only_rejected=False")
+    publish_rows(context, store=artifacts, catalog=catalog, rows=pairs, schema=schemas.DSL_DPO_PAIRS, skipped={},
+                 upstream={"dsl_sft_adapter": adapter["data_version"], "dsl_training_corpus": centry["data_version"]})
+    return dg.MaterializeResult(metadata={
+        "pairs": len(pairs), "candidates": len(candidates), **{k: v for k, v in stats.items()},
+        "sample": dg.MetadataValue.json([{k: p[k] for k in ("chosen", "rejected", "reason")} for p in pairs[:3]]),
+        **_teacher_metadata(t),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_dpo_pairs, dsl_sft_adapter], pool="gpu", kinds={"pytorch", "huggingface"},
+          description="TRL DPO from the SFT adapter; the frozen SFT student is the reference (KL anchor).")
+def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, artifacts: ArtifactStore,
+                    catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.dsl.format import wrap_prompt
+    from ml.training.dpo import DPOSettings, train_dpo
+
+    base = catalog.require_artifact("dsl_base_model", P)
+    sft = catalog.require_artifact("dsl_sft_adapter", P)
+    pairs, pentry = read_upstream(catalog, "dsl_dpo_pairs", P)
+    tok = AutoTokenizer.from_pretrained(sft["path"])
+    rows = [{"prompt": wrap_prompt(tok, p["prompt"]), "chosen": p["chosen"], "rejected": p["rejected"]}
+            for p in pairs]
+    cfg = DPOSettings(beta=config.beta, max_steps=config.max_steps, learning_rate=config.learning_rate,
+                      per_device_train_batch_size=config.batch_size,
+                      gradient_accumulation_steps=config.gradient_accumulation_steps,
+                      warmup_steps=config.warmup_steps, logging_steps=config.logging_steps,
+                      save_steps=config.save_steps, max_length=config.max_seq_length, seed=config.seed)
+    plan = compute.plan()
+    work = _work_dir(artifacts, "dsl_dpo_adapter",
+                     {"sft": sft["data_version"], "pairs": pentry["data_version"], "cfg": config.model_dump()})
+    holder = {}
+
+    def build(tmp: Path) -> None:
+        from ml.dsl.report import dpo_curve_plot
+
+        holder["result"] = train_dpo(base["path"], sft["path"], tok, rows, tmp, work, cfg, plan,
+                                     on_log=_log(context, "dsl DPO"))
+        (tmp / "training_curve.png").write_bytes(dpo_curve_plot(holder["result"].curve))
+
+    try:
+        path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(rows),
+                              upstream={"dsl_sft_adapter": sft["data_version"],
+                                        "dsl_dpo_pairs": pentry["data_version"]}).path
+    except ValueError as exc:
+        raise dg.Failure(f"dsl_dpo_adapter: {exc}") from exc
+    result = holder["result"]
+    catalog.write_training_curve(asset_key="dsl_dpo_adapter", partition=P, run_id=context.run_id, points=result.curve)
+    last = {m: v for _, m, v in sorted(result.curve)}
+    return dg.MaterializeResult(metadata={
+        "steps": result.steps, "train_loss": round(result.train_loss, 4), "pairs": result.pairs,
+        "dropped_too_long": result.dropped_too_long, "seconds": round(result.seconds, 1),
+        "reward_margin_last": round(last.get("rewards/margins", float("nan")), 4),
+        "reward_accuracy_last": round(last.get("rewards/accuracies", float("nan")), 4),
+        "device": plan.device, "resumed_from": result.resumed_from or "none",
+        "training_curve": png_markdown((path / "training_curve.png").read_bytes(), "DPO curve"),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_dpo_adapter], kinds={"pytorch"},
+          description="DPO student, measured exactly like dsl_sft_eval.")
+def dsl_dpo_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
+                 artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    return _evaluate(context, config, teacher, artifacts, catalog, compute, "dsl_dpo_adapter")
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_sft_eval, dsl_dpo_eval], kinds={"markdown"},
+          automation_condition=dg.AutomationCondition.eager(),
+          description="Markdown report: SFT vs DPO table, training curves and rate plots, sample JSON.")
+def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
+               catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.dsl.report import dpo_curve_plot, dsl_report_markdown, rates_plot, sft_curve_plot
+
+    entries = {a: catalog.require_artifact(a, P) for a in
+               ("dsl_sft_eval", "dsl_dpo_eval", "dsl_sft_adapter", "dsl_dpo_adapter", "dsl_base_model",
+                "dsl_dataset", "dsl_schemas", "dsl_domain_specs")}
+    metrics = {a: json.loads((Path(entries[a]["path"]) / "metrics.json").read_text())
+               for a in ("dsl_sft_eval", "dsl_dpo_eval")}
+    rows = {a: pq.read_table(Path(entries[a]["path"]) / "rows.parquet").to_pylist()
+            for a in ("dsl_sft_eval", "dsl_dpo_eval")}
+    curves = {a: [(r["step"], r["metric"], r["value"]) for r in catalog.query(
+        "SELECT step, metric, value FROM training_metrics WHERE asset_key = ? AND partition = ? AND run_id = ("
+        "SELECT run_id FROM artifacts WHERE asset_key = ? AND partition = ? ORDER BY created_at DESC LIMIT 1)",
+        [a, P, a, P])] for a in ("dsl_sft_adapter", "dsl_dpo_adapter")}
+    sft_result = json.loads((Path(entries["dsl_sft_adapter"]["path"]) / "train_result.json").read_text())
+    dpo_result = json.loads((Path(entries["dsl_dpo_adapter"]["path"]) / "train_result.json").read_text())
+    specs = pq.read_table(Path(entries["dsl_domain_specs"]["path"]) / "rows.parquet").to_pylist()
+    images = {
+        "rates": rates_plot({"SFT": metrics["dsl_sft_eval"], "DPO": metrics["dsl_dpo_eval"]}),
+        "sft_curve": sft_curve_plot(curves["dsl_sft_adapter"]),
+        "dpo_curve": dpo_curve_plot(curves["dsl_dpo_adapter"]),
+    }
+    summary = {
+        "teacher": specs[0]["teacher"] if specs else "?",
+        "base_model": catalog.query("SELECT path FROM artifacts WHERE asset_key = 'dsl_base_model' "
+                                    "ORDER BY created_at DESC LIMIT 1")[0]["path"],
+        "train_domains": ", ".join(s["domain"] for s in specs if s["split"] == "train"),
+        "heldout_domains": ", ".join(s["domain"] for s in specs if s["split"] != "train") or "none",
+        "dataset_rows": entries["dsl_dataset"]["rows"],
+        "sft_steps": sft_result["steps"], "dpo_steps": dpo_result["steps"], "dpo_pairs": dpo_result["pairs"],
+    }
+    report = dsl_report_markdown(sft_metrics=metrics["dsl_sft_eval"], dpo_metrics=metrics["dsl_dpo_eval"],
+                                 sft_rows=rows["dsl_sft_eval"], dpo_rows=rows["dsl_dpo_eval"],
+                                 images={k: f"{k}.png" for k in images}, summary=summary)
+
+    def build(tmp: Path) -> None:
+        (tmp / "report.md").write_text(report)
+        for name, png in images.items():
+            (tmp / f"{name}.png").write_bytes(png)
+        (tmp / "metrics.json").write_text(json.dumps({"sft": metrics["dsl_sft_eval"],
+                                                      "dpo": metrics["dsl_dpo_eval"]}, indent=2))
+
+    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=0,
+                          upstream={a: e["data_version"] for a, e in entries.items()}).path
+    inline = report
+    for name, png in images.items():
+        inline = inline.replace(f"({name}.png)", f"(data:image/png;base64,{_b64(png)})")
+    sft_c = metrics["dsl_sft_eval"].get("semantic_pass_rate_constrained", float("nan"))
+    dpo_c = metrics["dsl_dpo_eval"].get("semantic_pass_rate_constrained", float("nan"))
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.md(inline), "sft_semantic_pass_rate_constrained": sft_c,
+        "dpo_semantic_pass_rate_constrained": dpo_c, "path": dg.MetadataValue.path(str(path / "report.md")),
+    })
+
+
+def _b64(png: bytes) -> str:
+    import base64
+
+    return base64.b64encode(png).decode()
+
+
+DSL_ASSETS = [dsl_domain_specs, dsl_schemas, dsl_queries, dsl_dataset, dsl_training_corpus, dsl_base_model,
+              dsl_sft_adapter, dsl_sft_eval, dsl_dpo_pairs, dsl_dpo_adapter, dsl_dpo_eval, dsl_report]
