@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from ml.schemas import to_table
 from resources import ArtifactStore, DuckDBCatalog
 
-
 UNPARTITIONED = "all"
 
 
