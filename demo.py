@@ -1,4 +1,4 @@
-"""`make demo`: materialize the default asset graph for every language slice, then summarize.
+"""`make demo`: materialize the default asset graphs (AST-first per language slice, then the DSL group), then summarize.
 
 Runs go to the Dagster instance in $DAGSTER_HOME (the Makefile sets `.dagster/`), so `make ui`
 shows them with their logs, metadata and lineage.
@@ -21,26 +21,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="*", default=SLICES, help="language slices (default: all)")
     parser.add_argument("--data-only", action="store_true", help="skip training and evaluation")
+    parser.add_argument("--groups", nargs="*", default=["ast_first", "dsl"], choices=["ast_first", "dsl"],
+                        help="asset groups to run (default: both)")
     args = parser.parse_args(argv)
 
     instance = dg.DagsterInstance.get()
     catalog = DuckDBCatalog()
     failed = []
 
-    def run(job_name: str, language: str) -> bool:
+    def run(job_name: str, language: str | None) -> bool:
         start = time.monotonic()
-        print(f"[astforge] {job_name} [{language}] ...", flush=True)
+        label = f"{job_name} [{language}]" if language else job_name
+        print(f"[astforge] {label} ...", flush=True)
         result = defs.resolve_job_def(job_name).execute_in_process(
             partition_key=language, instance=instance, raise_on_error=False
         )
         status = "ok" if result.success else "FAILED"
-        print(f"[astforge] {job_name} [{language}] {status} in {time.monotonic() - start:.0f}s "
-              f"(run {result.run_id})", flush=True)
+        print(f"[astforge] {label} {status} in {time.monotonic() - start:.0f}s (run {result.run_id})", flush=True)
         if not result.success:
-            failed.append(f"{job_name}[{language}]")
+            failed.append(label)
         return result.success
 
-    for language in args.slices:
+    for language in args.slices if "ast_first" in args.groups else []:
         if not run("ast_data_job", language) or args.data_only:
             continue
         entry = catalog.latest_artifact("ast_corpus", language)
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[astforge] {language}: no AST rows, so no training for this slice", flush=True)
             continue
         run("ast_model_job", language)
+
+    if "dsl" in args.groups and not args.data_only:
+        run("dsl_job", None)
 
     rows = catalog.query(
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
@@ -62,6 +67,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         for e in evals:
             print(f"  {e['partition']:<11} {e['metric']:<26} {e['value']:.4f}")
+    dsl_metrics = catalog.query(
+        """SELECT asset_key, metric, arg_max(value, created_at) AS value FROM eval_metrics
+           WHERE asset_key IN ('dsl_sft_eval', 'dsl_dpo_eval') GROUP BY ALL ORDER BY metric, asset_key"""
+    )
+    if dsl_metrics:
+        print("\nDSL student (seen domains; heldout_ = domains never trained on):")
+        table: dict[str, dict[str, float]] = {}
+        for m in dsl_metrics:
+            table.setdefault(m["metric"], {})[m["asset_key"]] = m["value"]
+        print(f"  {'metric':<44} {'SFT':>7} {'DPO':>7}")
+        for metric, v in table.items():
+            sft, dpo = (v.get(a, float("nan")) for a in ("dsl_sft_eval", "dsl_dpo_eval"))
+            print(f"  {metric:<44} {sft:>7.3f} {dpo:>7.3f}")
+        report = catalog.latest_artifact("dsl_report", "all")
+        if report:
+            print(f"  report: {report['path']}/report.md")
     print("\nRows per slice (from the catalog):")
     for r in rows:
         print(f"  {r['asset_key']:<{width}}  {r['partition']:<11} {r['rows']:>8}")

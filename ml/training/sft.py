@@ -560,7 +560,27 @@ def train_lora_sft(
     on_log: OnLog | None = None,
     callbacks: Sequence = (),
 ) -> TrainResult:
-    """A fresh LoRA on ``(prompt, completion)`` pairs with completion-only loss (TRL masks the prompt).
+    """Train a fresh LoRA on ``(prompt, completion)`` pairs (see :func:`build_lora_sft_trainer`); checkpoints in
+    ``work_dir`` (a re-run resumes), adapter and tokenizer in ``out_dir``."""
+    trainer, dropped = build_lora_sft_trainer(
+        base_dir, tokenizer, pairs, eval_pairs, work_dir, cfg, plan, on_log=on_log, callbacks=callbacks
+    )
+    return _run(trainer, Path(work_dir), Path(out_dir), tokenizer, dropped=dropped)
+
+
+def build_lora_sft_trainer(
+    base_dir,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    eval_pairs: Sequence[tuple[str, str]],
+    work_dir,
+    cfg: PhaseConfig,
+    plan: ComputePlan,
+    on_log: OnLog | None = None,
+    callbacks: Sequence = (),
+):
+    """The (untrained) trainer of a fresh LoRA on ``(prompt, completion)`` pairs with completion-only loss (TRL
+    masks the prompt), and the number of pairs dropped as too long.
 
     Pairs whose prompt + completion exceed ``cfg.max_length`` are dropped (a cut completion would teach the
     model to stop mid-answer); the eval batches are checked for supervised tokens before training starts.
@@ -602,4 +622,4 @@ def train_lora_sft(
         group_by_length=cfg.group_by_length,
         mega_batch_mult=cfg.mega_batch_mult,
     )
-    return _run(trainer, Path(work_dir), Path(out_dir), tokenizer, dropped=dropped + eval_dropped)
+    return trainer, dropped + eval_dropped

@@ -1,0 +1,231 @@
+"""The `dsl` group: metrics on known inputs, loss masks, and the whole group materialized on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from ml.dsl import build_domain, build_schema, generate_queries
+from ml.dsl.evaluation import METRICS, SampleScore, grouped_rates, rates, score_sample
+from ml.dsl.format import ast_to_text, parse_completion, prompt_text
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+@pytest.fixture(scope="module")
+def library():
+    spec = build_domain("library", 3)
+    schema = build_schema(spec)
+    query = generate_queries(spec, 1, seed=0)[0]
+    return spec, schema, query
+
+
+def test_parse_completion_reads_the_first_object_and_says_why_not():
+    assert parse_completion('{"a":1} trailing {"b":2}') == ({"a": 1}, None)
+    assert parse_completion("junk before {\"a\": [1, 2]}")[0] == {"a": [1, 2]}
+    assert parse_completion("")[1] == "empty output"
+    assert parse_completion("no braces here")[1] == "no JSON object"
+    assert parse_completion('{"a": ')[1].startswith("invalid JSON")
+
+
+def test_score_sample_on_known_outputs(library):
+    _, schema, query = library
+    target = query.ast
+    always, never = (lambda _: True), (lambda _: False)
+
+    exact = score_sample(ast_to_text(target), schema, target, always)
+    assert (exact.parsed, exact.schema_valid, exact.exact_match, exact.teacher_accept, exact.semantic_pass) == (
+        True, True, True, True, True)
+
+    rejected = score_sample(ast_to_text(target), schema, target, never)
+    assert rejected.schema_valid and rejected.exact_match and not rejected.semantic_pass
+    assert rejected.error == "teacher rejected"
+
+    unparsed = score_sample('{"filter": ', schema, target, always)
+    assert not unparsed.parsed and not unparsed.schema_valid and not unparsed.semantic_pass
+
+    invalid = {"filter": {"op": "eq", "field": "no_such_field", "value": 1}}
+    bad = score_sample(json.dumps(invalid), schema, target, always)
+    assert bad.parsed and not bad.schema_valid and bad.teacher_accept and not bad.semantic_pass
+    assert bad.error.startswith("schema:")
+
+    # Same meaning, different spelling: not an exact match, but it passes when the teacher accepts it.
+    spaced = json.dumps(target, indent=2)
+    assert score_sample(spaced, schema, target, always).exact_match  # whitespace does not matter
+
+    no_verdict = score_sample(ast_to_text(target), schema, target, lambda _: None)
+    assert not no_verdict.teacher_accept
+
+
+def test_rates_and_group_names():
+    def s(p, v, e, a):
+        return SampleScore(p, v, e, a, v and a, None, None)
+
+    scores = [s(True, True, True, True), s(True, True, False, False), s(True, False, False, True),
+              s(False, False, False, False)]
+    r = rates(scores)
+    assert r == {"parsed_rate": 0.75, "schema_valid_rate": 0.5, "exact_match_rate": 0.25,
+                 "teacher_accept_rate": 0.5, "semantic_pass_rate": 0.25}
+    rows = [{"group": "seen"}, {"group": "seen"}, {"group": "heldout"}, {"group": "heldout"}]
+    g = grouped_rates(rows, scores, constrained=True)
+    assert g["semantic_pass_rate_constrained"] == 0.5
+    assert g["heldout_semantic_pass_rate_constrained"] == 0.0
+    assert g["heldout_parsed_rate_constrained"] == 0.5
+    assert set(g) == {f"{p}{m}_constrained" for p in ("", "heldout_") for m in METRICS}
+    assert rates([]) == {}
+
+
+# ---------------------------------------------------------------------------------------------------- loss masks
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory):
+    from ml.dsl import generate_examples
+    from ml.training.ast_tokenizer import build_ast_tokenizer
+    from ml.training.base_model import build_base_model, save_base_model
+
+    spec = build_domain("orders", 1)
+    schema = build_schema(spec)
+    rows = [(prompt_text(schema, e.text), ast_to_text(e.ast)) for e in generate_examples(spec, 64, seed=2)]
+    tok = build_ast_tokenizer("tiny:gemma3_text", [p + c for p, c in rows], [], 800, split="whitespace",
+                              max_token_length=12)
+    folder = tmp_path_factory.mktemp("dsl_base")
+    save_base_model(build_base_model("tiny:gemma3_text", tok, seed=0), tok, folder)
+    return folder, tok, rows
+
+
+def test_completion_only_loss_masks_the_prompt(tiny_student, tmp_path):
+    from ml.compute import resolve_compute
+    from ml.training.sft import PhaseConfig, build_lora_sft_trainer
+
+    folder, tok, rows = tiny_student
+    pairs = [(p, c + tok.eos_token) for p, c in rows[:8]]
+    cfg = PhaseConfig(max_steps=1, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_length=2048,
+                      separator="", add_eos=False, trainable_embeddings="all", group_by_length=False)
+    trainer, dropped = build_lora_sft_trainer(folder, tok, pairs, pairs[:4], tmp_path, cfg,
+                                              resolve_compute(device="cpu"))
+    assert dropped == 0
+    batch = next(iter(trainer.get_train_dataloader()))
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        supervised = [int(i) for i, lab in zip(ids, labels) if lab != -100]
+        text = tok.decode(supervised)
+        # Exactly the completion is supervised: one JSON AST and the end-of-sequence token.
+        assert text.endswith(tok.eos_token)
+        value, why = parse_completion(text.removesuffix(tok.eos_token))
+        assert why is None and ast_to_text(value) == text.removesuffix(tok.eos_token)
+        assert int((labels != -100).sum()) < int(mask.sum())  # the prompt is masked
+
+
+def test_too_long_rows_are_dropped_and_empty_completions_refused(tiny_student, tmp_path):
+    from ml.compute import resolve_compute
+    from ml.training.sft import PhaseConfig, build_lora_sft_trainer, check_supervised_batches
+
+    folder, tok, rows = tiny_student
+    lengths = sorted(len(tok(p + c)["input_ids"]) for p, c in rows)
+    cfg = PhaseConfig(max_steps=1, per_device_train_batch_size=2, per_device_eval_batch_size=2,
+                      max_length=lengths[len(lengths) // 2], separator="", add_eos=False,
+                      trainable_embeddings="all")
+    _, dropped = build_lora_sft_trainer(folder, tok, rows, [], tmp_path, cfg, resolve_compute(device="cpu"))
+    assert 0 < dropped < len(rows)
+    with pytest.raises(ValueError, match="zero supervised"):
+        check_supervised_batches([3, 0, 0, 0], 2, "eval")
+
+
+# ---------------------------------------------------------------------------------------------------- the group
+
+TINY_RUN = {
+    "dsl_domain_specs": {"domains": ["library", "orders", "flights"], "heldout_domains": ["flights"],
+                         "examples_per_schema": 3},
+    "dsl_queries": {"per_schema_queries": 40, "test_fraction": 0.2},
+    "dsl_dataset": {"positives_per_schema": 30},
+    "dsl_base_model": {"vocab_size": 800},
+    "dsl_sft_adapter": {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1,
+                        "probe_samples": 2, "eval_max_samples": 4},
+    "dsl_sft_eval": {"samples": 3},
+    "dsl_dpo_pairs": {"max_pairs": 4},
+    "dsl_dpo_adapter": {"max_steps": 2, "batch_size": 2, "logging_steps": 1},
+    "dsl_dpo_eval": {"samples": 3},
+}
+
+
+def _run_config(overrides: dict) -> dict:
+    return {"ops": {name: {"config": cfg} for name, cfg in overrides.items()}}
+
+
+@pytest.mark.slow
+def test_dsl_group_materializes_end_to_end(resources, astforge_home):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from assets.dsl import DSL_ASSETS
+
+    result = dg.materialize(DSL_ASSETS, resources=resources, run_config=_run_config(TINY_RUN))
+    assert result.success
+    catalog = resources["catalog"]
+
+    # Datasets: every positive validates, every negative does not, and the catalog tables hold them.
+    data = catalog.query("SELECT split, valid, count(*) AS n FROM dsl_dataset GROUP BY ALL")
+    assert {(r["split"], r["valid"]) for r in data} >= {("train", True), ("heldout_domain", True), ("train", False)}
+    negatives = catalog.query("SELECT count(*) AS n FROM dsl_dataset WHERE NOT valid")[0]["n"]
+    positives = catalog.query("SELECT count(*) AS n FROM dsl_dataset WHERE valid")[0]["n"]
+    assert negatives == pytest.approx(positives * 0.6, abs=3)
+
+    # Metrics: the issue's names, both modes, both groups, in eval_metrics for both evaluations.
+    for asset in ("dsl_sft_eval", "dsl_dpo_eval"):
+        names = {r["metric"] for r in catalog.query(
+            "SELECT DISTINCT metric FROM eval_metrics WHERE asset_key = ?", [asset])}
+        for metric in METRICS:
+            for name in (metric, f"{metric}_constrained", f"heldout_{metric}_constrained"):
+                assert name in names, (asset, name)
+        rows = catalog.query("SELECT mode, \"group\", count(*) AS n FROM eval_results WHERE asset_key = ? "
+                             "GROUP BY ALL", [asset])
+        assert {(r["mode"], r["group"]) for r in rows} == {(m, g) for m in ("constrained", "unconstrained")
+                                                           for g in ("seen", "heldout")}
+
+    # Both adapters load onto the base with plain PEFT.
+    base = catalog.require_artifact("dsl_base_model", "all")["path"]
+    for asset in ("dsl_sft_adapter", "dsl_dpo_adapter"):
+        adapter = catalog.require_artifact(asset, "all")["path"]
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+        assert model.active_adapter == "default"
+
+    # The report compares SFT and DPO and ships its plots.
+    report = catalog.require_artifact("dsl_report", "all")["path"]
+    from pathlib import Path
+
+    text = (Path(report) / "report.md").read_text()
+    assert "SFT" in text and "DPO" in text and "semantic_pass_rate" in text
+    for png in ("rates.png", "sft_curve.png", "dpo_curve.png"):
+        assert (Path(report) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    probe = catalog.query("SELECT count(*) AS n FROM training_metrics WHERE asset_key = 'dsl_sft_adapter' "
+                          "AND metric = 'probe_semantic_pass_rate_constrained'")[0]["n"]
+    assert probe >= 2  # semantic_pass_rate against training steps
+
+
+@pytest.mark.slow
+def test_a_dead_teacher_fails_the_step_and_keeps_earlier_artifacts(resources, astforge_home):
+    import socket
+
+    from assets.dsl import dsl_domain_specs, dsl_queries, dsl_schemas
+    from resources.teacher import TeacherResource
+
+    small = _run_config({k: v for k, v in TINY_RUN.items() if k in ("dsl_domain_specs", "dsl_queries")})
+    assert dg.materialize([dsl_domain_specs, dsl_schemas, dsl_queries], resources=resources, run_config=small).success
+    catalog = resources["catalog"]
+    before = catalog.require_artifact("dsl_queries", "all")
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = {**resources, "teacher": TeacherResource(backend="openai", base_url=f"http://127.0.0.1:{port}",
+                                                    model="tiny", max_retries=1, timeout_s=2)}
+    result = dg.materialize([dsl_domain_specs, dsl_schemas, dsl_queries], resources=dead, run_config=small,
+                            selection=[dsl_queries], raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert "unavailable" in message and f"127.0.0.1:{port}" in message
+    assert catalog.require_artifact("dsl_queries", "all")["data_version"] == before["data_version"]
+    assert catalog.require_artifact("dsl_schemas", "all")["path"]
