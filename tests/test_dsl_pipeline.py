@@ -221,7 +221,8 @@ def test_a_dead_teacher_fails_the_step_and_keeps_earlier_artifacts(resources, as
         port = s.getsockname()[1]
     dead = {**resources, "teacher": TeacherResource(backend="openai", base_url=f"http://127.0.0.1:{port}",
                                                     model="tiny", max_retries=1, timeout_s=2)}
-    result = dg.materialize([dsl_domain_specs, dsl_schemas, dsl_queries], resources=dead, run_config=small,
+    result = dg.materialize([dsl_domain_specs, dsl_schemas, dsl_queries], resources=dead,
+                            run_config=_run_config({"dsl_queries": TINY_RUN["dsl_queries"]}),
                             selection=[dsl_queries], raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
