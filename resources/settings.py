@@ -80,8 +80,8 @@ DSL_PROFILES = {
     # tiny Gemma 3 architecture on 2 CPU cores: the whole group in minutes.
     "demo": DslProfile(
         base_model="tiny:gemma3_text", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
-        sft_max_steps=300, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=3e-3, sft_warmup_steps=10,
-        sft_eval_steps=50, sft_save_steps=50, max_seq_length=1024, eval_max_samples=32, eval_samples=32,
+        sft_max_steps=240, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=3e-3, sft_warmup_steps=10,
+        sft_eval_steps=40, sft_save_steps=40, max_seq_length=1024, eval_max_samples=32, eval_samples=32,
         probe_samples=16, dpo_max_steps=20, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
         dpo_warmup_steps=2, max_pairs=64,
     ),
