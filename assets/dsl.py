@@ -446,7 +446,8 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
     plan = compute.plan()
     t = _teacher(teacher)
     probe_rows = val[: config.probe_samples]
-    callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t)] if probe_rows else []
+    callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t, on_result=_log(context, "dsl SFT probe"))
+                 ] if probe_rows else []
     work = _work_dir(artifacts, "dsl_sft_adapter",
                      {"base": base["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
     context.log.info(f"dsl_sft_adapter: {len(train)} training rows, {len(val)} validation rows, "

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.compute import resolve_compute  # noqa: E402
-from ml.dsl.domains import build_domain, build_schema  # noqa: E402
+from ml.dsl.domains import build_schema  # noqa: E402
 from ml.dsl.format import ast_to_text, prompt_text  # noqa: E402
 from ml.dsl.probe import make_probe_callback  # noqa: E402
 from ml.dsl.teachers import ProgrammaticTeacher  # noqa: E402
@@ -80,7 +80,8 @@ def main() -> None:
         )
         pairs = [(r["prompt"], r["completion"] + tok.eos_token) for r in train]
         eval_pairs = [(r["prompt"], r["completion"] + tok.eos_token) for r in probe[:16]]
-        callback = make_probe_callback(tok, probe, schemas, specs, teacher)
+        callback = make_probe_callback(tok, probe, schemas, specs, teacher,
+                                       on_result=lambda step, e: print("probe", step, e, flush=True))
         result = train_lora_sft(base, tok, pairs, eval_pairs, Path(tmp) / "out", Path(tmp) / "work", cfg, plan,
                                 on_log=lambda step, logs: print(step, logs, flush=True), callbacks=[callback])
     curve = sorted({s: v for s, m, v in result.curve if m == "probe_semantic_pass_rate_constrained"}.items())

@@ -92,9 +92,11 @@ def preference_pairs(model, tokenizer, rows: Sequence[Mapping[str, Any]], schema
     return pairs, stats
 
 
-def make_probe_callback(tokenizer, rows, schemas, specs, teacher, max_new_tokens: int | None = None):
+def make_probe_callback(tokenizer, rows, schemas, specs, teacher, max_new_tokens: int | None = None,
+                        on_result=None):
     """A ``transformers.TrainerCallback`` that, after each evaluation, generates (schema-constrained) answers to
-    ``rows`` and logs ``probe_semantic_pass_rate_constrained`` / ``probe_schema_valid_rate_constrained``."""
+    ``rows`` and logs ``probe_semantic_pass_rate_constrained`` / ``probe_schema_valid_rate_constrained`` (into the
+    trainer's log history, and to ``on_result(step, entry)`` when given)."""
     from transformers import TrainerCallback
 
     new_tokens = max_new_tokens or max_new_tokens_for(tokenizer, rows)
@@ -116,5 +118,7 @@ def make_probe_callback(tokenizer, rows, schemas, specs, teacher, max_new_tokens
                 "probe_schema_valid_rate_constrained": sum(s.schema_valid for s in scores) / len(scores),
             }
             state.log_history.append(entry)
+            if on_result is not None:
+                on_result(state.global_step, entry)
 
     return SemanticProbeCallback()
