@@ -8,7 +8,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from assets import ALL_ASSETS
+from assets import AST_ASSETS
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def _run_config(**eval_cfg):
 
 
 def test_python_slice_trains_both_phases_and_evaluates(resources):
-    result = dg.materialize(ALL_ASSETS, resources=resources, partition_key="python", run_config=_run_config())
+    result = dg.materialize(AST_ASSETS, resources=resources, partition_key="python", run_config=_run_config())
     assert result.success
     mats = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
     tok = mats["ast_tokenizer"]
@@ -52,7 +52,7 @@ def test_python_slice_trains_both_phases_and_evaluates(resources):
 
 
 def test_wrong_adapter_fails_clearly_and_keeps_the_good_one(resources):
-    assert dg.materialize(ALL_ASSETS, resources=resources, partition_key="python", run_config=_run_config()).success
+    assert dg.materialize(AST_ASSETS, resources=resources, partition_key="python", run_config=_run_config()).success
     catalog = resources["catalog"]
     good = catalog.latest_artifact("ast_eval", "python")
     # Register an adapter folder that belongs to nothing: the evaluation must refuse it.
@@ -61,7 +61,7 @@ def test_wrong_adapter_fails_clearly_and_keeps_the_good_one(resources):
     (bogus / "adapter_config.json").write_text("{}")
     catalog.publish_partition(asset_key="ast_phase2_adapter", partition="python", data_version="bogus",
                               path=bogus, run_id="test", rows=0)
-    eval_asset = [a for a in ALL_ASSETS if a.key.to_user_string() == "ast_eval"]
+    eval_asset = [a for a in AST_ASSETS if a.key.to_user_string() == "ast_eval"]
     result = dg.materialize(eval_asset, resources=resources, partition_key="python",
                             run_config={"ops": {"ast_eval": {"config": {"samples": 2, "max_new_tokens": 8,
                                                                        "heldout_fraction": 0.3}}}},
@@ -78,7 +78,7 @@ def test_empty_slice_is_a_clear_error(astforge_home):
 
     (astforge_home / "empty").mkdir(parents=True)
     res = build_resources(corpus=CorpusResource(sources={"java": f"dir:{astforge_home / 'empty'}"}))
-    result = dg.materialize(ALL_ASSETS, resources=res, partition_key="java", run_config=_run_config(),
+    result = dg.materialize(AST_ASSETS, resources=res, partition_key="java", run_config=_run_config(),
                             raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
@@ -86,8 +86,8 @@ def test_empty_slice_is_a_clear_error(astforge_home):
 
 
 def test_rematerializing_an_adapter_resumes_from_its_checkpoint(resources):
-    assert dg.materialize(ALL_ASSETS, resources=resources, partition_key="python", run_config=_run_config()).success
-    phase1 = [a for a in ALL_ASSETS if a.key.to_user_string() == "ast_phase1_adapter"]
+    assert dg.materialize(AST_ASSETS, resources=resources, partition_key="python", run_config=_run_config()).success
+    phase1 = [a for a in AST_ASSETS if a.key.to_user_string() == "ast_phase1_adapter"]
     # A longer run with otherwise the same inputs picks up the checkpoints the first one left.
     longer = dict(FAST, max_steps=6)
     result = dg.materialize(phase1, resources=resources, partition_key="python",
