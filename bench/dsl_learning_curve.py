@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.compute import resolve_compute  # noqa: E402
 from ml.dsl.domains import build_schema  # noqa: E402
+from ml.dsl.evaluation import comparison_f1  # noqa: E402
 from ml.dsl.format import ast_to_text, prompt_text  # noqa: E402
 from ml.dsl.probe import make_probe_callback  # noqa: E402
 from ml.dsl.teachers import ProgrammaticTeacher  # noqa: E402
 from ml.training.ast_tokenizer import build_ast_tokenizer  # noqa: E402
 from ml.training.base_model import build_base_model, save_base_model  # noqa: E402
-from ml.training.sft import PhaseConfig, train_lora_sft  # noqa: E402
+from ml.training.sft import PhaseConfig, load_adapter, train_lora_sft  # noqa: E402
 
 TRAIN_DOMAINS = ("library", "movies", "orders", "flights")
 
@@ -58,7 +59,15 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--split", default="whitespace", help="BPE pre-tokenization: whitespace | words | wordpunct")
+    ap.add_argument("--max-token-length", type=int, default=12, help="longest BPE token (0 = no limit)")
+    ap.add_argument("--lora-r", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
     rows, schemas, specs = build_rows(args.queries, args.seed)
@@ -66,7 +75,7 @@ def main() -> None:
     rng.shuffle(rows)
     probe, train = rows[: args.probe_samples], rows[args.probe_samples :]
     tok = build_ast_tokenizer("tiny:gemma3_text", [r["prompt"] + r["completion"] for r in train], [], 4000,
-                              split="whitespace", max_token_length=12)
+                              split=args.split, max_token_length=args.max_token_length or None)
     plan = resolve_compute(device=args.device)
     teacher = ProgrammaticTeacher()
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +84,8 @@ def main() -> None:
         cfg = PhaseConfig(
             max_steps=args.steps, learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
             per_device_eval_batch_size=args.batch_size, warmup_steps=10, weight_decay=0.01, max_length=1024,
-            logging_steps=50, eval_steps=args.probe_every, save_steps=args.steps, lora_r=64, lora_alpha=128,
+            logging_steps=50, eval_steps=args.probe_every, save_steps=args.steps,
+            lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
             lora_dropout=0.05, separator="", add_eos=False, trainable_embeddings="all", lr_scheduler_type="linear",
         )
         pairs = [(r["prompt"], r["completion"] + tok.eos_token) for r in train]
@@ -84,12 +94,21 @@ def main() -> None:
                                        on_result=lambda step, e: print("probe", step, e, flush=True))
         result = train_lora_sft(base, tok, pairs, eval_pairs, Path(tmp) / "out", Path(tmp) / "work", cfg, plan,
                                 on_log=lambda step, logs: print(step, logs, flush=True), callbacks=[callback])
+        # Partial credit on the probe requests: how many comparisons the final student gets right.
+        from ml.dsl.format import parse_completion
+        from ml.dsl.probe import generate
+
+        model = load_adapter(base, Path(tmp) / "out", plan).merge_and_unload()
+        outputs = generate(model, tok, probe, schemas, constrained=True)
+        f1 = [comparison_f1(parse_completion(o)[0], json.loads(r["completion"])) for o, r in zip(outputs, probe)]
     curve = sorted({s: v for s, m, v in result.curve if m == "probe_semantic_pass_rate_constrained"}.items())
     reached = [s for s, v in curve if v >= args.target]
     print(json.dumps({
         "device": plan.device, "steps": result.steps, "batch_size": args.batch_size,
         "tokens_per_s": round(result.tokens_per_s, 1), "curve": [[s, round(v, 3)] for s, v in curve],
-        "steps_to_target": reached[0] if reached else None, "target": args.target,
+        "steps_to_target": reached[0] if reached else None, "comparison_f1": round(sum(f1) / len(f1), 4),
+        "eval_loss_final": round(result.eval_loss_final, 4), "split": args.split, "lora_r": args.lora_r,
+        "target": args.target,
         "seconds": round(time.perf_counter() - started, 1),
     }))
 

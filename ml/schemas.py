@@ -94,7 +94,7 @@ EVAL_RESULTS = pa.schema(
      ("lang", pa.string()), ("mode", pa.string()), ("query", pa.string()), ("target", pa.string()),
      ("output", pa.string()), ("prediction", pa.string()), ("parsed", pa.bool_()), ("schema_valid", pa.bool_()),
      ("exact_match", pa.bool_()), ("teacher_accept", pa.bool_()), ("semantic_pass", pa.bool_()),
-     ("error", pa.string())]
+     ("comparison_f1", pa.float64()), ("error", pa.string())]
 )
 
 DSL_DPO_PAIRS = pa.schema(

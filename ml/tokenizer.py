@@ -30,8 +30,13 @@ def train_bpe(
             pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
+    elif split == "wordpunct":  # letters/digits, punctuation runs and whitespace apart: values tokenize alike
+        tok.pre_tokenizer = pre_tokenizers.Sequence([  # in a request and in a JSON completion
+            pre_tokenizers.Split(Regex(r"[A-Za-z0-9_]+|[^\sA-Za-z0-9_]+|\s+"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     else:
-        raise ValueError(f"split must be 'words' or 'whitespace', not {split!r}")
+        raise ValueError(f"split must be 'words', 'whitespace' or 'wordpunct', not {split!r}")
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -39,6 +39,7 @@ def test_score_sample_on_known_outputs(library):
     assert (exact.parsed, exact.schema_valid, exact.exact_match, exact.teacher_accept, exact.semantic_pass) == (
         True, True, True, True, True)
 
+    assert exact.comparison_f1 == 1.0
     rejected = score_sample(ast_to_text(target), schema, target, never)
     assert rejected.schema_valid and rejected.exact_match and not rejected.semantic_pass
     assert rejected.error == "teacher rejected"
@@ -67,14 +68,29 @@ def test_rates_and_group_names():
               s(False, False, False, False)]
     r = rates(scores)
     assert r == {"parsed_rate": 0.75, "schema_valid_rate": 0.5, "exact_match_rate": 0.25,
-                 "teacher_accept_rate": 0.5, "semantic_pass_rate": 0.25}
+                 "teacher_accept_rate": 0.5, "semantic_pass_rate": 0.25, "comparison_f1": 0.0}
     rows = [{"group": "seen"}, {"group": "seen"}, {"group": "heldout"}, {"group": "heldout"}]
     g = grouped_rates(rows, scores, constrained=True)
     assert g["semantic_pass_rate_constrained"] == 0.5
     assert g["heldout_semantic_pass_rate_constrained"] == 0.0
     assert g["heldout_parsed_rate_constrained"] == 0.5
-    assert set(g) == {f"{p}{m}_constrained" for p in ("", "heldout_") for m in METRICS}
+    assert set(g) == {f"{p}{m}_constrained" for p in ("", "heldout_") for m in (*METRICS, "comparison_f1")}
     assert rates([]) == {}
+
+
+def test_comparison_f1_gives_partial_credit():
+    from ml.dsl.evaluation import comparison_f1
+
+    a = {"op": "eq", "field": "author", "value": "Hugo"}
+    b = {"op": "gt", "field": "year", "value": 1900}
+    c = {"op": "lt", "field": "pages", "value": 300}
+    target = {"filter": {"op": "and", "args": [a, b]}}
+    assert comparison_f1({"filter": {"op": "and", "args": [b, a]}}, target) == 1.0
+    assert comparison_f1({"filter": {"op": "or", "args": [a, b]}}, target) == 1.0  # grouping is not scored
+    assert comparison_f1({"filter": a}, target) == pytest.approx(2 / 3)  # precision 1, recall 1/2
+    assert comparison_f1({"filter": {"op": "and", "args": [a, c]}}, target) == pytest.approx(0.5)
+    assert comparison_f1({"filter": {"op": "not", "arg": a}}, {"filter": a}) == 0.0
+    assert comparison_f1(None, target) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------- loss masks

@@ -26,6 +26,7 @@ class SampleScore:
     semantic_pass: bool
     error: str | None
     prediction: dict | None
+    comparison_f1: float = 0.0  # partial credit, see comparison_f1()
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -45,16 +46,18 @@ def score_sample(text: str, schema: dict, target: dict, judge: Judge) -> SampleS
     verdict = judge(value)
     accept = bool(verdict)
     error = f"schema: {errors[0]}" if errors else (None if accept else "teacher rejected")
-    return SampleScore(True, not errors, exact, accept, accept and not errors, error, value)
+    return SampleScore(True, not errors, exact, accept, accept and not errors, error, value,
+                       comparison_f1(value, target))
 
 
 def rates(scores: Sequence[SampleScore], suffix: str = "", prefix: str = "") -> dict[str, float]:
-    """The five rates over ``scores`` (NaN-free: an empty group gives no metrics)."""
+    """The five rates over ``scores``, plus the mean ``comparison_f1`` (an empty group gives no metrics)."""
     if not scores:
         return {}
     n = len(scores)
-    fields = ("parsed", "schema_valid", "exact_match", "teacher_accept", "semantic_pass")
-    return {f"{prefix}{name}{suffix}": sum(getattr(s, f) for s in scores) / n for name, f in zip(METRICS, fields)}
+    fields = ("parsed", "schema_valid", "exact_match", "teacher_accept", "semantic_pass", "comparison_f1")
+    names = (*METRICS, "comparison_f1")
+    return {f"{prefix}{name}{suffix}": sum(getattr(s, f) for s in scores) / n for name, f in zip(names, fields)}
 
 
 def grouped_rates(rows: Iterable[Mapping[str, Any]], scores: Sequence[SampleScore], constrained: bool) -> dict:
@@ -67,3 +70,29 @@ def grouped_rates(rows: Iterable[Mapping[str, Any]], scores: Sequence[SampleScor
     for group, prefix in GROUP_PREFIX.items():
         out.update(rates(by_group.get(group, []), suffix=suffix, prefix=prefix))
     return out
+
+
+def _comparisons(node: Any) -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    op = node.get("op")
+    if op in ("and", "or"):
+        return [c for a in node.get("args") or [] for c in _comparisons(a)]
+    if op == "not":
+        return ["not " + c for c in _comparisons(node.get("arg"))]
+    return [ast_to_text({"op": op, "field": node.get("field"), "value": node.get("value")})]
+
+
+def comparison_f1(prediction: dict | None, target: dict) -> float:
+    """Partial credit: F1 of the multisets of (negation, operator, field, value) comparisons in the two filters.
+    1.0 for the same comparisons however they are grouped; 0.0 for an unparsed output."""
+    if not isinstance(prediction, dict):
+        return 0.0
+    from collections import Counter
+
+    pred, gold = Counter(_comparisons(prediction.get("filter"))), Counter(_comparisons(target.get("filter")))
+    common = sum((pred & gold).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(pred.values()), common / sum(gold.values())
+    return 2 * precision * recall / (precision + recall)

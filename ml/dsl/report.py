@@ -25,7 +25,9 @@ METRIC_DEFINITIONS = (
     "**Metrics.** `parsed` = the output contains a JSON object; `schema_valid` = it validates against the domain's "
     "JSON Schema; `exact_match` = the same JSON as the teacher's AST; `teacher_accept` = the teacher's semantic "
     "verdict on the output; `semantic_pass` = schema-valid and teacher-accepted. Each `*_rate` is the fraction of "
-    "evaluation requests; `_constrained` = schema-constrained decoding, no suffix = unconstrained decoding. "
+    "evaluation requests; `comparison_f1` = mean F1 of the (negation, operator, field, value) comparisons against "
+    "the teacher's AST, partial credit however they are grouped; `_constrained` = schema-constrained decoding, "
+    "no suffix = unconstrained decoding. "
     "Seen domains = requests held out from the training domains; held-out domains = domains never trained on."
 )
 _PNG_SIZE = (7, 4)
@@ -214,7 +216,9 @@ def comparison_table(sft: Mapping[str, float] | None, dpo: Mapping[str, float] |
     lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
     groups = [g for g in GROUPS if g[1] == "" or _has_heldout(sft, dpo)]
     for _, prefix, label in groups:
-        for metric in METRICS:
+        # comparison_f1: partial credit (matching comparisons), shown when the evaluation reports it
+        extra = ("comparison_f1",) if any(_key("comparison_f1", prefix, "") in (m or {}) for m in (sft, dpo)) else ()
+        for metric in (*METRICS, *extra):
             cells = [_value(m, _key(metric, prefix, suffix)) for m in (sft, dpo) for _, suffix in MODES]
             s_c, d_c = cells[1], cells[3]
             delta = d_c - s_c if s_c is not None and d_c is not None else None
