@@ -681,8 +681,7 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
     }
     summary = {
         "teacher": specs[0]["teacher"] if specs else "?",
-        "base_model": catalog.query("SELECT path FROM artifacts WHERE asset_key = 'dsl_base_model' "
-                                    "ORDER BY created_at DESC LIMIT 1")[0]["path"],
+        "base_model": _base_model_id(Path(entries["dsl_base_model"]["path"])),
         "train_domains": ", ".join(s["domain"] for s in specs if s["split"] == "train"),
         "heldout_domains": ", ".join(s["domain"] for s in specs if s["split"] != "train") or "none",
         "dataset_rows": entries["dsl_dataset"]["rows"],
@@ -710,6 +709,14 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
         "report": dg.MetadataValue.md(inline), "sft_semantic_pass_rate_constrained": sft_c,
         "dpo_semantic_pass_rate_constrained": dpo_c, "path": dg.MetadataValue.path(str(path / "report.md")),
     })
+
+
+def _base_model_id(folder: Path) -> str:
+    """The base a student was built from (recorded by dsl_base_model in its tokenizer config), else the folder."""
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        return json.loads(cfg.read_text()).get("astforge_base_model") or str(folder)
+    return str(folder)
 
 
 def _b64(png: bytes) -> str:
