@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets import ALL_ASSETS
-from jobs import ALL_JOBS, corpus_change_sensor, daily_ast_eval
+from jobs import ALL_JOBS, corpus_change_sensor, daily_ast_eval, daily_dsl_eval
 from resources import ArtifactStore, CorpusResource, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.teacher import TeacherResource
@@ -24,7 +24,7 @@ def build_resources(**overrides) -> dict:
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=ALL_JOBS,
-    schedules=[daily_ast_eval],
+    schedules=[daily_ast_eval, daily_dsl_eval],
     sensors=[corpus_change_sensor],
     resources=build_resources(),
 )

@@ -246,3 +246,15 @@ def test_a_dead_teacher_fails_the_step_and_keeps_earlier_artifacts(resources, as
     assert "unavailable" in message and f"127.0.0.1:{port}" in message
     assert catalog.require_artifact("dsl_queries", "all")["data_version"] == before["data_version"]
     assert catalog.require_artifact("dsl_schemas", "all")["path"]
+
+
+def test_dsl_job_covers_the_group_and_the_nightly_eval_is_off_by_default():
+    from assets.dsl import DSL_ASSETS
+    from definitions import defs
+
+    job = defs.resolve_job_def("dsl_job")
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
+        a.key.to_user_string() for a in DSL_ASSETS}
+    schedule = defs.resolve_schedule_def("daily_dsl_eval")
+    assert schedule.job_name == "dsl_eval_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
