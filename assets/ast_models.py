@@ -1,6 +1,5 @@
 """`ast_first` group, model half: tokenizer, base model, Phase 1 and Phase 2 adapters, evaluation."""
 
-import hashlib
 import json
 import shutil
 import time
@@ -10,7 +9,7 @@ import dagster as dg
 
 from assets.ast_first import ast_corpus, nl_ast_pairs
 from assets.partitions import language_slices
-from assets.publish import png_markdown, publish_folder, read_upstream
+from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream
 from ml.dataset import split_heldout
 from ml.languages import get_language
 from resources import ArtifactStore, DuckDBCatalog
@@ -67,23 +66,6 @@ def _require_rows(rows: list, what: str, language: str) -> None:
             f"{what} has no rows for slice {language!r}: nothing to train on. Materialize the data assets "
             f"for this slice, or point the corpus resource at a source that has {language} code."
         )
-
-
-def _log_progress(context, phase: str):
-    def on_log(step: int, logs: dict) -> None:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, int | float))
-        context.log.info(f"{phase} step {step}: {shown}")
-
-    return on_log
-
-
-def _work_dir(store: ArtifactStore, asset: str, partition: str, key: dict) -> Path:
-    """Checkpoints live outside staging, keyed by inputs and config (all but ``max_steps``: a longer
-    run continues a shorter one), so a re-run after an interruption resumes them."""
-    key = {k: ({f: v for f, v in cfg.items() if f != "max_steps"} if isinstance(cfg, dict) else cfg)
-           for k, cfg in key.items()}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return store.root_path / asset / partition / "_checkpoints" / digest
 
 
 @dg.asset(group_name="ast_first", partitions_def=language_slices, deps=[ast_corpus, nl_ast_pairs],
@@ -214,7 +196,7 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
     _require_rows(texts, "ast_corpus (after the length filter)", language)
     context.log.info(f"phase 1 [{language}]: {len(texts)} sequences ({dropped} longer than "
                      f"{config.max_length} tokens dropped), {len(eval_texts)} held out")
-    work = _work_dir(artifacts, "ast_phase1_adapter", language,
+    work = checkpoint_dir(artifacts, "ast_phase1_adapter", language,
                      {"base": base["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
     plan = compute.plan()
     holder = {}
@@ -223,7 +205,7 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
         tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
         holder["result"] = train_phase1(base["path"], tok, texts, eval_texts, tmp, work,
                                         _phase_config(config, tiny_base=tiny), plan,
-                                        on_log=_log_progress(context, f"phase 1 [{language}]"))
+                                        on_log=log_progress(context, f"phase 1 [{language}]"))
         _save_curve(tmp, holder["result"], f"ast_phase1_adapter[{language}]")
 
     path = publish_folder(
@@ -255,7 +237,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     train, held = split_heldout(rows, config.heldout_fraction)
     pairs = [(r["nl"], r["ast_text"]) for r in train]
     eval_pairs = [(r["nl"], r["ast_text"]) for r in held][: config.max_eval_rows]
-    work = _work_dir(artifacts, "ast_phase2_adapter", language,
+    work = checkpoint_dir(artifacts, "ast_phase2_adapter", language,
                      {"phase1": phase1["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
     plan = compute.plan()
     holder = {}
@@ -263,7 +245,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     def build(tmp: Path) -> None:
         holder["result"] = train_phase2(base["path"], phase1["path"], tok, pairs, eval_pairs, tmp, work,
                                         _phase_config(config), plan,
-                                        on_log=_log_progress(context, f"phase 2 [{language}]"))
+                                        on_log=log_progress(context, f"phase 2 [{language}]"))
         _save_curve(tmp, holder["result"], f"ast_phase2_adapter[{language}]")
 
     try:

@@ -10,7 +10,16 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from assets.publish import UNPARTITIONED, png_markdown, publish_folder, publish_rows, read_upstream, skip_metadata
+from assets.publish import (
+    UNPARTITIONED,
+    checkpoint_dir,
+    log_progress,
+    png_markdown,
+    publish_folder,
+    publish_rows,
+    read_upstream,
+    skip_metadata,
+)
 from ml import schemas
 from ml.dsl.domains import DOMAIN_NAMES, build_schema, sample_operators, schema_errors, spec_from_dict, spec_to_dict
 from ml.dsl.format import ast_to_text, prompt_text
@@ -146,21 +155,6 @@ def _specs_and_schemas(catalog: DuckDBCatalog) -> tuple[dict, dict, dict, dict]:
         schemas_[r["domain"]] = {k: v for k, v in schema.items() if k != "x-astforge-spec"}
         splits[r["domain"]] = r["split"]
     return specs, schemas_, splits, entry
-
-
-def _log(context, what: str):
-    def on_log(step: int, logs: dict) -> None:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, int | float))
-        context.log.info(f"{what} step {step}: {shown}")
-
-    return on_log
-
-
-def _work_dir(store: ArtifactStore, asset: str, key: dict) -> Path:
-    """Checkpoints keyed by inputs and config minus ``max_steps``: a re-run after an interruption resumes."""
-    key = {k: ({f: v for f, v in c.items() if f != "max_steps"} if isinstance(c, dict) else c) for k, c in key.items()}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return store.root_path / asset / P / "_checkpoints" / digest
 
 
 def _teacher_metadata(teacher) -> dict:
@@ -446,9 +440,9 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
     plan = compute.plan()
     t = _teacher(teacher)
     probe_rows = val[: config.probe_samples]
-    callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t, on_result=_log(context, "dsl SFT probe"))
-                 ] if probe_rows else []
-    work = _work_dir(artifacts, "dsl_sft_adapter",
+    probe_log = log_progress(context, "dsl SFT probe")
+    callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t, on_result=probe_log)] if probe_rows else []
+    work = checkpoint_dir(artifacts, "dsl_sft_adapter", P,
                      {"base": base["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
     context.log.info(f"dsl_sft_adapter: {len(train)} training rows, {len(val)} validation rows, "
                      f"probe {len(probe_rows)} requests, device {plan.device}, base {base['path']}")
@@ -458,7 +452,7 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
         from ml.dsl.report import sft_curve_plot
 
         result = train_lora_sft(base["path"], tok, _model_inputs(tok, train), _model_inputs(tok, val), tmp, work, cfg,
-                                plan, on_log=_log(context, "dsl SFT"), callbacks=callbacks)
+                                plan, on_log=log_progress(context, "dsl SFT"), callbacks=callbacks)
         holder["result"] = result
         (tmp / "training_curve.png").write_bytes(sft_curve_plot(result.curve))
 
@@ -615,7 +609,7 @@ def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, art
                       warmup_steps=config.warmup_steps, logging_steps=config.logging_steps,
                       save_steps=config.save_steps, max_length=config.max_seq_length, seed=config.seed)
     plan = compute.plan()
-    work = _work_dir(artifacts, "dsl_dpo_adapter",
+    work = checkpoint_dir(artifacts, "dsl_dpo_adapter", P,
                      {"sft": sft["data_version"], "pairs": pentry["data_version"], "cfg": config.model_dump()})
     holder = {}
 
@@ -623,7 +617,7 @@ def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, art
         from ml.dsl.report import dpo_curve_plot
 
         holder["result"] = train_dpo(base["path"], sft["path"], tok, rows, tmp, work, cfg, plan,
-                                     on_log=_log(context, "dsl DPO"))
+                                     on_log=log_progress(context, "dsl DPO"))
         (tmp / "training_curve.png").write_bytes(dpo_curve_plot(holder["result"].curve))
 
     try:

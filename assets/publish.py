@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -128,3 +129,22 @@ def skip_metadata(skipped: Mapping[str, int]) -> dict:
     return {f"skipped_{k}": dg.MetadataValue.int(int(v)) for k, v in sorted(skipped.items())} | {
         "skipped_total": dg.MetadataValue.int(int(sum(skipped.values())))
     }
+
+
+def log_progress(context: dg.AssetExecutionContext, what: str) -> Callable[[int, dict], None]:
+    """A training ``on_log`` callback that writes each log entry's numbers to the run log."""
+
+    def on_log(step: int, logs: dict) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, int | float))
+        context.log.info(f"{what} step {step}: {shown}")
+
+    return on_log
+
+
+def checkpoint_dir(store: ArtifactStore, asset: str, partition: str, key: dict) -> Path:
+    """Checkpoints live outside staging, keyed by inputs and config (all but ``max_steps``: a longer
+    run continues a shorter one), so a re-run after an interruption resumes them."""
+    key = {k: ({f: v for f, v in cfg.items() if f != "max_steps"} if isinstance(cfg, dict) else cfg)
+           for k, cfg in key.items()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return store.root_path / asset / partition / "_checkpoints" / digest

@@ -377,6 +377,19 @@ def check_supervised_batches(supervised: Sequence[int], batch_size: int, what: s
         )
 
 
+def _checked_rows(tokenizer, pairs, eval_pairs, cfg: PhaseConfig, what: str) -> tuple[list, list, int]:
+    """Train and eval prompt–completion rows (too-long pairs dropped, counted together), each set checked for
+    batches without supervised tokens before any training starts."""
+    rows, sup, dropped = prompt_completion_rows(tokenizer, pairs, cfg)
+    check_supervised_batches(sup, cfg.per_device_train_batch_size, f"{what} train set")
+    eval_rows, eval_sup, eval_dropped = (
+        prompt_completion_rows(tokenizer, eval_pairs, cfg) if eval_pairs else ([], [], 0)
+    )
+    if eval_pairs:
+        check_supervised_batches(eval_sup, cfg.per_device_eval_batch_size, f"{what} eval set")
+    return rows, eval_rows, dropped + eval_dropped
+
+
 def train_phase2(
     base_dir,
     phase1_adapter_dir,
@@ -412,13 +425,7 @@ def build_phase2_trainer(
     from datasets import Dataset
 
     Trainer, LogCb = _make_trainer_class()
-    rows, sup, dropped = prompt_completion_rows(tokenizer, pairs, cfg)
-    check_supervised_batches(sup, cfg.per_device_train_batch_size, "phase 2 train set")
-    eval_rows, eval_sup, eval_dropped = (
-        prompt_completion_rows(tokenizer, eval_pairs, cfg) if eval_pairs else ([], [], 0)
-    )
-    if eval_pairs:
-        check_supervised_batches(eval_sup, cfg.per_device_eval_batch_size, "phase 2 eval set")
+    rows, eval_rows, dropped = _checked_rows(tokenizer, pairs, eval_pairs, cfg, "phase 2")
     model = load_adapter(
         base_dir,
         phase1_adapter_dir,
@@ -439,7 +446,7 @@ def build_phase2_trainer(
         group_by_length=cfg.group_by_length,
         mega_batch_mult=cfg.mega_batch_mult,
     )
-    return trainer, dropped + eval_dropped
+    return trainer, dropped
 
 
 # --------------------------------------------------------------------------- loading
@@ -590,13 +597,7 @@ def build_lora_sft_trainer(
     from peft import LoraConfig
 
     Trainer, LogCb = _make_trainer_class()
-    rows, sup, dropped = prompt_completion_rows(tokenizer, pairs, cfg)
-    check_supervised_batches(sup, cfg.per_device_train_batch_size, "SFT train set")
-    eval_rows, eval_sup, eval_dropped = (
-        prompt_completion_rows(tokenizer, eval_pairs, cfg) if eval_pairs else ([], [], 0)
-    )
-    if eval_rows:
-        check_supervised_batches(eval_sup, cfg.per_device_eval_batch_size, "SFT eval set")
+    rows, eval_rows, dropped = _checked_rows(tokenizer, pairs, eval_pairs, cfg, "SFT")
     model = _load_base(base_dir, plan, cfg.gradient_checkpointing)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if cfg.trainable_embeddings not in ("none", "all"):
@@ -622,4 +623,4 @@ def build_lora_sft_trainer(
         group_by_length=cfg.group_by_length,
         mega_batch_mult=cfg.mega_batch_mult,
     )
-    return trainer, dropped + eval_dropped
+    return trainer, dropped
