@@ -1,7 +1,6 @@
 """`dsl` group: schema-conditioned natural language → JSON AST. Teacher-made data, a LoRA SFT student, teacher
 evaluation, DPO on teacher verdicts, and a report. Unpartitioned: the catalog keys its rows by ``all``."""
 
-import hashlib
 import json
 import random
 import time
@@ -21,6 +20,7 @@ from assets.publish import (
     skip_metadata,
 )
 from ml import schemas
+from ml.dsl.dataset import mutated_negatives, request_split, row_id
 from ml.dsl.domains import DOMAIN_NAMES, build_schema, sample_operators, schema_errors, spec_from_dict, spec_to_dict
 from ml.dsl.format import ast_to_text, prompt_text
 from resources import ArtifactStore, DuckDBCatalog
@@ -127,14 +127,6 @@ class DslDpoConfig(dg.Config):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _row_id(*parts: object) -> str:
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
-def _teacher(resource: TeacherResource):
-    return resource.teacher()
-
-
 def _teacher_call(what: str, fn, *args, **kwargs):
     """Run a teacher call; a dead server fails the step with the teacher's message (earlier artifacts stay)."""
     from ml.dsl.teachers import TeacherUnavailable
@@ -174,7 +166,7 @@ def dsl_domain_specs(context: dg.AssetExecutionContext, config: DslDomainSpecsCo
         raise dg.Failure(f"heldout_domains {unknown} are not in domains {config.domains}")
     if not set(config.domains) - set(config.heldout_domains):
         raise dg.Failure("every domain is held out: nothing is left to train on")
-    t = _teacher(teacher)
+    t = teacher.teacher()
     rows = []
     for name in config.domains:
         try:
@@ -235,7 +227,7 @@ def dsl_schemas(context: dg.AssetExecutionContext, config: DslSchemasConfig, art
 def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, teacher: TeacherResource,
                 artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
     specs, schemas_, splits, entry = _specs_and_schemas(catalog)
-    t = _teacher(teacher)
+    t = teacher.teacher()
     rows, seen = [], set()
     for domain, spec in specs.items():
         queries = _teacher_call("dsl_queries", t.queries, spec, schemas_[domain], config.per_schema_queries,
@@ -243,11 +235,8 @@ def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, tea
         for q in queries:
             # Both languages of one request share a split (the AST, when known, names the request).
             key = ast_to_text(q.ast) if q.ast is not None else q.text
-            split = splits[domain]
-            if split == "train":
-                draw = int(hashlib.sha256(f"{config.seed}:{domain}:{key}".encode()).hexdigest()[:8], 16) / 16**8
-                split = "test" if draw < config.test_fraction else "train"
-            rid = _row_id(domain, q.lang, q.text)
+            split = request_split(splits[domain], domain, key, config.test_fraction, config.seed)
+            rid = row_id(domain, q.lang, q.text)
             if rid in seen:
                 continue
             seen.add(rid)
@@ -271,12 +260,11 @@ def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, tea
                       "schema-invalid negatives made by seeded mutations.")
 def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, teacher: TeacherResource,
                 artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
-    from ml.dsl.mutations import mutate
     from ml.dsl.teachers import TeacherQuery
 
     specs, schemas_, _, sentry = _specs_and_schemas(catalog)
     queries, qentry = read_upstream(catalog, "dsl_queries", P)
-    t = _teacher(teacher)
+    t = teacher.teacher()
     skipped = {"teacher_no_label": 0, "schema_invalid_label": 0, "over_positive_cap": 0}
     rows, kept = [], {}
     started = time.monotonic()
@@ -302,20 +290,11 @@ def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, tea
     if not rows:
         raise dg.Failure(f"dsl_dataset: no request got a valid label from the teacher ({skipped})")
     positives = list(rows)
-    for domain in specs:
-        mine = [r for r in positives if r["domain"] == domain]
-        rng = random.Random(f"negatives:{config.seed}:{domain}")
-        for r in rng.sample(mine, min(len(mine), round(len(mine) * config.negative_ratio))):
-            bad, kind = mutate(json.loads(r["ast_json"]), rng, specs[domain])
-            errors = schema_errors(bad, schemas_[domain])
-            if not errors:  # a mutation must break the schema; keep the promise visible if one ever does not
-                skipped["mutation_still_valid"] = skipped.get("mutation_still_valid", 0) + 1
-                continue
-            rows.append({**r, "id": _row_id(r["id"], kind), "ast_json": ast_to_text(bad), "valid": False,
-                         "mutation": kind, "errors": errors[0][:300]})
+    negatives, skipped["mutation_still_valid"] = mutated_negatives(positives, specs, schemas_,
+                                                                   config.negative_ratio, config.seed)
+    rows += negatives
     publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_DATASET, skipped=skipped,
                  upstream={"dsl_queries": qentry["data_version"], "dsl_schemas": sentry["data_version"]})
-    negatives = [r for r in rows if not r["valid"]]
     kinds = {}
     for r in negatives:
         kinds[r["mutation"]] = kinds.get(r["mutation"], 0) + 1
@@ -438,7 +417,7 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
         trainable_embeddings="all" if tiny else "none",
     )
     plan = compute.plan()
-    t = _teacher(teacher)
+    t = teacher.teacher()
     probe_rows = val[: config.probe_samples]
     probe_log = log_progress(context, "dsl SFT probe")
     callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t, on_result=probe_log)] if probe_rows else []
@@ -513,7 +492,7 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
         raise dg.Failure(f"{asset}: dsl_training_corpus has no test or held-out-domain rows")
     model, adapter = _load_student(catalog, adapter_asset, plan)
     tok = AutoTokenizer.from_pretrained(adapter["path"])
-    t = _teacher(teacher)
+    t = teacher.teacher()
     metrics, results = {}, []
     for constrained in (False, True):
         mode = "constrained" if constrained else "unconstrained"
@@ -569,7 +548,7 @@ def dsl_dpo_pairs(context: dg.AssetExecutionContext, config: DslDpoPairsConfig, 
     candidates = random.Random(config.seed).sample(train, min(n, len(train)))
     model, adapter = _load_student(catalog, "dsl_sft_adapter", compute.plan())
     tok = AutoTokenizer.from_pretrained(adapter["path"])
-    t = _teacher(teacher)
+    t = teacher.teacher()
     started = time.monotonic()
     pairs, stats = _teacher_call("dsl_dpo_pairs", preference_pairs, model, tok, candidates, schemas_, specs, t,
                                  only_rejected=config.only_rejected, batch_size=config.batch_size)

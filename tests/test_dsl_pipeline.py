@@ -93,6 +93,26 @@ def test_comparison_f1_gives_partial_credit():
     assert comparison_f1(None, target) == 0.0
 
 
+def test_negatives_break_the_schema_and_are_reproducible():
+    from ml.dsl.dataset import mutated_negatives, request_split, row_id
+    from ml.dsl.domains import schema_errors
+
+    specs = {d: build_domain(d, 11) for d in ("library", "orders")}
+    schemas = {d: build_schema(s) for d, s in specs.items()}
+    positives = [{"id": row_id(d, i), "domain": d, "ast_json": ast_to_text(q.ast), "valid": True}
+                 for d, spec in specs.items() for i, q in enumerate(generate_queries(spec, 20, seed=1))]
+    rows, still_valid = mutated_negatives(positives, specs, schemas, 0.6, seed=11)
+    assert still_valid == 0 and len(rows) == 2 * round(20 * 0.6)
+    assert all(not r["valid"] and schema_errors(json.loads(r["ast_json"]), schemas[r["domain"]]) for r in rows)
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert mutated_negatives(positives, specs, schemas, 0.6, seed=11)[0] == rows  # same seed, same rows
+    assert mutated_negatives(positives, specs, schemas, 0.6, seed=12)[0] != rows
+    # A held-out domain keeps its split; a training domain's requests go to test at about the asked fraction.
+    assert request_split("heldout_domain", "weather", "x", 0.5, 0) == "heldout_domain"
+    splits = [request_split("train", "library", str(i), 0.1, 0) for i in range(2000)]
+    assert 0.07 < splits.count("test") / len(splits) < 0.13
+
+
 # ---------------------------------------------------------------------------------------------------- loss masks
 
 
