@@ -65,11 +65,14 @@ class DslDatasetConfig(dg.Config):
 class DslTrainingCorpusConfig(dg.Config):
     include_invalid: bool = False  # mutated, schema-invalid targets (off: they would teach schema violations)
     max_samples: int = 0  # cap on training rows; 0 = all
+    schema_view: str = _D.schema_view  # json: the whole JSON Schema in the prompt | digest: a few lines read off it
 
 
 class DslBaseModelConfig(dg.Config):
     base_model: str = _D.base_model  # tiny:gemma3_text | unsloth/gemma-3-270m-it | a local folder
     vocab_size: int = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
+    bpe_split: str = _D.bpe_split  # wordpunct | words | whitespace (ml/tokenizer.train_bpe)
+    bpe_max_token_length: int = 0  # longest BPE token in characters; 0 = no limit
     seed: int = 0
 
 
@@ -121,6 +124,7 @@ class DslDpoConfig(dg.Config):
     logging_steps: int = 5
     save_steps: int = 100
     max_seq_length: int = _D.max_seq_length
+    sft_weight: float = _D.dpo_sft_weight  # > 0: chosen answers' NLL added to the DPO loss (RPO); 0 = plain DPO
     seed: int = 0
 
 
@@ -319,7 +323,7 @@ def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCo
             continue
         group = "heldout" if r["split"] == "heldout_domain" else "seen"
         rows.append({"id": r["id"], "domain": r["domain"], "split": r["split"], "group": group, "lang": r["lang"],
-                     "query": r["query"], "prompt": prompt_text(schemas_[r["domain"]], r["query"]),
+                     "query": r["query"], "prompt": prompt_text(schemas_[r["domain"]], r["query"], config.schema_view),
                      "completion": r["ast_json"], "valid": r["valid"]})
     train = [r for r in rows if r["split"] == "train"]
     capped = 0
@@ -332,7 +336,7 @@ def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCo
                  upstream={"dsl_dataset": dentry["data_version"], "dsl_schemas": sentry["data_version"]})
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "test", "heldout_domain")}
     return dg.MaterializeResult(metadata={
-        "rows": len(rows), **{f"split_{k}": v for k, v in counts.items()},
+        "rows": len(rows), "schema_view": config.schema_view, **{f"split_{k}": v for k, v in counts.items()},
         "invalid_rows": sum(not r["valid"] for r in rows), "capped": capped,
         "prompt_chars_mean": round(sum(len(r["prompt"]) for r in rows) / max(1, len(rows)), 1),
         "example_prompt": dg.MetadataValue.md(f"```\n{rows[0]['prompt']}{rows[0]['completion']}\n```"),
@@ -355,9 +359,8 @@ def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig
     texts = [r["prompt"] + r["completion"] for r in rows if r["split"] == "train"]
     if not texts:
         raise dg.Failure("dsl_training_corpus has no training rows")
-    # Whitespace-split BPE learns JSON pieces (","value":") and keeps prompts ~40% shorter than word-split BPE.
-    tok = build_ast_tokenizer(config.base_model, texts, [], config.vocab_size, split="whitespace",
-                              max_token_length=12)
+    tok = build_ast_tokenizer(config.base_model, texts, [], config.vocab_size, split=config.bpe_split,
+                              max_token_length=config.bpe_max_token_length or None)
     tok.init_kwargs["astforge_base_model"] = config.base_model
     plan = compute.plan()
     model = build_base_model(config.base_model, tok, seed=config.seed, plan=plan)
@@ -586,7 +589,8 @@ def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, art
                       per_device_train_batch_size=config.batch_size,
                       gradient_accumulation_steps=config.gradient_accumulation_steps,
                       warmup_steps=config.warmup_steps, logging_steps=config.logging_steps,
-                      save_steps=config.save_steps, max_length=config.max_seq_length, seed=config.seed)
+                      save_steps=config.save_steps, max_length=config.max_seq_length,
+                      sft_weight=config.sft_weight, seed=config.seed)
     plan = compute.plan()
     work = checkpoint_dir(artifacts, "dsl_dpo_adapter", P,
                      {"sft": sft["data_version"], "pairs": pentry["data_version"], "cfg": config.model_dump()})

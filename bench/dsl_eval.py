@@ -2,7 +2,7 @@
 JSON-Schema constraint (ml.dsl.constrained), and the per-step cost of the mask.
 
     python bench/dsl_eval.py [--samples 32] [--max-new-tokens 96] [--batch-size 8] [--repeats 1]
-                             [--model DIR [--adapter DIR]] [--threads N]
+                             [--model DIR [--adapter DIR]] [--threads N] [--schema-view digest|json]
 
 Without ``--model``: a byte-level BPE tokenizer is trained on prompt+completion texts of every domain and a tiny
 Gemma 3 (random init, seed 0) is built from config. ``--model DIR`` loads a saved HF model folder (and its
@@ -66,14 +66,15 @@ def load(args):
         for name in DOMAIN_NAMES:
             domain = build_domain(name, 0)
             schema = build_schema(domain)
-            texts += [prompt_text(schema, e.text) + ast_to_text(e.ast) for e in generate_examples(domain, 30, seed=0)]
-        tok = build_ast_tokenizer("tiny:gemma3_text", texts, [], args.vocab_size)
+            texts += [prompt_text(schema, e.text, args.schema_view) + ast_to_text(e.ast)
+                      for e in generate_examples(domain, 30, seed=0)]
+        tok = build_ast_tokenizer("tiny:gemma3_text", texts, [], args.vocab_size, split="wordpunct")
         model = build_base_model("tiny:gemma3_text", tok, seed=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tok
 
 
-def requests(tok, n: int, seed: int) -> tuple[list[str], list[dict]]:
+def requests(tok, n: int, seed: int, schema_view: str) -> tuple[list[str], list[dict]]:
     """``n`` prompts spread over the domains (domain spec seed 0, request seed ``seed``), interleaved so that a
     batch mixes schemas."""
     per = [[] for _ in DOMAIN_NAMES]
@@ -81,7 +82,8 @@ def requests(tok, n: int, seed: int) -> tuple[list[str], list[dict]]:
     for j, name in enumerate(DOMAIN_NAMES):
         domain = build_domain(name, 0)
         schema = build_schema(domain)
-        per[j] = [(build_prompt(tok, schema, e.text), schema) for e in generate_examples(domain, k, seed=seed)]
+        examples = generate_examples(domain, k, seed=seed)
+        per[j] = [(build_prompt(tok, schema, e.text, schema_view), schema) for e in examples]
     mixed = [row[i] for i in range(k) for row in per if i < len(row)][:n]
     return [p for p, _ in mixed], [s for _, s in mixed]
 
@@ -110,6 +112,8 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--schema-view", default="digest", help="prompt's view of the schema (json | digest), as the "
+                    "demo profile's dsl_training_corpus")
     args = ap.parse_args()
     if args.adapter and not args.model:
         ap.error("--adapter needs --model")
@@ -117,7 +121,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model, tok = load(args)
-    prompts, schemas = requests(tok, args.samples, args.seed)
+    prompts, schemas = requests(tok, args.samples, args.seed, args.schema_view)
     t0 = time.perf_counter()
     for s in schemas:
         grammar_for(s)
@@ -153,6 +157,7 @@ def main() -> None:
         "budget_closed": sum(cons.closed),
         "grammar_s": round(grammar_s, 2),
         "threads": torch.get_num_threads(),
+        "schema_view": args.schema_view,
         "device": str(next(model.parameters()).device),
         "model": args.model or "tiny:gemma3_text (random init)",
     })

@@ -35,7 +35,7 @@ from ml.training.sft import PhaseConfig, load_adapter, train_lora_sft  # noqa: E
 TRAIN_DOMAINS = ("library", "movies", "orders", "flights")
 
 
-def build_rows(queries_per_domain: int, seed: int) -> tuple[list[dict], dict, dict]:
+def build_rows(queries_per_domain: int, seed: int, schema_view: str = "json") -> tuple[list[dict], dict, dict]:
     teacher = ProgrammaticTeacher()
     rows, schemas, specs = [], {}, {}
     for name in TRAIN_DOMAINS:
@@ -44,7 +44,8 @@ def build_rows(queries_per_domain: int, seed: int) -> tuple[list[dict], dict, di
         specs[name], schemas[name] = spec, schema
         for q in teacher.queries(spec, schema, queries_per_domain, seed=seed):
             rows.append({"id": f"{name}:{len(rows)}", "domain": name, "lang": q.lang, "query": q.text,
-                         "group": "seen", "prompt": prompt_text(schema, q.text), "completion": ast_to_text(q.ast)})
+                         "group": "seen", "prompt": prompt_text(schema, q.text, schema_view),
+                         "completion": ast_to_text(q.ast)})
     return rows, schemas, specs
 
 
@@ -59,8 +60,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--split", default="whitespace", help="BPE pre-tokenization: whitespace | words | wordpunct")
-    ap.add_argument("--max-token-length", type=int, default=12, help="longest BPE token (0 = no limit)")
+    ap.add_argument("--split", default="wordpunct", help="BPE pre-tokenization: whitespace | words | wordpunct")
+    ap.add_argument("--max-token-length", type=int, default=0, help="longest BPE token (0 = no limit)")
+    ap.add_argument("--schema-view", default="digest", help="what the prompt shows of the schema: json | digest")
     ap.add_argument("--lora-r", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
@@ -70,7 +72,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    rows, schemas, specs = build_rows(args.queries, args.seed)
+    rows, schemas, specs = build_rows(args.queries, args.seed, args.schema_view)
     rng = random.Random(args.seed)
     rng.shuffle(rows)
     probe, train = rows[: args.probe_samples], rows[args.probe_samples :]
@@ -107,7 +109,8 @@ def main() -> None:
         "device": plan.device, "steps": result.steps, "batch_size": args.batch_size,
         "tokens_per_s": round(result.tokens_per_s, 1), "curve": [[s, round(v, 3)] for s, v in curve],
         "steps_to_target": reached[0] if reached else None, "comparison_f1": round(sum(f1) / len(f1), 4),
-        "eval_loss_final": round(result.eval_loss_final, 4), "split": args.split, "lora_r": args.lora_r,
+        "eval_loss_final": round(result.eval_loss_final, 4), "split": args.split, "schema_view": args.schema_view,
+        "lora_r": args.lora_r,
         "target": args.target,
         "seconds": round(time.perf_counter() - started, 1),
     }))

@@ -30,6 +30,37 @@ def test_parse_completion_reads_the_first_object_and_says_why_not():
     assert parse_completion('{"a": ')[1].startswith("invalid JSON")
 
 
+def test_schema_digest_lists_what_the_schema_allows(library):
+    from ml.dsl.domains import DOMAIN_NAMES
+    from ml.dsl.format import schema_digest
+
+    for name in DOMAIN_NAMES:  # held-out domains read the same way
+        spec = build_domain(name, 5)
+        lines = schema_digest(build_schema(spec)).splitlines()
+        assert lines[0] == f"{name} query"
+        by_field = dict(line.split(": ", 1) for line in lines[1:-1])
+        assert list(by_field) == list(spec.field_names)
+        for f in spec.fields:
+            value_type, ops = by_field[f.name].split("; ")
+            expected_type = "|".join(f.enum_values) if f.type == "enum" else f.type
+            assert value_type == expected_type
+            assert sorted(ops.split()) == sorted(spec.operators_for(f))
+        assert lines[-1] == "logic: and or not; sort: asc desc; limit: integer"
+
+
+def test_prompt_views_and_their_errors(library):
+    _, schema, query = library
+    as_json, digest = prompt_text(schema, query.text_en), prompt_text(schema, query.text_en, "digest")
+    assert json.dumps(schema["$defs"]["comparison"]["anyOf"], separators=(",", ":")) in as_json
+    assert "anyOf" not in digest and len(digest) * 3 < len(as_json)
+    tail = f"Request: {query.text_en}\nJSON:\n"
+    assert as_json.endswith(tail) and digest.endswith(tail)
+    with pytest.raises(ValueError, match="schema_view"):
+        prompt_text(schema, query.text_en, "yaml")
+    with pytest.raises(ValueError, match="use schema_view='json'"):
+        prompt_text({"type": "object"}, query.text_en, "digest")
+
+
 def test_score_sample_on_known_outputs(library):
     _, schema, query = library
     target = query.ast

@@ -28,6 +28,9 @@ TINY_CONFIGS: dict[str, dict] = {
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 32,
+        # Gemma 3 scales attention by query_pre_attn_scalar**-0.5 after RMS-normalizing q and k; the default (256)
+        # fits head_dim 256 and caps a head_dim-32 logit at 2, too flat to pick one request word out of a prompt.
+        "query_pre_attn_scalar": 32,
         "max_position_embeddings": 2048,
         # One sliding and one global layer: a schema-conditioned student must see its whole prompt.
         "sliding_window": 256,

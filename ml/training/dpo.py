@@ -30,6 +30,9 @@ class DPOSettings:
     save_total_limit: int = 2
     max_length: int = 1024
     max_grad_norm: float = 1.0
+    # > 0 adds the chosen answers' NLL (TRL loss_type "sft") with this weight to the sigmoid DPO loss (RPO): pushing
+    # the rejected answer down then cannot drag the chosen one and the JSON format with it. 0 = plain DPO.
+    sft_weight: float = 0.0
     seed: int = 0
 
 
@@ -95,6 +98,8 @@ def train_dpo(
         save_total_limit=cfg.save_total_limit,
         max_length=cfg.max_length,
         max_grad_norm=cfg.max_grad_norm,
+        loss_type=["sigmoid", "sft"] if cfg.sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=plan.device == "cuda" and plan.dtype == "bf16",
