@@ -9,6 +9,7 @@ import pytest
 from ml.dsl.evaluation import METRICS
 from ml.dsl.report import (
     comparison_table,
+    dpo_verdict,
     dpo_curve_plot,
     dsl_report_markdown,
     language_rates,
@@ -168,3 +169,13 @@ def test_pretty_samples_json_blocks():
     assert "````text\ndésolé ``` pas de JSON\n````" in md  # raw output fallback, fence not broken
     assert "> les clients à Paris" in md and "semantic_pass=✗" in md and "error: `no JSON object`" in md
     assert pretty_samples([]) == "_no samples_\n"
+
+
+def test_verdict_names_the_seen_rates_dpo_lowers():
+    assert "Lower after DPO" not in dpo_verdict(SFT, DPO)  # DPO's seen-domain rates are all ≥ SFT's there
+    sft = {"semantic_pass_rate_constrained": 0.0, "schema_valid_rate": 0.812, "parsed_rate": 0.812}
+    dpo = {"semantic_pass_rate_constrained": 0.0, "schema_valid_rate": 0.625, "parsed_rate": 0.9}
+    verdict = dpo_verdict(sft, dpo)
+    assert "DPO is not worse than SFT on seen domains" in verdict  # the target metric ties at 0
+    assert "Lower after DPO on seen domains: `schema_valid_rate` 0.625 vs 0.812." in verdict
+    assert "parsed_rate`" not in verdict.split("Lower after DPO")[1]

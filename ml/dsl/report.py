@@ -369,6 +369,15 @@ def dpo_verdict(sft_metrics: Mapping[str, float] | None, dpo_metrics: Mapping[st
             continue
         verdict = "DPO is not worse than SFT" if d >= s else "DPO is worse than SFT"
         parts.append(f"{verdict} on {label}: `{key}` {d:.3f} (DPO) vs {s:.3f} (SFT), Δ {d - s:+.3f}.")
+    # The target metric can tie (both 0) while DPO costs something elsewhere: name every seen-domain rate it lowers.
+    lower = []
+    for metric in METRICS:
+        for mode, suffix in MODES:
+            s, d = _value(sft_metrics, metric + suffix), _value(dpo_metrics, metric + suffix)
+            if s is not None and d is not None and d < s:
+                lower.append(f"`{metric}{suffix}` {d:.3f} vs {s:.3f}")
+    if lower:
+        parts.append("Lower after DPO on seen domains: " + ", ".join(lower) + ".")
     return " ".join(parts)
 
 
