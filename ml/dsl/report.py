@@ -372,7 +372,7 @@ def dpo_verdict(sft_metrics: Mapping[str, float] | None, dpo_metrics: Mapping[st
     # The target metric can tie (both 0) while DPO costs something elsewhere: name every seen-domain rate it lowers.
     lower = []
     for metric in METRICS:
-        for mode, suffix in MODES:
+        for _, suffix in MODES:
             s, d = _value(sft_metrics, metric + suffix), _value(dpo_metrics, metric + suffix)
             if s is not None and d is not None and d < s:
                 lower.append(f"`{metric}{suffix}` {d:.3f} vs {s:.3f}")
