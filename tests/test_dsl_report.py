@@ -9,8 +9,8 @@ import pytest
 from ml.dsl.evaluation import METRICS
 from ml.dsl.report import (
     comparison_table,
-    dpo_verdict,
     dpo_curve_plot,
+    dpo_verdict,
     dsl_report_markdown,
     language_rates,
     pretty_samples,
