@@ -172,6 +172,10 @@ def test_every_document_the_matcher_allows_validates_against_the_original_schema
                 ids.append(t)
             rest = close.closing(m)
             assert rest is not None
+            assert close.completes(m, rest)
+            if rest:
+                assert not close.completes(m, rest[:-1])  # one token short is not a document
+                assert not m.is_accepting()  # completes() validated without consuming
             assert m.consume_tokens(rest) and m.is_accepting()
             text = tok.decode(ids + rest)
             doc = json.loads(text)
@@ -203,6 +207,27 @@ def test_constrained_generation_always_validates_on_mixed_schemas(tok, model):
     free = generate_json(model, tok, prompts, None, max_new_tokens=40, batch_size=8, constrained=False)
     assert len(free.texts) == 8 and free.mask_us == []
     assert sum(_valid(t, s) for t, s in zip(free.texts, schemas)) <= 1
+
+
+def test_greedy_fast_path_picks_what_the_full_mask_picks(tok, model):
+    """generate_json's processor skips the mask of a row whose arg-max its matcher takes; greedy decoding must pick
+    exactly the tokens the full mask leads to."""
+    prompts, schemas = _requests(tok, (TRAIN_DOMAINS[0], UNSEEN_DOMAINS[0]), per_domain=2, seed=5)
+    tok.padding_side = "left"
+    try:
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = "right"
+    width = enc["input_ids"].shape[1]
+    runs = {}
+    for greedy in (False, True):
+        proc = JsonSchemaLogitsProcessor(tok, schemas, [width] * len(prompts), max_new_tokens=48, greedy=greedy)
+        out = model.generate(**enc, max_new_tokens=48, do_sample=False, top_k=None, top_p=None, temperature=None,
+                             logits_processor=[proc], pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        runs[greedy] = (out[:, width:].tolist(), proc)
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1].greedy_hits > 0 and runs[False][1].greedy_hits == 0
+    assert runs[True][1].closed == runs[False][1].closed
 
 
 def test_finished_rows_fixed_length_and_padded_vocabulary(tok):
