@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--max-token-length", type=int, default=0, help="longest BPE token (0 = no limit)")
     ap.add_argument("--schema-view", default="digest", help="what the prompt shows of the schema: json | digest")
     ap.add_argument("--lora-r", type=int, default=64)
+    ap.add_argument("--lora-dropout", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -88,7 +89,7 @@ def main() -> None:
             per_device_eval_batch_size=args.batch_size, warmup_steps=10, weight_decay=0.01, max_length=1024,
             logging_steps=50, eval_steps=args.probe_every, save_steps=args.steps,
             lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-            lora_dropout=0.05, separator="", add_eos=False, trainable_embeddings="all", lr_scheduler_type="linear",
+            lora_dropout=args.lora_dropout, separator="", add_eos=False, trainable_embeddings="all", lr_scheduler_type="linear",
         )
         pairs = [(r["prompt"], r["completion"] + tok.eos_token) for r in train]
         eval_pairs = [(r["prompt"], r["completion"] + tok.eos_token) for r in probe[:16]]

@@ -35,6 +35,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ml.dsl.format import _KEY_ORDER
+from ml.evaluation.lm import left_padded_batches
 
 # Compact JSON, exactly as ``ast_to_text`` writes it: no whitespace anywhere, "," between items, ":" after keys.
 X_GUIDANCE = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
@@ -560,24 +561,19 @@ def generate_json(
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     result = GenerationResult(texts=[])
-    old_side = tokenizer.padding_side
     gen_config = model.generation_config
     old_eos = gen_config.eos_token_id
-    tokenizer.padding_side = "left"
     if fixed_length:
         gen_config.eos_token_id = None
     t0 = time.perf_counter()
     try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = list(prompts[i : i + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            width = enc["input_ids"].shape[1]
+        for i, enc, width in left_padded_batches(tokenizer, prompts, batch_size, device):
+            rows = enc["input_ids"].shape[0]
             processors = LogitsProcessorList()
             proc = None
             if constrained:
                 proc = JsonSchemaLogitsProcessor(
-                    tokenizer, schemas[i : i + batch_size], [width] * len(chunk), eos, max_new_tokens=max_new_tokens,
-                    greedy=True,
+                    tokenizer, schemas[i : i + rows], [width] * rows, eos, max_new_tokens=max_new_tokens, greedy=True
                 )
                 processors.append(proc)
             kwargs = {} if fixed_length else {"eos_token_id": eos}
@@ -607,7 +603,6 @@ def generate_json(
                 result.errors += proc.errors
                 result.closed += proc.closed
     finally:
-        tokenizer.padding_side = old_side
         gen_config.eos_token_id = old_eos
     result.seconds = time.perf_counter() - t0
     return result

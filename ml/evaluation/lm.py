@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -28,6 +29,20 @@ def heldout_loss(model, tokenizer, texts: Sequence[str], max_length: int = 512, 
     return total / count if count else math.nan
 
 
+def left_padded_batches(tokenizer, prompts: Sequence[str], batch_size: int, device) -> Iterator[tuple[int, Any, int]]:
+    """``(start index, encoding on device, width)`` per batch of ``prompts``, left-padded so that generation
+    continues from the right edge of every row; the tokenizer's padding side is restored when the loop ends."""
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = list(prompts[i : i + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            yield i, enc, enc["input_ids"].shape[1]
+    finally:
+        tokenizer.padding_side = old_side
+
+
 @torch.no_grad()
 def generate_texts(
     model,
@@ -45,31 +60,23 @@ def generate_texts(
 
     model.eval()
     device = next(model.parameters()).device
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge
     out: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = list(prompts[i : i + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            width = enc["input_ids"].shape[1]
-            processors = LogitsProcessorList()
-            if processor_factory is not None:
-                processors.append(processor_factory([width] * len(chunk)))
-            torch.manual_seed(seed + i)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                top_k=0 if do_sample else None,
-                temperature=1.0 if do_sample else None,
-                top_p=None,
-                logits_processor=processors,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            for row in gen[:, width:]:
-                out.append(tokenizer.decode(row, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = old_side
+    for i, enc, width in left_padded_batches(tokenizer, prompts, batch_size, device):
+        processors = LogitsProcessorList()
+        if processor_factory is not None:
+            processors.append(processor_factory([width] * enc["input_ids"].shape[0]))
+        torch.manual_seed(seed + i)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            top_k=0 if do_sample else None,
+            temperature=1.0 if do_sample else None,
+            top_p=None,
+            logits_processor=processors,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row in gen[:, width:]:
+            out.append(tokenizer.decode(row, skip_special_tokens=True))
     return out
