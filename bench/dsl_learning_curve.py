@@ -88,8 +88,8 @@ def main() -> None:
             max_steps=args.steps, learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
             per_device_eval_batch_size=args.batch_size, warmup_steps=10, weight_decay=0.01, max_length=1024,
             logging_steps=50, eval_steps=args.probe_every, save_steps=args.steps,
-            lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-            lora_dropout=args.lora_dropout, separator="", add_eos=False, trainable_embeddings="all", lr_scheduler_type="linear",
+            lora_r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=args.lora_dropout,
+            separator="", add_eos=False, trainable_embeddings="all", lr_scheduler_type="linear",
         )
         pairs = [(r["prompt"], r["completion"] + tok.eos_token) for r in train]
         eval_pairs = [(r["prompt"], r["completion"] + tok.eos_token) for r in probe[:16]]
