@@ -2,15 +2,15 @@
 JSON-Schema constraint (ml.dsl.constrained), and the per-step cost of the mask.
 
     python bench/dsl_eval.py [--samples 32] [--max-new-tokens 96] [--batch-size 8] [--repeats 1]
-                             [--model DIR [--adapter DIR] | --train-steps N] [--threads N] [--schema-view digest|json]
+                             [--model DIR [--adapter DIR] | --train-steps 300] [--threads N] [--schema-view digest|json]
 
 Without ``--model``: a byte-level BPE tokenizer is trained on prompt+completion texts of every domain and a tiny
-Gemma 3 (random init, seed 0) is built from config; ``--train-steps N`` first gives it N steps of LoRA SFT with
-the demo's settings (≈ 0.5 s per step on 2 CPU cores), so that the timings are those of a student that writes
-JSON-like answers. The random-init model is the worst case: it writes noise, and the length budget must steer
-nearly every row to a close (``budget_closed``). ``--model DIR`` loads a saved HF model folder (and its
-tokenizer); ``--adapter DIR`` puts a PEFT adapter over it. ``--samples`` prompts are spread over the domains
-(seeded domain specs and requests from the programmatic teacher).
+Gemma 3 (random init, seed 0) is built from config, then gets ``--train-steps`` (default 300, ≈ 2 min on 2 CPU
+cores) steps of LoRA SFT with the demo's settings, so that the timings are those of a student that writes JSON-like
+answers, as the evaluation assets decode. ``--train-steps 0`` times the random-init model, the worst case: it writes
+noise, and the length budget must steer nearly every row to a close (``budget_closed``). ``--model DIR`` loads a
+saved HF model folder (and its tokenizer); ``--adapter DIR`` puts a PEFT adapter over it. ``--samples`` prompts are
+spread over the domains (seeded domain specs and requests from the programmatic teacher).
 
 Fair ratio: an untrained model writes until ``max_new_tokens`` while the constraint would stop it at the first
 complete object, so both runs use ``fixed_length``: every batch runs exactly ``max_new_tokens`` steps (EOS does not
@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--train-steps", type=int, default=0, help="without --model: LoRA SFT steps on the tiny model "
+    ap.add_argument("--train-steps", type=int, default=300, help="without --model: LoRA SFT steps on the tiny model "
                     "before timing (0 = random init, the worst case: the length budget steers most rows)")
     ap.add_argument("--schema-view", default="digest", help="prompt's view of the schema (json | digest), as the "
                     "demo profile's dsl_training_corpus")
