@@ -25,6 +25,7 @@ from ml.dsl.constrained import (  # noqa: E402
     matcher,
 )
 from ml.dsl.format import ast_to_text, build_prompt, parse_completion, prompt_text  # noqa: E402
+from ml.evaluation.lm import left_padded_batches  # noqa: E402
 from ml.training.ast_tokenizer import build_ast_tokenizer  # noqa: E402
 from ml.training.base_model import build_base_model  # noqa: E402
 
@@ -213,12 +214,7 @@ def test_greedy_fast_path_picks_what_the_full_mask_picks(tok, model):
     """generate_json's processor skips the mask of a row whose arg-max its matcher takes; greedy decoding must pick
     exactly the tokens the full mask leads to."""
     prompts, schemas = _requests(tok, (TRAIN_DOMAINS[0], UNSEEN_DOMAINS[0]), per_domain=2, seed=5)
-    tok.padding_side = "left"
-    try:
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tok.padding_side = "right"
-    width = enc["input_ids"].shape[1]
+    [(_, enc, width)] = list(left_padded_batches(tok, prompts, len(prompts), "cpu"))
     runs = {}
     for greedy in (False, True):
         proc = JsonSchemaLogitsProcessor(tok, schemas, [width] * len(prompts), max_new_tokens=48, greedy=greedy)

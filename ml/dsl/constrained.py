@@ -271,10 +271,10 @@ class Closer:
 # ---------------------------------------------------------------------------------------------------- processor
 
 
-def _eos_word(eos: int) -> tuple[int, int]:
-    """(word index, int32 value) of the bitmask bit of token ``eos``."""
-    bit = eos % 32
-    return eos // 32, (1 << bit) if bit < 31 else -(1 << 31)
+def _mask_word(token: int) -> tuple[int, int]:
+    """(word index, int32 value) of the bitmask bit of ``token``."""
+    bit = token % 32
+    return token // 32, (1 << bit) if bit < 31 else -(1 << 31)
 
 
 class JsonSchemaLogitsProcessor(LogitsProcessor):
@@ -352,7 +352,7 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
         self.bitmask = llt.allocate_token_bitmask(n, self.n_vocab)
         self._eos_row = torch.zeros(self.bitmask.shape[1], dtype=torch.int32)
         for e in self.eos_ids:
-            w, v = _eos_word(e)
+            w, v = _mask_word(e)
             self._eos_row[w] |= v
         self._shifts: dict[torch.device, torch.Tensor] = {}
         self.mask_us: list[float] = []
@@ -486,8 +486,9 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
         for m, i in live:
             t = top[i]
             if t < self.n_vocab and m.validate_tokens([t]) == 1:
+                w, v = _mask_word(t)
                 bits[i] = 0
-                bits[i, t >> 5] = _eos_word(t)[1]
+                bits[i, w] = v
                 self.greedy_hits += 1
             else:
                 todo.append((m, i))
