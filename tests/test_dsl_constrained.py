@@ -232,11 +232,13 @@ def test_finished_rows_fixed_length_and_padded_vocabulary(tok):
     padded = build_base_model("tiny:gemma3_text", tok, seed=1)
     padded.resize_token_embeddings(len(tok) + 45, mean_resizing=False)
     assert padded.get_output_embeddings().weight.shape[0] > len(tok)
+    eos_before = padded.generation_config.eos_token_id
     prompts, schemas = _requests(tok, (UNSEEN_DOMAINS[2], TRAIN_DOMAINS[2]), per_domain=2, seed=3)
     res = generate_json(padded, tok, prompts, schemas, max_new_tokens=28, batch_size=4, fixed_length=True)
     for text, schema in zip(res.texts, schemas):
         assert _valid(text, schema), text
     assert len(res.mask_us) == 28  # one batch, exactly max_new_tokens steps
+    assert padded.generation_config.eos_token_id == eos_before  # the shared model's config is left alone
 
 
 def test_processor_masks_rows_after_eos_and_checks_the_batch(tok):

@@ -562,48 +562,43 @@ def generate_json(
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     result = GenerationResult(texts=[])
-    gen_config = model.generation_config
-    old_eos = gen_config.eos_token_id
-    if fixed_length:
-        gen_config.eos_token_id = None
+    # fixed_length stops on an id past the logits width: no row ever emits it, so every batch runs max_new_tokens
+    # steps. (eos_token_id=None would not do: generate fills None from model.generation_config.)
+    stop_id = model.get_output_embeddings().weight.shape[0] if fixed_length else eos
     t0 = time.perf_counter()
-    try:
-        for i, enc, width in left_padded_batches(tokenizer, prompts, batch_size, device):
-            rows = enc["input_ids"].shape[0]
-            processors = LogitsProcessorList()
-            proc = None
-            if constrained:
-                proc = JsonSchemaLogitsProcessor(
-                    tokenizer, schemas[i : i + rows], [width] * rows, eos, max_new_tokens=max_new_tokens, greedy=True
-                )
-                processors.append(proc)
-            kwargs = {} if fixed_length else {"eos_token_id": eos}
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                top_k=None,
-                top_p=None,
-                temperature=None,
-                logits_processor=processors,
-                pad_token_id=pad,
-                **kwargs,
+    for i, enc, width in left_padded_batches(tokenizer, prompts, batch_size, device):
+        rows = enc["input_ids"].shape[0]
+        processors = LogitsProcessorList()
+        proc = None
+        if constrained:
+            proc = JsonSchemaLogitsProcessor(
+                tokenizer, schemas[i : i + rows], [width] * rows, eos, max_new_tokens=max_new_tokens, greedy=True
             )
-            special = {eos, pad}
-            for row in gen[:, width:].tolist():
-                kept = []
-                for t in row:
-                    if t in special:
-                        break
-                    kept.append(t)
-                result.new_tokens += len(kept)
-                result.texts.append(tokenizer.decode(kept, skip_special_tokens=True))
-            if proc is not None:
-                result.mask_us += proc.mask_us
-                result.call_us += proc.call_us
-                result.errors += proc.errors
-                result.closed += proc.closed
-    finally:
-        gen_config.eos_token_id = old_eos
+            processors.append(proc)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+            logits_processor=processors,
+            pad_token_id=pad,
+            eos_token_id=stop_id,
+        )
+        special = {eos, pad}
+        for row in gen[:, width:].tolist():
+            kept = []
+            for t in row:
+                if t in special:
+                    break
+                kept.append(t)
+            result.new_tokens += len(kept)
+            result.texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+        if proc is not None:
+            result.mask_us += proc.mask_us
+            result.call_us += proc.call_us
+            result.errors += proc.errors
+            result.closed += proc.closed
     result.seconds = time.perf_counter() - t0
     return result
