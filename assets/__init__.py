@@ -10,10 +10,11 @@ from assets.ast_models import (
 )
 from assets.corpus import code_units, source_files
 from assets.dsl import DSL_ASSETS
+from assets.models import MODELS_ASSETS
 
 DATA_ASSETS = [source_files, code_units, ast_corpus, nl_ast_pairs]
 MODEL_ASSETS = [ast_tokenizer, ast_base_model, ast_phase1_adapter, ast_phase2_adapter, ast_eval]
 AST_ASSETS = DATA_ASSETS + MODEL_ASSETS  # partitioned by language slice
-ALL_ASSETS = AST_ASSETS + DSL_ASSETS
+ALL_ASSETS = MODELS_ASSETS + AST_ASSETS + DSL_ASSETS
 
-__all__ = ["ALL_ASSETS", "AST_ASSETS", "DATA_ASSETS", "DSL_ASSETS", "MODEL_ASSETS"]
+__all__ = ["ALL_ASSETS", "AST_ASSETS", "DATA_ASSETS", "DSL_ASSETS", "MODELS_ASSETS", "MODEL_ASSETS"]

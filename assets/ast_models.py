@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.ast_first import ast_corpus, nl_ast_pairs
+from assets.models import pretrained_base, resolve_base
 from assets.partitions import language_slices
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream
 from ml.dataset import split_heldout
@@ -20,7 +21,8 @@ _P = active_profile()
 
 
 class AstTokenizerConfig(dg.Config):
-    base_model: str = _P.base_model  # tiny:qwen2 | a hub id (Qwen/Qwen2.5-0.5B) | a local folder
+    # tiny:qwen2 | smollm2-135m (packaged, offline) | gguf:PATH | a hub id (Qwen/Qwen2.5-0.5B) | a local folder
+    base_model: str = _P.base_model
     vocab_size: int = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
 
 
@@ -68,7 +70,7 @@ def _require_rows(rows: list, what: str, language: str) -> None:
         )
 
 
-@dg.asset(group_name="ast_first", partitions_def=language_slices, deps=[ast_corpus, nl_ast_pairs],
+@dg.asset(group_name="ast_first", partitions_def=language_slices, deps=[ast_corpus, nl_ast_pairs, pretrained_base],
           description="Base tokenizer (BPE trained on the slice for tiny: bases) + AST tokens in a disjoint id range.",
           kinds={"huggingface"})
 def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig, artifacts: ArtifactStore,
@@ -85,7 +87,8 @@ def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig,
     # The base vocabulary must cover payloads (identifiers, strings) and docstrings.
     corpus = [" ".join(t for t in text_to_tokens(r["ast_text"]) if not t.startswith("<")) for r in rows]
     corpus += [p["nl"] for p in pairs]
-    tok = build_ast_tokenizer(config.base_model, corpus, vocab, config.vocab_size)
+    base = resolve_base(catalog, config.base_model, "ast_tokenizer.base_model", context)
+    tok = build_ast_tokenizer(base.loadable, corpus, vocab, config.vocab_size)
     tok.init_kwargs["astforge_base_model"] = config.base_model
     lo, hi = ast_id_range(tok, vocab)
     base_size = tok.init_kwargs["astforge_base_vocab_size"]
@@ -113,8 +116,9 @@ def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig
     tok = AutoTokenizer.from_pretrained(tok_entry["path"])
     # The tokenizer asset records which base it extends: model and tokenizer must come from one base.
     base_model = tok.init_kwargs.get("astforge_base_model", _P.base_model)
+    base = resolve_base(catalog, base_model, "ast_tokenizer.base_model", context)
     plan = compute.plan()
-    model = build_base_model(base_model, tok, seed=config.seed, plan=plan)
+    model = build_base_model(base.loadable, tok, seed=config.seed, plan=plan)
     n_params = sum(p.numel() for p in model.parameters())
     path = publish_folder(
         context, store=artifacts, catalog=catalog, build=lambda tmp: save_base_model(model, tok, tmp), rows=0,

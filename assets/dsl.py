@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
+from assets.models import pretrained_base, resolve_base
 from assets.publish import (
     UNPARTITIONED,
     checkpoint_dir,
@@ -22,7 +23,7 @@ from assets.publish import (
 from ml import schemas
 from ml.dsl.dataset import mutated_negatives, request_split, row_id
 from ml.dsl.domains import DOMAIN_NAMES, build_schema, sample_operators, schema_errors, spec_from_dict, spec_to_dict
-from ml.dsl.format import ast_to_text, prompt_text
+from ml.dsl.format import ast_to_text
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.settings import active_dsl_profile
@@ -42,6 +43,9 @@ class DslDomainSpecsConfig(dg.Config):
     heldout_domains: list[str] = ["recipes", "weather"]
     examples_per_schema: int = _D.examples_per_schema
     seed: int = 11
+    # A domain the teacher gives no usable spec for (after its retries) is dropped and counted; the step fails
+    # only when fewer training domains than this remain.
+    min_domains: int = 2
 
 
 class DslSchemasConfig(dg.Config):
@@ -66,10 +70,12 @@ class DslTrainingCorpusConfig(dg.Config):
     include_invalid: bool = False  # mutated, schema-invalid targets (off: they would teach schema violations)
     max_samples: int = 0  # cap on training rows; 0 = all
     schema_view: str = _D.schema_view  # json: the whole JSON Schema in the prompt | digest: a few lines read off it
+    seed: int = 0  # the max_samples draw
 
 
 class DslBaseModelConfig(dg.Config):
-    base_model: str = _D.base_model  # tiny:gemma3_text | unsloth/gemma-3-270m-it | a local folder
+    # smollm2-135m (packaged, offline) | tiny:gemma3_text | gguf:PATH | unsloth/gemma-3-270m-it (hub) | a local folder
+    base_model: str = _D.base_model
     vocab_size: int = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
     bpe_split: str = _D.bpe_split  # wordpunct | words | whitespace (ml/tokenizer.train_bpe)
     bpe_max_token_length: int = 0  # longest BPE token in characters; 0 = no limit
@@ -170,21 +176,44 @@ def dsl_domain_specs(context: dg.AssetExecutionContext, config: DslDomainSpecsCo
         raise dg.Failure(f"heldout_domains {unknown} are not in domains {config.domains}")
     if not set(config.domains) - set(config.heldout_domains):
         raise dg.Failure("every domain is held out: nothing is left to train on")
+    to_train = [d for d in config.domains if d not in config.heldout_domains]
+    if len(to_train) < config.min_domains:
+        raise dg.Failure(f"dsl_domain_specs: min_domains is {config.min_domains} but domains has only "
+                         f"{len(to_train)} training domain(s) ({', '.join(to_train)}); lower min_domains or add "
+                         f"domains")
     t = teacher.teacher()
-    rows = []
+    rows, dropped = [], {}
     for name in config.domains:
+        split = "heldout_domain" if name in config.heldout_domains else "train"
         try:
+            # A dead server still fails the step (TeacherUnavailable); unusable answers for one domain drop it.
             spec, examples = _teacher_call("dsl_domain_specs", t.domain_spec, name, seed=config.seed,
                                            examples=config.examples_per_schema)
         except ValueError as exc:
-            raise dg.Failure(f"dsl_domain_specs: no usable spec for domain {name!r}: {exc}") from exc
-        split = "heldout_domain" if name in config.heldout_domains else "train"
+            dropped[name] = str(exc)
+            context.log.warning(f"dsl_domain_specs: dropped domain {name!r} ({split}): {exc}")
+            continue
         rows.append({"domain": name, "split": split, "teacher": t.name, "spec_json": json.dumps(spec_to_dict(spec)),
                      "example_queries_json": json.dumps(examples, ensure_ascii=False)})
         context.log.info(f"dsl_domain_specs: {name} ({split}): {len(spec.fields)} fields, {len(examples)} examples")
-    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_DOMAIN_SPECS, skipped={})
+    trained = [r["domain"] for r in rows if r["split"] == "train"]
+    if len(trained) < config.min_domains:
+        raise dg.Failure(
+            f"dsl_domain_specs: {len(trained)} training domain(s) left ({', '.join(trained) or 'none'}), fewer than "
+            f"min_domains={config.min_domains}; the teacher gave no usable spec for "
+            + "; ".join(f"{d!r} ({why})" for d, why in dropped.items())
+            + ". The previous dsl_domain_specs, if any, stays current."
+        )
+    if dropped and not any(r["split"] == "heldout_domain" for r in rows):
+        context.log.warning("dsl_domain_specs: no held-out domain is left: the evaluation cannot tell schema "
+                            "reading from memorization")
+    skipped = {"teacher_dropped": len(dropped)} if dropped else {}
+    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_DOMAIN_SPECS,
+                 skipped=skipped)
     return dg.MaterializeResult(metadata={
-        "domains": len(rows), "heldout_domains": ", ".join(config.heldout_domains) or "none",
+        "domains": len(rows), "training_domains": len(trained),
+        "heldout_domains": ", ".join(r["domain"] for r in rows if r["split"] == "heldout_domain") or "none",
+        "domains_dropped": len(dropped), "dropped_domains": ", ".join(dropped) or "none",
         **_teacher_metadata(t),
     })
 
@@ -315,22 +344,16 @@ def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, tea
           description="Prompt (instruction + schema + request) and completion (compact JSON AST) rows.")
 def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCorpusConfig,
                         artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.dsl.recipe import training_rows
+
     _, schemas_, _, sentry = _specs_and_schemas(catalog)
     data, dentry = read_upstream(catalog, "dsl_dataset", P)
-    rows = []
-    for r in data:
-        if not r["valid"] and not config.include_invalid:
-            continue
-        group = "heldout" if r["split"] == "heldout_domain" else "seen"
-        rows.append({"id": r["id"], "domain": r["domain"], "split": r["split"], "group": group, "lang": r["lang"],
-                     "query": r["query"], "prompt": prompt_text(schemas_[r["domain"]], r["query"], config.schema_view),
-                     "completion": r["ast_json"], "valid": r["valid"]})
-    train = [r for r in rows if r["split"] == "train"]
-    capped = 0
-    if config.max_samples and len(train) > config.max_samples:
-        drop = {r["id"] for r in random.Random(0).sample(train, len(train) - config.max_samples)}
-        capped = len(drop)
-        rows = [r for r in rows if r["id"] not in drop]
+    try:
+        rows, capped = training_rows(data, schemas_, schema_view=config.schema_view,
+                                     include_invalid=config.include_invalid, max_samples=config.max_samples,
+                                     seed=config.seed)
+    except ValueError as exc:  # a schema_view the schemas cannot be read with
+        raise dg.Failure(f"dsl_training_corpus: {exc}") from exc
     publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_TRAINING_CORPUS,
                  skipped={"over_max_samples": capped},
                  upstream={"dsl_dataset": dentry["data_version"], "dsl_schemas": sentry["data_version"]})
@@ -346,7 +369,7 @@ def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCo
 # ---------------------------------------------------------------------------------------------------- models
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_training_corpus], kinds={"huggingface", "pytorch"},
+@dg.asset(group_name=GROUP, deps=[dsl_training_corpus, pretrained_base], kinds={"huggingface", "pytorch"},
           description="The student's base: Gemma 3 (tiny: built from config with a BPE tokenizer trained on the "
                       "training prompts; otherwise a hub id or local folder).")
 def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig, artifacts: ArtifactStore,
@@ -359,11 +382,12 @@ def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig
     texts = [r["prompt"] + r["completion"] for r in rows if r["split"] == "train"]
     if not texts:
         raise dg.Failure("dsl_training_corpus has no training rows")
-    tok = build_ast_tokenizer(config.base_model, texts, [], config.vocab_size, split=config.bpe_split,
+    base = resolve_base(catalog, config.base_model, "dsl_base_model.base_model", context)
+    tok = build_ast_tokenizer(base.loadable, texts, [], config.vocab_size, split=config.bpe_split,
                               max_token_length=config.bpe_max_token_length or None)
     tok.init_kwargs["astforge_base_model"] = config.base_model
     plan = compute.plan()
-    model = build_base_model(config.base_model, tok, seed=config.seed, plan=plan)
+    model = build_base_model(base.loadable, tok, seed=config.seed, plan=plan)
     n_params = sum(p.numel() for p in model.parameters())
     path = publish_folder(context, store=artifacts, catalog=catalog, rows=0,
                           build=lambda tmp: save_base_model(model, tok, tmp),
@@ -374,19 +398,6 @@ def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig
     })
 
 
-def _split_val(rows: list[dict], fraction: float, cap: int, seed: int) -> tuple[list[dict], list[dict]]:
-    rng = random.Random(seed)
-    shuffled = rng.sample(rows, len(rows))
-    n_val = min(cap, max(1, round(len(rows) * fraction))) if fraction > 0 else 0
-    return shuffled[n_val:], shuffled[:n_val]
-
-
-def _model_inputs(tok, rows: list[dict]) -> list[tuple[str, str]]:
-    from ml.dsl.format import wrap_prompt
-
-    return [(wrap_prompt(tok, r["prompt"]), r["completion"] + (tok.eos_token or "")) for r in rows]
-
-
 @dg.asset(group_name=GROUP, deps=[dsl_base_model, dsl_training_corpus], pool="gpu", kinds={"pytorch", "huggingface"},
           description="LoRA SFT of the student on prompt → AST with completion-only loss and early stopping; "
                       "semantic_pass_rate is probed at each evaluation.")
@@ -395,14 +406,15 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
     from transformers import AutoTokenizer
 
     from ml.dsl.probe import make_probe_callback
+    from ml.dsl.recipe import model_inputs, split_validation
     from ml.training.sft import PhaseConfig, train_lora_sft
 
     base = catalog.require_artifact("dsl_base_model", P)
     rows, entry = read_upstream(catalog, "dsl_training_corpus", P)
     specs, schemas_, _, _ = _specs_and_schemas(catalog)
     tok = AutoTokenizer.from_pretrained(base["path"])
-    train, val = _split_val([r for r in rows if r["split"] == "train"], config.val_split, config.eval_max_samples,
-                            config.seed)
+    train, val = split_validation([r for r in rows if r["split"] == "train"], config.val_split,
+                                  config.eval_max_samples, config.seed)
     if not train:
         raise dg.Failure("dsl_sft_adapter: no training rows")
     tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
@@ -423,7 +435,8 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
     t = teacher.teacher()
     probe_rows = val[: config.probe_samples]
     probe_log = log_progress(context, "dsl SFT probe")
-    callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t, on_result=probe_log)] if probe_rows else []
+    callbacks = [make_probe_callback(tok, probe_rows, schemas_, specs, t, on_result=probe_log, at_step_zero=tiny)
+                 ] if probe_rows else []
     work = checkpoint_dir(artifacts, "dsl_sft_adapter", P,
                      {"base": base["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
     context.log.info(f"dsl_sft_adapter: {len(train)} training rows, {len(val)} validation rows, "
@@ -433,7 +446,7 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
     def build(tmp: Path) -> None:
         from ml.dsl.report import sft_curve_plot
 
-        result = train_lora_sft(base["path"], tok, _model_inputs(tok, train), _model_inputs(tok, val), tmp, work, cfg,
+        result = train_lora_sft(base["path"], tok, model_inputs(tok, train), model_inputs(tok, val), tmp, work, cfg,
                                 plan, on_log=log_progress(context, "dsl SFT"), callbacks=callbacks)
         holder["result"] = result
         (tmp / "training_curve.png").write_bytes(sft_curve_plot(result.curve))
@@ -459,15 +472,6 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
     })
 
 
-def _eval_rows(rows: list[dict], samples: int, seed: int) -> list[dict]:
-    """Up to ``samples`` requests of each group: test requests of the training domains, held-out domains."""
-    out = []
-    for split in ("test", "heldout_domain"):
-        mine = [r for r in rows if r["split"] == split and r["valid"]]
-        out += random.Random(f"{seed}:{split}").sample(mine, min(samples, len(mine)))
-    return out
-
-
 def _load_student(catalog: DuckDBCatalog, adapter_asset: str, plan):
     from ml.training.sft import load_adapter
 
@@ -480,33 +484,36 @@ def _load_student(catalog: DuckDBCatalog, adapter_asset: str, plan):
     return model.merge_and_unload(), adapter
 
 
+def _load_base(catalog: DuckDBCatalog, plan):
+    from ml.training.sft import load_base
+
+    base = catalog.require_artifact("dsl_base_model", P)
+    return load_base(base["path"], plan), base
+
+
 def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifacts: ArtifactStore,
-              catalog: DuckDBCatalog, compute: ComputeResource, adapter_asset: str) -> dg.MaterializeResult:
+              catalog: DuckDBCatalog, compute: ComputeResource, model_asset: str) -> dg.MaterializeResult:
+    """Evaluate the model of ``model_asset`` (an adapter, or ``dsl_base_model`` itself: M0)."""
     from transformers import AutoTokenizer
 
-    from ml.dsl.probe import evaluate_student
+    from ml.dsl.recipe import evaluate_both_modes, evaluation_rows
 
     asset = context.asset_key.to_user_string()
     plan = compute.plan()
     specs, schemas_, _, _ = _specs_and_schemas(catalog)
     corpus, centry = read_upstream(catalog, "dsl_training_corpus", P)
-    rows = _eval_rows(corpus, config.samples, config.seed)
+    rows = evaluation_rows(corpus, config.samples, config.seed)
     if not rows:
         raise dg.Failure(f"{asset}: dsl_training_corpus has no test or held-out-domain rows")
-    model, adapter = _load_student(catalog, adapter_asset, plan)
-    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    if model_asset == "dsl_base_model":
+        model, entry = _load_base(catalog, plan)
+    else:
+        model, entry = _load_student(catalog, model_asset, plan)
+    tok = AutoTokenizer.from_pretrained(entry["path"])
     t = teacher.teacher()
-    metrics, results = {}, []
-    for constrained in (False, True):
-        mode = "constrained" if constrained else "unconstrained"
-        started = time.monotonic()
-        m, scored = _teacher_call(asset, evaluate_student, model, tok, rows, schemas_, specs, t,
-                                  constrained=constrained, batch_size=config.batch_size)
-        metrics.update(m)
-        results += [{"asset_key": asset, "mode": mode, **row} for row in scored]
-        context.log.info(f"{asset} {mode}: {len(rows)} requests in {time.monotonic() - started:.0f}s: "
-                         + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
-    metrics = {k: round(float(v), 4) for k, v in metrics.items()}
+    metrics, results = _teacher_call(asset, evaluate_both_modes, model, tok, rows, schemas_, specs, t,
+                                     batch_size=config.batch_size, label=asset, on_log=context.log.info)
+    results = [{"asset_key": asset, **r} for r in results]
     catalog.write_metrics(asset_key=asset, partition=P, run_id=context.run_id, metrics=metrics)
 
     def build(tmp: Path) -> None:
@@ -518,13 +525,21 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
 
     path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(results),
                           table="eval_results", table_asset_column=True,
-                          upstream={adapter_asset: adapter["data_version"],
+                          upstream={model_asset: entry["data_version"],
                                     "dsl_training_corpus": centry["data_version"]}).path
     return dg.MaterializeResult(metadata={
         **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
         "requests": len(rows), "rates": png_markdown((path / "rates.png").read_bytes(), "rates"),
         **_teacher_metadata(t), "path": dg.MetadataValue.path(str(path)),
     })
+
+
+@dg.asset(group_name=GROUP, deps=[dsl_base_model], kinds={"pytorch"},
+          description="M0: the untrained base, measured exactly like dsl_sft_eval (unconstrained and "
+                      "schema-constrained, seen and held-out domains), so the report shows what training adds.")
+def dsl_base_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
+                  artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    return _evaluate(context, config, teacher, artifacts, catalog, compute, "dsl_base_model")
 
 
 @dg.asset(group_name=GROUP, deps=[dsl_sft_adapter], kinds={"pytorch"},
@@ -630,18 +645,18 @@ def dsl_dpo_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teach
     return _evaluate(context, config, teacher, artifacts, catalog, compute, "dsl_dpo_adapter")
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_sft_eval, dsl_dpo_eval], kinds={"markdown"},
+@dg.asset(group_name=GROUP, deps=[dsl_base_eval, dsl_sft_eval, dsl_dpo_eval], kinds={"markdown"},
           automation_condition=dg.AutomationCondition.eager(),
-          description="Markdown report: SFT vs DPO table, training curves and rate plots, sample JSON.")
+          description="Markdown report: base (M0) vs SFT vs DPO table, training curves and rate plots, sample JSON.")
 def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.dsl.report import dpo_curve_plot, dsl_report_markdown, rates_plot, sft_curve_plot
 
     entries = {a: catalog.require_artifact(a, P) for a in
-               ("dsl_sft_eval", "dsl_dpo_eval", "dsl_sft_adapter", "dsl_dpo_adapter", "dsl_base_model",
+               ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval", "dsl_sft_adapter", "dsl_dpo_adapter", "dsl_base_model",
                 "dsl_dataset", "dsl_schemas", "dsl_domain_specs")}
     metrics = {a: json.loads((Path(entries[a]["path"]) / "metrics.json").read_text())
-               for a in ("dsl_sft_eval", "dsl_dpo_eval")}
+               for a in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval")}
     rows = {a: pq.read_table(Path(entries[a]["path"]) / "rows.parquet").to_pylist()
             for a in ("dsl_sft_eval", "dsl_dpo_eval")}
     curves = {a: [(r["step"], r["metric"], r["value"]) for r in catalog.query(
@@ -652,7 +667,8 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
     dpo_result = json.loads((Path(entries["dsl_dpo_adapter"]["path"]) / "train_result.json").read_text())
     specs = pq.read_table(Path(entries["dsl_domain_specs"]["path"]) / "rows.parquet").to_pylist()
     images = {
-        "rates": rates_plot({"SFT": metrics["dsl_sft_eval"], "DPO": metrics["dsl_dpo_eval"]}),
+        "rates": rates_plot({"base": metrics["dsl_base_eval"], "SFT": metrics["dsl_sft_eval"],
+                             "DPO": metrics["dsl_dpo_eval"]}),
         "sft_curve": sft_curve_plot(curves["dsl_sft_adapter"]),
         "dpo_curve": dpo_curve_plot(curves["dsl_dpo_adapter"]),
     }
@@ -666,13 +682,14 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
     }
     report = dsl_report_markdown(sft_metrics=metrics["dsl_sft_eval"], dpo_metrics=metrics["dsl_dpo_eval"],
                                  sft_rows=rows["dsl_sft_eval"], dpo_rows=rows["dsl_dpo_eval"],
-                                 images={k: f"{k}.png" for k in images}, summary=summary)
+                                 images={k: f"{k}.png" for k in images}, summary=summary,
+                                 base_metrics=metrics["dsl_base_eval"])
 
     def build(tmp: Path) -> None:
         (tmp / "report.md").write_text(report)
         for name, png in images.items():
             (tmp / f"{name}.png").write_bytes(png)
-        (tmp / "metrics.json").write_text(json.dumps({"sft": metrics["dsl_sft_eval"],
+        (tmp / "metrics.json").write_text(json.dumps({"base": metrics["dsl_base_eval"], "sft": metrics["dsl_sft_eval"],
                                                       "dpo": metrics["dsl_dpo_eval"]}, indent=2))
 
     path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=0,
@@ -680,10 +697,12 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
     inline = report
     for name, png in images.items():
         inline = inline.replace(f"({name}.png)", f"(data:image/png;base64,{_b64(png)})")
+    base_c = metrics["dsl_base_eval"].get("semantic_pass_rate_constrained", float("nan"))
     sft_c = metrics["dsl_sft_eval"].get("semantic_pass_rate_constrained", float("nan"))
     dpo_c = metrics["dsl_dpo_eval"].get("semantic_pass_rate_constrained", float("nan"))
     return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.md(inline), "sft_semantic_pass_rate_constrained": sft_c,
+        "report": dg.MetadataValue.md(inline), "base_semantic_pass_rate_constrained": base_c,
+        "sft_semantic_pass_rate_constrained": sft_c,
         "dpo_semantic_pass_rate_constrained": dpo_c, "path": dg.MetadataValue.path(str(path / "report.md")),
     })
 
@@ -703,4 +722,4 @@ def _b64(png: bytes) -> str:
 
 
 DSL_ASSETS = [dsl_domain_specs, dsl_schemas, dsl_queries, dsl_dataset, dsl_training_corpus, dsl_base_model,
-              dsl_sft_adapter, dsl_sft_eval, dsl_dpo_pairs, dsl_dpo_adapter, dsl_dpo_eval, dsl_report]
+              dsl_base_eval, dsl_sft_adapter, dsl_sft_eval, dsl_dpo_pairs, dsl_dpo_adapter, dsl_dpo_eval, dsl_report]

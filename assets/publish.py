@@ -1,5 +1,6 @@
 """The write path every dataset asset shares: Parquet in a staging folder, renamed into place,
-then registered in the catalog with its rows in one transaction."""
+then registered in the catalog with its rows in one transaction. Each folder carries a manifest
+from which the catalog can be rebuilt (resources/catalog_rebuild.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 
 from ml.schemas import to_table
 from resources import ArtifactStore, DuckDBCatalog
+from resources.artifacts import SIDECARS
 
 UNPARTITIONED = "all"
 
@@ -30,10 +33,11 @@ class Published:
 
 
 def folder_digest(folder: Path) -> str:
-    """Content version of a folder: names and bytes of every file in it."""
+    """Content version of a folder: names and bytes of every file in it (not the manifest, which says who
+    registered the content and when)."""
     h = hashlib.sha256()
     for f in sorted(folder.rglob("*")):
-        if f.is_file():
+        if f.is_file() and not (f.parent == folder and f.name in SIDECARS):
             h.update(f.relative_to(folder).as_posix().encode())
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
@@ -60,9 +64,20 @@ def publish_folder(
     several assets (e.g. ``eval_results``), its rows carry ``asset_key`` and only this asset's rows are replaced."""
     asset = context.asset_key.to_user_string()
     partition = partition_of(context)
+    created_at = datetime.now(UTC).replace(tzinfo=None)
+    # Everything the catalog learns of this registration, so that a rebuild can tell it again.
+    manifest = {
+        "asset_key": asset, "partition": partition, "upstream": dict(upstream or {}), "run_id": context.run_id,
+        "created_at": created_at.isoformat(), "rows": rows, "table": table,
+        "parquet": "rows.parquet" if table else None, "exclude_columns": list(exclude_columns),
+        "table_asset_key": asset if table_asset_column else None,
+        "skipped": {k: int(v) for k, v in sorted((skipped or {}).items())},
+    }
     with store.staging(asset) as tmp:
         build(tmp)
         version = folder_digest(tmp)
+        manifest["data_version"] = version
+        store.write_manifest(tmp, manifest)
         final, created = store.commit(tmp, asset, partition, version)
     try:
         catalog.publish_partition(
@@ -78,12 +93,17 @@ def publish_folder(
             exclude_columns=exclude_columns,
             skipped=skipped,
             table_asset_key=asset if table_asset_column else None,
+            created_at=created_at,
         )
     except BaseException:
         # The catalog still points at the previous version: drop the folder nobody references.
         if created:
             shutil.rmtree(final, ignore_errors=True)
         raise
+    if not created:
+        # Same content registered again (by this run, maybe from other upstream versions): the folder's manifest
+        # tells its latest registration, the one a rebuilt catalog must make current.
+        store.write_manifest(final, manifest)
     context.log.info(f"{asset}[{partition}]: {rows} rows, version {version} at {final}")
     return Published(final, final / "rows.parquet", version, rows)
 

@@ -34,6 +34,12 @@ ast_eval_job = dg.define_asset_job(
     description="Re-evaluate the current adapters of a slice.",
 )
 
+models_job = dg.define_asset_job(
+    "models_job",
+    selection=dg.AssetSelection.groups("models"),
+    description="Convert the packaged pretrained bases (GGUF) into Hugging Face folders; a no-op when done before.",
+)
+
 dsl_job = dg.define_asset_job(
     "dsl_job",
     selection=dg.AssetSelection.groups("dsl"),
@@ -42,6 +48,6 @@ dsl_job = dg.define_asset_job(
 
 dsl_eval_job = dg.define_asset_job(
     "dsl_eval_job",
-    selection=dg.AssetSelection.assets("dsl_sft_eval", "dsl_dpo_eval", "dsl_report"),
+    selection=dg.AssetSelection.assets("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval", "dsl_report"),
     description="Re-evaluate the current DSL adapters (e.g. after changing the teacher) and rebuild the report.",
 )

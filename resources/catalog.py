@@ -5,12 +5,18 @@ other processes out. A backfill runs one process per slice, so every connection 
 taken under an exclusive file lock, and each partition's rows are replaced in one transaction
 (delete, then insert): concurrent runs queue for a moment instead of failing, and a failure
 anywhere in the transaction leaves the previous rows in place.
+
+The catalog is an index: every artifact folder carries a manifest (resources/artifacts.py), so a
+damaged catalog is rebuilt from the artifact store (resources/catalog_rebuild.py).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +25,9 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+from pydantic import PrivateAttr
 
+from resources.artifacts import TRAINING_METRICS, write_json_atomic
 from resources.settings import astforge_home
 
 _SCHEMA = [
@@ -37,6 +45,12 @@ _SCHEMA = [
 ]
 
 _IDENT_OK = set("abcdefghijklmnopqrstuvwxyz_0123456789")
+REBUILD_COMMAND = "make catalog-rebuild"
+_WAIT_LOG_AFTER_S = 2.0  # a backfill's writers queue for milliseconds: only a longer wait is worth a line
+_WAIT_LOG_EVERY_S = 30.0
+# DuckDB's words for a file it cannot read back (as opposed to one another process holds).
+_DAMAGE_MARKERS = ("not a valid duckdb database file", "could not read enough bytes", "corrupt", "checksum",
+                   "replaying wal", "serialization error", "was created with")
 
 
 def _ident(name: str) -> str:
@@ -45,55 +59,168 @@ def _ident(name: str) -> str:
     return name
 
 
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 class CatalogLockTimeout(RuntimeError):
     pass
+
+
+class CatalogDamaged(dg.Failure):
+    """The catalog file cannot be read. The artifacts are not affected: the catalog is rebuilt from them."""
+
+
+def _lock_conflict(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "could not set lock" in text or "conflicting lock" in text
+
+
+def _damaged(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, duckdb.Error) and not _lock_conflict(exc) and any(m in text for m in _DAMAGE_MARKERS)
+
+
+def rebuild_hint(db: Path) -> str:
+    default = astforge_home() / "catalog.duckdb"
+    cli = ".venv/bin/python -m resources.catalog_rebuild" + ("" if db == default else f" --catalog {db}")
+    return f"`{REBUILD_COMMAND}` (or `{cli}`)"
+
+
+def damaged_error(db: Path, exc: Exception) -> CatalogDamaged:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CatalogDamaged(
+        f"The catalog {db} is damaged or unreadable ({first}). It is only an index: the artifacts are intact "
+        f"(each artifact folder holds its _manifest.json). Rebuild the catalog from them with {rebuild_hint(db)}, "
+        f"then run again."
+    )
 
 
 class DuckDBCatalog(dg.ConfigurableResource):
     path: str = ""  # empty: $ASTFORGE_HOME/catalog.duckdb
     lock_timeout_s: float = 300.0
+    _run_id: str | None = PrivateAttr(default=None)
+    _log: object = PrivateAttr(default=None)
 
     @property
     def db_path(self) -> Path:
         return Path(self.path).expanduser().resolve() if self.path else astforge_home() / "catalog.duckdb"
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Open the catalog once before the step's work: a damaged file fails the step now, not after hours of it."""
+        self._run_id = context.run_id
+        self._log = context.log
+        with self.connect():
+            pass
+
+    def _logger(self):
+        return self._log or logging.getLogger("astforge.catalog")
+
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def locked(self) -> Iterator[None]:
+        """The catalog's exclusive file lock (``catalog.lock``), which every connection and the rebuild take.
+        The holder writes who it is into the lock file, so a waiter can say whom it waits for."""
         db = self.db_path
         db.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout_s
+        started = time.monotonic()
+        deadline = started + self.lock_timeout_s
+        next_log = started + _WAIT_LOG_AFTER_S
         with open(db.with_suffix(".lock"), "a+") as lock:
             while True:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
+                    now = time.monotonic()
+                    if now > deadline:
                         raise CatalogLockTimeout(
-                            f"waited {self.lock_timeout_s:.0f}s for the catalog lock on {db}"
+                            f"waited {self.lock_timeout_s:.0f}s for the catalog lock on {db}, held by "
+                            f"{self._holder(lock)}"
                         ) from None
+                    if now >= next_log:
+                        self._logger().info(
+                            f"waiting {now - started:.0f}s for the catalog lock on {db}, held by "
+                            f"{self._holder(lock)} (gives up after {self.lock_timeout_s:.0f}s)"
+                        )
+                        next_log = now + _WAIT_LOG_EVERY_S
                     time.sleep(0.05)
+            waited = time.monotonic() - started
+            if waited >= _WAIT_LOG_AFTER_S:
+                self._logger().info(f"got the catalog lock on {db} after {waited:.0f}s")
             try:
-                con = self._open(db, deadline)
-                try:
-                    for stmt in _SCHEMA:
-                        con.execute(stmt)
-                    yield con
-                finally:
-                    con.close()
+                lock.seek(0)
+                lock.truncate()
+                lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": self._run_id,
+                                       "since": _now().isoformat(timespec="seconds")}))
+                lock.flush()
+                yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     @staticmethod
-    def _open(db: Path, deadline: float) -> duckdb.DuckDBPyConnection:
+    def _holder(lock) -> str:
+        try:
+            lock.seek(0)
+            who = json.loads(lock.read() or "{}")
+        except (OSError, ValueError):
+            who = {}
+        if not who:
+            return "another process"
+        run = f", run {who['run_id']}" if who.get("run_id") else ""
+        return f"pid {who.get('pid')} on {who.get('host')}{run} since {who.get('since')}Z"
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        db = self.db_path
+        with self.locked():
+            con = self._open(db, time.monotonic() + self.lock_timeout_s)
+            try:
+                try:
+                    self._check_length(con, db)
+                    for stmt in _SCHEMA:
+                        con.execute(stmt)
+                except duckdb.Error as exc:
+                    raise damaged_error(db, exc) from exc
+                try:
+                    yield con
+                except duckdb.Error as exc:
+                    # A file that opens can still fail on a block read further in.
+                    if _damaged(exc):
+                        raise damaged_error(db, exc) from exc
+                    raise
+            finally:
+                con.close()
+
+    @staticmethod
+    def _check_length(con: duckdb.DuckDBPyConnection, db: Path) -> None:
+        """A file cut short (a full disk, a copy that stopped) may still open when its metadata sits in the part
+        left, and fail only when a step reads a lost block: compare its length with the blocks DuckDB counts."""
+        _, _, block_size, _, used_blocks, *_ = con.execute("PRAGMA database_size").fetchone()
+        have = db.stat().st_size if db.exists() else 0
+        # Each block in use has its own place in the file (free ones at the end are cut off at a checkpoint), and
+        # the file headers come on top: a lower bound, never a false alarm.
+        if have and have < int(block_size) * int(used_blocks):
+            raise damaged_error(db, duckdb.IOException(
+                f"the file has {have} bytes, less than its {used_blocks} blocks in use of {block_size} bytes"))
+
+    def _open(self, db: Path, deadline: float) -> duckdb.DuckDBPyConnection:
         # A process outside astforge (a duckdb shell, a notebook) may hold the file: wait for it.
-        delay = 0.05
+        # Any other failure to open is a damaged or unreadable file: say so at once, never wait on it.
+        delay, logged = 0.05, False
         while True:
             try:
                 return duckdb.connect(str(db))
-            except duckdb.IOException as exc:
+            except duckdb.Error as exc:
+                if not _lock_conflict(exc):
+                    if "permission denied" in str(exc).lower():
+                        raise CatalogDamaged(f"cannot open the catalog {db}: {exc}") from exc
+                    raise damaged_error(db, exc) from exc
                 if time.monotonic() > deadline:
                     raise CatalogLockTimeout(f"catalog {db} is held by another process: {exc}") from exc
+                if not logged:
+                    self._logger().info(f"the catalog {db} is open in a process outside astforge; waiting for it "
+                                        f"(DuckDB: {str(exc).splitlines()[0]})")
+                    logged = True
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -114,10 +241,12 @@ class DuckDBCatalog(dg.ConfigurableResource):
         exclude_columns: tuple[str, ...] = (),
         skipped: Mapping[str, int] | None = None,
         table_asset_key: str | None = None,
+        created_at: datetime | None = None,
     ) -> None:
         """Register an artifact and, in the same transaction, replace the partition's rows and skip counts.
-        ``table_asset_key``: the table is shared between assets; replace only the rows whose ``asset_key`` is it."""
-        now = datetime.now(UTC).replace(tzinfo=None)
+        ``table_asset_key``: the table is shared between assets; replace only the rows whose ``asset_key`` is it.
+        ``created_at``: the time the artifact's manifest records (default: now)."""
+        now = created_at or _now()
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -181,7 +310,7 @@ class DuckDBCatalog(dg.ConfigurableResource):
     def write_metrics(
         self, *, asset_key: str, partition: str, run_id: str, metrics: Mapping[str, float]
     ) -> None:
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = _now()
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM eval_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
@@ -195,15 +324,23 @@ class DuckDBCatalog(dg.ConfigurableResource):
     def write_training_curve(
         self, *, asset_key: str, partition: str, run_id: str, points: list[tuple[int, str, float]]
     ) -> None:
+        """The curve of the run's training; also kept as ``_training_metrics.json`` in the folder this run
+        registered (when it did), so that a rebuilt catalog has it too."""
+        rows = [[int(s), m, float(v)] for s, m, v in points]
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM training_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
                         [asset_key, partition, run_id])
             con.executemany(
                 "INSERT INTO training_metrics VALUES (?, ?, ?, ?, ?, ?)",
-                [[asset_key, partition, run_id, int(s), m, float(v)] for s, m, v in points],
+                [[asset_key, partition, run_id, *r] for r in rows],
             )
             con.execute("COMMIT")
+            found = con.execute(
+                "SELECT path FROM artifacts WHERE asset_key = ? AND partition = ? AND run_id = ? "
+                "ORDER BY created_at DESC LIMIT 1", [asset_key, partition, run_id]).fetchone()
+        if found and Path(found[0]).is_dir():
+            write_json_atomic(Path(found[0]) / TRAINING_METRICS, {"run_id": run_id, "points": rows})
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -217,9 +354,12 @@ class DuckDBCatalog(dg.ConfigurableResource):
     def require_artifact(self, asset_key: str, partition: str) -> dict:
         found = self.latest_artifact(asset_key, partition)
         if found is None or not Path(found["path"]).exists():
+            have = [r["partition"] for r in self.query(
+                "SELECT DISTINCT partition FROM artifacts WHERE asset_key = ? ORDER BY partition", [asset_key])]
+            where = f"it has the slices {', '.join(have)}" if have else "it has none yet"
             raise dg.Failure(
-                f"no materialization of {asset_key} for slice {partition!r} in the catalog {self.db_path}; "
-                f"materialize {asset_key} first"
+                f"no materialization of {asset_key} for slice {partition!r} in the catalog {self.db_path} "
+                f"({where}); materialize {asset_key} first"
             )
         return found
 

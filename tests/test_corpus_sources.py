@@ -87,3 +87,27 @@ def test_every_language_is_registered_in_one_place():
         assert spec.kind in ("dir", "zip", "missing")
         if spec.kind == "missing":
             assert spec.note  # a missing default says why
+
+
+def test_symlink_loops_and_unreadable_links_are_counted(tmp_path):
+    (tmp_path / "ok.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "self.py").symlink_to(tmp_path / "self.py")  # a file link that loops
+    (tmp_path / "a.py").symlink_to(tmp_path / "b.py")
+    (tmp_path / "b.py").symlink_to(tmp_path / "a.py")
+    (tmp_path / "gone.py").symlink_to(tmp_path / "nowhere.py")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "up").symlink_to(tmp_path)  # a folder link back to the root
+    files = read_files("python", parse_spec(f"dir:{tmp_path}"))
+    assert [r.path for r in files.rows] == ["ok.py"]
+    assert files.skipped == {"symlink_loop": 4, "broken_symlink": 1}
+
+
+def test_too_deep_python_is_counted_apart_from_syntax_errors():
+    from ml.corpus.ingest import FileRow
+
+    deep = "def f():\n    return " + "1+" * 100_000 + "1\n"
+    nested_unit = "class A:\n    def g(self):\n        return self" + ".b" * 100_000 + "\n"
+    rows = [FileRow("t", name, "0", len(text), text, None)
+            for name, text in (("deep.py", deep), ("attr.py", nested_unit), ("bad.py", "def (:\n"))]
+    _, skipped = extract_units("python", rows, workers=1)
+    assert skipped == {"too_deep": 2, "syntax_error": 1}

@@ -6,15 +6,13 @@ import copy
 import json
 import random
 
+import llguidance  # noqa: F401  (pinned: a broken install must fail here, not skip)
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("llguidance")
-jsonschema = pytest.importorskip("jsonschema")
-
-from ml.dsl import build_domain, build_schema, generate_examples, is_valid  # noqa: E402
-from ml.dsl.constrained import (  # noqa: E402
+from ml.dsl import build_domain, build_schema, generate_examples, is_valid
+from ml.dsl.constrained import (
     X_GUIDANCE,
     JsonSchemaLogitsProcessor,
     closer,
@@ -24,10 +22,10 @@ from ml.dsl.constrained import (  # noqa: E402
     ll_tokenizer,
     matcher,
 )
-from ml.dsl.format import ast_to_text, build_prompt, parse_completion, prompt_text  # noqa: E402
-from ml.evaluation.lm import left_padded_batches  # noqa: E402
-from ml.training.ast_tokenizer import build_ast_tokenizer  # noqa: E402
-from ml.training.base_model import build_base_model  # noqa: E402
+from ml.dsl.format import ast_to_text, build_prompt, parse_completion, prompt_text
+from ml.evaluation.lm import left_padded_batches
+from ml.training.ast_tokenizer import build_ast_tokenizer
+from ml.training.base_model import build_base_model
 
 TRAIN_DOMAINS = (("library", 0), ("movies", 0), ("orders", 0))
 # Schemas the tokenizer never saw: other domains, other seeds (other fields / operators / enum subsets).

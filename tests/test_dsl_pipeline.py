@@ -10,6 +10,7 @@ import pytest
 from ml.dsl import build_domain, build_schema, generate_queries
 from ml.dsl.evaluation import METRICS, SampleScore, grouped_rates, rates, score_sample
 from ml.dsl.format import ast_to_text, parse_completion, prompt_text
+from ml.dsl.programmatic_teacher import same_meaning
 
 # ---------------------------------------------------------------------------------------------------- metrics
 
@@ -89,6 +90,32 @@ def test_score_sample_on_known_outputs(library):
 
     no_verdict = score_sample(ast_to_text(target), schema, target, lambda _: None)
     assert not no_verdict.teacher_accept
+
+
+def test_programmatic_judge_rules_on_meaning_so_accept_and_semantic_pass_rates_differ(library):
+    """A schema-invalid answer that means the target (its filter in a one-argument ``and``, which the schema's
+    ``minItems: 2`` forbids) is teacher-accepted but does not pass; so the two rates are different numbers."""
+    from ml.dsl.probe import score_rows
+    from ml.dsl.teachers import ProgrammaticTeacher, TeacherQuery
+
+    spec, schema, query = library
+    target = query.ast
+    same_but_invalid = {**target, "filter": {"op": "and", "args": [target["filter"]]}}
+    other = next(q.ast for q in generate_queries(spec, 20, seed=1) if not same_meaning(q.ast, target))
+    unknown_field = {**target, "filter": {"op": "eq", "field": "no_such_field", "value": 1}}
+    outputs = [ast_to_text(target), json.dumps(same_but_invalid), ast_to_text(other), json.dumps(unknown_field)]
+    row = {"domain": spec.name, "lang": "en", "query": query.text_en, "completion": ast_to_text(target),
+           "group": "seen"}
+    scores = score_rows(outputs, [row] * len(outputs), {spec.name: schema}, {spec.name: spec}, ProgrammaticTeacher())
+    assert [(s.schema_valid, s.teacher_accept, s.semantic_pass) for s in scores] == [
+        (True, True, True), (False, True, False), (True, False, False), (False, False, False)]
+    r = rates(scores)
+    assert r["teacher_accept_rate"] == 0.5 and r["semantic_pass_rate"] == 0.25
+    # malformed candidates get a rejection, not an exception
+    teacher = ProgrammaticTeacher()
+    tq = TeacherQuery(spec.name, "en", query.text_en, target)
+    for broken in ({"filter": {"op": "not"}}, {"filter": 3}, {"filter": {"op": "and", "args": "ab"}}, [1]):
+        assert teacher.judge(spec, schema, tq, broken, target).accept is False
 
 
 def test_rates_and_group_names():
@@ -207,7 +234,8 @@ TINY_RUN = {
                          "examples_per_schema": 3},
     "dsl_queries": {"per_schema_queries": 40, "test_fraction": 0.2},
     "dsl_dataset": {"positives_per_schema": 30},
-    "dsl_base_model": {"vocab_size": 800},
+    "dsl_base_model": {"base_model": "tiny:gemma3_text", "vocab_size": 800},
+    "dsl_base_eval": {"samples": 3},
     "dsl_sft_adapter": {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1,
                         "probe_samples": 2, "eval_max_samples": 4},
     "dsl_sft_eval": {"samples": 3},
@@ -240,7 +268,7 @@ def test_dsl_group_materializes_end_to_end(resources, astforge_home):
     assert negatives == pytest.approx(positives * 0.6, abs=3)
 
     # Metrics: the issue's names, both modes, both groups, in eval_metrics for both evaluations.
-    for asset in ("dsl_sft_eval", "dsl_dpo_eval"):
+    for asset in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval"):
         names = {r["metric"] for r in catalog.query(
             "SELECT DISTINCT metric FROM eval_metrics WHERE asset_key = ?", [asset])}
         for metric in METRICS:
@@ -263,7 +291,7 @@ def test_dsl_group_materializes_end_to_end(resources, astforge_home):
     from pathlib import Path
 
     text = (Path(report) / "report.md").read_text()
-    assert "SFT" in text and "DPO" in text and "semantic_pass_rate" in text
+    assert "SFT" in text and "DPO" in text and "base constrained" in text and "semantic_pass_rate" in text
     for png in ("rates.png", "sft_curve.png", "dpo_curve.png"):
         assert (Path(report) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     probe = catalog.query("SELECT count(*) AS n FROM training_metrics WHERE asset_key = 'dsl_sft_adapter' "
@@ -299,13 +327,22 @@ def test_a_dead_teacher_fails_the_step_and_keeps_earlier_artifacts(resources, as
     assert catalog.require_artifact("dsl_schemas", "all")["path"]
 
 
+# The dsl group's asset keys (ARCHITECTURE.md): written out, so that a renamed or dropped asset fails here.
+DSL_ASSET_KEYS = {
+    "dsl_domain_specs", "dsl_schemas", "dsl_queries", "dsl_dataset", "dsl_training_corpus", "dsl_base_model",
+    "dsl_base_eval",
+    "dsl_sft_adapter", "dsl_sft_eval", "dsl_dpo_pairs", "dsl_dpo_adapter", "dsl_dpo_eval", "dsl_report",
+}
+
+
 def test_dsl_job_covers_the_group_and_the_nightly_eval_is_off_by_default():
-    from assets.dsl import DSL_ASSETS
     from definitions import defs
 
     job = defs.resolve_job_def("dsl_job")
-    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
-        a.key.to_user_string() for a in DSL_ASSETS}
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == DSL_ASSET_KEYS
+    eval_job = defs.resolve_job_def("dsl_eval_job")
+    assert {k.to_user_string() for k in eval_job.asset_layer.selected_asset_keys} == {
+        "dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval", "dsl_report"}
     schedule = defs.resolve_schedule_def("daily_dsl_eval")
     assert schedule.job_name == "dsl_eval_job"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import jsonschema
 import pytest
 
 from ml.dsl import (
@@ -20,7 +21,6 @@ from ml.dsl import (
 )
 from ml.dsl.domains import FIELD_TYPES
 
-jsonschema = pytest.importorskip("jsonschema")
 SEEDS = (0, 1, 7)
 
 

@@ -43,3 +43,27 @@ def test_import_linter_contracts_hold():
     exe = Path(sys.executable).parent / "lint-imports"
     result = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _importorskip_targets(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "importorskip"
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            out.append(str(node.args[0].value))
+    return out
+
+
+def test_tests_skip_only_on_the_optional_gpu_extra():
+    """A pinned dependency is imported plainly: importorskip would turn a broken install into green skips."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    optional = {name.replace("-", "_").lower() for name in project["optional-dependencies"]["gpu"]}
+    bad = [
+        f"{path.relative_to(ROOT)}: importorskip({name!r})"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for name in _importorskip_targets(path)
+        if name.split(".")[0].lower() not in optional
+    ]
+    assert not bad, "\n".join(bad)

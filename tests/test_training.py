@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-torch = pytest.importorskip("torch")
+import torch
 
 from ml.codec.python_ast import structural_vocabulary
 from ml.compute import ComputePlan, resolve_compute
@@ -34,7 +34,7 @@ from ml.training.batching import (
     random_batches,
     real_token_fraction,
 )
-from ml.training.sft import build_phase2_trainer, prompt_completion_rows
+from ml.training.sft import build_phase1_trainer, build_phase2_trainer, prompt_completion_rows
 
 # The real compact-codec vocabulary; the synthetic texts below use a few of its tokens.
 AST_VOCAB = structural_vocabulary()
@@ -136,12 +136,20 @@ def test_resolve_compute_cpu():
         assert plan == ComputePlan(device="cpu", dtype="fp32", quantize_4bit=False, backend="hf")
         with pytest.raises(ValueError, match="4bit"):
             resolve_compute(quantization="4bit")
-        with pytest.raises(ValueError, match="unsloth"):
-            resolve_compute(backend="unsloth")
         with pytest.raises(ValueError, match="cuda"):
             resolve_compute(device="cuda")
     with pytest.raises(ValueError, match="unknown"):
         resolve_compute(precision="int3")
+
+
+def test_backend_resolves_to_hf_and_unsloth_is_refused():
+    """No trainer goes through unsloth: a plan must never claim it, on any machine."""
+    assert resolve_compute().backend == "hf"
+    assert resolve_compute(device="cpu", backend="auto").backend == "hf"
+    assert resolve_compute(device="cpu", backend="transformers").backend == "hf"
+    for device in ("cpu", "auto"):
+        with pytest.raises(ValueError, match=r"backend 'unsloth' is not wired into the trainers yet; use 'hf'"):
+            resolve_compute(device=device, backend="unsloth")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -292,6 +300,23 @@ def test_phase1_resumes_from_checkpoint(tmp_path, tokenizer, base_dir, corpus, c
     assert second.eval_loss_initial == pytest.approx(first.eval_loss_initial)
 
 
+def _early_stopping(trainer):
+    from transformers import EarlyStoppingCallback
+
+    return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)]
+
+
+def test_phase1_early_stopping_patience_is_wired(tmp_path, tokenizer, base_dir, corpus, cpu_plan):
+    cfg = fast_cfg(early_stopping_patience=3, early_stopping_threshold=0.01)
+    trainer = build_phase1_trainer(base_dir, tokenizer, corpus[:8], corpus[52:56], tmp_path / "w", cfg, cpu_plan)
+    (cb,) = _early_stopping(trainer)
+    assert cb.early_stopping_patience == 3 and cb.early_stopping_threshold == 0.01
+    assert trainer.args.load_best_model_at_end and trainer.args.metric_for_best_model == "eval_loss"
+    # without an eval set there is nothing to stop on
+    no_eval = build_phase1_trainer(base_dir, tokenizer, corpus[:8], [], tmp_path / "w2", cfg, cpu_plan)
+    assert not _early_stopping(no_eval) and not no_eval.args.load_best_model_at_end
+
+
 # ----------------------------------------------------------------------------- phase 2
 
 
@@ -314,6 +339,18 @@ def test_phase2_masks_prompt(tmp_path, phase1, base_dir, tokenizer, cpu_plan):
         assert (labels[n_total:] == -100).all()  # padding
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)  # AST rows and base frozen
+    assert not _early_stopping(trainer)  # patience 0: off
+
+
+def test_phase2_early_stopping_patience_is_wired(tmp_path, phase1, base_dir, tokenizer, cpu_plan):
+    result, _ = phase1
+    pairs = synth_pairs(8)
+    cfg = fast_cfg(early_stopping_patience=2)
+    trainer, _ = build_phase2_trainer(
+        base_dir, result.out_dir, tokenizer, pairs, pairs[:4], tmp_path / "w", cfg, cpu_plan
+    )
+    (cb,) = _early_stopping(trainer)
+    assert cb.early_stopping_patience == 2 and trainer.args.load_best_model_at_end
 
 
 def test_truncation_drop_count(tokenizer):

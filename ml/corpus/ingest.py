@@ -37,7 +37,7 @@ def read_files(
     lang = get_language(language)
     file_filter = file_filter or FileFilter()
     out = SliceFiles()
-    for raw in iter_files(spec, lang.globs, lang.excludes, limit=limit):
+    for raw in iter_files(spec, lang.globs, lang.excludes, limit=limit, skipped=out.skipped):
         text, reason = file_filter.classify(raw.data)
         if reason:
             out.skipped[reason] += 1

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +66,21 @@ def _matches(rel: str, globs: tuple[str, ...], excludes: tuple[str, ...]) -> boo
     return not any(fnmatch.fnmatch(rel, x) for x in excludes)
 
 
-def list_dir(root: Path, globs: tuple[str, ...], excludes: tuple[str, ...]) -> list[Path]:
+def list_dir(
+    root: Path, globs: tuple[str, ...], excludes: tuple[str, ...], skipped: Counter | None = None
+) -> list[Path]:
+    """Matching files under ``root``. Linked folders are not followed; one that links back to a folder above it
+    (a loop) is counted in ``skipped`` as ``symlink_loop``."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in (".git", "__pycache__"))
+        if skipped is not None:
+            here = os.path.realpath(dirpath)
+            for d in dirnames:
+                link = os.path.join(dirpath, d)
+                target = os.path.realpath(link)
+                if os.path.islink(link) and (here == target or here.startswith(target.rstrip(os.sep) + os.sep)):
+                    skipped["symlink_loop"] += 1
         for fn in sorted(filenames):
             full = Path(dirpath) / fn
             rel = full.relative_to(root).as_posix()
@@ -77,21 +90,26 @@ def list_dir(root: Path, globs: tuple[str, ...], excludes: tuple[str, ...]) -> l
 
 
 def iter_files(
-    spec: SourceSpec, globs: tuple[str, ...], excludes: tuple[str, ...] = (), limit: int | None = None
+    spec: SourceSpec, globs: tuple[str, ...], excludes: tuple[str, ...] = (), limit: int | None = None,
+    skipped: Counter | None = None,
 ) -> Iterator[RawFile]:
-    """Yield the raw files of one source, in a stable order, at most ``limit`` of them."""
+    """Yield the raw files of one source, in a stable order, at most ``limit`` of them. A listed file that cannot
+    be read is counted in ``skipped``: ``symlink_loop`` (a link that leads back to itself), ``broken_symlink``,
+    or ``unreadable`` (permissions, a file removed meanwhile)."""
     if spec.kind == "missing":
         return
     if spec.kind == "dir":
         root = Path(spec.location).expanduser()
         if not root.is_dir():
             raise SourceError(f"corpus folder {root} does not exist")
-        for i, full in enumerate(list_dir(root, globs, excludes)):
+        for i, full in enumerate(list_dir(root, globs, excludes, skipped)):
             if limit is not None and i >= limit:
                 return
             try:
                 data = full.read_bytes()
-            except OSError:
+            except OSError as exc:
+                if skipped is not None:
+                    skipped[_unreadable_reason(full, exc)] += 1
                 continue
             yield RawFile(spec.label, full.relative_to(root).as_posix(), data)
     elif spec.kind == "zip":
@@ -108,6 +126,14 @@ def iter_files(
         yield from _iter_hf(spec, limit)
     else:
         raise SourceError(f"unknown corpus source kind {spec.kind!r}")
+
+
+def _unreadable_reason(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink_loop"
+    if path.is_symlink() and exc.errno == errno.ENOENT:
+        return "broken_symlink"
+    return "unreadable"
 
 
 def _iter_hf(spec: SourceSpec, limit: int | None) -> Iterator[RawFile]:

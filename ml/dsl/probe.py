@@ -93,17 +93,19 @@ def preference_pairs(model, tokenizer, rows: Sequence[Mapping[str, Any]], schema
 
 
 def make_probe_callback(tokenizer, rows, schemas, specs, teacher, max_new_tokens: int | None = None,
-                        on_result=None):
+                        on_result=None, at_step_zero: bool = True):
     """A ``transformers.TrainerCallback`` that, after each evaluation, generates (schema-constrained) answers to
     ``rows`` and logs ``probe_semantic_pass_rate_constrained`` / ``probe_schema_valid_rate_constrained`` (into the
-    trainer's log history, and to ``on_result(step, entry)`` when given)."""
+    trainer's log history, and to ``on_result(step, entry)`` when given). ``at_step_zero=False`` skips the
+    evaluation before training: an untrained pretrained base writes to the token cap on every request, which costs
+    minutes on a CPU, and ``dsl_base_eval`` measures that model anyway."""
     from transformers import TrainerCallback
 
     new_tokens = max_new_tokens or max_new_tokens_for(tokenizer, rows)
 
     class SemanticProbeCallback(TrainerCallback):
         def on_evaluate(self, args, state, control, model=None, **kwargs):
-            if model is None or not rows:
+            if model is None or not rows or (state.global_step == 0 and not at_step_zero):
                 return
             was_training = model.training
             model.eval()

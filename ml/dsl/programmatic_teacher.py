@@ -304,4 +304,9 @@ def canonicalize(ast: dict[str, Any]) -> dict[str, Any]:
 
 
 def same_meaning(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return _key(canonicalize(a)) == _key(canonicalize(b))
+    """Do ``a`` and ``b`` have the same canonical form? Either may break the schema (the teacher judges meaning
+    only); one too malformed to canonicalize (a ``not`` without ``arg``, a non-object node) means nothing."""
+    try:
+        return _key(canonicalize(a)) == _key(canonicalize(b))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return False

@@ -208,19 +208,23 @@ def dpo_curve_plot(curve: Iterable[tuple[int, str, float]] | None, title: str = 
 # ------------------------------------------------------------------------------------------------ markdown
 
 
-def comparison_table(sft: Mapping[str, float] | None, dpo: Mapping[str, float] | None) -> str:
+def comparison_table(sft: Mapping[str, float] | None, dpo: Mapping[str, float] | None,
+                     base: Mapping[str, float] | None = None) -> str:
     """Markdown table: one row per metric (seen domains, then held-out domains when any ``heldout_`` key exists),
-    columns SFT, SFT constrained, DPO, DPO constrained (3 decimals, "–" when missing) and the delta
-    DPO − SFT under constrained decoding."""
-    columns = ["domains", "metric", "SFT", "SFT constrained", "DPO", "DPO constrained", "DPO − SFT (constrained)"]
+    columns [base (M0), base constrained,] SFT, SFT constrained, DPO, DPO constrained (3 decimals, "–" when
+    missing) and the delta DPO − SFT under constrained decoding. The base columns appear when ``base`` is given."""
+    models = ([("base", base)] if base is not None else []) + [("SFT", sft), ("DPO", dpo)]
+    columns = ["domains", "metric", *[f"{name}{label}" for name, _ in models for label in ("", " constrained")],
+               "DPO − SFT (constrained)"]
     lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
-    groups = [g for g in GROUPS if g[1] == "" or _has_heldout(sft, dpo)]
+    groups = [g for g in GROUPS if g[1] == "" or _has_heldout(sft, dpo, base)]
     for _, prefix, label in groups:
         # comparison_f1: partial credit (matching comparisons), shown when the evaluation reports it
-        extra = ("comparison_f1",) if any(_key("comparison_f1", prefix, "") in (m or {}) for m in (sft, dpo)) else ()
+        extra = (("comparison_f1",) if any(_key("comparison_f1", prefix, "") in (m or {}) for _, m in models)
+                 else ())
         for metric in (*METRICS, *extra):
-            cells = [_value(m, _key(metric, prefix, suffix)) for m in (sft, dpo) for _, suffix in MODES]
-            s_c, d_c = cells[1], cells[3]
+            cells = [_value(m, _key(metric, prefix, suffix)) for _, m in models for _, suffix in MODES]
+            s_c, d_c = cells[-3], cells[-1]
             delta = d_c - s_c if s_c is not None and d_c is not None else None
             lines.append(f"| {label} | `{metric}` | " + " | ".join(_fmt(c) for c in cells)
                          + f" | {_fmt(delta, signed=True)} |")
@@ -384,15 +388,16 @@ def dpo_verdict(sft_metrics: Mapping[str, float] | None, dpo_metrics: Mapping[st
 def dsl_report_markdown(*, sft_metrics: Mapping[str, float], dpo_metrics: Mapping[str, float],
                         sft_rows: Sequence[Mapping[str, Any]], dpo_rows: Sequence[Mapping[str, Any]],
                         images: Mapping[str, str], summary: Mapping[str, object], target: float = 0.5,
-                        samples: int = 3) -> str:
+                        samples: int = 3, base_metrics: Mapping[str, float] | None = None) -> str:
     """The whole report: summary list (with the target statement), comparison table, DPO-vs-SFT sentence,
     per-language semantic pass rates (constrained), metric definitions, plots (``name -> file name``) and
     pretty-printed samples (DPO rows; SFT rows when there are no DPO rows)."""
-    lines = ["# DSL student — SFT vs DPO", "", "## Summary", ""]
+    title = "base vs SFT vs DPO" if base_metrics is not None else "SFT vs DPO"
+    lines = [f"# DSL student — {title}", "", "## Summary", ""]
     lines += [f"- **{_SUMMARY_LABELS.get(k, k.replace('_', ' '))}**: {_summary_value(v)}"
               for k, v in (summary or {}).items()]
     lines += [f"- **{target_statement(sft_metrics, target)}**", "", "## Rates", "",
-              comparison_table(sft_metrics, dpo_metrics), "", dpo_verdict(sft_metrics, dpo_metrics), "",
+              comparison_table(sft_metrics, dpo_metrics, base_metrics), "", dpo_verdict(sft_metrics, dpo_metrics), "",
               METRIC_DEFINITIONS, "", "## Semantic pass rate per language (constrained decoding)", "",
               language_table(sft_rows, dpo_rows, "constrained"), ""]
     if images:

@@ -154,7 +154,9 @@ class Teacher:
     def judge(
         self, spec: DomainSpec, schema: dict, query: TeacherQuery, candidate: dict, reference: dict | None
     ) -> Verdict | None:
-        """Does ``candidate`` mean what ``query`` asks? None when no verdict could be had (counted)."""
+        """Does ``candidate`` mean what ``query`` asks? A verdict on meaning only: a candidate that breaks
+        ``schema`` but asks for the same thing is accepted (schema validity is measured separately). None when no
+        verdict could be had (counted)."""
         raise NotImplementedError
 
 
@@ -250,9 +252,10 @@ class ProgrammaticTeacher(Teacher):
         if ref is None:
             self._count(dropped=1)
             return None
-        errors = schema_errors(candidate, schema) if isinstance(candidate, dict) else ["not a JSON object"]
-        if errors:
-            return Verdict(False, f"candidate does not validate against the schema: {errors[0]}")
+        # The verdict is on meaning only: schema validity is scored on its own (schema_valid), and a judge that
+        # also rejected schema-invalid answers would make teacher_accept_rate equal semantic_pass_rate.
+        if not isinstance(candidate, dict):
+            return Verdict(False, "candidate is not a JSON object")
         if same_meaning(candidate, ref):
             return Verdict(True, "same meaning as the reference")
         return Verdict(False, "meaning differs from the reference")
@@ -292,7 +295,9 @@ LABEL_INSTRUCTION = (
     "Reply with that JSON object only."
 )
 JUDGE_INSTRUCTION = (
-    "Does the query INPUT.candidate mean exactly what INPUT.request asks, under the JSON Schema INPUT.schema? "
+    "Does the query INPUT.candidate mean exactly what INPUT.request asks? INPUT.schema describes the fields and "
+    "operators. Judge the meaning only: schema validity is checked separately, so accept a candidate that breaks the "
+    "schema if it still asks for exactly the same records. "
     "INPUT.reference, when not null, is a correct query for the request; it may be written differently (the order "
     'of and/or arguments does not matter). Reply with one JSON object: {{"accept": true or false, '
     '"reason": "<one short sentence>"}}.'

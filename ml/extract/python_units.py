@@ -46,7 +46,11 @@ def extract_units(text: str, path: str, source: str, language: str = "python", m
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escape sequences in old files are not our concern
             tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    except (RecursionError, MemoryError):
+        # CPython's parser gives up on deep nesting (``1+1+...``, ``a.b.b...``) with these: valid code, too deep.
+        out.skip("too_deep")
+        return out
+    except (SyntaxError, ValueError):
         out.skip("syntax_error")
         return out
     lines = text.splitlines(keepends=True)
@@ -61,7 +65,10 @@ def extract_units(text: str, path: str, source: str, language: str = "python", m
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 unit_tree = ast.parse(code)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
+        except (RecursionError, MemoryError):
+            out.skip("too_deep")
+            continue
+        except (SyntaxError, ValueError):
             out.skip("syntax_error")
             continue
         fn = unit_tree.body[0]

@@ -49,6 +49,9 @@ class PhaseConfig:
     separator: str = "\n"  # Phase 2: between the docstring prompt and the AST completion
     add_eos: bool = True  # Phase 2: append the eos token to each completion
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # LoRA on the top N transformer layers only (0 = every layer). Gradients then stop at the lowest adapted layer,
+    # so the backward pass skips the layers below it: on a 30-layer pretrained base on CPU, the cheapest lever.
+    lora_top_layers: int = 0
     # Phase 1 embedding rows that train: "ast" (the appended AST tokens, the method's choice for a
     # pretrained base) or "all" (a tiny random-init base has no embeddings worth freezing).
     trainable_embeddings: str = "ast"
@@ -85,7 +88,7 @@ def ast_token_ids(tokenizer) -> list[int]:
     return list(range(int(base), len(tokenizer)))
 
 
-def _load_base(base_dir, plan: ComputePlan, gradient_checkpointing: bool):
+def load_base(base_dir, plan: ComputePlan, gradient_checkpointing: bool = False):
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"dtype": torch.float32 if plan.device == "cpu" else plan.torch_dtype}
@@ -134,7 +137,8 @@ def _sft_config(cfg: PhaseConfig, plan: ComputePlan, work_dir: Path, has_eval: b
         max_length=cfg.max_length,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=plan.device == "cuda" and plan.dtype == "bf16",
+        # bf16 on CPU is autocast over fp32 master weights (ml/compute.py allows it where the CPU has bf16 units)
+        bf16=plan.dtype == "bf16",
         fp16=plan.device == "cuda" and plan.dtype == "fp16",
         use_cpu=plan.device == "cpu",
         activation_checkpointing=cfg.gradient_checkpointing,  # TRL's default is True
@@ -267,13 +271,35 @@ def _run(trainer, work_dir: Path, out_dir: Path, tokenizer, dropped: int) -> Tra
     return result
 
 
-def _callbacks(on_log: OnLog | None, cls, cfg: PhaseConfig | None = None, has_eval: bool = False) -> list:
+def _callbacks(on_log: OnLog | None, cls, cfg: PhaseConfig, has_eval: bool) -> list:
+    # cfg and has_eval are required: _sft_config keeps the best checkpoint whenever patience > 0, so a
+    # trainer built without the EarlyStoppingCallback would ignore the patience silently.
     out = [cls(on_log)] if on_log is not None else []
-    if cfg is not None and has_eval and cfg.early_stopping_patience:
+    if has_eval and cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
         out.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
     return out
+
+
+def lora_config(cfg: PhaseConfig, model, token_ids: Sequence[int] = ()):
+    """The PEFT ``LoraConfig`` of ``cfg`` for ``model``: every projection in ``cfg.lora_target_modules``, on the
+    top ``cfg.lora_top_layers`` layers (all when 0), plus trainable embedding rows ``token_ids``."""
+    from peft import LoraConfig
+
+    layers = int(getattr(model.config.get_text_config(), "num_hidden_layers", 0) or 0)
+    top = cfg.lora_top_layers
+    if top < 0:
+        raise ValueError(f"lora_top_layers must be >= 0, not {top}")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        layers_to_transform=list(range(layers - top, layers)) if 0 < top < layers else None,
+        trainable_token_indices={"embed_tokens": list(token_ids)} if token_ids else None,
+        task_type="CAUSAL_LM",
+    )
 
 
 # --------------------------------------------------------------------------- Phase 1
@@ -293,14 +319,27 @@ def train_phase1(
     """LoRA + trainable AST embedding rows on a causal-LM dataset ``{"text": ...}``. Checkpoints go to
     ``work_dir``; a later call resumes from its last checkpoint. The adapter and tokenizer go to
     ``out_dir``. Texts longer than ``cfg.max_length`` are truncated by TRL (``dropped_truncated`` = 0)."""
+    trainer = build_phase1_trainer(base_dir, tokenizer, texts, eval_texts, work_dir, cfg, plan, on_log)
+    return _run(trainer, Path(work_dir), Path(out_dir), tokenizer, dropped=0)
+
+
+def build_phase1_trainer(
+    base_dir,
+    tokenizer,
+    texts: list[str],
+    eval_texts: list[str],
+    work_dir,
+    cfg: PhaseConfig,
+    plan: ComputePlan,
+    on_log: OnLog | None = None,
+):
+    """The Phase 1 trainer (not yet trained)."""
     from datasets import Dataset
-    from peft import LoraConfig
 
     Trainer, LogCb = _make_trainer_class()
-    work_dir, out_dir = Path(work_dir), Path(out_dir)
     if not texts:
         raise ValueError("train_phase1: no training texts")
-    model = _load_base(base_dir, plan, cfg.gradient_checkpointing)
+    model = load_base(base_dir, plan, cfg.gradient_checkpointing)
     ids = ast_token_ids(tokenizer)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if cfg.trainable_embeddings == "all":
@@ -311,28 +350,21 @@ def train_phase1(
         raise ValueError(
             f"tokenizer has {len(tokenizer)} tokens but the base model at {base_dir} has {vocab_rows}"
         )
-    peft_cfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_target_modules),
-        trainable_token_indices={"embed_tokens": ids} if ids else None,
-        task_type="CAUSAL_LM",
-    )
+    peft_cfg = lora_config(cfg, model, ids)
     train_ds = Dataset.from_dict({"text": list(texts)})
     eval_ds = Dataset.from_dict({"text": list(eval_texts)}) if eval_texts else None
-    trainer = Trainer(
+    has_eval = eval_ds is not None
+    return Trainer(
         model=model,
-        args=_sft_config(cfg, plan, work_dir, eval_ds is not None),
+        args=_sft_config(cfg, plan, Path(work_dir), has_eval),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=peft_cfg,
-        callbacks=_callbacks(on_log, LogCb),
+        callbacks=_callbacks(on_log, LogCb, cfg, has_eval),
         group_by_length=cfg.group_by_length,
         mega_batch_mult=cfg.mega_batch_mult,
     )
-    return _run(trainer, work_dir, out_dir, tokenizer, dropped=0)
 
 
 # --------------------------------------------------------------------------- Phase 2
@@ -436,13 +468,14 @@ def build_phase2_trainer(
     for name, p in model.named_parameters():
         # LoRA continues; the base and the AST embedding rows (trainable_tokens_delta) stay frozen
         p.requires_grad = "lora_" in name
+    has_eval = bool(eval_rows)
     trainer = Trainer(
         model=model,
-        args=_sft_config(cfg, plan, Path(work_dir), bool(eval_rows)),
+        args=_sft_config(cfg, plan, Path(work_dir), has_eval),
         train_dataset=Dataset.from_list(rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=tokenizer,
-        callbacks=_callbacks(on_log, LogCb),
+        callbacks=_callbacks(on_log, LogCb, cfg, has_eval),
         group_by_length=cfg.group_by_length,
         mega_batch_mult=cfg.mega_batch_mult,
     )
@@ -481,7 +514,7 @@ def load_adapter(
         from ml.compute import resolve_compute
 
         plan = resolve_compute(device="cpu")
-    base = _load_base(base_dir, plan, gradient_checkpointing)
+    base = load_base(base_dir, plan, gradient_checkpointing)
     vocab_rows = base.get_input_embeddings().weight.shape[0]
 
     tok_file = adapter_dir / "tokenizer.json"
@@ -594,23 +627,15 @@ def build_lora_sft_trainer(
     ``cfg.trainable_embeddings``: "none" (LoRA only, for a pretrained base) or "all" (a random-init ``tiny:``
     base also trains its embedding rows). Extra ``callbacks`` (``transformers.TrainerCallback``) are added."""
     from datasets import Dataset
-    from peft import LoraConfig
 
     Trainer, LogCb = _make_trainer_class()
     rows, eval_rows, dropped = _checked_rows(tokenizer, pairs, eval_pairs, cfg, "SFT")
-    model = _load_base(base_dir, plan, cfg.gradient_checkpointing)
+    model = load_base(base_dir, plan, cfg.gradient_checkpointing)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if cfg.trainable_embeddings not in ("none", "all"):
         raise ValueError(f"trainable_embeddings must be 'none' or 'all', not {cfg.trainable_embeddings!r}")
     ids = list(range(vocab_rows)) if cfg.trainable_embeddings == "all" else []
-    peft_cfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_target_modules),
-        trainable_token_indices={"embed_tokens": ids} if ids else None,
-        task_type="CAUSAL_LM",
-    )
+    peft_cfg = lora_config(cfg, model, ids)
     has_eval = bool(eval_rows)
     trainer = Trainer(
         model=model,
