@@ -15,6 +15,7 @@ import dagster as dg
 from definitions import defs
 from ml.languages import SLICES
 from resources import DuckDBCatalog
+from resources.recovery import recover_dead_runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     instance = dg.DagsterInstance.get()
+    # execute_in_process skips the Definitions' executor, so its dead-run check runs here: a demo killed earlier
+    # (Ctrl-C, out of memory) must not hold the gpu pool's slot.
+    for dead in recover_dead_runs(instance):
+        print(f"[astforge] {dead.message()}", flush=True)
     catalog = DuckDBCatalog()
     failed = []
 

@@ -8,10 +8,18 @@ from pathlib import Path
 import dagster as dg
 
 from assets.ast_first import ast_corpus, nl_ast_pairs
+from assets.config_checks import (
+    EvalFraction,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    TrainableEmbeddings,
+    TrainFraction,
+)
 from assets.models import pretrained_base, resolve_base
 from assets.partitions import language_slices
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream
-from ml.dataset import split_heldout
 from ml.languages import get_language
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
@@ -23,43 +31,43 @@ _P = active_profile()
 class AstTokenizerConfig(dg.Config):
     # tiny:qwen2 | smollm2-135m (packaged, offline) | gguf:PATH | a hub id (Qwen/Qwen2.5-0.5B) | a local folder
     base_model: str = _P.base_model
-    vocab_size: int = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
+    vocab_size: PositiveInt = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
 
 
 class AstBaseModelConfig(dg.Config):
-    seed: int = 0
+    seed: Seed = 0
 
 
 class PhaseTrainingConfig(dg.Config):
-    max_steps: int = _P.phase1_steps
-    learning_rate: float = _P.learning_rate
-    batch_size: int = _P.batch_size
-    gradient_accumulation_steps: int = 1
-    max_length: int = _P.max_length
+    max_steps: PositiveInt = _P.phase1_steps  # -1 would be Hugging Face's "train epochs" sentinel: refused
+    learning_rate: PositiveFloat = _P.learning_rate
+    batch_size: PositiveInt = _P.batch_size
+    gradient_accumulation_steps: PositiveInt = 1
+    max_length: PositiveInt = _P.max_length
     # A tiny random-init base has little to keep: a wide adapter lets it learn; the full
     # profile's pretrained base keeps r=16-class adapters (set it in the launchpad).
-    lora_r: int = 64
-    lora_alpha: int = 128
+    lora_r: PositiveInt = 64
+    lora_alpha: PositiveInt = 128
     # Phase 1 embedding rows that train: "ast" (only the appended AST tokens), "all", or "auto":
     # "all" for a tiny: base (random rows are not worth freezing), "ast" for a pretrained one.
-    trainable_embeddings: str = "auto"
-    eval_steps: int = 50
-    save_steps: int = 50
-    logging_steps: int = 10
-    heldout_fraction: float = 0.05
-    max_eval_rows: int = 64
+    trainable_embeddings: TrainableEmbeddings = "auto"
+    eval_steps: PositiveInt = 50
+    save_steps: PositiveInt = 50
+    logging_steps: PositiveInt = 10
+    heldout_fraction: TrainFraction = 0.05
+    max_eval_rows: NonNegativeInt = 64  # 0 = no held-out loss during training
 
 
 class Phase2TrainingConfig(PhaseTrainingConfig):
-    max_steps: int = _P.phase2_steps
+    max_steps: PositiveInt = _P.phase2_steps
 
 
 class AstEvalConfig(dg.Config):
-    samples: int = _P.eval_samples
-    max_new_tokens: int = 256
-    heldout_fraction: float = 0.05
-    max_length: int = _P.max_length
-    seed: int = 0
+    samples: PositiveInt = _P.eval_samples
+    max_new_tokens: PositiveInt = 256
+    heldout_fraction: EvalFraction = 0.05  # the training's: the held-out rows it never saw
+    max_length: PositiveInt = _P.max_length
+    seed: Seed = 0
 
 
 def _require_rows(rows: list, what: str, language: str) -> None:
@@ -130,31 +138,6 @@ def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig
     })
 
 
-def _phase_config(config: PhaseTrainingConfig, tiny_base: bool = False):
-    from ml.training.sft import PhaseConfig
-
-    embeddings = config.trainable_embeddings
-    if embeddings == "auto":
-        embeddings = "all" if tiny_base else "ast"
-    return PhaseConfig(
-        trainable_embeddings=embeddings,
-        max_steps=config.max_steps, learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, max_length=config.max_length,
-        lora_r=config.lora_r, lora_alpha=config.lora_alpha, eval_steps=config.eval_steps,
-        save_steps=config.save_steps, logging_steps=config.logging_steps,
-    )
-
-
-def phase1_texts(tok, rows: list[dict], max_length: int) -> tuple[list[str], int]:
-    """Phase 1 sequences: EOS marks the start of a tree (so sampling has a prompt), and sequences
-    that would be cut are dropped — a tree cut short never teaches the model to close it."""
-    texts = [tok.eos_token + r["ast_text"] for r in rows]
-    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
-    kept = [t for t, n in zip(texts, lengths) if n < max_length]
-    return kept, len(texts) - len(kept)
-
-
 def _save_curve(tmp: Path, result, title: str) -> None:
     from ml.training.curves import plot_curves
 
@@ -187,6 +170,7 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
                        catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
+    from ml.training.ast_phases import phase1_split, phase_config
     from ml.training.sft import train_phase1
 
     language = context.partition_key
@@ -194,9 +178,8 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
     rows, entry = read_upstream(catalog, "ast_corpus", language)
     _require_rows(rows, "ast_corpus", language)
     tok = AutoTokenizer.from_pretrained(base["path"])
-    train, held = split_heldout(rows, config.heldout_fraction)
-    texts, dropped = phase1_texts(tok, train, config.max_length)
-    eval_texts, _ = phase1_texts(tok, held[: config.max_eval_rows], config.max_length)
+    texts, eval_texts, dropped = phase1_split(tok, rows, config.heldout_fraction, config.max_length,
+                                              config.max_eval_rows)
     _require_rows(texts, "ast_corpus (after the length filter)", language)
     context.log.info(f"phase 1 [{language}]: {len(texts)} sequences ({dropped} longer than "
                      f"{config.max_length} tokens dropped), {len(eval_texts)} held out")
@@ -208,7 +191,7 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
     def build(tmp: Path) -> None:
         tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
         holder["result"] = train_phase1(base["path"], tok, texts, eval_texts, tmp, work,
-                                        _phase_config(config, tiny_base=tiny), plan,
+                                        phase_config(config.model_dump(), tiny_base=tiny), plan,
                                         on_log=log_progress(context, f"phase 1 [{language}]"))
         _save_curve(tmp, holder["result"], f"ast_phase1_adapter[{language}]")
 
@@ -230,6 +213,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
                        catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
+    from ml.training.ast_phases import phase2_pairs, phase_config
     from ml.training.sft import train_phase2
 
     language = context.partition_key
@@ -238,9 +222,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     rows, entry = read_upstream(catalog, "nl_ast_pairs", language)
     _require_rows(rows, "nl_ast_pairs", language)
     tok = AutoTokenizer.from_pretrained(phase1["path"])
-    train, held = split_heldout(rows, config.heldout_fraction)
-    pairs = [(r["nl"], r["ast_text"]) for r in train]
-    eval_pairs = [(r["nl"], r["ast_text"]) for r in held][: config.max_eval_rows]
+    pairs, eval_pairs = phase2_pairs(rows, config.heldout_fraction, config.max_eval_rows)
     work = checkpoint_dir(artifacts, "ast_phase2_adapter", language,
                      {"phase1": phase1["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
     plan = compute.plan()
@@ -248,7 +230,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
 
     def build(tmp: Path) -> None:
         holder["result"] = train_phase2(base["path"], phase1["path"], tok, pairs, eval_pairs, tmp, work,
-                                        _phase_config(config), plan,
+                                        phase_config(config.model_dump()), plan,
                                         on_log=log_progress(context, f"phase 2 [{language}]"))
         _save_curve(tmp, holder["result"], f"ast_phase2_adapter[{language}]")
 
@@ -266,30 +248,19 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     })
 
 
-def _grammar_factory(language: str, tok, vocab_size: int, max_new_tokens: int):
-    """A grammar-constraining logits processor factory for the slice, or None where there is no grammar
-    (JavaScript and Java have none yet: their constrained metrics are not reported)."""
-    if language != "python":
-        return None
-    from ml.constrained.python_grammar import GrammarLogitsProcessor, PythonAstGrammar
-
-    grammar = PythonAstGrammar(tok, vocab_size=vocab_size)
-    return lambda prompt_lengths: GrammarLogitsProcessor(
-        grammar, prompt_lengths, tok.eos_token_id, vocab_size, max_new_tokens=max_new_tokens,
-        pad_token_id=tok.pad_token_id)
-
-
-def _eval_model(catalog: DuckDBCatalog, language: str, adapter_asset: str, plan):
+def _merged_loader(base_path: str, adapter_asset: str, adapter: dict, language: str, plan):
+    """Loads the adapter merged into its base, when the evaluation gets to it (one model in memory at a time)."""
     from ml.training.sft import load_adapter
 
-    base = catalog.require_artifact("ast_base_model", language)
-    adapter = catalog.require_artifact(adapter_asset, language)
-    try:
-        model = load_adapter(base["path"], adapter["path"], plan)
-    except ValueError as exc:
-        raise dg.Failure(f"{adapter_asset}[{language}]: {exc}") from exc
-    # Merged weights generate several times faster than the adapter wrappers, with the same outputs.
-    return model.merge_and_unload(), adapter
+    def load():
+        try:
+            model = load_adapter(base_path, adapter["path"], plan)
+        except ValueError as exc:
+            raise dg.Failure(f"{adapter_asset}[{language}]: {exc}") from exc
+        # Merged weights generate several times faster than the adapter wrappers, with the same outputs.
+        return model.merge_and_unload()
+
+    return load
 
 
 @dg.asset(group_name="ast_first", partitions_def=language_slices,
@@ -300,61 +271,32 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
              catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ml.evaluation.ast_metrics import judge, score_prediction
-    from ml.evaluation.lm import generate_texts, heldout_loss
-    from ml.evaluation.report import ast_eval_report
+    from ml.evaluation.ast_eval import AstEvalSettings, evaluate_ast_models
 
     language = context.partition_key
     plan = compute.plan()
     base = catalog.require_artifact("ast_base_model", language)
+    p1_entry = catalog.require_artifact("ast_phase1_adapter", language)
+    p2_entry = catalog.require_artifact("ast_phase2_adapter", language)
     rows, corpus_entry = read_upstream(catalog, "ast_corpus", language)
     pairs, _ = read_upstream(catalog, "nl_ast_pairs", language)
-    tok = AutoTokenizer.from_pretrained(base["path"])
-    _, held = split_heldout(rows, config.heldout_fraction)
-    held_texts, _ = phase1_texts(tok, held[:64], config.max_length)
-    if not held_texts:
-        raise dg.Failure(f"ast_eval[{language}]: no held-out functions fit in {config.max_length} tokens")
     started = time.monotonic()
-
-    base_model = AutoModelForCausalLM.from_pretrained(base["path"])
-    metrics = {"heldout_loss_initial": heldout_loss(base_model, tok, held_texts, config.max_length)}
-    del base_model
-
-    phase1, p1_entry = _eval_model(catalog, language, "ast_phase1_adapter", plan)
-    metrics["heldout_loss_final"] = heldout_loss(phase1, tok, held_texts, config.max_length)
-    vocab_size = phase1.get_output_embeddings().weight.shape[0]
-    factory = _grammar_factory(language, tok, vocab_size, config.max_new_tokens)
-    prompts = [tok.eos_token] * config.samples
-    samples = {}
-    for label, proc in (("unconstrained", None), ("constrained", factory)):
-        if label == "constrained" and proc is None:
-            continue
-        texts = generate_texts(phase1, tok, prompts, config.max_new_tokens, do_sample=True, seed=config.seed,
-                               processor_factory=proc)
-        judged = [judge(language, t) for t in texts]
-        metrics[f"valid_rate_{label}"] = sum(j.valid for j in judged) / len(judged)
-        samples[label] = [(t, j) for t, j in zip(texts, judged)]
-        context.log.info(f"ast_eval[{language}]: {label} sampling valid {metrics[f'valid_rate_{label}']:.2f}")
-    del phase1
-
-    phase2, p2_entry = _eval_model(catalog, language, "ast_phase2_adapter", plan)
-    _, held_pairs = split_heldout(pairs, config.heldout_fraction)
-    held_pairs = held_pairs[: config.samples]
-    if not held_pairs:
-        raise dg.Failure(f"ast_eval[{language}]: nl_ast_pairs has no held-out pairs")
-    preds = generate_texts(phase2, tok, [p["nl"] + "\n" for p in held_pairs], config.max_new_tokens,
-                           do_sample=False, processor_factory=factory)
-    scores = [score_prediction(language, pred, p["ast_text"]) for pred, p in zip(preds, held_pairs)]
-    metrics["nl2ast_valid_rate"] = sum(s.valid for s in scores) / len(scores)
-    metrics["nl2ast_exact_match"] = sum(s.exact for s in scores) / len(scores)
-    metrics["nl2ast_tree_similarity"] = sum(s.similarity for s in scores) / len(scores)
-    metrics = {k: round(float(v), 4) for k, v in metrics.items()}
+    try:
+        result = evaluate_ast_models(
+            lambda: AutoModelForCausalLM.from_pretrained(base["path"]),
+            _merged_loader(base["path"], "ast_phase1_adapter", p1_entry, language, plan),
+            _merged_loader(base["path"], "ast_phase2_adapter", p2_entry, language, plan),
+            AutoTokenizer.from_pretrained(base["path"]), rows, pairs, get_language(language),
+            AstEvalSettings(**config.model_dump()), on_log=lambda msg: context.log.info(f"ast_eval[{language}]: {msg}"),
+        )
+    except ValueError as exc:  # the recipe refuses (nothing held out to evaluate, ...): a clear step failure
+        raise dg.Failure(f"ast_eval[{language}]: {exc}") from exc
+    metrics = result.metrics
     catalog.write_metrics(asset_key="ast_eval", partition=language, run_id=context.run_id, metrics=metrics)
 
     curves = {f"{name}_curve.png": Path(e["path"]) / "training_curve.png"
               for name, e in (("phase1", p1_entry), ("phase2", p2_entry))}
-    report = ast_eval_report(language, metrics, samples, held_pairs, preds, scores,
-                             {name: name for name, png in curves.items() if png.exists()})
+    report = result.report(language, {name: name for name, png in curves.items() if png.exists()})
 
     def build(tmp: Path) -> None:
         (tmp / "report.md").write_text(report)
@@ -364,7 +306,7 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
                 shutil.copy(png, tmp / name)
 
     path = publish_folder(
-        context, store=artifacts, catalog=catalog, build=build, rows=len(scores),
+        context, store=artifacts, catalog=catalog, build=build, rows=len(result.scores),
         upstream={"ast_phase1_adapter": p1_entry["data_version"], "ast_phase2_adapter": p2_entry["data_version"],
                   "ast_corpus": corpus_entry["data_version"]},
     ).path

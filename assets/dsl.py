@@ -8,7 +8,20 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
+from pydantic import model_validator
 
+from assets.config_checks import (
+    BpeSplit,
+    Dropout,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SchemaView,
+    Seed,
+    TrainFraction,
+)
 from assets.models import pretrained_base, resolve_base
 from assets.publish import (
     UNPARTITIONED,
@@ -55,83 +68,95 @@ class DslSchemasConfig(dg.Config):
 
 
 class DslQueriesConfig(dg.Config):
-    per_schema_queries: int = _D.per_schema_queries
-    test_fraction: float = 0.1  # requests of the training domains kept for evaluation
-    seed: int = 11
+    per_schema_queries: PositiveInt = _D.per_schema_queries
+    test_fraction: TrainFraction = 0.1  # requests of the training domains kept for evaluation
+    seed: Seed = 11
 
 
 class DslDatasetConfig(dg.Config):
-    positives_per_schema: int = _D.positives_per_schema
-    negative_ratio: float = 0.6  # schema-invalid mutations per kept positive
-    seed: int = 11
+    positives_per_schema: PositiveInt = _D.positives_per_schema
+    negative_ratio: Fraction = 0.6  # schema-invalid mutations per kept positive (1: every positive once)
+    seed: Seed = 11
 
 
 class DslTrainingCorpusConfig(dg.Config):
     include_invalid: bool = False  # mutated, schema-invalid targets (off: they would teach schema violations)
-    max_samples: int = 0  # cap on training rows; 0 = all
-    schema_view: str = _D.schema_view  # json: the whole JSON Schema in the prompt | digest: a few lines read off it
-    seed: int = 0  # the max_samples draw
+    max_samples: NonNegativeInt = 0  # cap on training rows; 0 = all
+    schema_view: SchemaView = _D.schema_view  # json: the whole JSON Schema in the prompt | digest: a few lines off it
+    seed: Seed = 0  # the max_samples draw
 
 
 class DslBaseModelConfig(dg.Config):
     # smollm2-135m (packaged, offline) | tiny:gemma3_text | gguf:PATH | unsloth/gemma-3-270m-it (hub) | a local folder
     base_model: str = _D.base_model
-    vocab_size: int = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
-    bpe_split: str = _D.bpe_split  # wordpunct | words | whitespace (ml/tokenizer.train_bpe)
-    bpe_max_token_length: int = 0  # longest BPE token in characters; 0 = no limit
-    seed: int = 0
+    vocab_size: PositiveInt = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
+    bpe_split: BpeSplit = _D.bpe_split  # wordpunct | words | whitespace (ml/tokenizer.train_bpe)
+    bpe_max_token_length: NonNegativeInt = 0  # longest BPE token in characters; 0 = no limit
+    seed: Seed = 0
 
 
 class DslSftConfig(dg.Config):
-    max_steps: int = _D.sft_max_steps
-    batch_size: int = _D.sft_batch_size
-    gradient_accumulation_steps: int = _D.sft_grad_accum
-    learning_rate: float = _D.sft_learning_rate
-    weight_decay: float = 0.01
-    warmup_steps: int = _D.sft_warmup_steps
-    max_seq_length: int = _D.max_seq_length
-    val_split: float = 0.05
-    eval_max_samples: int = _D.eval_max_samples
-    eval_steps: int = _D.sft_eval_steps
-    logging_steps: int = 10
-    save_steps: int = _D.sft_save_steps
-    save_total_limit: int = 3
-    max_grad_norm: float = 1.0
-    early_stopping_min_delta: float = 0.002
-    early_stopping_patience: int = 2
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    probe_samples: int = _D.probe_samples
-    seed: int = 0
+    max_steps: PositiveInt = _D.sft_max_steps  # -1 would be Hugging Face's "train epochs" sentinel: refused
+    batch_size: PositiveInt = _D.sft_batch_size
+    gradient_accumulation_steps: PositiveInt = _D.sft_grad_accum
+    learning_rate: PositiveFloat = _D.sft_learning_rate
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_steps: NonNegativeInt = _D.sft_warmup_steps
+    max_seq_length: PositiveInt = _D.max_seq_length
+    val_split: TrainFraction = 0.05
+    eval_max_samples: NonNegativeInt = _D.eval_max_samples  # 0 = no validation rows (no early stopping, no probes)
+    eval_steps: PositiveInt = _D.sft_eval_steps
+    logging_steps: PositiveInt = 10
+    save_steps: PositiveInt = _D.sft_save_steps
+    save_total_limit: PositiveInt = 3
+    max_grad_norm: NonNegativeFloat = 1.0  # 0 = no clipping
+    early_stopping_min_delta: NonNegativeFloat = 0.002
+    early_stopping_patience: NonNegativeInt = 2  # 0 = off
+    lora_r: PositiveInt = 64
+    lora_alpha: PositiveInt = 128
+    lora_dropout: Dropout = 0.05
+    lora_top_layers: NonNegativeInt = 0  # LoRA on the top N layers only (0 = all): the backward pass stops below them
+    probe_samples: NonNegativeInt = _D.probe_samples  # 0 = off
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _save_on_evaluations(self):
+        # Early stopping restores the best checkpoint, so Hugging Face wants a save at evaluations; it would say so
+        # only after the data and the model are loaded.
+        stops = self.early_stopping_patience and self.val_split and self.eval_max_samples
+        if stops and self.save_steps % self.eval_steps:
+            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
+                             "while early_stopping_patience > 0 (set it to 0 to turn early stopping off)")
+        return self
 
 
 class DslEvalConfig(dg.Config):
-    samples: int = _D.eval_samples  # per group: seen-domain test requests, held-out-domain requests
-    batch_size: int = 16
-    seed: int = 0
+    samples: PositiveInt = _D.eval_samples  # per group: seen-domain test requests, held-out-domain requests
+    batch_size: PositiveInt = 16
+    seed: Seed = 0
 
 
 class DslDpoPairsConfig(dg.Config):
-    max_pairs: int = _D.max_pairs
+    max_pairs: PositiveInt = _D.max_pairs
     only_rejected: bool = True  # False: also pairs where the teacher accepted an output that differs from its AST
-    candidates: int = 0  # training requests the student answers; 0 = 2 × max_pairs
-    batch_size: int = 16
-    seed: int = 0
+    candidates: NonNegativeInt = 0  # training requests the student answers; 0 = 2 × max_pairs
+    batch_size: PositiveInt = 16
+    seed: Seed = 0
 
 
 class DslDpoConfig(dg.Config):
-    beta: float = 0.1
-    max_steps: int = _D.dpo_max_steps
-    batch_size: int = _D.dpo_batch_size
-    gradient_accumulation_steps: int = _D.dpo_grad_accum
-    learning_rate: float = _D.dpo_learning_rate
-    warmup_steps: int = _D.dpo_warmup_steps
-    logging_steps: int = 5
-    save_steps: int = 100
-    max_seq_length: int = _D.max_seq_length
-    sft_weight: float = _D.dpo_sft_weight  # > 0: chosen answers' NLL added to the DPO loss (RPO); 0 = plain DPO
-    seed: int = 0
+    beta: PositiveFloat = 0.1
+    max_steps: PositiveInt = _D.dpo_max_steps
+    batch_size: PositiveInt = _D.dpo_batch_size
+    gradient_accumulation_steps: PositiveInt = _D.dpo_grad_accum
+    learning_rate: PositiveFloat = _D.dpo_learning_rate
+    warmup_steps: NonNegativeInt = _D.dpo_warmup_steps
+    logging_steps: PositiveInt = 5
+    save_steps: PositiveInt = 100
+    max_seq_length: PositiveInt = _D.max_seq_length
+    # > 0: chosen answers' NLL added to the DPO loss (RPO); 0 = plain DPO
+    sft_weight: NonNegativeFloat = _D.dpo_sft_weight
+    seed: Seed = 0
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -426,8 +451,8 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
         eval_steps=config.eval_steps, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         max_grad_norm=config.max_grad_norm, early_stopping_patience=config.early_stopping_patience,
         early_stopping_threshold=config.early_stopping_min_delta, lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, seed=config.seed,
-        separator="", add_eos=False, lr_scheduler_type="linear",
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, lora_top_layers=config.lora_top_layers,
+        seed=config.seed, separator="", add_eos=False, lr_scheduler_type="linear",
         # a random-init tiny: base also trains its embedding rows; a pretrained base keeps them
         trainable_embeddings="all" if tiny else "none",
     )
@@ -464,6 +489,7 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
         "steps": result.steps, "train_loss": round(result.train_loss, 4),
         "eval_loss_initial": round(result.eval_loss_initial, 4), "eval_loss_final": round(result.eval_loss_final, 4),
         "dropped_truncated": result.dropped_truncated, "tokens_per_s": round(result.tokens_per_s, 1),
+        "step_seconds": round(result.step_seconds, 2), "precision": plan.dtype,
         "train_rows": len(train), "val_rows": len(val), "device": plan.device, "backend": plan.backend,
         "probe_semantic_pass_rate_constrained": probes[-1][1] if probes else float("nan"),
         "resumed_from": result.resumed_from or "none",

@@ -82,7 +82,7 @@ def main() -> None:
     print(json.dumps({
         "base": args.base, "device": meta["device"].value, "steps": steps,
         "tokens_per_s": meta["tokens_per_s"].value, "train_rows": meta["train_rows"].value,
-        "sft_seconds": meta["seconds"].value if "seconds" in meta else None,
+        "step_seconds": meta["step_seconds"].value, "precision": meta["precision"].value,
         "curve": [list(p) for p in curve], "steps_to_target": reached[0] if reached else None,
         "eval_loss_final": meta["eval_loss_final"].value, "target": args.target,
         "seconds": round(time.perf_counter() - started, 1), "home": home,

@@ -64,6 +64,16 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
+_CHOICES = {"device": _DEVICES, "precision": _PRECISIONS, "quantization": _QUANT, "backend": _BACKENDS}
+
+
+def check_choice(what: str, value: str) -> str:
+    """``value`` of one request (``what``: device, precision, quantization or backend), aliases resolved; a
+    ValueError listing the known names otherwise. Only the name: whether this machine can honour it is
+    :func:`resolve_compute`'s question, asked when a step plans its compute."""
+    return _check(value, _CHOICES[what], what)
+
+
 def resolve_compute(
     device: str = "auto", precision: str = "auto", quantization: str = "auto", backend: str = "auto"
 ) -> ComputePlan:

@@ -1,4 +1,5 @@
-"""The one place a language slice is registered: parser/extractor, codec, renamer, default source, globs.
+"""The one place a language slice is registered: parser/extractor, codec, renamer, validity judge,
+grammar constraint (where one exists), default source, globs.
 
 Adding a slice means adding one ``LanguageSpec`` to ``LANGUAGES``; partitions, assets, the sensor and
 the benchmarks all read this table.
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from ml.codec.base import Codec
 from ml.corpus.sources import SourceSpec
@@ -27,6 +29,12 @@ class LanguageSpec:
     extractor: Callable[..., Extraction]  # (text, path, source, language, max_chars) -> Extraction
     codec_factory: Callable[[], Codec]
     renamer: Callable[[str], object]  # code -> Renaming(code, mapping)
+    # (ast_text, mode="compact") -> ml.evaluation.ast_metrics.Judged: does a generated sequence decode to a
+    # program the language accepts (valid), and to what source and productions.
+    judge: Callable[..., Any]
+    # (tokenizer, vocab_size, max_new_tokens) -> (prompt lengths -> logits processor) that admits only trees the
+    # judge accepts; None where the language has no grammar automaton yet (no constrained metrics are reported).
+    grammar_factory: Callable[[Any, int, int], Callable[[list[int]], Any]] | None = None
     # The code a docstring describes (Phase 2 target): Python drops the docstring from the body;
     # JS/Java leading comments sit outside the unit already. None: nothing left to predict.
     nl_target: Callable[[str], str | None] = lambda code: code
@@ -107,6 +115,21 @@ def _python_rename(code):
     return alpha_rename(code)
 
 
+def _python_judge(ast_text, mode="compact"):
+    from ml.evaluation.ast_metrics import judge_python
+
+    return judge_python(ast_text, mode)
+
+
+def _python_grammar(tokenizer, vocab_size, max_new_tokens):
+    from ml.constrained.python_grammar import GrammarLogitsProcessor, PythonAstGrammar
+
+    grammar = PythonAstGrammar(tokenizer, vocab_size=vocab_size)
+    return lambda prompt_lengths: GrammarLogitsProcessor(
+        grammar, prompt_lengths, tokenizer.eos_token_id, vocab_size, max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id)
+
+
 def _ts_codec(language):
     def make():
         from ml.codec.treesitter_codec import TreeSitterCodec
@@ -125,6 +148,15 @@ def _ts_rename(language):
     return rename
 
 
+def _ts_judge(language):
+    def judge(ast_text, mode="compact"):
+        from ml.evaluation.ast_metrics import judge_treesitter
+
+        return judge_treesitter(language, ast_text, mode)
+
+    return judge
+
+
 LANGUAGES: dict[str, LanguageSpec] = {
     "python": LanguageSpec(
         name="python",
@@ -134,6 +166,8 @@ LANGUAGES: dict[str, LanguageSpec] = {
         extractor=_python_extract,
         codec_factory=_python_codec,
         renamer=_python_rename,
+        judge=_python_judge,
+        grammar_factory=_python_grammar,
         nl_target=_python_nl_target,
     ),
     "javascript": LanguageSpec(
@@ -145,6 +179,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         extractor=_ts_extract,
         codec_factory=_ts_codec("javascript"),
         renamer=_ts_rename("javascript"),
+        judge=_ts_judge("javascript"),
     ),
     "java": LanguageSpec(
         name="java",
@@ -154,6 +189,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         extractor=_ts_extract,
         codec_factory=_ts_codec("java"),
         renamer=_ts_rename("java"),
+        judge=_ts_judge("java"),
     ),
 }
 

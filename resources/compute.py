@@ -1,8 +1,9 @@
 """Compute: where training runs (cpu/cuda), in which precision, quantized or not, with which backend."""
 
 import dagster as dg
+from pydantic import ValidationInfo, field_validator
 
-from ml.compute import ComputePlan, resolve_compute
+from ml.compute import ComputePlan, check_choice, resolve_compute
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -13,6 +14,13 @@ class ComputeResource(dg.ConfigurableResource):
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     quantization: str = "auto"  # auto | 4bit | none
     backend: str = "auto"  # auto | hf | unsloth
+
+    # Strings, not Literals: the aliases ml.compute accepts (bfloat16, nf4, transformers, ...) stay valid.
+    @field_validator("device", "precision", "quantization", "backend")
+    @classmethod
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        check_choice(info.field_name, value)  # an unknown name fails when the resource is built, before any step
+        return value
 
     def plan(self) -> ComputePlan:
         try:

@@ -49,20 +49,28 @@ def _ts_productions(node) -> Counter:
 
 
 def judge(language: str, ast_text: str, mode: str = "compact") -> Judged:
-    """Decode one generated sequence and say whether it is a valid program."""
-    codec = get_language(language).codec
-    tokens = text_to_tokens(ast_text)
-    if language == "python":
-        from ml.codec.python_ast import decode_tree
+    """Decode one generated sequence and say whether it is a valid program (the slice's ``LanguageSpec.judge``)."""
+    return get_language(language).judge(ast_text, mode)
 
-        try:
-            tree = ast.fix_missing_locations(decode_tree(tokens, mode))
-            compile(tree, "<generated>", "exec")
-            return Judged(True, ast.unparse(tree), _python_productions(tree))
-        except (ValueError, SyntaxError, TypeError, RecursionError):
-            return Judged(False, None, None)
+
+def judge_python(ast_text: str, mode: str = "compact") -> Judged:
+    """Python: the decoded module compiles."""
+    from ml.codec.python_ast import decode_tree
+
+    tokens = text_to_tokens(ast_text)
+    try:
+        tree = ast.fix_missing_locations(decode_tree(tokens, mode))
+        compile(tree, "<generated>", "exec")
+        return Judged(True, ast.unparse(tree), _python_productions(tree))
+    except (ValueError, SyntaxError, TypeError, RecursionError):
+        return Judged(False, None, None)
+
+
+def judge_treesitter(language: str, ast_text: str, mode: str = "compact") -> Judged:
+    """A tree-sitter slice: the decoded source re-parses as one unit with no syntax error."""
     from ml.codec.treesitter_codec import parse_unit
 
+    codec, tokens = get_language(language).codec, text_to_tokens(ast_text)
     try:
         source = codec.decode(tokens, mode)
         node = parse_unit(source, language)

@@ -74,6 +74,7 @@ class TrainResult:
     resumed_from: str | None
     tokens_per_s: float
     real_token_fraction: float = 1.0  # real / padded tokens over the training batches of this call
+    step_seconds: float = 0.0  # mean wall time of one optimizer step in this call (forward + backward + update)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -167,6 +168,7 @@ def _make_trainer_class():
             self.real_tokens = 0
             self.padded_tokens = 0
             self.step_seconds = 0.0
+            self.micro_steps = 0
             super().__init__(*a, **kw)
             _expose_lm_head_bias(self.model)
             if on_log_given:
@@ -191,6 +193,7 @@ def _make_trainer_class():
                 self.padded_tokens += int(mask.numel())
             out = super().training_step(model, inputs, *args, **kwargs)
             self.step_seconds += time.perf_counter() - t0
+            self.micro_steps += 1
             return out
 
     class _LogCallback(TrainerCallback):
@@ -266,6 +269,8 @@ def _run(trainer, work_dir: Path, out_dir: Path, tokenizer, dropped: int) -> Tra
         resumed_from=resume,
         tokens_per_s=trainer.real_tokens / trainer.step_seconds if trainer.step_seconds else 0.0,
         real_token_fraction=trainer.real_tokens / trainer.padded_tokens if trainer.padded_tokens else 1.0,
+        step_seconds=(trainer.step_seconds / trainer.micro_steps * trainer.args.gradient_accumulation_steps
+                      if trainer.micro_steps else 0.0),
     )
     (out_dir / "train_result.json").write_text(json.dumps(result.__dict__, indent=1))
     return result
