@@ -112,10 +112,11 @@ class DslSftConfig(dg.Config):
     max_grad_norm: NonNegativeFloat = 1.0  # 0 = no clipping
     early_stopping_min_delta: NonNegativeFloat = 0.002
     early_stopping_patience: NonNegativeInt = 2  # 0 = off
-    lora_r: PositiveInt = 64
-    lora_alpha: PositiveInt = 128
+    lora_r: PositiveInt = _D.sft_lora_r
+    lora_alpha: PositiveInt = _D.sft_lora_alpha
     lora_dropout: Dropout = 0.05
-    lora_top_layers: NonNegativeInt = 0  # LoRA on the top N layers only (0 = all): the backward pass stops below them
+    # LoRA on the top N layers only (0 = all): the backward pass stops below them
+    lora_top_layers: NonNegativeInt = _D.sft_lora_top_layers
     probe_samples: NonNegativeInt = _D.probe_samples  # 0 = off
     seed: Seed = 0
 

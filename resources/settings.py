@@ -28,6 +28,13 @@ class Profile:
     eval_samples: int  # sampled ASTs / held-out docstrings per metric
 
 
+def _full_ast_base() -> str:
+    """The seed's Qwen2.5-0.5B where a GPU can train it (from the hub); on CPU the packaged SmolLM2-135M, offline."""
+    import torch
+
+    return "Qwen/Qwen2.5-0.5B" if torch.cuda.is_available() else "smollm2-135m"
+
+
 PROFILES = {
     # Small enough that the whole default graph materializes on 2 CPU cores in minutes.
     "demo": Profile(
@@ -36,7 +43,7 @@ PROFILES = {
     ),
     # The seed's numbers: Qwen2.5-0.5B (4-bit + LoRA on CUDA), 4096-token AST cap.
     "full": Profile(
-        "full", max_files_per_slice=None, token_cap=4096, max_unit_chars=100_000, base_model="Qwen/Qwen2.5-0.5B",
+        "full", max_files_per_slice=None, token_cap=4096, max_unit_chars=100_000, base_model=_full_ast_base(),
         phase1_steps=3000, phase2_steps=2000, batch_size=8, max_length=4096, learning_rate=2e-4, eval_samples=200,
     ),
 }
@@ -83,11 +90,26 @@ class DslProfile:
     # Weight of the chosen answers' NLL next to the DPO loss (0 = plain DPO, the original). On the demo student
     # plain DPO cost 6 of 32 unconstrained schema-valid answers; weight 5 kept all but 2 (README, DSL figures).
     dpo_sft_weight: float = 0.0
+    # LoRA of the SFT student: rank, alpha, and how many of the top layers it adapts (0 = all). A random-init tiny:
+    # student needs a wide adapter; a pretrained base learns the task with r=16.
+    sft_lora_r: int = 64
+    sft_lora_alpha: int = 128
+    sft_lora_top_layers: int = 0
 
 
 DSL_PROFILES = {
-    # tiny Gemma 3 architecture on 2 CPU cores: the whole group in minutes.
+    # The packaged SmolLM2-135M-Instruct on 2 CPU cores: ≈ 10 s per SFT step of 8 rows, so the group's budget
+    # (≤ 15 min) buys ~40 steps; the README's learning curve says how far that goes and what more steps give.
     "demo": DslProfile(
+        base_model="smollm2-135m", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
+        sft_max_steps=40, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,
+        sft_eval_steps=20, sft_save_steps=20, max_seq_length=512, eval_max_samples=16, eval_samples=16,
+        probe_samples=8, dpo_max_steps=8, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
+        dpo_warmup_steps=1, max_pairs=16, schema_view="digest", dpo_sft_weight=5.0,
+        sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=0,
+    ),
+    # The tiny Gemma 3 student of earlier demos (tests use it): 600 steps in ~5 min, learns the format, not the task.
+    "tiny": DslProfile(
         base_model="tiny:gemma3_text", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
         sft_max_steps=600, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=3e-3, sft_warmup_steps=10,
         sft_eval_steps=100, sft_save_steps=100, max_seq_length=1024, eval_max_samples=32, eval_samples=32,
@@ -105,4 +127,8 @@ DSL_PROFILES = {
 
 
 def active_dsl_profile() -> DslProfile:
-    return DSL_PROFILES[active_profile().name]
+    """The `dsl` group's sizes: ASTFORGE_DSL_PROFILE (demo | tiny | full) when set, else ASTFORGE_PROFILE's."""
+    name = os.environ.get("ASTFORGE_DSL_PROFILE") or active_profile().name
+    if name not in DSL_PROFILES:
+        raise ValueError(f"ASTFORGE_DSL_PROFILE={name!r}: expected one of {', '.join(DSL_PROFILES)}")
+    return DSL_PROFILES[name]
