@@ -27,6 +27,8 @@ _EXPORTS = {
     "train_phase2": "ml.training.sft",
     "train_lora_sft": "ml.training.sft",
     "DPOSettings": "ml.training.dpo",
+    "precision_args": "ml.training.glue",
+    "log_callback": "ml.training.glue",
     "train_dpo": "ml.training.dpo",
 }
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml.compute import ComputePlan
-from ml.training.sft import OnLog, _expose_lm_head_bias, load_adapter
+from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precision_args, quiet_printer
+from ml.training.sft import _expose_lm_head_bias, load_adapter
 
 
 @dataclass
@@ -71,8 +72,6 @@ def train_dpo(
     """DPO on ``{"prompt", "chosen", "rejected"}`` rows (completions end with EOS). Pairs longer than
     ``cfg.max_length`` are dropped, never truncated. Checkpoints in ``work_dir``; a re-run resumes."""
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer
 
     rows = [r for r in pairs if _fits(tokenizer, r, cfg.max_length)]
@@ -102,42 +101,30 @@ def train_dpo(
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=plan.device == "cuda" and plan.dtype == "bf16",
-        fp16=plan.device == "cuda" and plan.dtype == "fp16",
-        use_cpu=plan.device == "cpu",
+        **precision_args(plan),
         gradient_checkpointing=False,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
 
-    class _Log(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and on_log is not None:
-                on_log(int(state.global_step), dict(logs))
-
     trainer = DPOTrainer(
         model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer, callbacks=[_Log()],
+        processing_class=tokenizer, callbacks=[log_callback(on_log)] if on_log is not None else [],
     )
     _expose_lm_head_bias(trainer.model)
     if on_log is not None:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        quiet_printer(trainer)
+    resume = last_checkpoint(work_dir)
     started = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    curve = [
-        (int(e.get("step", 0)), k, float(e[k]))
-        for e in trainer.state.log_history for k in DPO_CURVE if isinstance(e.get(k), int | float)
-    ]
     result = DPOResult(
         out_dir=str(out_dir), steps=int(trainer.state.global_step), train_loss=float(out.training_loss),
-        pairs=len(rows), dropped_too_long=dropped, curve=curve, resumed_from=resume,
+        pairs=len(rows), dropped_too_long=dropped, curve=curve(trainer.state.log_history, DPO_CURVE),
+        resumed_from=resume,
         seconds=time.perf_counter() - started,
     )
     (out_dir / "train_result.json").write_text(json.dumps(result.__dict__, indent=1))

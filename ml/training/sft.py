@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ml.compute import ComputePlan
+from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precision_args, quiet_printer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CURVE_METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm")
 
-OnLog = Callable[[int, dict], None]
 
 
 @dataclass
@@ -138,10 +138,7 @@ def _sft_config(cfg: PhaseConfig, plan: ComputePlan, work_dir: Path, has_eval: b
         max_length=cfg.max_length,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # bf16 on CPU is autocast over fp32 master weights (ml/compute.py allows it where the CPU has bf16 units)
-        bf16=plan.dtype == "bf16",
-        fp16=plan.device == "cuda" and plan.dtype == "fp16",
-        use_cpu=plan.device == "cpu",
+        **precision_args(plan),
         activation_checkpointing=cfg.gradient_checkpointing,  # TRL's default is True
         report_to="none",
         disable_tqdm=True,
@@ -153,7 +150,6 @@ def _sft_config(cfg: PhaseConfig, plan: ComputePlan, work_dir: Path, has_eval: b
 
 
 def _make_trainer_class():
-    from transformers import TrainerCallback
     from trl import SFTTrainer
 
     from ml.training.batching import LengthGroupedSampler
@@ -172,9 +168,7 @@ def _make_trainer_class():
             super().__init__(*a, **kw)
             _expose_lm_head_bias(self.model)
             if on_log_given:
-                from transformers.trainer_callback import PrinterCallback
-
-                self.remove_callback(PrinterCallback)  # the caller streams the logs itself
+                quiet_printer(self)
 
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -196,15 +190,7 @@ def _make_trainer_class():
             self.micro_steps += 1
             return out
 
-    class _LogCallback(TrainerCallback):
-        def __init__(self, fn: OnLog):
-            self.fn = fn
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                self.fn(int(state.global_step), dict(logs))
-
-    return _AstSFTTrainer, _LogCallback
+    return _AstSFTTrainer, log_callback
 
 
 def _expose_lm_head_bias(model) -> None:
@@ -218,27 +204,13 @@ def _expose_lm_head_bias(model) -> None:
     object.__setattr__(head, "bias", getattr(head.token_adapter.base_layer, "bias", None))
 
 
-def _last_checkpoint(work_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not work_dir.is_dir():
-        return None
-    return get_last_checkpoint(str(work_dir))
-
-
 def _curve(log_history: list[dict]) -> list[tuple[int, str, float]]:
-    out: list[tuple[int, str, float]] = []
-    for entry in log_history:
-        step = int(entry.get("step", 0))
-        for key, value in entry.items():
-            # probe_* entries come from callbacks that measure task metrics during training
-            if (key in CURVE_METRICS or key.startswith("probe_")) and isinstance(value, int | float):
-                out.append((step, key, float(value)))
-    return out
+    # probe_* entries come from callbacks that measure task metrics during training
+    return curve(log_history, CURVE_METRICS, prefixes=("probe_",))
 
 
 def _run(trainer, work_dir: Path, out_dir: Path, tokenizer, dropped: int) -> TrainResult:
-    resume = _last_checkpoint(work_dir)
+    resume = last_checkpoint(work_dir)
     has_eval = trainer.eval_dataset is not None
     nan = float("nan")
     initial = trainer.evaluate()["eval_loss"] if has_eval else nan
@@ -276,10 +248,10 @@ def _run(trainer, work_dir: Path, out_dir: Path, tokenizer, dropped: int) -> Tra
     return result
 
 
-def _callbacks(on_log: OnLog | None, cls, cfg: PhaseConfig, has_eval: bool) -> list:
+def _callbacks(on_log: OnLog | None, make_log_callback, cfg: PhaseConfig, has_eval: bool) -> list:
     # cfg and has_eval are required: _sft_config keeps the best checkpoint whenever patience > 0, so a
     # trainer built without the EarlyStoppingCallback would ignore the patience silently.
-    out = [cls(on_log)] if on_log is not None else []
+    out = [make_log_callback(on_log)] if on_log is not None else []
     if has_eval and cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 

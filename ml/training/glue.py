@@ -1,0 +1,60 @@
+"""What every trainer here (SFT phases, DSL SFT, DPO; GRPO later) shares: precision flags from the compute plan,
+the log callback that streams to the caller, resume-from-checkpoint, and curve extraction from the log history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ml.compute import ComputePlan
+
+OnLog = Callable[[int, dict], None]
+
+
+def precision_args(plan: ComputePlan) -> dict:
+    """The TRL/transformers config flags for ``plan``: bf16 (on CUDA, or autocast on a CPU with bfloat16 units, which
+    ml.compute only allows where it exists), fp16 on CUDA only, and ``use_cpu``."""
+    return {
+        "bf16": plan.dtype == "bf16",
+        "fp16": plan.device == "cuda" and plan.dtype == "fp16",
+        "use_cpu": plan.device == "cpu",
+    }
+
+
+def log_callback(on_log: OnLog):
+    """A ``TrainerCallback`` that hands each log entry to ``on_log(step, logs)``."""
+    from transformers import TrainerCallback
+
+    class StreamLogs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                on_log(int(state.global_step), dict(logs))
+
+    return StreamLogs()
+
+
+def quiet_printer(trainer) -> None:
+    """Drop transformers' stdout printer: the caller streams the logs itself (Dagster's log, a bench's JSON)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``work_dir`` (a re-run resumes from it), or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    work_dir = Path(work_dir)
+    return get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+
+
+def curve(log_history: Iterable[dict], names: Iterable[str], prefixes: tuple[str, ...] = ()) -> list[tuple]:
+    """``(step, metric, value)`` for every numeric entry named in ``names`` or starting with one of ``prefixes``."""
+    names = set(names)
+    out: list[tuple[int, str, float]] = []
+    for entry in log_history:
+        step = int(entry.get("step", 0))
+        for key, value in entry.items():
+            if (key in names or (prefixes and key.startswith(prefixes))) and isinstance(value, int | float):
+                out.append((step, key, float(value)))
+    return out
