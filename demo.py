@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             table.setdefault(m["metric"], {})[m["asset_key"]] = m["value"]
         print(f"  {'metric':<44} {'base':>7} {'SFT':>7} {'DPO':>7}")
         for metric, v in table.items():
-            base, sft, dpo = (v.get(a, float("nan")) for a in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval"))
-            print(f"  {metric:<44} {base:>7.3f} {sft:>7.3f} {dpo:>7.3f}")
+            cells = [f"{v[a]:>7.3f}" if a in v else f"{'–':>7}"
+                     for a in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval")]
+            print(f"  {metric:<44} {' '.join(cells)}")
         report = catalog.latest_artifact("dsl_report", "all")
         if report:
             print(f"  report: {report['path']}/report.md")

@@ -98,15 +98,16 @@ class DslProfile:
 
 
 DSL_PROFILES = {
-    # The packaged SmolLM2-135M-Instruct on 2 CPU cores: ≈ 10 s per SFT step of 8 rows, so the group's budget
-    # (≤ 15 min) buys ~40 steps; the README's learning curve says how far that goes and what more steps give.
+    # The packaged SmolLM2-135M-Instruct on 2 CPU cores: ≈ 8 s per SFT step of 8 rows (LoRA on the top 20 of 30
+    # layers), and each evaluation request ≈ 2 s, so the group's budget (≤ 15 min) buys ~50 steps and 12 requests
+    # per group; the README's learning curve says how far that goes and what more steps give.
     "demo": DslProfile(
         base_model="smollm2-135m", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
-        sft_max_steps=40, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,
-        sft_eval_steps=20, sft_save_steps=20, max_seq_length=512, eval_max_samples=16, eval_samples=16,
-        probe_samples=8, dpo_max_steps=8, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
-        dpo_warmup_steps=1, max_pairs=16, schema_view="digest", dpo_sft_weight=5.0,
-        sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=0,
+        sft_max_steps=48, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,
+        sft_eval_steps=24, sft_save_steps=24, max_seq_length=512, eval_max_samples=16, eval_samples=12,
+        probe_samples=8, dpo_max_steps=6, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
+        dpo_warmup_steps=1, max_pairs=12, schema_view="digest", dpo_sft_weight=5.0,
+        sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=20,
     ),
     # The tiny Gemma 3 student of earlier demos (tests use it): 600 steps in ~5 min, learns the format, not the task.
     "tiny": DslProfile(

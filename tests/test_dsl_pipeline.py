@@ -268,16 +268,18 @@ def test_dsl_group_materializes_end_to_end(resources, astforge_home):
     assert negatives == pytest.approx(positives * 0.6, abs=3)
 
     # Metrics: the names, both modes, both groups, in eval_metrics for both evaluations.
-    for asset in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval"):
+    # M0 (dsl_base_eval) is measured constrained only; the students in both modes.
+    for asset, modes in (("dsl_base_eval", ("constrained",)), ("dsl_sft_eval", ("constrained", "unconstrained")),
+                         ("dsl_dpo_eval", ("constrained", "unconstrained"))):
         names = {r["metric"] for r in catalog.query(
             "SELECT DISTINCT metric FROM eval_metrics WHERE asset_key = ?", [asset])}
         for metric in METRICS:
-            for name in (metric, f"{metric}_constrained", f"heldout_{metric}_constrained"):
+            for name in (f"{metric}_constrained", f"heldout_{metric}_constrained"):
                 assert name in names, (asset, name)
+            assert (metric in names) == ("unconstrained" in modes), (asset, metric)
         rows = catalog.query("SELECT mode, \"group\", count(*) AS n FROM eval_results WHERE asset_key = ? "
                              "GROUP BY ALL", [asset])
-        assert {(r["mode"], r["group"]) for r in rows} == {(m, g) for m in ("constrained", "unconstrained")
-                                                           for g in ("seen", "heldout")}
+        assert {(r["mode"], r["group"]) for r in rows} == {(m, g) for m in modes for g in ("seen", "heldout")}
 
     # Both adapters load onto the base with plain PEFT.
     base = catalog.require_artifact("dsl_base_model", "all")["path"]

@@ -107,8 +107,9 @@ def wrap_prompt(tokenizer, text: str) -> str:
 
 
 def completion_text(tokenizer, ast: Any) -> str:
-    """The training completion: the AST text, then the end-of-turn / end-of-sequence token."""
-    return ast_to_text(ast) + (tokenizer.eos_token or "")
+    """The training completion: the AST text (``ast`` as a JSON value, or already as its compact text), then the
+    end-of-turn / end-of-sequence token."""
+    return (ast if isinstance(ast, str) else ast_to_text(ast)) + (tokenizer.eos_token or "")
 
 
 def parse_completion(text: str) -> tuple[Any | None, str | None]:

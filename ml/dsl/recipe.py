@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ml.dsl.format import prompt_text, wrap_prompt
+from ml.dsl.format import completion_text, prompt_text, wrap_prompt
 
 
 def training_rows(data: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict], *, schema_view: str,
@@ -41,7 +41,7 @@ def split_validation(rows: Sequence[dict], fraction: float, cap: int, seed: int)
 def model_inputs(tokenizer, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(prompt in the tokenizer's chat template, completion + end token) pairs: what SFT trains on and what
     generation is prompted with."""
-    return [(wrap_prompt(tokenizer, r["prompt"]), r["completion"] + (tokenizer.eos_token or "")) for r in rows]
+    return [(wrap_prompt(tokenizer, r["prompt"]), completion_text(tokenizer, r["completion"])) for r in rows]
 
 
 def evaluation_rows(rows: Sequence[Mapping[str, Any]], samples: int, seed: int) -> list[dict]:
