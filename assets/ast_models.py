@@ -17,7 +17,7 @@ from assets.config_checks import (
     TrainableEmbeddings,
     TrainFraction,
 )
-from assets.models import pretrained_base, resolve_base
+from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.partitions import language_slices
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream
 from ml.languages import get_language
@@ -98,11 +98,14 @@ def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig,
     base = resolve_base(catalog, config.base_model, "ast_tokenizer.base_model", context)
     tok = build_ast_tokenizer(base.loadable, corpus, vocab, config.vocab_size)
     tok.init_kwargs["astforge_base_model"] = config.base_model
+    # the exact weights this tokenizer extends: ast_base_model loads these, not a later conversion of the alias
+    tok.init_kwargs["astforge_base_location"] = base.loadable
     lo, hi = ast_id_range(tok, vocab)
     base_size = tok.init_kwargs["astforge_base_vocab_size"]
     path = publish_folder(
         context, store=artifacts, catalog=catalog, build=tok.save_pretrained, rows=0,
-        upstream={"ast_corpus": entry["data_version"], "nl_ast_pairs": pentry["data_version"]},
+        upstream={"ast_corpus": entry["data_version"], "nl_ast_pairs": pentry["data_version"],
+                  **base_lineage(catalog, base)},
     ).path
     return dg.MaterializeResult(metadata={
         "base_model": config.base_model, "vocab_size": len(tok), "base_vocab_size": base_size,
@@ -124,9 +127,11 @@ def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig
     tok = AutoTokenizer.from_pretrained(tok_entry["path"])
     # The tokenizer asset records which base it extends: model and tokenizer must come from one base.
     base_model = tok.init_kwargs.get("astforge_base_model", _P.base_model)
-    base = resolve_base(catalog, base_model, "ast_tokenizer.base_model", context)
+    location = tok.init_kwargs.get("astforge_base_location")
+    if not location or not (location.startswith("tiny:") or Path(location).exists()):
+        location = resolve_base(catalog, base_model, "ast_tokenizer.base_model", context).loadable
     plan = compute.plan()
-    model = build_base_model(base.loadable, tok, seed=config.seed, plan=plan)
+    model = build_base_model(location, tok, seed=config.seed, plan=plan)
     n_params = sum(p.numel() for p in model.parameters())
     path = publish_folder(
         context, store=artifacts, catalog=catalog, build=lambda tmp: save_base_model(model, tok, tmp), rows=0,

@@ -22,7 +22,7 @@ from assets.config_checks import (
     Seed,
     TrainFraction,
 )
-from assets.models import pretrained_base, resolve_base
+from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.publish import (
     UNPARTITIONED,
     checkpoint_dir,
@@ -417,7 +417,7 @@ def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig
     n_params = sum(p.numel() for p in model.parameters())
     path = publish_folder(context, store=artifacts, catalog=catalog, rows=0,
                           build=lambda tmp: save_base_model(model, tok, tmp),
-                          upstream={"dsl_training_corpus": entry["data_version"]}).path
+                          upstream={"dsl_training_corpus": entry["data_version"], **base_lineage(catalog, base)}).path
     return dg.MaterializeResult(metadata={
         "base_model": config.base_model, "parameters": n_params, "vocab_size": len(tok),
         "architecture": type(model).__name__, "device": plan.device, "path": dg.MetadataValue.path(str(path)),
@@ -565,7 +565,7 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
     })
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_base_model], kinds={"pytorch"},
+@dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_base_model], kinds={"pytorch"},
           description="M0: the untrained base, measured like dsl_sft_eval with schema-constrained decoding (seen and "
                       "held-out domains, same metric names), so the report shows what training adds.")
 def dsl_base_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
@@ -573,7 +573,7 @@ def dsl_base_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teac
     return _evaluate(context, config, teacher, artifacts, catalog, compute, "dsl_base_model")
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_sft_adapter], kinds={"pytorch"},
+@dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_sft_adapter], kinds={"pytorch"},
           description="SFT student: parse, schema validity, exact match, teacher verdict; unconstrained and "
                       "schema-constrained; seen and held-out domains. Per-request rows in eval_results.")
 def dsl_sft_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
@@ -581,7 +581,7 @@ def dsl_sft_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teach
     return _evaluate(context, config, teacher, artifacts, catalog, compute, "dsl_sft_adapter")
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_sft_adapter, dsl_training_corpus], kinds={"duckdb"},
+@dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_sft_adapter, dsl_training_corpus], kinds={"duckdb"},
           description="Preference pairs: prompt → chosen (the teacher's AST) / rejected (the SFT student's output) "
                       "on training requests the teacher rejected.")
 def dsl_dpo_pairs(context: dg.AssetExecutionContext, config: DslDpoPairsConfig, teacher: TeacherResource,
@@ -669,7 +669,7 @@ def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, art
     })
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_dpo_adapter], kinds={"pytorch"},
+@dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_dpo_adapter], kinds={"pytorch"},
           description="DPO student, measured exactly like dsl_sft_eval.")
 def dsl_dpo_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
                  artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:

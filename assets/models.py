@@ -20,7 +20,7 @@ GROUP = "models"
 
 
 class PretrainedBaseConfig(dg.Config):
-    models: list[str] = sorted(PACKAGED)  # packaged aliases to convert
+    models: list[str] = sorted(PACKAGED)  # packaged aliases to convert (at least one)
 
 
 def _versions(aliases: list[str]) -> dict[str, dict]:
@@ -50,6 +50,8 @@ def _converted(catalog: DuckDBCatalog, alias: str, sha256: str) -> Path | None:
                       "hash, so a re-run with the same package converts nothing.")
 def pretrained_base(context: dg.AssetExecutionContext, config: PretrainedBaseConfig, artifacts: ArtifactStore,
                     catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    if not config.models:
+        raise dg.Failure(f"pretrained_base: `models` is empty; name at least one of {sorted(PACKAGED)}")
     unknown = sorted(set(config.models) - set(PACKAGED))
     if unknown:
         raise dg.Failure(f"pretrained_base: models {unknown} are not packaged aliases; known: {sorted(PACKAGED)}")
@@ -86,6 +88,14 @@ def pretrained_base(context: dg.AssetExecutionContext, config: PretrainedBaseCon
             "path": dg.MetadataValue.path(str(path)),
         },
     )
+
+
+def base_lineage(catalog: DuckDBCatalog, base: BaseRef) -> dict[str, str]:
+    """The upstream entry a model asset records for its base: the pretrained_base version it was built from."""
+    if base.kind != "packaged":
+        return {}
+    entry = catalog.latest_artifact("pretrained_base", UNPARTITIONED)
+    return {"pretrained_base": entry["data_version"]} if entry else {}
 
 
 def resolve_base(catalog: DuckDBCatalog, setting: str, field: str, context=None) -> BaseRef:

@@ -68,8 +68,11 @@ class PoolRecoveringExecutor(dg.Executor):
 
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
         instance, run_id, log = plan_context.instance, plan_context.run_id, plan_context.log
-        instance.add_run_tags(run_id, {HOST_TAG: socket.gethostname()})
-        recover_dead_runs(instance, log, exclude_run_id=run_id)
+        try:
+            instance.add_run_tags(run_id, {HOST_TAG: socket.gethostname()})
+            recover_dead_runs(instance, log, exclude_run_id=run_id)
+        except Exception as exc:  # a storage hiccup in the check must not fail the run it protects
+            log.warning(f"dead-run check skipped: {type(exc).__name__}: {exc}")
         watchdog: _Watchdog | None = None
         try:
             for event in self._inner.execute(plan_context, execution_plan):

@@ -78,7 +78,10 @@ def _lock_conflict(exc: Exception) -> bool:
 
 def _damaged(exc: Exception) -> bool:
     text = str(exc).lower()
-    return isinstance(exc, duckdb.Error) and not _lock_conflict(exc) and any(m in text for m in _DAMAGE_MARKERS)
+    # Only the error kinds DuckDB raises for unreadable storage: a query error that mentions a column named
+    # "checksum" is not a damaged file.
+    storage = (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException)
+    return isinstance(exc, storage) and not _lock_conflict(exc) and any(m in text for m in _DAMAGE_MARKERS)
 
 
 def rebuild_hint(db: Path) -> str:

@@ -127,12 +127,13 @@ def rebuild_catalog(catalog: DuckDBCatalog, store: ArtifactStore) -> RebuildRepo
     db = catalog.db_path
     report = RebuildReport(db, store.root_path)
     entries = []
-    for folder, manifest in store.manifests():
-        if manifest is None:
-            report.without_manifest.append(folder)
-        else:
-            entries.append((folder, manifest))
     with catalog.locked():
+        # read under the lock: a run that publishes meanwhile registers in the old file, which is moved aside
+        for folder, manifest in store.manifests():
+            if manifest is None:
+                report.without_manifest.append(folder)
+            else:
+                entries.append((folder, manifest))
         fresh = db.with_name(db.name + ".rebuilding")
         for stale in (fresh, fresh.with_name(fresh.name + ".wal")):
             stale.unlink(missing_ok=True)

@@ -26,6 +26,8 @@ def test_bad_settings_fail_at_once_naming_the_value_the_field_and_the_choices(tm
     with pytest.raises(BaseModelError,
                        match=r"dsl_base_model.base_model='no/such-model'.*HF_HUB_OFFLINE.*smollm2-135m"):
         resolve_base_model("no/such-model", field="dsl_base_model.base_model")
+    with pytest.raises(BaseModelError, match="neither an existing folder nor a hub id"):
+        resolve_base_model("models/foo/bar")
     with pytest.raises(BaseModelError, match="unknown tiny architecture.*tiny:qwen2"):
         resolve_base_model("tiny:nope")
     with pytest.raises(BaseModelError, match="no config.json"):

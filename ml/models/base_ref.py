@@ -90,16 +90,20 @@ def resolve_base_model(
             source = gguf_source(rest)
         except FileNotFoundError as exc:
             raise BaseModelError(f"{field}={setting!r}: {exc}") from exc
-        folder = Path(gguf_cache) / file_digest(source.path)[:16]
+        digest = file_digest(source.path)
+        folder = Path(gguf_cache) / digest[:16]
         if not (folder / "config.json").is_file():
             if on_log:
                 on_log(f"{field}: converting {source.path} into {folder} (once per file)")
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-            convert_gguf(source, tmp)
-            if folder.exists():  # another process converted the same file meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
+            try:
+                convert_gguf(source, tmp, digest=digest)
                 tmp.replace(folder)
+            except OSError:
+                if not (folder / "config.json").is_file():  # not "another process converted it meanwhile"
+                    raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return BaseRef(setting, kind, str(folder))
     if kind == "folder":
         folder = Path(rest).expanduser().resolve()
@@ -113,8 +117,13 @@ def resolve_base_model(
 def _check_hub(repo_id: str, field: str) -> None:
     """Fail at once, naming the setting, when a hub id can be neither read from the local cache nor fetched."""
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError as exc:
+        raise BaseModelError(f"{field}={repo_id!r} is neither an existing folder nor a hub id (owner/name); "
+                             f"{OFFLINE_CHOICES}") from exc
     if isinstance(cached, str):
         return
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")

@@ -74,7 +74,7 @@ class TrainResult:
     resumed_from: str | None
     tokens_per_s: float
     real_token_fraction: float = 1.0  # real / padded tokens over the training batches of this call
-    step_seconds: float = 0.0  # mean wall time of one optimizer step in this call (forward + backward + update)
+    step_seconds: float = 0.0  # mean wall time of forward + backward per optimizer step in this call (no update)
 
 
 # --------------------------------------------------------------------------- helpers
