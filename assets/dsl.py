@@ -5,6 +5,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -97,6 +98,8 @@ class DslBaseModelConfig(dg.Config):
 
 class DslSftConfig(dg.Config):
     max_steps: PositiveInt = _D.sft_max_steps  # -1 would be Hugging Face's "train epochs" sentinel: refused
+    # auto: the compute resource's; bf16 on a CPU with bfloat16 units is autocast (≈ 1.4x faster steps, measured)
+    precision: Literal["auto", "bf16", "fp32"] = _D.train_precision
     batch_size: PositiveInt = _D.sft_batch_size
     gradient_accumulation_steps: PositiveInt = _D.sft_grad_accum
     learning_rate: PositiveFloat = _D.sft_learning_rate
@@ -147,6 +150,7 @@ class DslDpoPairsConfig(dg.Config):
 
 class DslDpoConfig(dg.Config):
     beta: PositiveFloat = 0.1
+    precision: Literal["auto", "bf16", "fp32"] = _D.train_precision  # as in DslSftConfig
     max_steps: PositiveInt = _D.dpo_max_steps
     batch_size: PositiveInt = _D.dpo_batch_size
     gradient_accumulation_steps: PositiveInt = _D.dpo_grad_accum
@@ -457,7 +461,7 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
         # a random-init tiny: base also trains its embedding rows; a pretrained base keeps them
         trainable_embeddings="all" if tiny else "none",
     )
-    plan = compute.plan()
+    plan = compute.plan(config.precision)
     t = teacher.teacher()
     probe_rows = val[: config.probe_samples]
     probe_log = log_progress(context, "dsl SFT probe")
@@ -637,7 +641,7 @@ def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, art
                       warmup_steps=config.warmup_steps, logging_steps=config.logging_steps,
                       save_steps=config.save_steps, max_length=config.max_seq_length,
                       sft_weight=config.sft_weight, seed=config.seed)
-    plan = compute.plan()
+    plan = compute.plan(config.precision)
     work = checkpoint_dir(artifacts, "dsl_dpo_adapter", P,
                      {"sft": sft["data_version"], "pairs": pentry["data_version"], "cfg": config.model_dump()})
     holder = {}

@@ -22,8 +22,11 @@ class ComputeResource(dg.ConfigurableResource):
         check_choice(info.field_name, value)  # an unknown name fails when the resource is built, before any step
         return value
 
-    def plan(self) -> ComputePlan:
+    def plan(self, precision: str = "auto") -> ComputePlan:
+        """The resolved plan; ``precision`` other than ``auto`` overrides the resource's (a training asset's own
+        ``precision`` setting)."""
         try:
-            return resolve_compute(self.device, self.precision, self.quantization, self.backend)
+            return resolve_compute(self.device, self.precision if precision == "auto" else precision,
+                                   self.quantization, self.backend)
         except ValueError as exc:
             raise dg.Failure(f"compute resource: {exc}") from exc
