@@ -107,13 +107,14 @@ class DslProfile:
 
 
 DSL_PROFILES = {
-    # The packaged SmolLM2-135M-Instruct on 2 CPU cores: ≈ 7 s per SFT step of 8 rows (bf16 autocast, LoRA on the
-    # top 20 of 30 layers; 10.8 s in fp32 on all layers), and each evaluation request ≈ 2 s, so the group's budget
-    # (≤ 15 min) buys ~64 steps and 12 requests per group; the README's learning curve says what more steps give.
+    # The packaged SmolLM2-135M-Instruct on 2 CPU cores: 7-10 s per SFT step of 8 rows (bf16 autocast, LoRA on the
+    # top 20 of 30 layers; 10.8 s in fp32 on all layers) and ≈ 2 s per evaluation request. 80 steps and 12 requests
+    # per group put the group at ≈ 22 min (over its 15-min target: fewer steps learn nothing visible; the README's
+    # learning curve says what more steps give).
     "demo": DslProfile(
         base_model="smollm2-135m", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
-        sft_max_steps=64, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=2e-3, sft_warmup_steps=3,
-        sft_eval_steps=32, sft_save_steps=32, max_seq_length=512, eval_max_samples=16, eval_samples=12,
+        sft_max_steps=80, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,
+        sft_eval_steps=40, sft_save_steps=40, max_seq_length=512, eval_max_samples=16, eval_samples=12,
         probe_samples=8, dpo_max_steps=6, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
         dpo_warmup_steps=1, max_pairs=12, schema_view="digest", dpo_sft_weight=5.0,
         sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=20, train_precision=_cpu_bf16_or_auto(),

@@ -104,9 +104,15 @@ def make_probe_callback(tokenizer, rows, schemas, specs, teacher, max_new_tokens
     new_tokens = max_new_tokens or max_new_tokens_for(tokenizer, rows)
 
     class SemanticProbeCallback(TrainerCallback):
+        def __init__(self):
+            self.probed: set[int] = set()
+
         def on_evaluate(self, args, state, control, model=None, **kwargs):
             if model is None or not rows or (state.global_step == 0 and not at_step_zero):
                 return
+            if state.global_step in self.probed:  # the trainer's last evaluation and the final one share a step
+                return
+            self.probed.add(state.global_step)
             was_training = model.training
             model.eval()
             try:
