@@ -61,7 +61,7 @@ def test_tests_skip_only_on_the_optional_gpu_extra():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     optional = {name.replace("-", "_").lower() for name in project["optional-dependencies"]["gpu"]}
     bad = [
-        f"{path.relative_to(ROOT)}: importorskip({name!r})"
+        f"{path.relative_to(ROOT)}: skips when {name!r} is missing"
         for path in sorted((ROOT / "tests").glob("*.py"))
         for name in _importorskip_targets(path)
         if name.split(".")[0].lower() not in optional
