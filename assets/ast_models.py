@@ -255,15 +255,13 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
 
 def _merged_loader(base_path: str, adapter_asset: str, adapter: dict, language: str, plan):
     """Loads the adapter merged into its base, when the evaluation gets to it (one model in memory at a time)."""
-    from ml.training.sft import load_adapter
+    from ml.training.glue import load_merged
 
     def load():
         try:
-            model = load_adapter(base_path, adapter["path"], plan)
+            return load_merged(base_path, adapter["path"], plan)
         except ValueError as exc:
             raise dg.Failure(f"{adapter_asset}[{language}]: {exc}") from exc
-        # Merged weights generate several times faster than the adapter wrappers, with the same outputs.
-        return model.merge_and_unload()
 
     return load
 

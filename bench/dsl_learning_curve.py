@@ -53,7 +53,7 @@ def main() -> None:
     sft = {"max_steps": args.steps, "eval_steps": args.probe_every, "save_steps": args.steps,
            "probe_samples": args.probe_samples, "eval_max_samples": max(args.probe_samples, 8),
            "early_stopping_patience": 0}
-    for key, value in (("batch_size", args.batch_size), ("learning_rate", args.learning_rate),
+    for key, value in (("per_device_train_batch_size", args.batch_size), ("learning_rate", args.learning_rate),
                        ("lora_r", args.lora_r)):
         if value:
             sft[key] = value

@@ -51,3 +51,17 @@ dsl_eval_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval", "dsl_report"),
     description="Re-evaluate the current DSL adapters (e.g. after changing the teacher) and rebuild the report.",
 )
+
+autocomplete_data_job = dg.define_asset_job(
+    "autocomplete_data_job",
+    selection=dg.AssetSelection.assets("fim_samples"),
+    partitions_def=language_slices,
+    description="FIM and comment-to-code rows (and held-out infilling tasks) of one slice, from its code units.",
+)
+
+autocomplete_job = dg.define_asset_job(
+    "autocomplete_job",
+    selection=dg.AssetSelection.groups("autocomplete") - dg.AssetSelection.assets("fim_samples"),
+    description="Domain corpus, base with FIM tokens (M0), Stage A (M1), Stage B (M2), M0/M1/M2 evaluation and "
+                "report, on the current fim_samples of the slices Stage A reads.",
+)

@@ -102,5 +102,22 @@ DSL_DPO_PAIRS = pa.schema(
      ("rejected", pa.string()), ("reason", pa.string())]
 )
 
+# Autocomplete rows: FIM / comment-to-code training rows and single-line infilling tasks (kind = infill_task), split
+# by file (a file's rows are all train or all heldout). fim_samples per slice; domain_corpus for the Stage B domain.
+FIM_SAMPLES = pa.schema(
+    [("id", pa.string()), ("language", pa.string()), ("path", pa.string()), ("split", pa.string()),
+     ("kind", pa.string()), ("order", pa.string()), ("span", pa.string()), ("prefix", pa.large_string()),
+     ("middle", pa.large_string()), ("suffix", pa.large_string()), ("prompt", pa.large_string()),
+     ("completion", pa.large_string())]
+)
+
+AUTOCOMPLETE_RESULTS = pa.schema(
+    [("model", pa.string()), ("set", pa.string()), ("id", pa.string()), ("expected", pa.string()),
+     ("generated", pa.string()), ("truncated", pa.string()), ("exact_match", pa.bool_()),
+     ("edit_similarity", pa.float64()), ("syntax_valid", pa.bool_()), ("syntax_valid_truncated", pa.bool_()),
+     ("passed", pa.bool_()), ("latency_ms", pa.float64()), ("new_tokens", pa.int64())]
+)
+
+
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)

@@ -366,6 +366,15 @@ class DuckDBCatalog(dg.ConfigurableResource):
             )
         return found
 
+    def latest_training_curve(self, asset_key: str, partition: str) -> list[tuple[int, str, float]]:
+        """``(step, metric, value)`` of the training run that made the latest artifact of ``asset_key`` for
+        ``partition``, by step (empty when there is no artifact or that run logged no curve)."""
+        rows = self.query(
+            "SELECT step, metric, value FROM training_metrics WHERE asset_key = ? AND partition = ? AND run_id = ("
+            "SELECT run_id FROM artifacts WHERE asset_key = ? AND partition = ? ORDER BY created_at DESC LIMIT 1) "
+            "ORDER BY step, metric", [asset_key, partition, asset_key, partition])
+        return [(int(r["step"]), r["metric"], float(r["value"])) for r in rows]
+
     def query(self, sql: str, params: list | None = None) -> list[dict]:
         with self.connect() as con:
             cur = con.execute(sql, params or [])

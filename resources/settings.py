@@ -78,7 +78,7 @@ class DslProfile:
     sft_warmup_steps: int
     sft_eval_steps: int
     sft_save_steps: int
-    max_seq_length: int
+    max_length: int  # SFT and DPO sequence cap (tokens)
     eval_max_samples: int  # SFT validation rows (eval_loss)
     eval_samples: int  # generated requests per group (seen / held-out domains) in dsl_*_eval
     probe_samples: int  # requests generated at each SFT evaluation (semantic_pass_rate vs steps); 0 = off
@@ -114,7 +114,7 @@ DSL_PROFILES = {
     "demo": DslProfile(
         base_model="smollm2-135m", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
         sft_max_steps=80, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,
-        sft_eval_steps=40, sft_save_steps=40, max_seq_length=512, eval_max_samples=16, eval_samples=12,
+        sft_eval_steps=40, sft_save_steps=40, max_length=512, eval_max_samples=16, eval_samples=12,
         probe_samples=8, dpo_max_steps=6, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
         dpo_warmup_steps=1, max_pairs=12, schema_view="digest", dpo_sft_weight=5.0,
         sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=20, train_precision=_cpu_bf16_or_auto(),
@@ -123,14 +123,14 @@ DSL_PROFILES = {
     "tiny": DslProfile(
         base_model="tiny:gemma3_text", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
         sft_max_steps=600, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=3e-3, sft_warmup_steps=10,
-        sft_eval_steps=100, sft_save_steps=100, max_seq_length=1024, eval_max_samples=32, eval_samples=32,
+        sft_eval_steps=100, sft_save_steps=100, max_length=1024, eval_max_samples=32, eval_samples=32,
         probe_samples=16, dpo_max_steps=20, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
         dpo_warmup_steps=2, max_pairs=64, schema_view="digest", dpo_sft_weight=5.0,
     ),
     "full": DslProfile(
         base_model="unsloth/gemma-3-270m-it", examples_per_schema=60, per_schema_queries=60, positives_per_schema=250,
         sft_max_steps=3000, sft_batch_size=4, sft_grad_accum=4, sft_learning_rate=5e-5, sft_warmup_steps=50,
-        sft_eval_steps=50, sft_save_steps=200, max_seq_length=32768, eval_max_samples=256, eval_samples=200,
+        sft_eval_steps=50, sft_save_steps=200, max_length=32768, eval_max_samples=256, eval_samples=200,
         probe_samples=0, dpo_max_steps=500, dpo_batch_size=2, dpo_grad_accum=8, dpo_learning_rate=5e-6,
         dpo_warmup_steps=50, max_pairs=2000,
     ),
@@ -143,3 +143,40 @@ def active_dsl_profile() -> DslProfile:
     if name not in DSL_PROFILES:
         raise ValueError(f"ASTFORGE_DSL_PROFILE={name!r}: expected one of {', '.join(DSL_PROFILES)}")
     return DSL_PROFILES[name]
+
+
+@dataclass(frozen=True)
+class AutocompleteProfile:
+    """The `autocomplete` group's sizes (ASTFORGE_PROFILE's name: demo | full)."""
+
+    name: str
+    base_model: str
+    domain_max_examples: int  # 0: every example of the domain source
+    stage_a_steps: int
+    stage_b_steps: int
+    batch_size: int
+    max_length: int
+    learning_rate: float
+    eval_tasks: int  # per set (generic, domain, humaneval)
+    train_precision: str
+
+
+AUTOCOMPLETE_PROFILES = {
+    # SmolLM2-135M on 2 CPU cores: ≈ 250-token rows, bf16 autocast where the CPU has it; three models × three sets
+    # of eval_tasks single-line completions at batch 1.
+    "demo": AutocompleteProfile("demo", "smollm2-135m", domain_max_examples=4000, stage_a_steps=40, stage_b_steps=20,
+                                batch_size=8, max_length=320, learning_rate=1e-3, eval_tasks=16,
+                                train_precision="bf16-if-cpu"),
+    "full": AutocompleteProfile("full", "Qwen/Qwen2.5-Coder-0.5B", domain_max_examples=0, stage_a_steps=2000,
+                                stage_b_steps=600, batch_size=16, max_length=1024, learning_rate=2e-4,
+                                eval_tasks=164, train_precision="auto"),
+}
+
+
+def active_autocomplete_profile() -> AutocompleteProfile:
+    profile = AUTOCOMPLETE_PROFILES[active_profile().name]
+    if profile.train_precision == "bf16-if-cpu":
+        from dataclasses import replace
+
+        profile = replace(profile, train_precision=_cpu_bf16_or_auto())
+    return profile

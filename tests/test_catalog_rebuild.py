@@ -5,6 +5,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -90,6 +91,24 @@ def test_same_content_again_keeps_one_folder_whose_manifest_names_the_latest_run
     [folder] = (astforge_home / "artifacts" / "tiny_trained" / "all").iterdir()
     assert read_manifest(folder)["run_id"] == second.run_id != first.run_id
     assert {p.name for p in folder.iterdir()} == {"metrics.json", "adapter.bin", MANIFEST, "_training_metrics.json"}
+
+
+def test_latest_training_curve_is_the_run_of_the_latest_artifact(astforge_home):
+    catalog = DuckDBCatalog()
+    assert catalog.latest_training_curve("trained", "all") == []
+    for i, run in enumerate(("old-run", "new-run")):
+        folder = astforge_home / run
+        folder.mkdir(parents=True)
+        catalog.publish_partition(asset_key="trained", partition="all", data_version=run, path=folder, run_id=run,
+                                  rows=0, created_at=datetime(2026, 1, 1 + i))
+        catalog.write_training_curve(asset_key="trained", partition="all", run_id=run,
+                                     points=[(2, "loss", 1.0 + i), (1, "loss", 2.0 + i), (1, "eval_loss", 3.0)])
+    # A curve of a run that published nothing (a failed retry) and another slice's curve are not it.
+    catalog.write_training_curve(asset_key="trained", partition="all", run_id="failed-run", points=[(9, "loss", 0.1)])
+    catalog.write_training_curve(asset_key="trained", partition="java", run_id="new-run", points=[(5, "loss", 0.2)])
+    assert catalog.latest_training_curve("trained", "all") == [(1, "eval_loss", 3.0), (1, "loss", 3.0),
+                                                               (2, "loss", 2.0)]
+    assert catalog.latest_training_curve("trained", "python") == []
 
 
 def test_a_garbage_catalog_is_reported_at_once_not_waited_on(astforge_home):

@@ -58,7 +58,9 @@ BAD = [
     (DslBaseModelConfig, "bpe_split", "chars"),
     (DslBaseModelConfig, "bpe_max_token_length", -1),
     (DslSftConfig, "max_steps", -1),
-    (DslSftConfig, "batch_size", 0),
+    (DslSftConfig, "per_device_train_batch_size", 0),
+    (DslSftConfig, "max_length", 0),
+    (DslSftConfig, "early_stopping_threshold", -0.1),
     (DslSftConfig, "learning_rate", 0.0),
     (DslSftConfig, "val_split", 1.0),
     (DslSftConfig, "lora_r", 0),
@@ -74,6 +76,8 @@ BAD = [
     (DslDpoConfig, "max_steps", -1),
     (DslDpoConfig, "learning_rate", -5e-6),
     (DslDpoConfig, "sft_weight", -1.0),
+    (DslDpoConfig, "per_device_train_batch_size", 0),
+    (DslDpoConfig, "max_length", 0),
 ]
 
 

@@ -43,6 +43,13 @@ EXPECTED_ASSETS: dict[str, tuple[str, tuple | None]] = {
     "dsl_dpo_adapter": ("dsl", None),
     "dsl_dpo_eval": ("dsl", None),
     "dsl_report": ("dsl", None),
+    # autocomplete
+    "fim_samples": ("autocomplete", SLICES),
+    "domain_corpus": ("autocomplete", None),
+    "autocomplete_base_model": ("autocomplete", None),
+    "autocomplete_stage_a_adapter": ("autocomplete", None),
+    "autocomplete_stage_b_adapter": ("autocomplete", None),
+    "autocomplete_eval": ("autocomplete", None),
 }
 
 # (asset key, check name) -> blocking

@@ -236,11 +236,11 @@ TINY_RUN = {
     "dsl_dataset": {"positives_per_schema": 30},
     "dsl_base_model": {"base_model": "tiny:gemma3_text", "vocab_size": 800},
     "dsl_base_eval": {"samples": 3},
-    "dsl_sft_adapter": {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1,
-                        "probe_samples": 2, "eval_max_samples": 4},
+    "dsl_sft_adapter": {"max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 2, "save_steps": 2,
+                        "logging_steps": 1, "probe_samples": 2, "eval_max_samples": 4},
     "dsl_sft_eval": {"samples": 3},
     "dsl_dpo_pairs": {"max_pairs": 4},
-    "dsl_dpo_adapter": {"max_steps": 2, "batch_size": 2, "logging_steps": 1},
+    "dsl_dpo_adapter": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1},
     "dsl_dpo_eval": {"samples": 3},
 }
 

@@ -24,7 +24,8 @@ from ml.dsl.teachers import (
     parse_verdict,
     resolve_model_id,
 )
-from ml.serving import FaultInjectingBackend, HFChatBackend, ProgrammaticChatBackend, serve
+from ml.serving import HFChatBackend, ProgrammaticChatBackend, serve
+from tests.chat_faults import FaultInjectingBackend
 
 PROTOCOLS = ("ollama", "openai")
 

@@ -1,15 +1,92 @@
-"""The DSL pipeline's recipe, called by the `dsl` assets and by bench/dsl_learning_curve.py alike: training rows
-from the labelled dataset, the validation split, the (prompt, completion) pairs a trainer sees, the evaluation rows,
-and one evaluation of a model in both decoding modes."""
+"""The DSL pipeline's recipe, called by the `dsl` assets and by bench/dsl_learning_curve.py alike: teacher labels
+for the requests, training rows from the labelled dataset, the validation split, the (prompt, completion) pairs a
+trainer sees, the SFT and DPO trainer settings, the evaluation rows, one evaluation of a model in both decoding
+modes, and the report from the published artifacts."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ml.dsl.format import completion_text, prompt_text, wrap_prompt
+from ml.dsl.domains import schema_errors
+from ml.dsl.format import ast_to_text, completion_text, prompt_text, wrap_prompt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ml.training.dpo import DPOSettings
+    from ml.training.sft import PhaseConfig
+
+# Settings of the SFT step that choose rows, precision or the probe, not trainer behaviour.
+SFT_RECIPE_SETTINGS = frozenset({"precision", "val_split", "eval_max_samples", "probe_samples"})
+DPO_RECIPE_SETTINGS = frozenset({"precision"})
+
+
+def label_requests(queries: Sequence[Mapping[str, Any]], specs: Mapping[str, Any], schemas: Mapping[str, dict],
+                   teacher, positives_per_schema: int, on_progress: Callable[[int, int], None] | None = None,
+                   every: int = 500) -> tuple[list[dict], dict[str, int]]:
+    """Dataset rows for requests (``id domain split lang text teacher_ast_json``) labelled by ``teacher``: at most
+    ``positives_per_schema`` per domain, each label valid against its domain's schema. Returns the rows and how many
+    requests were skipped, by reason. ``on_progress(done, total)`` every ``every`` requests. A dead teacher raises
+    its ``TeacherUnavailable``: nothing is returned half-labelled."""
+    from ml.dsl.teachers import TeacherQuery
+
+    skipped = {"teacher_no_label": 0, "schema_invalid_label": 0, "over_positive_cap": 0}
+    rows: list[dict] = []
+    kept: dict[str, int] = {}
+    for i, q in enumerate(queries):
+        if on_progress is not None and i and i % every == 0:
+            on_progress(i, len(queries))
+        domain = q["domain"]
+        if kept.get(domain, 0) >= positives_per_schema:
+            skipped["over_positive_cap"] += 1
+            continue
+        known = json.loads(q["teacher_ast_json"]) if q["teacher_ast_json"] else None
+        ast = teacher.label(specs[domain], schemas[domain],
+                            TeacherQuery(domain=domain, lang=q["lang"], text=q["text"], ast=known))
+        if ast is None:
+            skipped["teacher_no_label"] += 1
+            continue
+        if schema_errors(ast, schemas[domain]):
+            skipped["schema_invalid_label"] += 1
+            continue
+        kept[domain] = kept.get(domain, 0) + 1
+        rows.append({"id": q["id"], "domain": domain, "split": q["split"], "lang": q["lang"], "query": q["text"],
+                     "ast_json": ast_to_text(ast), "valid": True, "mutation": None, "errors": None})
+    return rows, skipped
+
+
+def _trainer_fields(settings: Mapping[str, Any], cls, recipe_only: frozenset[str]) -> dict[str, Any]:
+    """The ``cls`` fields of ``settings``; a key that is neither one nor a recipe setting is an error, never ignored
+    (the step's config carries TRL's own names, so a mismatch is a bug, not a user's typo)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(settings) - known - recipe_only)
+    if unknown:
+        raise ValueError(f"unknown trainer settings {unknown}: {cls.__name__} has no such fields")
+    return {k: v for k, v in settings.items() if k in known}
+
+
+def sft_phase_config(settings: Mapping[str, Any], *, tiny_base: bool) -> PhaseConfig:
+    """The DSL student's ``PhaseConfig`` from the SFT step's settings (``config.model_dump()``, TRL's field names)
+    and the recipe's fixed choices: prompt and completion joined as they are (the chat template separates them and
+    the completion already ends with the end token), linear decay, evaluation batches as large as training ones."""
+    from ml.training.sft import PhaseConfig
+
+    picked = _trainer_fields(settings, PhaseConfig, SFT_RECIPE_SETTINGS)
+    return PhaseConfig(**picked, per_device_eval_batch_size=picked["per_device_train_batch_size"], separator="",
+                       add_eos=False, lr_scheduler_type="linear",
+                       # a random-init tiny: base also trains its embedding rows; a pretrained base keeps them
+                       trainable_embeddings="all" if tiny_base else "none")
+
+
+def dpo_settings(settings: Mapping[str, Any]) -> DPOSettings:
+    """``DPOSettings`` from the DPO step's settings (``config.model_dump()``, TRL's field names)."""
+    from ml.training.dpo import DPOSettings
+
+    return DPOSettings(**_trainer_fields(settings, DPOSettings, DPO_RECIPE_SETTINGS))
 
 
 def training_rows(data: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict], *, schema_view: str,
@@ -74,3 +151,59 @@ def evaluate_both_modes(model, tokenizer, rows: Sequence[Mapping[str, Any]], sch
             on_log(f"{label} {mode}: {len(rows)} requests in {time.monotonic() - started:.0f}s: "
                    + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
     return {k: round(float(v), 4) for k, v in metrics.items()}, results
+
+
+@dataclass
+class Report:
+    markdown: str  # names its images as ``<name>.png`` files beside it
+    images: dict[str, bytes]  # PNG by name: rates, sft_curve, dpo_curve
+    metrics: dict[str, dict[str, float]]  # base | sft | dpo -> the evaluation's metrics
+
+    def inline_markdown(self) -> str:
+        """The markdown with its images embedded as data URLs (for a viewer that sees only the text)."""
+        import base64
+
+        text = self.markdown
+        for name, png in self.images.items():
+            text = text.replace(f"({name}.png)", f"(data:image/png;base64,{base64.b64encode(png).decode()})")
+        return text
+
+
+def _base_model_id(folder: Path) -> str:
+    """The base a student was built from (recorded by dsl_base_model in its tokenizer config), else the folder."""
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        return json.loads(cfg.read_text()).get("astforge_base_model") or str(folder)
+    return str(folder)
+
+
+def build_report(folders: Mapping[str, Path], curves: Mapping[str, Sequence[tuple[int, str, float]]],
+                 dataset_rows: int) -> Report:
+    """Base (M0) vs SFT vs DPO from the published folders, keyed ``base_eval sft_eval dpo_eval`` (``metrics.json``;
+    the students' also ``rows.parquet``), ``sft_adapter dpo_adapter`` (``train_result.json``), ``base_model`` and
+    ``domain_specs`` (``rows.parquet``), and the adapters' training ``curves`` keyed ``sft_adapter dpo_adapter``."""
+    import pyarrow.parquet as pq
+
+    from ml.dsl.report import dpo_curve_plot, dsl_report_markdown, rates_plot, sft_curve_plot
+
+    metrics = {k: json.loads((Path(folders[f"{k}_eval"]) / "metrics.json").read_text()) for k in ("base", "sft", "dpo")}
+    rows = {k: pq.read_table(Path(folders[f"{k}_eval"]) / "rows.parquet").to_pylist() for k in ("sft", "dpo")}
+    trained = {k: json.loads((Path(folders[f"{k}_adapter"]) / "train_result.json").read_text()) for k in ("sft", "dpo")}
+    specs = pq.read_table(Path(folders["domain_specs"]) / "rows.parquet").to_pylist()
+    images = {
+        "rates": rates_plot({"base": metrics["base"], "SFT": metrics["sft"], "DPO": metrics["dpo"]}),
+        "sft_curve": sft_curve_plot(curves["sft_adapter"]),
+        "dpo_curve": dpo_curve_plot(curves["dpo_adapter"]),
+    }
+    summary = {
+        "teacher": specs[0]["teacher"] if specs else "?",
+        "base_model": _base_model_id(Path(folders["base_model"])),
+        "train_domains": ", ".join(s["domain"] for s in specs if s["split"] == "train"),
+        "heldout_domains": ", ".join(s["domain"] for s in specs if s["split"] != "train") or "none",
+        "dataset_rows": dataset_rows, "sft_steps": trained["sft"]["steps"], "dpo_steps": trained["dpo"]["steps"],
+        "dpo_pairs": trained["dpo"]["pairs"],
+    }
+    markdown = dsl_report_markdown(sft_metrics=metrics["sft"], dpo_metrics=metrics["dpo"], sft_rows=rows["sft"],
+                                   dpo_rows=rows["dpo"], images={k: f"{k}.png" for k in images}, summary=summary,
+                                   base_metrics=metrics["base"])
+    return Report(markdown, images, metrics)

@@ -2,14 +2,16 @@
 
 Routes: OpenAI ``GET /v1/models``, ``POST /v1/chat/completions``; Ollama ``GET /api/tags``, ``POST /api/chat``;
 ``GET /`` and ``GET /health`` for liveness. Errors are JSON with a proper status (400 bad body, 404 unknown route,
-500 backend failure). Streaming requests get the whole answer as one chunk.
+500 backend failure): OpenAI's ``{"error": {"message", "type", "code"}}``, Ollama's ``{"error": message}`` under
+``/api/``. Streaming requests get the whole answer as one chunk. FastAPI app (:func:`create_chat_app`) served by
+uvicorn; :func:`serve` runs it on a background thread.
 
-A backend is any callable ``messages -> str`` (the assistant's reply); optional attribute ``model_name``.
+A backend is any callable ``messages -> str`` (the assistant's reply); optional attribute ``model_name``. It runs
+in a worker thread, so a slow one does not hold up other requests.
 
 - :class:`ProgrammaticChatBackend`: the programmatic teacher behind the route. It answers the ``TASK:`` /
   ``INPUT:`` prompts that :class:`ml.dsl.teachers.HttpTeacher` sends.
 - :class:`HFChatBackend`: greedy generation from a Hugging Face causal LM (a trained student, or a tiny one).
-- :class:`FaultInjectingBackend`: garbage / slow / failing answers on a schedule, for tests.
 
 ``python -m ml.serving.chat_server --backend programmatic --port 8011`` serves the programmatic teacher.
 """
@@ -23,9 +25,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml.dsl.domains import build_domain, schema_errors, spec_from_dict, spec_to_dict
 from ml.dsl.teachers import (
@@ -192,185 +199,139 @@ class HFChatBackend:
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-FAULTS = ("ok", "garbage", "invalid", "timeout", "error500", "error503", "error400")
-
-
-class FaultInjectingBackend:
-    """Wraps a backend and misbehaves on a schedule: call ``i`` applies ``faults[i]`` (then ``ok`` forever).
-
-    ``garbage``: text that holds no JSON object; ``invalid``: a JSON object no query schema accepts; ``timeout``:
-    sleeps ``sleep_s`` before answering (a client with a shorter timeout gives up); ``error<status>``: answers that
-    HTTP status; ``ok``: the wrapped backend's answer."""
-
-    def __init__(self, inner: ChatBackend, faults: Sequence[str], sleep_s: float = 2.0) -> None:
-        for f in faults:
-            if f not in FAULTS and not (f.startswith("error") and f[5:].isdigit()):
-                raise ValueError(f"unknown fault {f!r}; expected one of {FAULTS}")
-        self.inner = inner
-        self.faults = list(faults)
-        self.sleep_s = sleep_s
-        self.calls = 0
-        self.model_name = getattr(inner, "model_name", "faulty")
-        self._lock = threading.Lock()
-
-    @classmethod
-    def first(cls, inner: ChatBackend, fault: str, k: int, sleep_s: float = 2.0) -> FaultInjectingBackend:
-        """``fault`` for the first ``k`` calls, then the wrapped backend."""
-        return cls(inner, [fault] * k, sleep_s)
-
-    def __call__(self, messages: Messages) -> str:
-        with self._lock:
-            fault = self.faults[self.calls] if self.calls < len(self.faults) else "ok"
-            self.calls += 1
-        if fault == "garbage":
-            return "Sure! Here is what I think: the answer is probably fine {not json"
-        if fault == "invalid":
-            return '{"answer": "no idea"}'
-        if fault.startswith("error"):
-            raise BackendError(int(fault[5:]), f"injected fault: HTTP {fault[5:]}")
-        if fault == "timeout":
-            time.sleep(self.sleep_s)
-        return self.inner(messages)
-
-
 # ---------------------------------------------------------------------------------------------------- HTTP server
-
-
-class ChatServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], backend: ChatBackend, model_name: str | None = None,
-                 verbose: bool = False) -> None:
-        super().__init__(address, _Handler)
-        self.backend = backend
-        self.model_name = model_name or getattr(backend, "model_name", None) or "astforge"
-        self.verbose = verbose
 
 
 def _words(text: str) -> int:
     return len(text.split())
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: ChatServer
-    server_version = "astforge-chat/0.1"
+def _iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            super().log_message(format, *args)
 
-    def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
-        data = body if isinstance(body, bytes) else _compact(body).encode("utf-8")
+def _json(status: int, body: Any, media_type: str = "application/json") -> Response:
+    data = body if isinstance(body, bytes) else _compact(body).encode("utf-8")
+    return Response(data, status_code=status, media_type=media_type)
+
+
+def _error(path: str, status: int, message: str) -> Response:
+    if path.startswith("/api/"):  # Ollama's error shape
+        return _json(status, {"error": message})
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "server_error")
+    return _json(status, {"error": {"message": message, "type": kind, "code": status}})
+
+
+class _IgnoreTrailingSlash:
+    """``/v1/models/`` is ``/v1/models`` (clients join base URLs and paths in every way)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(scope["path"]) > 1 and scope["path"].endswith("/"):
+            scope = {**scope, "path": scope["path"].rstrip("/") or "/"}
+        await self.app(scope, receive, send)
+
+
+def create_chat_app(backend: ChatBackend, model_name: str | None = None) -> FastAPI:
+    """The FastAPI app serving ``backend`` over the OpenAI and Ollama chat routes (see the module docstring)."""
+    name = model_name or getattr(backend, "model_name", None) or "astforge"
+    app = FastAPI(title="astforge chat", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app.state.model_name = name
+    app.add_middleware(_IgnoreTrailingSlash)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unknown(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (404, 405):  # a GET of a POST route is an unknown route too, as before
+            return _error(request.url.path, 404, f"unknown route {request.method} {request.url.path}")
+        return _error(request.url.path, exc.status_code, str(exc.detail))
+
+    @app.get("/")
+    @app.get("/health")
+    async def health() -> Response:
+        return _json(200, {"status": "ok", "model": name})
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return _json(200, {"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
+                                                      "owned_by": "astforge"}]})
+
+    @app.get("/api/tags")
+    async def tags() -> Response:
+        return _json(200, {"models": [{"name": name, "model": name, "modified_at": _iso_now(), "size": 0,
+                                       "digest": "", "details": {"format": "astforge"}}]})
+
+    async def chat(request: Request, answer: Callable[[dict, str, str, Messages], Response]) -> Response:
+        path = request.url.path
+        raw = await request.body()
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-            pass
-
-    def _error(self, status: int, message: str) -> None:
-        if self.path.startswith("/api/"):
-            self._send(status, {"error": message})
-        else:
-            kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "server_error")
-            self._send(status, {"error": {"message": message, "type": kind, "code": status}})
-
-    def _route(self) -> str:
-        return self.path.split("?", 1)[0].rstrip("/") or "/"
-
-    def do_GET(self) -> None:
-        route, name, now = self._route(), self.server.model_name, int(time.time())
-        if route in ("/", "/health"):
-            self._send(200, {"status": "ok", "model": name})
-        elif route == "/v1/models":
-            self._send(200, {"object": "list",
-                             "data": [{"id": name, "object": "model", "created": now, "owned_by": "astforge"}]})
-        elif route == "/api/tags":
-            self._send(200, {"models": [{"name": name, "model": name, "modified_at": _iso_now(), "size": 0,
-                                         "digest": "", "details": {"format": "astforge"}}]})
-        else:
-            self._error(404, f"unknown route GET {route}")
-
-    def do_POST(self) -> None:
-        route = self._route()
-        if route not in ("/v1/chat/completions", "/api/chat"):
-            self._error(404, f"unknown route POST {route}")
-            return
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length).decode("utf-8")) if length else None
+            body = json.loads(raw.decode("utf-8")) if raw else None
         except (ValueError, UnicodeDecodeError) as exc:
-            self._error(400, f"request body is not JSON: {exc}")
-            return
+            return _error(path, 400, f"request body is not JSON: {exc}")
         if not isinstance(body, dict):
-            self._error(400, "request body must be a JSON object")
-            return
+            return _error(path, 400, "request body must be a JSON object")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages
         ):
-            self._error(400, "'messages' must be a non-empty list of {role, content} objects")
-            return
+            return _error(path, 400, "'messages' must be a non-empty list of {role, content} objects")
         try:
-            content = self.server.backend(messages)
+            content = await run_in_threadpool(backend, messages)
         except BackendError as exc:
-            self._error(exc.status, exc.message)
-            return
+            return _error(path, exc.status, exc.message)
         except Exception as exc:  # a backend failure is a 500, not a crash
-            self._error(500, f"backend failed: {type(exc).__name__}: {exc}")
-            return
-        model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else None
-        model = model or self.server.model_name
-        if route == "/api/chat":
-            self._ollama(body, model, content, messages)
-        else:
-            self._openai(body, model, content, messages)
+            return _error(path, 500, f"backend failed: {type(exc).__name__}: {exc}")
+        model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else name
+        return answer(body, model, content, messages)
 
-    def _ollama(self, body: dict, model: str, content: str, messages: Messages) -> None:
-        answer = {"model": model, "created_at": _iso_now(), "message": {"role": "assistant", "content": content},
-                  "done": True, "done_reason": "stop",
-                  "prompt_eval_count": sum(_words(str(m.get("content") or "")) for m in messages),
-                  "eval_count": _words(content)}
-        if body.get("stream", True):  # Ollama streams by default: one NDJSON line holding everything
-            self._send(200, (_compact(answer) + "\n").encode("utf-8"), "application/x-ndjson")
-        else:
-            self._send(200, answer)
+    @app.post("/v1/chat/completions")
+    async def openai_chat(request: Request) -> Response:
+        return await chat(request, _openai)
 
-    def _openai(self, body: dict, model: str, content: str, messages: Messages) -> None:
-        prompt_tokens = sum(_words(str(m.get("content") or "")) for m in messages)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if body.get("stream"):
-            chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
-                                  "finish_reason": "stop"}]}
-            self._send(200, f"data: {_compact(chunk)}\n\ndata: [DONE]\n\n".encode(), "text/event-stream")
-            return
-        self._send(200, {
-            "id": ident, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _words(content),
-                      "total_tokens": prompt_tokens + _words(content)},
-        })
+    @app.post("/api/chat")
+    async def ollama_chat(request: Request) -> Response:
+        return await chat(request, _ollama)
+
+    return app
 
 
-def _iso_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _ollama(body: dict, model: str, content: str, messages: Messages) -> Response:
+    answer = {"model": model, "created_at": _iso_now(), "message": {"role": "assistant", "content": content},
+              "done": True, "done_reason": "stop",
+              "prompt_eval_count": sum(_words(str(m.get("content") or "")) for m in messages),
+              "eval_count": _words(content)}
+    if body.get("stream", True):  # Ollama streams by default: one NDJSON line holding everything
+        return _json(200, (_compact(answer) + "\n").encode("utf-8"), "application/x-ndjson")
+    return _json(200, answer)
+
+
+def _openai(body: dict, model: str, content: str, messages: Messages) -> Response:
+    prompt_tokens = sum(_words(str(m.get("content") or "")) for m in messages)
+    ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if body.get("stream"):
+        chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
+                              "finish_reason": "stop"}]}
+        return _json(200, f"data: {_compact(chunk)}\n\ndata: [DONE]\n\n".encode(), "text/event-stream")
+    return _json(200, {
+        "id": ident, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _words(content),
+                  "total_tokens": prompt_tokens + _words(content)},
+    })
 
 
 class ServerHandle(NamedTuple):
     """``(server, thread, base_url)``; also a context manager that stops the server on exit."""
 
-    server: ChatServer
+    server: uvicorn.Server
     thread: threading.Thread
     base_url: str
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -381,12 +342,23 @@ class ServerHandle(NamedTuple):
 
 def serve(backend: ChatBackend, host: str = "127.0.0.1", port: int = 0, *, model_name: str | None = None,
           verbose: bool = False) -> ServerHandle:
-    """Start a :class:`ChatServer` on a daemon thread (``port=0``: an ephemeral port). Returns
-    ``(server, thread, base_url)``; use it as ``with serve(backend) as (server, thread, url): ...``."""
-    server = ChatServer((host, port), backend, model_name=model_name, verbose=verbose)
-    thread = threading.Thread(target=server.serve_forever, name="astforge-chat-server", daemon=True)
+    """Start uvicorn serving :func:`create_chat_app` on a daemon thread (``port=0``: an ephemeral port) and wait
+    until it listens. Returns ``(server, thread, base_url)``; use it as
+    ``with serve(backend) as (server, thread, url): ...``."""
+    config = uvicorn.Config(create_chat_app(backend, model_name), host=host, port=port, lifespan="off",
+                            log_level="info" if verbose else "warning", access_log=verbose,
+                            # a backend still sleeping for a client that gave up must not hold the exit long
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="astforge-chat-server", daemon=True)
     thread.start()
-    bound_host, bound_port = server.server_address[:2]
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:  # uvicorn exits its thread when it cannot bind
+            server.should_exit = True
+            raise OSError(f"the chat server did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     return ServerHandle(server, thread, f"http://{shown}:{bound_port}")
 
@@ -407,17 +379,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         backend: ChatBackend = HFChatBackend(args.model_dir, max_new_tokens=args.max_new_tokens)
     else:
         backend = ProgrammaticChatBackend()
-    server = ChatServer((args.host, args.port), backend, model_name=args.model_name, verbose=args.verbose)
-    host, port = server.server_address[:2]
-    base = f"http://{host}:{port}"
-    print(f"serving {args.backend} as {server.model_name!r} on {base} "
+    app = create_chat_app(backend, args.model_name)
+    base = f"http://{args.host}:{args.port}"
+    print(f"serving {args.backend} as {app.state.model_name!r} on {base} "
           f"(OpenAI: {base}/v1/chat/completions, Ollama: {base}/api/chat); Ctrl-C stops", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+                access_log=args.verbose)
 
 
 if __name__ == "__main__":

@@ -601,17 +601,19 @@ def build_lora_sft_trainer(
 
     Pairs whose prompt + completion exceed ``cfg.max_length`` are dropped (a cut completion would teach the
     model to stop mid-answer); the eval batches are checked for supervised tokens before training starts.
-    ``cfg.trainable_embeddings``: "none" (LoRA only, for a pretrained base) or "all" (a random-init ``tiny:``
-    base also trains its embedding rows). Extra ``callbacks`` (``transformers.TrainerCallback``) are added."""
+    ``cfg.trainable_embeddings``: "none" (LoRA only, for a pretrained base), "added" (plus the rows of the tokens
+    appended after the base vocabulary, e.g. FIM tokens) or "all" (a random-init ``tiny:`` base also trains its
+    embedding rows). Extra ``callbacks`` (``transformers.TrainerCallback``) are added."""
     from datasets import Dataset
 
     Trainer, LogCb = _make_trainer_class()
     rows, eval_rows, dropped = _checked_rows(tokenizer, pairs, eval_pairs, cfg, "SFT")
     model = load_base(base_dir, plan, cfg.gradient_checkpointing)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
-    if cfg.trainable_embeddings not in ("none", "all"):
-        raise ValueError(f"trainable_embeddings must be 'none' or 'all', not {cfg.trainable_embeddings!r}")
-    ids = list(range(vocab_rows)) if cfg.trainable_embeddings == "all" else []
+    choices = {"none": [], "all": list(range(vocab_rows)), "added": ast_token_ids(tokenizer)}
+    if cfg.trainable_embeddings not in choices:
+        raise ValueError(f"trainable_embeddings must be one of {sorted(choices)}, not {cfg.trainable_embeddings!r}")
+    ids = choices[cfg.trainable_embeddings]
     peft_cfg = lora_config(cfg, model, ids)
     has_eval = bool(eval_rows)
     trainer = Trainer(

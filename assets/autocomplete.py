@@ -1,0 +1,249 @@
+"""`autocomplete` group, model half: the base with FIM tokens (M0), Stage A on general code (M1), Stage B on the
+domain with replay (M2), and the M0/M1/M2 evaluation and report. Unpartitioned: Stage A reads the `fim_samples` of
+the slices in its `languages` setting."""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from assets.autocomplete_data import GROUP, domain_corpus, domain_rows, fim_samples, rows_of
+from assets.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, Seed, TrainFraction
+from assets.models import base_lineage, pretrained_base, resolve_base
+from assets.publish import UNPARTITIONED as P
+from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder
+from ml.schemas import AUTOCOMPLETE_RESULTS, to_table
+from resources import ArtifactStore, DuckDBCatalog
+from resources.compute import ComputeResource
+from resources.settings import active_autocomplete_profile
+
+_A = active_autocomplete_profile()
+MODELS = {"m0": "autocomplete_base_model", "m1": "autocomplete_stage_a_adapter", "m2": "autocomplete_stage_b_adapter"}
+
+
+class AutocompleteBaseModelConfig(dg.Config):
+    # smollm2-135m (packaged, offline) | Qwen/Qwen2.5-Coder-0.5B (hub) | gguf:PATH | a local folder | tiny:qwen2
+    base_model: str = _A.base_model
+    languages: list[str] = ["python"]  # the slices whose rows train a tiny: base's BPE (pretrained bases keep theirs)
+    vocab_size: PositiveInt = 4000
+    seed: Seed = 0
+
+
+class StageConfig(dg.Config):
+    """Field names are the trainer's (ml.training.sft.PhaseConfig); ml.autocomplete.recipe.phase_config maps them."""
+
+    max_steps: PositiveInt = _A.stage_a_steps
+    precision: Literal["auto", "bf16", "fp32"] = _A.train_precision  # bf16 on a CPU with bfloat16 units: autocast
+    learning_rate: PositiveFloat = _A.learning_rate
+    per_device_train_batch_size: PositiveInt = _A.batch_size
+    gradient_accumulation_steps: PositiveInt = 1
+    max_length: PositiveInt = _A.max_length  # longer rows are dropped (a cut middle would teach stopping mid-line)
+    warmup_steps: NonNegativeInt = 4
+    logging_steps: PositiveInt = 5
+    save_steps: PositiveInt = 20
+    lora_r: PositiveInt = 16
+    lora_alpha: PositiveInt = 32
+    lora_top_layers: NonNegativeInt = 20  # LoRA on the top N layers only (0 = all): the backward pass stops there
+    seed: Seed = 0
+
+
+class StageAConfig(StageConfig):
+    languages: list[str] = ["python"]  # fim_samples slices Stage A trains on
+
+
+class StageBConfig(StageConfig):
+    max_steps: PositiveInt = _A.stage_b_steps
+    replay_ratio: TrainFraction = 0.2  # share of Stage A rows in the Stage B mix, against forgetting
+
+
+class AutocompleteEvalConfig(dg.Config):
+    tasks_per_set: PositiveInt = _A.eval_tasks  # generic, domain and HumanEval single-line tasks per model
+    max_new_tokens: PositiveInt = 48
+    languages: list[str] = ["python"]  # slices of the generic set
+    sandbox_timeout_s: PositiveFloat = 10.0  # per HumanEval program
+    seed: Seed = 0
+
+
+@dg.asset(group_name=GROUP, deps=[fim_samples, domain_corpus, pretrained_base], kinds={"huggingface", "pytorch"},
+          description="M0: the pretrained base with the FIM tokens (<|fim_prefix|>, <|fim_suffix|>, <|fim_middle|>) "
+                      "appended to its vocabulary and embedding matrix.")
+def autocomplete_base_model(context: dg.AssetExecutionContext, config: AutocompleteBaseModelConfig,
+                            artifacts: ArtifactStore, catalog: DuckDBCatalog,
+                            compute: ComputeResource) -> dg.MaterializeResult:
+    from ml.autocomplete.recipe import fim_tokenizer, training_pairs
+    from ml.training.base_model import build_base_model, save_base_model
+
+    base = resolve_base(catalog, config.base_model, "autocomplete_base_model.base_model", context)
+    texts = []
+    if base.loadable.startswith("tiny:"):
+        rows, _ = rows_of(catalog, config.languages)
+        texts = [p + c for p, c in training_pairs([r for r in rows if r["split"] == "train"])]
+    tok = fim_tokenizer(base.loadable, texts, config.vocab_size)
+    tok.init_kwargs["astforge_base_model"] = config.base_model
+    plan = compute.plan()
+    model = build_base_model(base.loadable, tok, seed=config.seed, plan=plan)
+    path = publish_folder(context, store=artifacts, catalog=catalog, rows=0,
+                          build=lambda tmp: save_base_model(model, tok, tmp), upstream=base_lineage(catalog, base)).path
+    return dg.MaterializeResult(metadata={
+        "base_model": config.base_model, "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok), "fim_token_ids": str([tok.convert_tokens_to_ids(t) for t in
+                                                       ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")]),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+def _train(context, config: StageConfig, artifacts, catalog, compute, rows: list[dict], upstream: dict[str, str],
+           start_adapter: str | None) -> dg.MaterializeResult:
+    """Train one stage on ``rows``: a fresh LoRA (Stage A) or the LoRA of ``start_adapter`` continued (Stage B)."""
+    from transformers import AutoTokenizer
+
+    from ml.autocomplete.recipe import phase_config, training_pairs
+    from ml.plots import line_plot
+    from ml.training.sft import train_lora_sft, train_phase2
+
+    asset = context.asset_key.to_user_string()
+    base = catalog.require_artifact("autocomplete_base_model", P)
+    start = catalog.require_artifact(start_adapter, P) if start_adapter else None
+    tok = AutoTokenizer.from_pretrained(start["path"] if start else base["path"])
+    pairs = training_pairs(rows)
+    if not pairs:
+        raise dg.Failure(f"{asset}: no training rows")
+    tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
+    cfg = phase_config(config.model_dump(), tiny=tiny)
+    plan = compute.plan(config.precision)
+    versions = {"autocomplete_base_model": base["data_version"], **upstream,
+                **({start_adapter: start["data_version"]} if start else {})}
+    work = checkpoint_dir(artifacts, asset, P, {**versions, "cfg": config.model_dump()})
+    context.log.info(f"{asset}: {len(pairs)} training pairs, {cfg.max_steps} steps of {cfg.per_device_train_batch_size}"
+                     f", device {plan.device} ({plan.dtype})")
+    holder = {}
+
+    def build(tmp: Path) -> None:
+        on_log = log_progress(context, asset)
+        if start:
+            holder["r"] = train_phase2(base["path"], start["path"], tok, pairs, [], tmp, work, cfg, plan, on_log)
+        else:
+            holder["r"] = train_lora_sft(base["path"], tok, pairs, [], tmp, work, cfg, plan, on_log=on_log)
+        losses = [(s, v) for s, m, v in holder["r"].curve if m == "loss"]
+        (tmp / "training_curve.png").write_bytes(line_plot({"train loss": losses}, f"{asset}: loss", "step", "loss"))
+
+    try:
+        path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(pairs),
+                              upstream=versions).path
+    except ValueError as exc:  # every row too long, an adapter that does not fit the base
+        raise dg.Failure(f"{asset}: {exc}") from exc
+    result = holder["r"]
+    catalog.write_training_curve(asset_key=asset, partition=P, run_id=context.run_id, points=result.curve)
+    return dg.MaterializeResult(metadata={
+        "steps": result.steps, "train_loss": round(result.train_loss, 4), "pairs": len(pairs),
+        "dropped_too_long": result.dropped_truncated, "step_seconds": round(result.step_seconds, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1), "precision": plan.dtype, "device": plan.device,
+        "resumed_from": result.resumed_from or "none",
+        "training_curve": png_markdown((path / "training_curve.png").read_bytes(), "loss"),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[autocomplete_base_model, fim_samples], pool="gpu", kinds={"pytorch", "huggingface"},
+          description="M1: LoRA (and the FIM token rows) on the general FIM + comment-to-code mix, prompt masked.")
+def autocomplete_stage_a_adapter(context: dg.AssetExecutionContext, config: StageAConfig, artifacts: ArtifactStore,
+                                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    rows, versions = rows_of(catalog, config.languages)
+    train = [r for r in rows if r["split"] == "train"]
+    return _train(context, config, artifacts, catalog, compute, train, versions, start_adapter=None)
+
+
+@dg.asset(group_name=GROUP, deps=[autocomplete_stage_a_adapter, domain_corpus], pool="gpu",
+          kinds={"pytorch", "huggingface"},
+          description="M2: Stage A's LoRA continued on the domain rows, with replay_ratio of Stage A rows mixed in.")
+def autocomplete_stage_b_adapter(context: dg.AssetExecutionContext, config: StageBConfig, artifacts: ArtifactStore,
+                                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from ml.autocomplete.recipe import stage_b_rows
+
+    stage_a = catalog.require_artifact("autocomplete_stage_a_adapter", P)
+    languages = json.loads(stage_a["upstream"] or "{}")
+    general, versions = rows_of(catalog, [k[len("fim_samples["):-1] for k in languages if k.startswith("fim_sam")])
+    domain, dversions = domain_rows(catalog)
+    rows = stage_b_rows([r for r in domain if r["split"] == "train"], [r for r in general if r["split"] == "train"],
+                        config.replay_ratio, config.seed)
+    return _train(context, config, artifacts, catalog, compute, rows, {**versions, **dversions},
+                  start_adapter="autocomplete_stage_a_adapter")
+
+
+def _load(catalog: DuckDBCatalog, model: str, plan):
+    from ml.training.sft import load_adapter, load_base
+
+    base = catalog.require_artifact("autocomplete_base_model", P)
+    if model == "m0":
+        return load_base(base["path"], plan), base
+    entry = catalog.require_artifact(MODELS[model], P)
+    try:
+        return load_adapter(base["path"], entry["path"], plan).merge_and_unload(), entry
+    except ValueError as exc:
+        raise dg.Failure(f"autocomplete_eval: {MODELS[model]}: {exc}") from exc
+
+
+@dg.asset(group_name=GROUP, deps=[autocomplete_base_model, autocomplete_stage_a_adapter, autocomplete_stage_b_adapter],
+          pool="gpu", kinds={"pytorch", "markdown"},
+          description="M0 vs M1 vs M2 on held-out single-line infilling (generic slices, the domain) and HumanEval "
+                      "(tests run in the sandbox): exact match, edit similarity, syntax validity with and without "
+                      "syntax-aware truncation, pass@1, latency. Metrics {model}_{set}_{metric}; a Markdown report.")
+def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEvalConfig, artifacts: ArtifactStore,
+                      catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.autocomplete import humaneval
+    from ml.autocomplete.recipe import evaluate_set, sample_tasks
+    from ml.autocomplete.report import autocomplete_report, exact_match_plot
+
+    plan = compute.plan()
+    generic, gversions = rows_of(catalog, config.languages)
+    domain, dversions = domain_rows(catalog)
+    problems = humaneval.load_problems()
+    sets = {"generic": sample_tasks(generic, config.tasks_per_set, config.seed),
+            "domain": sample_tasks(domain, config.tasks_per_set, config.seed),
+            "humaneval": humaneval.single_line_tasks(problems, seed=config.seed)[: config.tasks_per_set]}
+
+    def run_tests(tasks, middles):
+        _, rows = humaneval.score_completions(tasks, middles, timeout_s=config.sandbox_timeout_s)
+        return [bool(r["passed"]) for r in rows]
+
+    metrics: dict[str, float] = {}
+    results: list[dict] = []
+    versions = {**gversions, **dversions}
+    for model, asset in MODELS.items():
+        loaded, entry = _load(catalog, model, plan)
+        versions[asset] = entry["data_version"]
+        tok = AutoTokenizer.from_pretrained(entry["path"])
+        for set_name, tasks in sets.items():
+            m, rows = evaluate_set(loaded, tok, tasks, set_name, max_new_tokens=config.max_new_tokens,
+                                   score=run_tests if set_name == "humaneval" else None)
+            metrics |= {f"{model}_{k}": v for k, v in m.items()}
+            results += [{"model": model, **r} for r in rows]
+            context.log.info(f"autocomplete_eval {model} {set_name}: " + ", ".join(
+                f"{k}={v:.3f}" for k, v in m.items() if not k.endswith(("_p95", "_truncated"))))
+        del loaded
+    catalog.write_metrics(asset_key="autocomplete_eval", partition=P, run_id=context.run_id, metrics=metrics)
+    plot = exact_match_plot(metrics)
+    report = autocomplete_report(metrics, results, {s: len(t) for s, t in sets.items()})
+
+    def build(tmp: Path) -> None:
+        pq.write_table(to_table(results, AUTOCOMPLETE_RESULTS), tmp / "rows.parquet", compression="zstd")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "report.md").write_text(report)
+        (tmp / "exact_match.png").write_bytes(plot)
+
+    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(results),
+                          table="autocomplete_results", upstream=versions).path
+    headline = {k: dg.MetadataValue.float(v) for k, v in metrics.items()
+                if k.endswith(("_exact_match", "_pass_at_1", "_syntax_valid_rate_truncated", "_latency_ms_p50"))}
+    return dg.MaterializeResult(metadata={
+        **headline, "report": dg.MetadataValue.md(report), "exact_match": png_markdown(plot, "exact match"),
+        "path": dg.MetadataValue.path(str(path / "report.md")),
+    })
+
+
+AUTOCOMPLETE_MODEL_ASSETS = [autocomplete_base_model, autocomplete_stage_a_adapter, autocomplete_stage_b_adapter,
+                             autocomplete_eval]

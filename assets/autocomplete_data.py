@@ -1,0 +1,126 @@
+"""`autocomplete` group, data half: FIM and comment-to-code rows per language slice (`fim_samples`) and the Stage B
+domain corpus (`domain_corpus`, AWS CDK by default), each with its held-out single-line infilling tasks."""
+
+from collections import Counter
+
+import dagster as dg
+
+from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, Seed, TrainFraction
+from assets.corpus import code_units
+from assets.partitions import language_slices
+from assets.publish import UNPARTITIONED, publish_rows, read_upstream, skip_metadata
+from ml.autocomplete.fim import FimRates, dataset_rows
+from ml.languages import get_language
+from ml.schemas import FIM_SAMPLES
+from resources import ArtifactStore, DuckDBCatalog
+from resources.settings import active_autocomplete_profile
+
+GROUP = "autocomplete"
+_A = active_autocomplete_profile()
+
+
+class FimRowsConfig(dg.Config):
+    fim_rate: Fraction = 0.8  # FIM rows; the rest comment-to-code (where a unit has a docstring / leading comment)
+    spm_rate: Fraction = 0.5  # of the FIM rows: suffix-prefix-middle order (else prefix-suffix-middle)
+    ast_span_rate: Fraction = 0.5  # of the FIM rows: the middle is one whole syntax node (else two random chars)
+    max_context_chars: PositiveInt = 400  # prefix and suffix, each, cut at line boundaries
+    max_middle_chars: PositiveInt = 240
+    heldout_fraction: TrainFraction = 0.1  # of the files: their units become single-line infilling tasks only
+    seed: Seed = 0
+
+    def rates(self) -> FimRates:
+        return FimRates(fim_rate=self.fim_rate, spm_rate=self.spm_rate, ast_span_rate=self.ast_span_rate,
+                        max_context_chars=self.max_context_chars, max_middle_chars=self.max_middle_chars)
+
+
+class DomainCorpusConfig(FimRowsConfig):
+    # default: the README examples in the aws-cdk-lib wheel's docstrings | dir:PATH | zip:PATH (every *.py file)
+    source: str = "default"
+    max_examples: NonNegativeInt = _A.domain_max_examples  # 0 = all
+    min_chars: PositiveInt = 40
+    max_chars: PositiveInt = 2000
+
+
+def _row_metadata(rows: list[dict]) -> dict:
+    train = [r for r in rows if r["split"] == "train"]
+    tasks = [r for r in rows if r["kind"] == "infill_task"]
+    kinds = Counter(r["kind"] for r in train)
+    fim = [r for r in train if r["kind"] == "fim"]
+    sample = next((r for r in fim if r["span"] == "ast"), fim[0] if fim else None)
+    meta = {
+        "training_rows": len(train), "fim_rows": kinds["fim"], "comment_to_code_rows": kinds["comment_to_code"],
+        "spm_rows": sum(r["order"] == "spm" for r in fim), "ast_span_rows": sum(r["span"] == "ast" for r in fim),
+        "heldout_tasks": len(tasks),
+        "heldout_files": len({r["path"] for r in tasks}),
+    }
+    if sample is not None:
+        meta["sample_fim_row"] = dg.MetadataValue.md(
+            f"order {sample['order']}, span {sample['span']}\n\n```\n{sample['prompt']}\n```\nmiddle:\n"
+            f"```\n{sample['completion']}\n```")
+    return meta
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
+          description="Fill-in-the-middle (PSM and SPM; character or AST-node spans) and comment-to-code rows from "
+                      "the slice's code units, split by file; held-out files give single-line infilling tasks.")
+def fim_samples(context: dg.AssetExecutionContext, config: FimRowsConfig, artifacts: ArtifactStore,
+                catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    language = context.partition_key
+    units, entry = read_upstream(catalog, "code_units", language)
+    if not units:
+        raise dg.Failure(f"fim_samples: code_units[{language}] has no units (is the slice's source installed?)")
+    rows = dataset_rows(units, language, config.rates(), seed=config.seed, heldout_fraction=config.heldout_fraction,
+                        nl_target=get_language(language).nl_target)
+    skipped = {"no_span": len(units) - len(rows)} if len(rows) < len(units) else {}
+    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=FIM_SAMPLES, skipped=skipped,
+                 upstream={"code_units": entry["data_version"]})
+    return dg.MaterializeResult(metadata={"units": len(units), **_row_metadata(rows)})
+
+
+@dg.asset(group_name=GROUP, kinds={"python", "parquet", "duckdb"},
+          description="Stage B domain corpus: the code examples in the aws-cdk-lib wheel's docstrings (or dir:/zip: "
+                      "sources of your own), parsed, deduplicated, made into FIM / comment-to-code rows and held-out "
+                      "infilling tasks like fim_samples.")
+def domain_corpus(context: dg.AssetExecutionContext, config: DomainCorpusConfig, artifacts: ArtifactStore,
+                  catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.autocomplete.domain import domain_examples, domain_units, without_leading_comment
+
+    try:
+        found = domain_examples(config.source, max_examples=config.max_examples, min_chars=config.min_chars,
+                                max_chars=config.max_chars)
+    except (FileNotFoundError, ValueError) as exc:
+        raise dg.Failure(f"domain_corpus: {exc}") from exc
+    if not found.examples:
+        raise dg.Failure(f"domain_corpus: no usable example in {config.source!r} ({dict(found.skipped)})")
+    context.log.info(f"domain_corpus: {len(found.examples)} examples from {found.files_read} files "
+                     f"({dict(found.skipped)} skipped)")
+    rows = dataset_rows(domain_units(found.examples), "python", config.rates(), seed=config.seed,
+                        heldout_fraction=config.heldout_fraction, nl_target=without_leading_comment)
+    publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=FIM_SAMPLES,
+                 skipped=dict(found.skipped), upstream={"source": config.source})
+    return dg.MaterializeResult(metadata={
+        "source": config.source, "examples": len(found.examples), "files_read": found.files_read,
+        **skip_metadata(found.skipped), **_row_metadata(rows),
+    })
+
+
+def rows_of(catalog: DuckDBCatalog, languages: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """fim_samples rows of ``languages`` (each slice's latest) and their data versions; a missing slice fails."""
+    rows, versions = [], {}
+    for language in languages:
+        entry = catalog.latest_artifact("fim_samples", language)
+        if entry is None:
+            raise dg.Failure(f"fim_samples[{language}] is not materialized: run autocomplete_data_job for the slice "
+                             f"(or remove {language!r} from `languages`)")
+        part, _ = read_upstream(catalog, "fim_samples", language)
+        rows += part
+        versions[f"fim_samples[{language}]"] = entry["data_version"]
+    return rows, versions
+
+
+def domain_rows(catalog: DuckDBCatalog) -> tuple[list[dict], dict[str, str]]:
+    rows, entry = read_upstream(catalog, "domain_corpus", UNPARTITIONED)
+    return rows, {"domain_corpus": entry["data_version"]}
+
+
+AUTOCOMPLETE_DATA_ASSETS = [fim_samples, domain_corpus]

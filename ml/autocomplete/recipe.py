@@ -1,0 +1,146 @@
+"""The autocomplete pipeline's recipe, called by the `autocomplete` assets and the bench alike: the FIM tokenizer,
+Stage A / Stage B training pairs, completion with latency, and the M0/M1/M2 evaluation of one model on one set.
+
+Sets: ``generic`` (single-line infilling of held-out files of the training slices), ``domain`` (the same on
+held-out domain examples), ``humaneval`` (one masked line of each HumanEval canonical solution, scored by running
+the problem's tests in :mod:`ml.sandbox`). Metric names: ``{set}_{metric}``; the asset prefixes the model
+(``m0``, ``m1``, ``m2``).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ml.autocomplete.fim import FIM_TOKENS, fim_prompt
+from ml.autocomplete.metrics import edit_similarity, exact_match, percentile, syntax_valid, truncate_syntax_aware
+
+TRAINING_KINDS = ("fim", "comment_to_code")
+
+
+def fim_tokenizer(base: str, texts: Sequence[str] = (), vocab_size: int = 4000):
+    """The base's tokenizer with the FIM tokens appended (atomic, in an id range after the base vocabulary; the
+    ``tiny:`` bases train a BPE on ``texts`` first)."""
+    from ml.training.ast_tokenizer import build_ast_tokenizer
+
+    return build_ast_tokenizer(base, texts, list(FIM_TOKENS), vocab_size)
+
+
+def training_pairs(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(prompt, completion) of the training rows (FIM and comment-to-code)."""
+    return [(r["prompt"], r["completion"]) for r in rows if r["kind"] in TRAINING_KINDS]
+
+
+def stage_b_rows(domain_rows: Sequence[Mapping], stage_a_rows: Sequence[Mapping], replay_ratio: float,
+                 seed: int) -> list[Mapping]:
+    """Domain training rows plus Stage A rows replayed against forgetting: ``replay_ratio`` of the mix (0.2: one
+    row in five is general code), shuffled with ``seed``."""
+    if not 0 <= replay_ratio < 1:
+        raise ValueError(f"replay_ratio must be in [0, 1), not {replay_ratio}")
+    domain = [r for r in domain_rows if r["kind"] in TRAINING_KINDS]
+    general = [r for r in stage_a_rows if r["kind"] in TRAINING_KINDS]
+    rng = random.Random(seed)
+    n_replay = min(len(general), round(len(domain) * replay_ratio / (1 - replay_ratio)))
+    mixed = domain + rng.sample(general, n_replay)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def complete(model, tokenizer, prompt: str, *, max_new_tokens: int = 48, single_line: bool = True,
+             temperature: float = 0.0) -> tuple[str, float, int]:
+    """One completion of ``prompt`` (batch 1, as an editor asks): (text, seconds, new tokens). ``single_line``
+    stops at the first newline (kept), as single-line infilling is scored."""
+    import torch
+
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    kwargs: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+                    "eos_token_id": tokenizer.eos_token_id}
+    if temperature > 0:
+        kwargs |= {"do_sample": True, "temperature": temperature}
+    else:
+        kwargs |= {"do_sample": False}
+    if single_line:
+        kwargs |= {"stop_strings": ["\n"], "tokenizer": tokenizer}
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**enc, **kwargs)
+    seconds = time.perf_counter() - started
+    new = out[0, enc["input_ids"].shape[1]:]
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    if single_line and "\n" in text:
+        text = text[: text.index("\n") + 1]
+    return text, seconds, int(new.shape[0])
+
+
+def evaluate_set(model, tokenizer, tasks: Sequence[Mapping[str, Any]], set_name: str, *, language: str = "python",
+                 max_new_tokens: int = 48, score: Callable[[Sequence[Mapping], list[str]], list[bool]] | None = None,
+                 on_progress: Callable[[str], None] | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Single-line infilling of ``tasks`` (``id prefix middle suffix``, PSM prompts), greedy: metrics
+    ``{set}_exact_match``, ``_edit_similarity``, ``_syntax_valid_rate`` (and ``_truncated``: after syntax-aware
+    truncation), ``_latency_ms_p50/_p95``, ``_tokens_per_s``; with ``score`` (HumanEval: run the tests),
+    ``{set}_pass_at_1`` from the truncated middles. Returns the metrics and one row per task."""
+    rows = []
+    for i, task in enumerate(tasks):
+        lang = task.get("language") or language
+        text, seconds, n_new = complete(model, tokenizer, fim_prompt(task["prefix"], task["suffix"]),
+                                        max_new_tokens=max_new_tokens)
+        truncated = truncate_syntax_aware(task["prefix"], text, task["suffix"], lang)
+        rows.append({"set": set_name, "id": task["id"], "expected": task["middle"], "generated": text,
+                     "truncated": truncated, "exact_match": exact_match(truncated, task["middle"]),
+                     "edit_similarity": edit_similarity(truncated, task["middle"]),
+                     "syntax_valid": syntax_valid(task["prefix"] + text + task["suffix"], lang),
+                     "syntax_valid_truncated": syntax_valid(task["prefix"] + truncated + task["suffix"], lang),
+                     "passed": None, "latency_ms": seconds * 1000, "new_tokens": n_new})
+        if on_progress is not None and (i + 1) % 8 == 0:
+            on_progress(f"{set_name}: {i + 1}/{len(tasks)} completions")
+    if score is not None and rows:
+        for row, passed in zip(rows, score(tasks, [r["truncated"] for r in rows])):
+            row["passed"] = passed
+    return set_metrics(rows, set_name), rows
+
+
+def set_metrics(rows: Sequence[Mapping[str, Any]], set_name: str) -> dict[str, float]:
+    """The ``{set}_*`` metrics of per-task result rows (NaN where there are none)."""
+    nan = float("nan")
+    if not rows:  # every metric named, none measured
+        return {f"{set_name}_{m}": nan for m in ("exact_match", "edit_similarity", "syntax_valid_rate",
+                                                   "syntax_valid_rate_truncated", "latency_ms_p50", "latency_ms_p95",
+                                                   "tokens_per_s")}
+
+    def mean(key: str) -> float:
+        return float(statistics.fmean(float(r[key]) for r in rows))
+
+    latencies = [r["latency_ms"] for r in rows]
+    seconds = sum(latencies) / 1000
+    out = {f"{set_name}_exact_match": mean("exact_match"), f"{set_name}_edit_similarity": mean("edit_similarity"),
+           f"{set_name}_syntax_valid_rate": mean("syntax_valid"),
+           f"{set_name}_syntax_valid_rate_truncated": mean("syntax_valid_truncated"),
+           f"{set_name}_latency_ms_p50": percentile(latencies, 50),
+           f"{set_name}_latency_ms_p95": percentile(latencies, 95),
+           f"{set_name}_tokens_per_s": sum(r["new_tokens"] for r in rows) / seconds if seconds else nan}
+    if any(r.get("passed") is not None for r in rows):
+        out[f"{set_name}_pass_at_1"] = float(statistics.fmean(bool(r["passed"]) for r in rows))
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def sample_tasks(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[Mapping[str, Any]]:
+    """Up to ``n`` held-out infilling tasks, a seeded sample (the same for every model)."""
+    tasks = [r for r in rows if r["kind"] == "infill_task"]
+    return random.Random(seed).sample(tasks, min(n, len(tasks)))
+
+
+def phase_config(settings: Mapping[str, Any], *, tiny: bool):
+    """The trainer config of a stage from its settings (``PhaseConfig`` field names; other keys are ignored), plus
+    the recipe's fixed choices: completion-only loss on ``prompt`` → ``completion + eos``, linear decay, and the
+    FIM token rows trained (all rows for a random-init ``tiny:`` base)."""
+    from dataclasses import fields
+
+    from ml.training.sft import PhaseConfig
+
+    names = {f.name for f in fields(PhaseConfig)}
+    picked = {k: v for k, v in settings.items() if k in names}
+    return PhaseConfig(**picked, separator="", add_eos=True, lr_scheduler_type="linear",
+                       trainable_embeddings="all" if tiny else "added", per_device_eval_batch_size=1)
