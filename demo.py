@@ -1,4 +1,5 @@
-"""`make demo`: materialize the default asset graphs (AST-first per language slice, then the DSL group), then summarize.
+"""`make demo`: materialize the default asset graphs (AST-first per language slice, the DSL group, autocomplete), then
+summarize.
 
 Runs go to the Dagster instance in $DAGSTER_HOME (the Makefile sets `.dagster/`), so `make ui`
 shows them with their logs, metadata and lineage.
@@ -22,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="*", default=SLICES, help="language slices (default: all)")
     parser.add_argument("--data-only", action="store_true", help="skip training and evaluation")
-    parser.add_argument("--groups", nargs="*", default=["ast_first", "dsl"], choices=["ast_first", "dsl"],
-                        help="asset groups to run (default: both)")
+    groups = ["ast_first", "dsl", "autocomplete"]
+    parser.add_argument("--groups", nargs="*", default=groups, choices=groups,
+                        help="asset groups to run (default: all)")
     args = parser.parse_args(argv)
 
     instance = dg.DagsterInstance.get()
@@ -63,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     if "dsl" in args.groups and not args.data_only:
         run("dsl_job", None)
 
+    if "autocomplete" in args.groups:
+        # Stage A trains on the python slice's FIM rows (its default `languages`); the domain is AWS CDK (Python).
+        if "ast_first" not in args.groups:
+            run("ast_data_job", "python")
+        if run("autocomplete_data_job", "python") and not args.data_only:
+            run("autocomplete_job", None)
+
     rows = catalog.query(
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
            FROM artifacts GROUP BY ALL ORDER BY asset_key, partition"""
@@ -94,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         report = catalog.latest_artifact("dsl_report", "all")
         if report:
             print(f"  report: {report['path']}/report.md")
+    autocomplete = catalog.latest_artifact("autocomplete_eval", "all")
+    if autocomplete:
+        print_autocomplete(catalog, autocomplete["path"])
     print("\nRows per slice (from the catalog):")
     for r in rows:
         print(f"  {r['asset_key']:<{width}}  {r['partition']:<11} {r['rows']:>8}")
@@ -114,6 +126,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFailed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def print_autocomplete(catalog: DuckDBCatalog, report_path: str) -> None:
+    values = {m["metric"]: m["value"] for m in catalog.query(
+        """SELECT metric, arg_max(value, created_at) AS value FROM eval_metrics
+           WHERE asset_key = 'autocomplete_eval' GROUP BY ALL""")}
+    print("\nAutocomplete (single-line infilling; M0 base, M1 stage A, M2 stage B):")
+    print(f"  {'set / metric':<40} {'M0':>8} {'M1':>8} {'M2':>8}")
+    for s in ("generic", "domain", "humaneval"):
+        for metric in ("exact_match", "edit_similarity", "syntax_valid_rate_truncated", "pass_at_1", "latency_ms_p50"):
+            cells = [values.get(f"{m}_{s}_{metric}") for m in ("m0", "m1", "m2")]
+            if all(c is None for c in cells):
+                continue
+            shown = " ".join(f"{c:>8.3f}" if c is not None else f"{'–':>8}" for c in cells)
+            print(f"  {s + ' ' + metric:<40} {shown}")
+    print(f"  report: {report_path}/report.md")
 
 
 if __name__ == "__main__":

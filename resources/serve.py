@@ -48,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         key, base, adapter = model_folders(DuckDBCatalog(), args.model)
-        backend = HFCompletionBackend(base, adapter, device=args.device, max_batch=args.max_batch,
-                                      model_name=f"astforge-autocomplete-{key}")
+        # one model id whichever of m0/m1/m2 is served: editors/continue/config.yaml names it
+        backend = HFCompletionBackend(base, adapter, device=args.device, max_batch=args.max_batch)
     except (LookupError, ValueError) as exc:
         print(f"astforge-serve: {exc}", file=sys.stderr)
         return 2

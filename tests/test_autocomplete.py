@@ -36,7 +36,9 @@ def test_fim_rows_cut_the_code_without_losing_a_character(language, seed):
     row = fim.fim_row(code, language, random.Random(seed), fim.FimRates())
     assert row["prefix"] + row["middle"] + row["suffix"] == code
     prefix, suffix, order = fim.parse_fim_prompt(row["prompt"])
-    assert (prefix, suffix, order) == (row["prefix"], row["suffix"], row["order"])
+    assert (prefix, suffix) == (row["prefix"], row["suffix"])
+    if row["prefix"]:  # with an empty prefix the PSM and SPM strings are the same string
+        assert order == row["order"]
     assert row["completion"] == row["middle"] and row["middle"]
 
 
@@ -175,7 +177,8 @@ def test_prompt_is_masked_and_fim_rows_train(tmp_path):
     from ml.training.base_model import build_base_model, save_base_model
     from ml.training.sft import build_lora_sft_trainer
 
-    row = fim.fim_row(PY, "python", random.Random(1), fim.FimRates())
+    row = fim.fim_row(PY, "python", random.Random(1), fim.FimRates(spm_rate=1.0, ast_span_rate=0, line_span_rate=0))
+    assert row["order"] == "spm" and row["span"] == "char"  # the hard case: a cut inside a word
     tok = fim_tokenizer("tiny:qwen2", [PY] * 20, 300)
     ids = tok(row["prompt"], add_special_tokens=False)["input_ids"]
     assert sum(i in tok.convert_tokens_to_ids(list(fim.FIM_TOKENS)) for i in ids) == 3  # each FIM token is atomic
@@ -188,6 +191,10 @@ def test_prompt_is_masked_and_fim_rows_train(tmp_path):
     example = trainer.train_dataset[0]
     supervised = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
     assert tok.decode(supervised) == row["completion"] + tok.eos_token
+    # prompt and middle tokenized apart, as at inference: the prompt's ids are a prefix of the row's
+    prompt_ids = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+    assert example["input_ids"][: len(prompt_ids)] == prompt_ids
+    assert example["labels"][: len(prompt_ids)] == [-100] * len(prompt_ids)
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert any("trainable_tokens" in n for n in trainable) and any("lora_" in n for n in trainable)
     assert dropped == 0

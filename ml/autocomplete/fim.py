@@ -31,11 +31,13 @@ LINE_COMMENT = {"python": "#", "javascript": "//", "java": "//"}
 @dataclass(frozen=True)
 class FimRates:
     """Shares of the data: ``fim_rate`` FIM rows (the rest comment-to-code where the unit has a comment), of the
-    FIM rows ``spm_rate`` in SPM order and ``ast_span_rate`` with an AST-node middle."""
+    FIM rows ``spm_rate`` in SPM order, ``ast_span_rate`` with an AST-node middle and ``line_span_rate`` with whole
+    lines (what an editor asks for most: the rest of a line, the next line)."""
 
     fim_rate: float = 0.8
     spm_rate: float = 0.5
-    ast_span_rate: float = 0.5
+    ast_span_rate: float = 0.4
+    line_span_rate: float = 0.3  # of the FIM rows: one to three whole lines (the rest: two random characters)
     max_context_chars: int = 400  # prefix and suffix are cut to this many characters around the middle
     max_middle_chars: int = 240
     min_middle_chars: int = 1
@@ -162,13 +164,28 @@ def file_split(path: str, heldout_fraction: float, seed: int) -> str:
     return "heldout" if h < heldout_fraction else "train"
 
 
+def lines_span(code: str, rng: random.Random, max_lines: int = 3) -> tuple[int, int] | None:
+    """One to ``max_lines`` whole lines from a non-blank one, with their indentation and final newline."""
+    first = line_span(code, rng)
+    if first is None:
+        return None
+    end = first[1]
+    for _ in range(rng.randint(1, max_lines) - 1):
+        nxt = code.find("\n", end)
+        end = len(code) if nxt < 0 else nxt + 1
+    return first[0], end
+
+
 def fim_row(code: str, language: str, rng: random.Random, rates: FimRates) -> dict | None:
     """One FIM row of ``code`` under ``rates`` (order and span policy drawn from ``rng``); None when no span
     fits."""
     order = "spm" if rng.random() < rates.spm_rate else "psm"
-    policy = "ast" if rng.random() < rates.ast_span_rate else "char"
-    span = ast_span(code, language, rng, rates) if policy == "ast" else None
-    if span is None:
+    draw = rng.random()
+    policy = "ast" if draw < rates.ast_span_rate else "line" if draw < rates.ast_span_rate + rates.line_span_rate \
+        else "char"
+    span = ast_span(code, language, rng, rates) if policy == "ast" else lines_span(code, rng) \
+        if policy == "line" else None
+    if span is None or span[1] - span[0] > rates.max_middle_chars:
         policy, span = "char", char_span(code, rng, rates)
     prefix, middle, suffix = cut(code, span, rates.max_context_chars)
     if not middle:

@@ -134,13 +134,14 @@ def sample_tasks(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[M
 
 def phase_config(settings: Mapping[str, Any], *, tiny: bool):
     """The trainer config of a stage from its settings (``PhaseConfig`` field names; other keys are ignored), plus
-    the recipe's fixed choices: completion-only loss on ``prompt`` → ``completion + eos``, linear decay, and the
-    FIM token rows trained (all rows for a random-init ``tiny:`` base)."""
+    the recipe's fixed choices: completion-only loss on ``prompt`` → ``completion + eos`` tokenized apart (a FIM
+    cut inside a word must not merge tokens across it), linear decay, and the FIM token rows trained (all rows for a
+    random-init ``tiny:`` base)."""
     from dataclasses import fields
 
     from ml.training.sft import PhaseConfig
 
     names = {f.name for f in fields(PhaseConfig)}
     picked = {k: v for k, v in settings.items() if k in names}
-    return PhaseConfig(**picked, separator="", add_eos=True, lr_scheduler_type="linear",
+    return PhaseConfig(**picked, separator="", add_eos=True, lr_scheduler_type="linear", tokenize_separately=True,
                        trainable_embeddings="all" if tiny else "added", per_device_eval_batch_size=1)

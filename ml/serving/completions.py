@@ -19,6 +19,9 @@ One worker thread owns the model (generation is not thread-safe): requests queue
 up to ``max_batch`` queued requests with the same sampling settings are decoded together as one left-padded
 batch. A client that goes away cancels its request; the others are unaffected.
 
+The model, its worker thread and the batching are in :mod:`ml.serving.completion_backend`; prompts, sampling settings
+and events in :mod:`ml.serving.completion_jobs`. Their public names are importable from here too.
+
 ``python -m ml.serving.completions --model-dir DIR [--adapter-dir DIR] --port 8000`` serves a model folder.
 """
 
@@ -26,16 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Annotated, Any, Protocol
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,22 +42,26 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ml.autocomplete.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, fim_prompt
+from ml.autocomplete.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from ml.serving.completion_backend import (
+    DEFAULT_MODEL_ID,
+    MAX_TOKENS_CAP,
+    CompletionBackend,
+    HFCompletionBackend,
+    ensure_fim_tokens,
+)
+from ml.serving.completion_jobs import (
+    DEFAULT_MAX_TOKENS,
+    Event,
+    Job,
+    SamplingParams,
+    build_completion_prompt,
+    chat_prompt,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "astforge-autocomplete"
-DEFAULT_MAX_TOKENS = 64  # /v1/completions: an editor wants a line or a few, fast
 DEFAULT_CHAT_MAX_TOKENS = 256  # /v1/chat/completions: a function from a comment
-MAX_TOKENS_CAP = 512
-# Ends of a completion besides the tokenizer's eos and its special tokens: Qwen2.5-Coder's control tokens (a FIM
-# model that emits one has finished the middle) and the FIM markers themselves, which astforge's FIM tokenizer adds
-# as ordinary (non-special) tokens.
-STOP_TOKENS = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>", *FIM_TOKENS)
-# Prompt tokens decoded in front of the first generated ones, so that a SentencePiece "▁x" piece keeps its space.
-_DECODE_CONTEXT = 5
-# Below this a temperature is greedy (sampling at 1e-6 is argmax with extra steps).
-_GREEDY_BELOW = 1e-5
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -77,399 +80,6 @@ __all__ = [
     "main",
     "serve",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------- prompts
-
-
-def ensure_fim_tokens(tokenizer) -> int:
-    """Add the missing FIM tokens (``<|fim_prefix|>``, ``<|fim_suffix|>``, ``<|fim_middle|>``) to ``tokenizer``
-    as atomic added tokens, like :func:`ml.autocomplete.recipe.fim_tokenizer` does. Returns how many were added:
-    when it is not 0 the model's embedding matrix must grow to ``len(tokenizer)`` rows."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in FIM_TOKENS if t not in vocab]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=False)
-    return len(missing)
-
-
-def build_completion_prompt(prompt: str, suffix: str | None) -> str:
-    """The text the model continues: ``prompt`` as is when there is no suffix or when it is already a FIM prompt
-    (an editor rendered its own template), else the PSM fill-in-the-middle prompt of ``prompt`` and ``suffix``."""
-    if suffix is None or FIM_PREFIX in prompt:
-        return prompt
-    return fim_prompt(prompt, suffix)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, list):  # OpenAI content parts: keep the text ones
-        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return "" if content is None else str(content)
-
-
-def chat_prompt(tokenizer, messages: Sequence[dict[str, Any]]) -> str:
-    """The prompt of a chat: the tokenizer's chat template (with the assistant turn opened) when it has one, else
-    the message contents joined by blank lines (a base code model reads a comment and writes the code)."""
-    plain = [{"role": m["role"], "content": _content_text(m.get("content"))} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in plain) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------- the engine
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one request decodes. ``temperature`` 0 is greedy; ``stop`` strings end the text (not included)."""
-
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < _GREEDY_BELOW
-
-    def batch_key(self) -> tuple | None:
-        """Requests with equal keys decode in one batch (``model.generate`` takes one sampling setting); a seeded
-        request decodes alone so that its seed means the same thing whatever else is queued."""
-        if self.seed is not None:
-            return None
-        return ("greedy",) if self.greedy else ("sample", self.temperature, self.top_p)
-
-
-@dataclass
-class Event:
-    """What a request receives from the worker: text deltas, then one event with ``finish_reason`` (``stop`` or
-    ``length``) and ``usage``, or one event with ``error``."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None
-    error: str | None = None
-
-    @property
-    def last(self) -> bool:
-        return self.finish_reason is not None or self.error is not None
-
-
-@dataclass(eq=False)
-class Job:
-    """One queued request: the prompt, its sampling settings and the callback that receives its events (on the
-    worker thread; a callback that raises cancels the job). The worker fills ``ids`` (the prompt's tokens)."""
-
-    prompt: str
-    params: SamplingParams
-    sink: Callable[[Event], None]
-    ids: list[int] = field(default_factory=list)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def deliver(self, event: Event) -> None:
-        if self.cancelled.is_set():
-            return
-        try:
-            self.sink(event)
-        except Exception:  # the receiver is gone (its event loop closed): stop spending tokens on it
-            self.cancel()
-        if event.last:
-            self.done.set()
-
-
-class _Row:
-    """One job's state inside a batch: incremental detokenization, stop strings, the text already sent."""
-
-    def __init__(self, job: Job, decode: Callable[[list[int]], str], stop_ids: frozenset[int]) -> None:
-        self.job = job
-        self.decode = decode
-        self.stop_ids = stop_ids
-        context = job.ids[-_DECODE_CONTEXT:]
-        self.ids = list(context)
-        self.prefix_offset, self.read_offset = 0, len(context)
-        self.text = ""
-        self.sent = 0
-        self.count = 0
-        self.finished = False
-        self.stops = tuple(s for s in job.params.stop if s)
-
-    def push(self, token: int) -> None:
-        if self.finished:
-            return
-        if self.job.cancelled.is_set():
-            self.finished = True
-            return
-        self.count += 1
-        if token in self.stop_ids:
-            self.finish("stop")
-            return
-        self.ids.append(token)
-        self._read()
-        if self._stop_at() is not None:
-            self.finish("stop")
-        elif self.count >= self.job.params.max_tokens:
-            self.finish("length")
-        else:
-            self._send_safe()
-
-    def finish(self, reason: str) -> None:
-        if self.finished:
-            return
-        self._read(final=True)
-        cut = self._stop_at()
-        if cut is not None:
-            self.text, reason = self.text[:cut], "stop"
-        self._send(len(self.text))
-        self.finished = True
-        prompt = len(self.job.ids)
-        self.job.deliver(Event(finish_reason=reason, usage={
-            "prompt_tokens": prompt, "completion_tokens": self.count, "total_tokens": prompt + self.count}))
-
-    def _read(self, final: bool = False) -> None:
-        # Decode a window that starts a few tokens back and keep what grew: a token that ends mid-character
-        # ("\ufffd") waits for the next one (the detokenizer of text-generation-inference).
-        before = self.decode(self.ids[self.prefix_offset:self.read_offset])
-        after = self.decode(self.ids[self.prefix_offset:])
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self.text += after[len(before):]
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-
-    def _stop_at(self) -> int | None:
-        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        return min(hits) if hits else None
-
-    def _send_safe(self) -> None:
-        # Hold back a tail that could be the start of a stop string: streamed text never has to be taken back.
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.text) - self.sent), hold, -1):
-                if self.text.endswith(s[:k]):
-                    hold = k
-                    break
-        self._send(len(self.text) - hold)
-
-    def _send(self, upto: int) -> None:
-        if upto > self.sent:
-            self.job.deliver(Event(text=self.text[self.sent:upto]))
-            self.sent = upto
-
-
-def _row_criteria(rows: list[_Row]):
-    """A ``StoppingCriteria`` that feeds each new token to its row and tells ``generate`` which rows are done."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class RowCriteria(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            for row, token in zip(rows, input_ids[:, -1].tolist(), strict=True):
-                row.push(token)
-            return torch.tensor([r.finished for r in rows], dtype=torch.bool, device=input_ids.device)
-
-    return RowCriteria()
-
-
-class HFCompletionBackend:
-    """A Hugging Face causal LM folder (and optionally a PEFT LoRA adapter, merged into it) behind one worker
-    thread.
-
-    ``model_dir``: a folder ``AutoModelForCausalLM`` loads. ``adapter_dir``: a PEFT adapter trained on that model
-    (a mismatching or incomplete one raises ``ValueError``); its tokenizer is used when it saved one. The FIM
-    tokens are added when the tokenizer lacks them (new embedding rows at the mean of the others). ``device``:
-    ``cpu``, ``cuda`` or ``auto``. ``max_batch``: how many queued requests with the same sampling settings decode
-    together. ``max_tokens_cap``: the most new tokens a request gets, whatever it asks."""
-
-    def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "cpu",
-                 max_batch: int = 4, *, model_name: str | None = None,
-                 max_tokens_cap: int = MAX_TOKENS_CAP) -> None:
-        from transformers import AutoTokenizer
-
-        from ml.compute import resolve_compute
-        from ml.training.base_model import resize_with_mean_init
-        from ml.training.sft import load_adapter, load_base
-
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").is_file():
-            raise ValueError(f"model folder {model_dir} is missing or has no config.json")
-        # Serving merges the adapter, so the weights stay unquantized (bf16 on a GPU, fp32 on the CPU).
-        plan = resolve_compute(device=device, quantization="none")
-        if adapter_dir is not None:
-            adapter_dir = Path(adapter_dir)
-            model = load_adapter(model_dir, adapter_dir, plan=plan).merge_and_unload()
-            has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else model_dir))
-        else:
-            model = load_base(model_dir, plan)
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        if ensure_fim_tokens(tokenizer):
-            log.warning("%s has no FIM tokens: added them with untrained embedding rows", model_dir)
-            resize_with_mean_init(model, len(tokenizer))
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.device = plan.device
-        self.model_name = model_name or DEFAULT_MODEL_ID
-        self.max_batch = int(max_batch)
-        self.max_tokens_cap = int(max_tokens_cap)
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-        self.stop_ids = self._stop_ids()
-        self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-        self.cancelled = 0  # requests whose client went away mid-generation (a counter for logs and tests)
-        self._pending: collections.deque[Job] = collections.deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._worker = threading.Thread(target=self._work, name="astforge-completions", daemon=True)
-        self._worker.start()
-
-    # ----------------------------------------------------------------------------------------- public surface
-
-    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
-        return chat_prompt(self.tokenizer, messages)
-
-    def submit(self, prompt: str, params: SamplingParams, sink: Callable[[Event], None]) -> Job:
-        """Queue ``prompt``; ``sink`` receives its :class:`Event` s on the worker thread. Returns the job (cancel
-        it when nobody listens any more)."""
-        max_tokens = max(1, min(params.max_tokens, self.max_tokens_cap, self.context_length - 1))
-        job = Job(prompt, replace(params, max_tokens=max_tokens), sink)
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the completion backend is closed")
-            self._pending.append(job)
-            self._cv.notify()
-        return job
-
-    def complete(self, prompt: str, params: SamplingParams = SamplingParams(), *,
-                 suffix: str | None = None) -> tuple[str, str, dict[str, int]]:
-        """Blocking: (text, finish_reason, usage) of one completion (``suffix`` as in the HTTP route)."""
-        events = list(self.stream(prompt, params, suffix=suffix))
-        last = events[-1]
-        return "".join(e.text for e in events), str(last.finish_reason), dict(last.usage or {})
-
-    def stream(self, prompt: str, params: SamplingParams = SamplingParams(), *,
-               suffix: str | None = None) -> Iterator[Event]:
-        """Blocking iterator over the events of one completion; raises ``RuntimeError`` on a generation error."""
-        import queue
-
-        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        job = self.submit(build_completion_prompt(prompt, suffix), params, events.put)
-        try:
-            while True:
-                event = events.get()
-                if event.error:
-                    raise RuntimeError(event.error)
-                yield event
-                if event.last:
-                    return
-        finally:
-            job.cancel()
-
-    def close(self) -> None:
-        """Stop the worker after the job it is running; queued jobs are dropped."""
-        with self._cv:
-            self._closed = True
-            self._pending.clear()
-            self._cv.notify_all()
-        self._worker.join(timeout=30)
-
-    # ----------------------------------------------------------------------------------------- worker
-
-    def _stop_ids(self) -> frozenset[int]:
-        tok, ids = self.tokenizer, set(self.tokenizer.all_special_ids)
-        for source in (tok.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            ids.update(source if isinstance(source, list) else [source] if source is not None else [])
-        ids.update(i for i, t in tok.added_tokens_decoder.items() if t.special)
-        vocab = tok.get_vocab()
-        ids.update(vocab[t] for t in STOP_TOKENS if t in vocab)
-        return frozenset(ids)
-
-    def _next_batch(self) -> list[Job] | None:
-        with self._cv:
-            while not self._pending and not self._closed:
-                self._cv.wait()
-            if self._closed:
-                return None
-            first = self._pending.popleft()
-            batch, key = [first], first.params.batch_key()
-            if key is not None:
-                for job in list(self._pending):
-                    if len(batch) >= self.max_batch:
-                        break
-                    if job.params.batch_key() == key:
-                        self._pending.remove(job)
-                        batch.append(job)
-            return batch
-
-    def _work(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            live = [j for j in batch if not j.cancelled.is_set()]
-            if not live:
-                continue
-            try:
-                for job in live:
-                    job.ids = self._prompt_ids(job)
-                self._generate(live)
-            except Exception as exc:  # a failed batch answers its requests with an error, the worker lives on
-                log.exception("generation failed")
-                for job in live:
-                    if not job.done.is_set():
-                        job.deliver(Event(error=f"generation failed: {type(exc).__name__}: {exc}"))
-
-    def _prompt_ids(self, job: Job) -> list[int]:
-        # Tokenized here, not in the request's thread: a fast tokenizer used from two threads at once can fail
-        # with "Already borrowed".
-        ids = self.tokenizer(job.prompt, add_special_tokens=False)["input_ids"]
-        if not ids:  # an empty prompt: the model starts a document, as after OpenAI's <|endoftext|>
-            bos = self.tokenizer.bos_token_id
-            ids = [bos if bos is not None else self.pad_id]
-        # Too long for the context: keep the end of the prompt, next to where the completion goes.
-        return list(ids[-(self.context_length - job.params.max_tokens):])
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def _generate(self, jobs: list[Job]) -> None:
-        import torch
-        from transformers import StoppingCriteriaList
-
-        rows = [_Row(job, self._decode, self.stop_ids) for job in jobs]
-        width = max(len(j.ids) for j in jobs)
-        # Left padding: every row's next token is at the same column.
-        input_ids = torch.tensor([[self.pad_id] * (width - len(j.ids)) + j.ids for j in jobs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=self.device)
-        params = jobs[0].params
-        # Explicit values for everything OpenAI's API fixes: a model's generation_config.json (Qwen's top_k 20,
-        # repetition_penalty 1.05...) must not change what a request asked for.
-        sampling: dict[str, Any] = {"do_sample": False, "repetition_penalty": 1.0}
-        if not params.greedy:
-            sampling |= {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        with torch.no_grad():
-            self.model.generate(
-                input_ids=input_ids, attention_mask=mask, max_new_tokens=max(j.params.max_tokens for j in jobs),
-                pad_token_id=self.pad_id, eos_token_id=sorted(self.stop_ids),
-                stopping_criteria=StoppingCriteriaList([_row_criteria(rows)]), **sampling)
-        for row in rows:
-            if row.job.cancelled.is_set():
-                self.cancelled += 1
-            elif not row.finished:  # the context is full
-                row.finish("length")
-
-
-class CompletionBackend(Protocol):
-    """What :func:`create_app` needs from a backend (:class:`HFCompletionBackend` is one)."""
-
-    model_name: str
-    max_tokens_cap: int
-
-    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str: ...
-
-    def submit(self, prompt: str, params: SamplingParams, sink: Callable[[Event], None]) -> Job: ...
 
 
 # ---------------------------------------------------------------------------------------------------- HTTP

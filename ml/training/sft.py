@@ -48,6 +48,10 @@ class PhaseConfig:
     mega_batch_mult: int = 64
     separator: str = "\n"  # Phase 2: between the docstring prompt and the AST completion
     add_eos: bool = True  # Phase 2: append the eos token to each completion
+    # Tokenize prompt and completion apart and join the ids (FIM, Bavarian et al. 2022: pieces cut at character
+    # level are tokenized separately). Off: TRL tokenizes prompt + completion as one text, where byte-level BPE
+    # merges tokens across a cut inside a word and the prompt's end is lost from the training sequence.
+    tokenize_separately: bool = False
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     # LoRA on the top N transformer layers only (0 = every layer). Gradients then stop at the lowest adapted layer,
     # so the backward pass skips the layers below it: on a 30-layer pretrained base on CPU, the cheapest lever.
@@ -350,15 +354,24 @@ def build_phase1_trainer(
 def prompt_completion_rows(
     tokenizer, pairs: Sequence[tuple[str, str]], cfg: PhaseConfig
 ) -> tuple[list[dict], list[int], int]:
-    """``{"prompt", "completion"}`` rows, the supervised-token count of each kept row, and how many
-    pairs were dropped because prompt + completion exceeds ``cfg.max_length`` (the completion would
-    be truncated)."""
+    """``{"prompt", "completion"}`` rows (``{"input_ids", "labels"}`` with ``cfg.tokenize_separately``), the
+    supervised-token count of each kept row, and how many pairs were dropped because prompt + completion exceeds
+    ``cfg.max_length`` (the completion would be truncated)."""
     eos = tokenizer.eos_token if cfg.add_eos else ""
     rows, supervised, dropped = [], [], 0
     for nl, ast_text in pairs:
         prompt = nl + cfg.separator
         completion = ast_text + eos
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if cfg.tokenize_separately:
+            c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+            if len(p) + len(c) > cfg.max_length:
+                dropped += 1
+                continue
+            # pre-tokenized rows with their labels: TRL trains on them as they are
+            rows.append({"input_ids": p + c, "labels": [-100] * len(p) + c})
+            supervised.append(len(c))
+            continue
         full = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
         if len(full) > cfg.max_length:
             dropped += 1

@@ -1,0 +1,372 @@
+"""One sandboxed process, for :mod:`ml.sandbox`: the trusted launcher that sets the resource limits and namespaces
+up, the socket prelude, the clean environment and working directory, and how the process's end is read and classified.
+
+The layers and their known gaps are described in :mod:`ml.sandbox`; `_run` runs one program under a given
+`_Isolation`, and `ml.sandbox` chooses which one (probed once per process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+STATUSES = ("passed", "failed", "timeout", "memory", "output_limit", "killed", "error")
+
+DEFAULT_MAX_OUTPUT = 4096  # characters kept per stream (head and tail)
+FILE_SIZE_LIMIT = 64 * 1024 * 1024  # RLIMIT_FSIZE, bytes: bounds stdout/stderr files and files written
+OPEN_FILES_LIMIT = 256
+PROCESS_LIMIT = 64  # RLIMIT_NPROC, with namespaces only; the kernel ignores it for root (ml.sandbox's docstring)
+LAUNCHER_FAILED = 125  # exit code of the launcher when it could not set a layer up
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWNET = 0x40000000
+NAMESPACE_FLAGS = _CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWNS
+
+# Trusted code: runs in the child before the program, with -I -S (nothing from site-packages).
+# argv[1] is a JSON config; the remaining argv is the program's command line.
+_LAUNCHER = r"""
+import ctypes, json, os, resource, signal, sys
+cfg = json.loads(sys.argv[1])
+argv = sys.argv[2:]
+
+def fail(msg):
+    os.write(2, ("astforge-sandbox: " + msg + "\n").encode())
+    os._exit(125)
+
+def limit(name, soft, hard):
+    kind = getattr(resource, name)
+    _, cur_hard = resource.getrlimit(kind)
+    if cur_hard != resource.RLIM_INFINITY:
+        soft, hard = min(soft, cur_hard), min(hard, cur_hard)
+    try:
+        resource.setrlimit(kind, (soft, hard))
+    except (OSError, ValueError) as exc:
+        fail("setrlimit %s: %s" % (name, exc))
+
+def run_program():
+    try:
+        os.execve(argv[0], argv, os.environ)
+    except OSError as exc:
+        fail("exec %s: %s" % (argv[0], exc))
+
+for name, soft, hard in cfg["rlimits"]:
+    limit(name, soft, hard)
+
+flags = cfg["unshare"]
+if not flags:
+    run_program()
+
+libc = ctypes.CDLL(None, use_errno=True)
+uid, gid = os.geteuid(), os.getegid()
+if libc.unshare(flags) != 0:
+    fail("unshare: " + os.strerror(ctypes.get_errno()))
+
+def write(path, text):
+    with open(path, "w") as fh:
+        fh.write(text)
+
+try:
+    write("/proc/self/setgroups", "deny")
+except FileNotFoundError:
+    pass
+write("/proc/self/uid_map", "%d %d 1" % (uid or 65534, uid))
+write("/proc/self/gid_map", "%d %d 1" % (gid or 65534, gid))
+# Set after unshare: since Linux 5.14 the count is then per user namespace (the sandbox's own
+# processes); before it, it would count every process of the caller's uid on the machine.
+limit("RLIMIT_NPROC", cfg["nproc"], cfg["nproc"])
+
+# The launcher stays outside the new PID namespace; its first child is PID 1 there, a minimal init
+# that reaps orphans and reports the program's wait status through a pipe. The program runs as PID 2,
+# so signals behave as usual (PID 1 ignores signals it has no handler for).
+rfd, wfd = os.pipe()
+init = os.fork()
+if init == 0:
+    os.close(rfd)
+    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG: die with the launcher
+        fail("prctl: " + os.strerror(ctypes.get_errno()))
+    if cfg["mount_proc"]:
+        MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x4000, 0x40000, 2, 4, 8
+        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            fail("mount --make-rprivate /: " + os.strerror(ctypes.get_errno()))
+        if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+            fail("mount proc: " + os.strerror(ctypes.get_errno()))
+    program = os.fork()
+    if program == 0:
+        os.close(wfd)
+        run_program()
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == program:
+            os.write(wfd, str(status).encode())
+            os._exit(0)  # the kernel now kills whatever the program left running
+
+os.close(wfd)
+_, init_status = os.waitpid(init, 0)
+report = b""
+while chunk := os.read(rfd, 64):
+    report += chunk
+if not report:
+    fail("the namespace init ended without a report (wait status %d)" % init_status)
+status = int(report)
+if os.WIFSIGNALED(status):
+    sig = os.WTERMSIG(status)
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+    os._exit(128 + sig)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+# Runs in the program's interpreter (`python -c _PRELUDE main.py`): blocks the network, then runs main.py.
+_PRELUDE = r"""
+def _astforge_sandbox_main():
+    import runpy, socket, sys
+
+    def denied(*args, **kwargs):
+        raise PermissionError("network is disabled in the sandbox")
+
+    inet = (-1, socket.AF_INET, socket.AF_INET6)  # -1: the default family, AF_INET
+
+    class socket_without_network(socket.socket):  # AF_UNIX stays: asyncio's self-pipe needs socketpair
+        def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
+            if fileno is None and family in inet:
+                denied()
+            super().__init__(family, type, proto, fileno)
+
+    socket.socket = socket.SocketType = socket_without_network
+    socket.create_connection = socket.getaddrinfo = denied
+    program = sys.argv.pop(1)
+    runpy.run_path(program, run_name="__main__")
+
+
+_astforge_sandbox_main()
+"""
+
+_PROGRAM_NAME = "main.py"
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """How a program ended. `ok` is True only for status "passed" (exit code 0)."""
+
+    ok: bool
+    status: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    error_type: str | None = None  # exception name from the traceback, or the signal's name
+    truncated: bool = False  # stdout or stderr was cut to max_output characters
+
+
+@dataclass(frozen=True)
+class _Isolation:
+    unshare: int
+    mount_proc: bool
+
+
+
+def _environment(workdir: Path) -> dict[str, str]:
+    return {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONIOENCODING": "utf-8",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def _rlimits(memory_mb: int, cpu_s: float) -> list[tuple[str, int, int]]:
+    memory = int(memory_mb) * 1024 * 1024
+    cpu = max(1, math.ceil(cpu_s))
+    return [
+        ("RLIMIT_CORE", 0, 0),
+        ("RLIMIT_AS", memory, memory),
+        ("RLIMIT_CPU", cpu, cpu + 1),  # soft: SIGXCPU, hard one second later: SIGKILL
+        ("RLIMIT_FSIZE", FILE_SIZE_LIMIT, FILE_SIZE_LIMIT),
+        ("RLIMIT_NOFILE", OPEN_FILES_LIMIT, OPEN_FILES_LIMIT),
+    ]
+
+
+def _write_files(workdir: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or str(rel) == _PROGRAM_NAME:
+            raise ValueError(f"sandbox file names must be relative, inside the working directory: {name!r}")
+        target = workdir.joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+
+def _read_stream(fh, max_output: int) -> tuple[str, bool, str]:
+    """(kept text, truncated?, last non-blank line) of a stream file; a long stream keeps head and tail."""
+    size = fh.seek(0, os.SEEK_END)
+    window = max(max_output, 64) * 4  # bytes read from each end; UTF-8 needs at most 4 per character
+    fh.seek(0)
+    if size <= 2 * window:
+        text = fh.read().decode("utf-8", errors="replace")
+        head = tail = text
+    else:
+        head = fh.read(window).decode("utf-8", errors="replace")
+        fh.seek(size - window)
+        tail = fh.read().decode("utf-8", errors="replace")
+        text = None
+    if text is not None and len(text) <= max_output:
+        return text, False, _last_line(text)
+    half = max_output // 2
+    kept = head[:half] + f"\n... [cut by the sandbox: {size} bytes in all] ...\n" + tail[len(tail) - half :]
+    return kept, True, _last_line(tail)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+
+
+def _classify(returncode: int, timed_out: bool, last_stderr: str) -> tuple[str, str | None]:
+    match = _EXCEPTION_LINE.match(last_stderr.strip())
+    exception = match.group(1).rsplit(".", 1)[-1] if match else None
+    if timed_out:
+        return "timeout", "WallClockTimeout"
+    if returncode == 0:
+        return "passed", None
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if name == "SIGXCPU":
+            return "timeout", name
+        if name == "SIGXFSZ":
+            return "output_limit", name
+        return "killed", name
+    if returncode == LAUNCHER_FAILED and last_stderr.startswith("astforge-sandbox:"):
+        return "error", "SandboxError"
+    if exception == "MemoryError":
+        return "memory", exception
+    if exception == "OSError" and "File too large" in last_stderr:
+        return "output_limit", exception
+    return "failed", exception
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    """Wait until `pid` exits or the deadline passes, leaving it a zombie (WNOWAIT). True if it exited."""
+    delay = 0.001
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.02)
+    return True
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _remove_tree(path: Path) -> None:
+    def make_writable_and_retry(func, target, _exc_info):
+        parent = os.path.dirname(target)
+        os.chmod(parent, 0o700)
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.chmod(target, 0o700)
+        func(target)
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def _run(
+    source: str,
+    *,
+    timeout_s: float,
+    memory_mb: int,
+    cpu_s: float | None,
+    files: dict[str, str] | None,
+    max_output: int,
+    isolation: _Isolation,
+) -> SandboxResult:
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    cpu = cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1
+    workdir = Path(tempfile.mkdtemp(prefix="astforge-sandbox-"))
+    try:
+        _write_files(workdir, files or {})
+        (workdir / _PROGRAM_NAME).write_text(source, encoding="utf-8")
+        config = {
+            "rlimits": _rlimits(memory_mb, cpu),
+            "nproc": PROCESS_LIMIT,
+            "unshare": isolation.unshare,
+            "mount_proc": isolation.mount_proc,
+        }
+        program = [sys.executable, "-s", "-B", "-u", "-c", _PRELUDE, _PROGRAM_NAME]
+        command = [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(config), *program]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            start = time.monotonic()
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    cwd=workdir,
+                    env=_environment(workdir),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                return SandboxResult(
+                    False,
+                    "error",
+                    None,
+                    "",
+                    f"could not start the sandbox: {exc}",
+                    time.monotonic() - start,
+                    type(exc).__name__,
+                )
+            try:
+                timed_out = not _wait_unreaped(proc.pid, start + timeout_s)
+            finally:
+                # Also after a normal exit: nothing the program started may outlive it. The launcher is
+                # not reaped yet, so its process group id cannot have been reused by another process.
+                _kill_group(proc)
+                proc.wait()
+            seconds = time.monotonic() - start
+            stdout, cut_out, _ = _read_stream(out, max_output)
+            stderr, cut_err, last_err = _read_stream(err, max_output)
+        status, error_type = _classify(proc.returncode, timed_out, last_err)
+        return SandboxResult(
+            status == "passed",
+            status,
+            proc.returncode,
+            stdout,
+            stderr,
+            round(seconds, 4),
+            error_type,
+            cut_out or cut_err,
+        )
+    finally:
+        _remove_tree(workdir)
