@@ -4,6 +4,7 @@ domain corpus (`domain_corpus`, AWS CDK by default), each with its held-out sing
 from collections import Counter
 
 import dagster as dg
+from pydantic import model_validator
 
 from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, Seed, TrainFraction
 from assets.corpus import code_units
@@ -22,14 +23,23 @@ _A = active_autocomplete_profile()
 class FimRowsConfig(dg.Config):
     fim_rate: Fraction = 0.8  # FIM rows; the rest comment-to-code (where a unit has a docstring / leading comment)
     spm_rate: Fraction = 0.5  # of the FIM rows: suffix-prefix-middle order (else prefix-suffix-middle)
-    ast_span_rate: Fraction = 0.5  # of the FIM rows: the middle is one whole syntax node (else two random chars)
+    ast_span_rate: Fraction = 0.3  # of the FIM rows: the middle is one whole syntax node
+    line_span_rate: Fraction = 0.5  # of the FIM rows: one to three whole lines; the rest: two random characters
     max_context_chars: PositiveInt = 400  # prefix and suffix, each, cut at line boundaries
     max_middle_chars: PositiveInt = 240
     heldout_fraction: TrainFraction = 0.1  # of the files: their units become single-line infilling tasks only
     seed: Seed = 0
 
+    @model_validator(mode="after")
+    def _span_shares(self):
+        if self.ast_span_rate + self.line_span_rate > 1:
+            raise ValueError(f"ast_span_rate + line_span_rate must be at most 1, not "
+                             f"{self.ast_span_rate} + {self.line_span_rate}")
+        return self
+
     def rates(self) -> FimRates:
         return FimRates(fim_rate=self.fim_rate, spm_rate=self.spm_rate, ast_span_rate=self.ast_span_rate,
+                        line_span_rate=self.line_span_rate,
                         max_context_chars=self.max_context_chars, max_middle_chars=self.max_middle_chars)
 
 

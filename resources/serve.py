@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--max-batch", type=int, default=4, help="queued requests decoded together")
+    # Batching lost on 2 CPU cores (bench/serve.py: 0.91x completions/s; short single-line answers after long
+    # prompts are prefill-bound and padding grows the prefill); try --max-batch 4 on a GPU.
+    parser.add_argument("--max-batch", type=int, default=1, help="queued requests decoded together")
     args = parser.parse_args(argv)
     try:
         key, base, adapter = model_folders(DuckDBCatalog(), args.model)

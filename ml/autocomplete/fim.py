@@ -36,8 +36,8 @@ class FimRates:
 
     fim_rate: float = 0.8
     spm_rate: float = 0.5
-    ast_span_rate: float = 0.4
-    line_span_rate: float = 0.3  # of the FIM rows: one to three whole lines (the rest: two random characters)
+    ast_span_rate: float = 0.3
+    line_span_rate: float = 0.5  # of the FIM rows: one to three whole lines (the rest: two random characters)
     max_context_chars: int = 400  # prefix and suffix are cut to this many characters around the middle
     max_middle_chars: int = 240
     min_middle_chars: int = 1
