@@ -8,15 +8,24 @@ shows them with their logs, metadata and lineage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
-import dagster as dg
+# A screen, not a scroll: no per-row progress bars from datasets / transformers (the run logs keep the progress
+# lines each asset writes) and Dagster's console shows INFO and up (DEBUG events stay in the UI's run log).
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from definitions import defs
-from ml.languages import SLICES
-from resources import DuckDBCatalog
-from resources.recovery import recover_dead_runs
+import dagster as dg  # noqa: E402
+
+from definitions import defs  # noqa: E402
+from ml.languages import SLICES  # noqa: E402
+from resources import DuckDBCatalog  # noqa: E402
+from resources.recovery import recover_dead_runs  # noqa: E402
+
+CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{job_name} [{language}]" if language else job_name
         print(f"[astforge] {label} ...", flush=True)
         result = defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=language, instance=instance, raise_on_error=False
+            partition_key=language, instance=instance, raise_on_error=False, run_config=CONSOLE
         )
         status = "ok" if result.success else "FAILED"
         print(f"[astforge] {label} {status} in {time.monotonic() - start:.0f}s (run {result.run_id})", flush=True)
