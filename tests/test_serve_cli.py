@@ -1,0 +1,30 @@
+"""`astforge-serve` picks the autocomplete model the catalog holds, and says what to materialize when there is none."""
+
+from __future__ import annotations
+
+import pytest
+
+from resources import DuckDBCatalog
+from resources.serve import main, model_folders
+
+
+def _register(catalog: DuckDBCatalog, asset: str, folder) -> None:
+    folder.mkdir(parents=True)
+    catalog.publish_partition(asset_key=asset, partition="all", data_version=asset[-8:], path=folder, run_id="r",
+                              rows=0)
+
+
+def test_latest_m2_else_m1_else_a_clear_error(astforge_home, tmp_path, capsys):
+    catalog = DuckDBCatalog()
+    with pytest.raises(LookupError, match="materialize the autocomplete group"):
+        model_folders(catalog, None)
+    assert main(["--port", "1"]) == 2 and "materialize the autocomplete group" in capsys.readouterr().err
+    _register(catalog, "autocomplete_base_model", tmp_path / "base")
+    assert model_folders(catalog, "m0") == ("m0", tmp_path / "base", None)
+    with pytest.raises(LookupError, match="autocomplete_stage_b_adapter or autocomplete_stage_a_adapter"):
+        model_folders(catalog, None)
+    _register(catalog, "autocomplete_stage_a_adapter", tmp_path / "m1")
+    assert model_folders(catalog, None) == ("m1", tmp_path / "base", tmp_path / "m1")
+    _register(catalog, "autocomplete_stage_b_adapter", tmp_path / "m2")
+    assert model_folders(catalog, None) == ("m2", tmp_path / "base", tmp_path / "m2")
+    assert model_folders(catalog, "m1")[2] == tmp_path / "m1"
