@@ -187,6 +187,8 @@ def _load(catalog: DuckDBCatalog, model: str, plan):
 
 @dg.asset(group_name=GROUP, deps=[autocomplete_base_model, autocomplete_stage_a_adapter, autocomplete_stage_b_adapter],
           pool="gpu", kinds={"pytorch", "markdown"},
+          # a new adapter (a re-trained stage) re-runs the comparison when the automation sensor is on
+          automation_condition=dg.AutomationCondition.eager(),
           description="M0 vs M1 vs M2 on held-out single-line infilling (generic slices, the domain) and HumanEval "
                       "(tests run in the sandbox): exact match, edit similarity, syntax validity with and without "
                       "syntax-aware truncation, pass@1, latency. Metrics {model}_{set}_{metric}; a Markdown report.")
