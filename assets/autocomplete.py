@@ -173,14 +173,15 @@ def autocomplete_stage_b_adapter(context: dg.AssetExecutionContext, config: Stag
 
 
 def _load(catalog: DuckDBCatalog, model: str, plan):
-    from ml.training.sft import load_adapter, load_base
+    from ml.training.glue import load_merged
+    from ml.training.sft import load_base
 
     base = catalog.require_artifact("autocomplete_base_model", P)
     if model == "m0":
         return load_base(base["path"], plan), base
     entry = catalog.require_artifact(MODELS[model], P)
     try:
-        return load_adapter(base["path"], entry["path"], plan).merge_and_unload(), entry
+        return load_merged(base["path"], entry["path"], plan), entry
     except ValueError as exc:
         raise dg.Failure(f"autocomplete_eval: {MODELS[model]}: {exc}") from exc
 

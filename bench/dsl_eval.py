@@ -87,7 +87,8 @@ def train_student(model, tok, args):
 
     from ml.compute import resolve_compute
     from ml.training.base_model import save_base_model
-    from ml.training.sft import PhaseConfig, load_adapter, train_lora_sft
+    from ml.training.glue import load_merged
+    from ml.training.sft import PhaseConfig, train_lora_sft
 
     pairs = []
     for name in DOMAIN_NAMES:
@@ -109,7 +110,7 @@ def train_student(model, tok, args):
         train_lora_sft(base, tok, pairs, [], Path(tmp) / "out", Path(tmp) / "work", cfg, plan,
                        on_log=lambda step, logs: print("train", step, logs.get("loss"), flush=True))
         print(f"trained {args.train_steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
-        return load_adapter(base, Path(tmp) / "out", plan).merge_and_unload()
+        return load_merged(base, Path(tmp) / "out", plan)
 
 
 def requests(tok, n: int, seed: int, schema_view: str) -> tuple[list[str], list[dict]]:

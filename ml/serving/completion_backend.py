@@ -155,7 +155,8 @@ class HFCompletionBackend:
 
         from ml.compute import resolve_compute
         from ml.training.base_model import resize_with_mean_init
-        from ml.training.sft import load_adapter, load_base
+        from ml.training.glue import load_merged
+        from ml.training.sft import load_base
 
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -166,7 +167,7 @@ class HFCompletionBackend:
         plan = resolve_compute(device=device, quantization="none")
         if adapter_dir is not None:
             adapter_dir = Path(adapter_dir)
-            model = load_adapter(model_dir, adapter_dir, plan=plan).merge_and_unload()
+            model = load_merged(model_dir, adapter_dir, plan)
             has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
             tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else model_dir))
         else:

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml.compute import ComputePlan
-from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precision_args, quiet_printer
+from ml.training.glue import (
+    OnLog,
+    curve,
+    last_checkpoint,
+    load_merged,
+    log_callback,
+    precision_args,
+    quiet_printer,
+)
 from ml.training.sft import _expose_lm_head_bias, load_adapter
 
 
@@ -79,7 +87,7 @@ def train_dpo(
     if not rows:
         raise ValueError(f"DPO: no preference pairs left ({dropped} longer than {cfg.max_length} tokens dropped)")
     policy = load_adapter(base_dir, sft_adapter_dir, plan=plan, is_trainable=True)
-    reference = load_adapter(base_dir, sft_adapter_dir, plan=plan).merge_and_unload().eval()
+    reference = load_merged(base_dir, sft_adapter_dir, plan).eval()
     for p in reference.parameters():
         p.requires_grad_(False)
     work_dir, out_dir = Path(work_dir), Path(out_dir)
