@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", nargs="*", default=groups, choices=groups,
                         help="asset groups to run (default: all)")
     args = parser.parse_args(argv)
+    quiet_progress_bars()
 
     instance = dg.DagsterInstance.get()
     # execute_in_process skips the Definitions' executor, so its dead-run check runs here: a demo killed earlier
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             partition_key=language, instance=instance, raise_on_error=False, run_config=CONSOLE
         )
         status = "ok" if result.success else "FAILED"
-        print(f"[astforge] {label} {status} in {time.monotonic() - start:.0f}s (run {result.run_id})", flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        print(f"[astforge] {label} {status} in {time.monotonic() - start:.0f}s, peak memory so far {peak:.1f} GiB "
+              f"(run {result.run_id})", flush=True)
         if not result.success:
             failed.append(label)
         return result.success
@@ -135,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFailed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def quiet_progress_bars() -> None:
+    """Row-by-row bars (datasets' map, transformers' weight loading, the GGUF conversion) scroll the screen away;
+    the assets log their own progress lines."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def print_autocomplete(catalog: DuckDBCatalog, report_path: str) -> None:
