@@ -80,21 +80,13 @@ def fim_cases(n: int, modules: tuple[str, ...] = SOURCE_MODULES) -> list[dict]:
 
 def tiny_model_dir(folder: Path) -> Path:
     """A tiny random Qwen2 (seed 0) with the autocomplete pipeline's FIM tokenizer, trained on the same modules."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from ml.autocomplete.recipe import fim_tokenizer
-    from ml.training.base_model import TINY_CONFIGS, save_base_model
+    from ml.training.base_model import save_base_model, tiny_model
 
     texts = [Path(importlib.import_module(m).__file__).read_text() for m in SOURCE_MODULES]
     tok = fim_tokenizer("tiny:qwen2", texts, vocab_size=1000)
-    # A wider init than tiny:qwen2's 0.02 (as tests/test_completion_server.py): at 0.02 the random model repeats
-    # the last prompt token, <|fim_middle|>, a stop token, and every completion would be one token long.
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(
-        "qwen2", vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id, **{**TINY_CONFIGS["qwen2"], "initializer_range": 0.2})
-    return save_base_model(AutoModelForCausalLM.from_config(cfg), tok, folder)
+    # the wider init of tests/test_completion_server.py: at 0.02 every completion is one stop token long
+    return save_base_model(tiny_model("qwen2", tok, seed=0, initializer_range=0.2), tok, folder)
 
 
 @contextmanager

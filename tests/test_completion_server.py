@@ -21,7 +21,7 @@ import pytest
 import torch
 import uvicorn
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from ml.autocomplete.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_prompt
 from ml.autocomplete.recipe import fim_tokenizer
@@ -36,8 +36,9 @@ from ml.serving.completions import (
     ensure_fim_tokens,
 )
 from ml.serving.completions import main as completions_main
+from ml.training import base_model
 from ml.training.ast_tokenizer import build_ast_tokenizer
-from ml.training.base_model import TINY_CONFIGS, save_base_model
+from ml.training.base_model import save_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTINUE_CONFIG = ROOT / "editors" / "continue" / "config.yaml"
@@ -47,13 +48,9 @@ PROMPTS = [f"def f{i}(x):\n    return x + {i}" for i in range(6)] + ["import os\
 
 
 def tiny_model(tokenizer, seed: int = 0, **overrides):
-    """The project's ``tiny:qwen2`` config with a wider init: at the default (0.02) a random tied model repeats
-    its last token forever, and texts that are all alike would hide a request answered with another's text."""
-    torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(
-        "qwen2", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id, **{**TINY_CONFIGS["qwen2"], "initializer_range": 0.2, **overrides})
-    return AutoModelForCausalLM.from_config(cfg)
+    """The project's ``tiny:qwen2`` with a wider init: at the default (0.02) a random tied model repeats its last
+    token forever, and texts that are all alike would hide a request answered with another's text."""
+    return base_model.tiny_model("qwen2", tokenizer, seed, **{"initializer_range": 0.2, **overrides})
 
 
 @pytest.fixture(scope="module")

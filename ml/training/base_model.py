@@ -40,7 +40,15 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
-def _tiny_model(arch: str, tokenizer):
+def tiny_model(arch: str, tokenizer, seed: int = 0, **overrides):
+    """A seeded ``tiny:<arch>`` model for ``tokenizer``; ``overrides`` replace config fields (e.g.
+    ``initializer_range=0.2``: at the default 0.02 a random tied model repeats its last token, so every completion a
+    server or a bench asks of it would look alike)."""
+    torch.manual_seed(seed)
+    return _tiny_model(arch, tokenizer, **overrides)
+
+
+def _tiny_model(arch: str, tokenizer, **overrides):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if arch not in TINY_CONFIGS:
@@ -51,7 +59,7 @@ def _tiny_model(arch: str, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
-        **TINY_CONFIGS[arch],
+        **{**TINY_CONFIGS[arch], **overrides},
     )
     return AutoModelForCausalLM.from_config(cfg)
 
