@@ -26,6 +26,9 @@ from ml.languages import SLICES  # noqa: E402
 from resources import DuckDBCatalog  # noqa: E402
 from resources.recovery import recover_dead_runs  # noqa: E402
 
+DSL_HEADLINE = ("schema_valid_rate", "semantic_pass_rate", "exact_match_rate_constrained", "comparison_f1_constrained",
+                "semantic_pass_rate_constrained", "heldout_schema_valid_rate", "heldout_comparison_f1_constrained",
+                "heldout_semantic_pass_rate_constrained")
 CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
@@ -89,24 +92,22 @@ def main(argv: list[str] | None = None) -> int:
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
            FROM artifacts GROUP BY ALL ORDER BY asset_key, partition"""
     )
-    width = max((len(r["asset_key"]) for r in rows), default=10)
     if any(r["asset_key"] == "ast_eval" for r in rows):
-        print("\nEvaluation (ast_eval, latest per slice):")
         evals = catalog.query(
-            """SELECT partition, metric, arg_max(value, created_at) AS value FROM eval_metrics
-               WHERE asset_key = 'ast_eval' GROUP BY ALL ORDER BY partition, metric"""
+            """SELECT metric, partition, arg_max(value, created_at) AS value FROM eval_metrics
+               WHERE asset_key = 'ast_eval' GROUP BY ALL ORDER BY metric"""
         )
-        for e in evals:
-            print(f"  {e['partition']:<11} {e['metric']:<26} {e['value']:.4f}")
+        print_pivot("Evaluation (ast_eval, latest per slice)",
+                    [(e["metric"], e["partition"], e["value"]) for e in evals])
     dsl_metrics = catalog.query(
         """SELECT asset_key, metric, arg_max(value, created_at) AS value FROM eval_metrics
            WHERE asset_key IN ('dsl_base_eval', 'dsl_sft_eval', 'dsl_dpo_eval')
            GROUP BY ALL ORDER BY metric, asset_key"""
     )
     if dsl_metrics:
-        print("\nDSL student (seen domains; heldout_ = domains never trained on):")
+        print("\nDSL student (seen domains; heldout_ = domains never trained on; every metric in the report):")
         table: dict[str, dict[str, float]] = {}
-        for m in dsl_metrics:
+        for m in (m for m in dsl_metrics if m["metric"] in DSL_HEADLINE):
             table.setdefault(m["metric"], {})[m["asset_key"]] = m["value"]
         print(f"  {'metric':<44} {'base':>7} {'SFT':>7} {'DPO':>7}")
         for metric, v in table.items():
@@ -119,17 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     autocomplete = catalog.latest_artifact("autocomplete_eval", "all")
     if autocomplete:
         print_autocomplete(catalog, autocomplete["path"])
-    print("\nRows per slice (from the catalog):")
-    for r in rows:
-        print(f"  {r['asset_key']:<{width}}  {r['partition']:<11} {r['rows']:>8}")
+    print_pivot("Rows (from the catalog; one column per slice, `all` = unpartitioned)",
+                [(r["asset_key"], r["partition"], r["rows"]) for r in rows])
     skips = catalog.query(
-        "SELECT partition, asset_key, reason, sum(count) AS n FROM skipped_inputs "
-        "GROUP BY ALL ORDER BY partition, asset_key, n DESC"
+        "SELECT asset_key || ' ' || reason AS what, partition, sum(count) AS n FROM skipped_inputs "
+        "GROUP BY ALL HAVING sum(count) > 0 ORDER BY what"
     )
     if skips:
-        print("\nSkipped inputs (by slice, asset and reason):")
-        for s in skips:
-            print(f"  {s['partition']:<11} {s['asset_key']:<14} {s['reason']:<18} {s['n']:>7}")
+        print_pivot("Skipped inputs (asset and reason)", [(s["what"], s["partition"], s["n"]) for s in skips])
     print(f"\nCatalog: {catalog.db_path}")
     print(f"  query it: .venv/bin/python -c \"import duckdb; print(duckdb.connect('{catalog.db_path}', "
           "read_only=True).sql('SELECT * FROM artifacts'))\"")
@@ -139,6 +137,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFailed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def print_pivot(title: str, cells: list[tuple[str, str, float]]) -> None:
+    """One line per row key, one column per slice: a summary that fits a screen."""
+    columns = [c for c in (*SLICES, "all") if any(p == c for _, p, _ in cells)]
+    table: dict[str, dict[str, int]] = {}
+    for key, partition, n in cells:
+        table.setdefault(key, {})[partition] = n
+    width = max((len(k) for k in table), default=10)
+    print(f"\n{title}:")
+    print(f"  {'':<{width}} " + " ".join(f"{c:>10}" for c in columns))
+    for key, values in table.items():
+        print(f"  {key:<{width}} " + " ".join(_cell(values.get(c)) for c in columns))
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return f"{'':>10}"
+    return f"{value:>10}" if isinstance(value, int) else f"{value:>10.4f}"
 
 
 def quiet_progress_bars() -> None:
