@@ -40,6 +40,12 @@ _LAUNCHER = r"""
 import ctypes, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
 argv = sys.argv[2:]
+# Signal state survives exec: a parent that ignores or blocks SIGTERM (a test runner, a server thread) would hand
+# that to the program, which then could not be stopped by it. Start from the defaults, nothing blocked.
+signal.pthread_sigmask(signal.SIG_SETMASK, ())
+for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGALRM):
+    signal.signal(_sig, signal.SIG_DFL)
 
 def fail(msg):
     os.write(2, ("astforge-sandbox: " + msg + "\n").encode())

@@ -283,3 +283,21 @@ def test_weaker_isolation_levels_still_work(monkeypatch, listener, level):
     blocked = sandbox.run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n", timeout_s=10)
     assert blocked.error_type == "PermissionError"
     assert not _accepted(listener)
+
+
+def test_a_parent_that_ignores_or_blocks_sigterm_does_not_shield_the_program():
+    """Signal dispositions and the blocked mask survive exec: the launcher resets them (a test runner or a server
+    thread once left SIGTERM ignored in the parent, and a program that killed itself 'passed')."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        result = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", timeout_s=10)
+        assert result.status == "killed" and result.error_type == "SIGTERM"
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        result = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n", timeout_s=10)
+        assert result.status == "killed" and result.error_type == "SIGTERM"
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+        signal.signal(signal.SIGTERM, previous)
