@@ -37,9 +37,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,27 +85,6 @@ def tiny_model_dir(folder: Path) -> Path:
     tok = fim_tokenizer("tiny:qwen2", texts, vocab_size=1000)
     # the wider init of tests/test_completion_server.py: at 0.02 every completion is one stop token long
     return save_base_model(tiny_model("qwen2", tok, seed=0, initializer_range=0.2), tok, folder)
-
-
-@contextmanager
-def running(app) -> Iterator[str]:
-    """A real uvicorn server on a free port of 127.0.0.1, in a background thread."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn-bench", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @dataclass
@@ -180,11 +157,11 @@ def measure(model_dir: Path, adapter_dir: Path | None, device: str, max_batch: i
             clients: int, timeout_s: float) -> tuple[Run, str]:
     import httpx
 
-    from ml.serving.completions import HFCompletionBackend, create_app
+    from ml.serving.completions import HFCompletionBackend, create_app, serve_in_background
 
     backend = HFCompletionBackend(model_dir, adapter_dir, device=device, max_batch=max_batch)
     try:
-        with running(create_app(backend)) as base:
+        with serve_in_background(create_app(backend)) as base:
             # warm-up, off the clock: the first generate() pays for lazy initialisation
             httpx.post(f"{base}/v1/completions", json=cases[0], timeout=timeout_s).raise_for_status()
             return load(base, cases, clients, timeout_s), str(backend.device)

@@ -7,11 +7,9 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -19,7 +17,6 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 import torch
-import uvicorn
 import yaml
 from transformers import AutoModelForCausalLM
 
@@ -34,6 +31,7 @@ from ml.serving.completions import (
     chat_prompt,
     create_app,
     ensure_fim_tokens,
+    serve_in_background,
 )
 from ml.serving.completions import main as completions_main
 from ml.training import base_model
@@ -71,28 +69,9 @@ def backend(model_dir) -> Iterator[HFCompletionBackend]:
     b.close()
 
 
-@contextmanager
-def running(app) -> Iterator[str]:
-    """A real uvicorn server on a free port of 127.0.0.1, in a background thread."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        assert not thread.is_alive(), "uvicorn did not stop"
-
-
 @pytest.fixture(scope="module")
 def url(backend) -> Iterator[str]:
-    with running(create_app(backend)) as base:
+    with serve_in_background(create_app(backend)) as base:
         yield base
 
 
@@ -368,7 +347,8 @@ class FailingBackend:
 
 
 def test_a_failed_generation_is_a_500_json_error(backend):
-    with running(create_app(FailingBackend(backend))) as base, httpx.Client(base_url=base, timeout=60) as c:
+    with serve_in_background(create_app(FailingBackend(backend))) as base, \
+            httpx.Client(base_url=base, timeout=60) as c:
         for body in ({"prompt": "x = "}, {"prompt": "x = ", "stream": True}):
             r = c.post("/v1/completions", json=body)
             assert r.status_code == 500

@@ -31,9 +31,11 @@ import argparse
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHAT_MAX_TOKENS = 256  # /v1/chat/completions: a function from a comment
 
 __all__ = [
+    "serve_in_background",
     "DEFAULT_MODEL_ID",
     "FIM_MIDDLE",
     "FIM_PREFIX",
@@ -329,6 +332,30 @@ def create_app(backend: CompletionBackend) -> FastAPI:
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+
+
+@contextmanager
+def serve_in_background(app: FastAPI, *, start_timeout_s: float = 60.0) -> Iterator[str]:
+    """``app`` on a real uvicorn server on a free port of 127.0.0.1, in a background thread; yields its base URL
+    and stops it on exit (``RuntimeError`` when it does not start or stop). For tests and benchmarks."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        if thread.is_alive():
+            raise RuntimeError("uvicorn did not stop")
 
 
 def serve(backend: CompletionBackend, host: str = "127.0.0.1", port: int = 8000, *,
