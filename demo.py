@@ -50,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     catalog = DuckDBCatalog()
     failed = []
 
-    def run(job_name: str, language: str | None) -> bool:
+    def run(job_name: str, language: str | None, assets: list[str] | None = None) -> bool:
         start = time.monotonic()
-        label = f"{job_name} [{language}]" if language else job_name
+        label = f"{job_name} [{language or ', '.join(assets or [])}]" if language or assets else job_name
         print(f"[astforge] {label} ...", flush=True)
         result = defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=language, instance=instance, raise_on_error=False, run_config=CONSOLE
+            partition_key=language, instance=instance, raise_on_error=False, run_config=CONSOLE,
+            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
         )
         status = "ok" if result.success else "FAILED"
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         # Stage A trains on the python slice's FIM rows (its default `languages`); the domain is AWS CDK (Python).
         if "ast_first" not in args.groups:
             run("ast_data_job", "python")
-        if run("autocomplete_data_job", "python") and not args.data_only:
-            run("autocomplete_job", None)
+        if run("autocomplete_data_job", "python") and not args.data_only and run("autocomplete_job", None):
+            # M2 as GGUF for llama.cpp / Ollama (gguf_export_job also exports M1 and the DSL student)
+            run("gguf_export_job", None, ["autocomplete_stage_b_gguf"])
 
     rows = catalog.query(
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     autocomplete = catalog.latest_artifact("autocomplete_eval", "all")
     if autocomplete:
         print_autocomplete(catalog, autocomplete["path"])
+    gguf = catalog.latest_artifact("autocomplete_stage_b_gguf", "all")
+    if gguf:
+        print_gguf(gguf["path"])
     print_pivot("Rows (from the catalog; one column per slice, `all` = unpartitioned)",
                 [(r["asset_key"], r["partition"], r["rows"]) for r in rows])
     skips = catalog.query(
@@ -182,6 +187,21 @@ def print_autocomplete(catalog: DuckDBCatalog, report_path: str) -> None:
             shown = " ".join(f"{c:>8.3f}" if c is not None else f"{'–':>8}" for c in cells)
             print(f"  {s + ' ' + metric:<40} {shown}")
     print(f"  report: {report_path}/report.md")
+
+
+def print_gguf(path: str) -> None:
+    from ml.models.gguf_export import GgufExport
+
+    export = GgufExport.load(path)
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("autocomplete_stage_b_gguf"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    print("\nM2 exported as GGUF (llama.cpp, Ollama); agreement = greedy answers equal to transformers':")
+    for variant, file in export.files.items():
+        agree, speed = meta.get(f"{variant}_agreement"), meta.get(f"{variant}_speedup_vs_hf")
+        print(f"  {file:<22} {export.sizes_mb[variant]:>7.1f} MB   agreement {agree.value if agree else '–'}   "
+              f"{speed.value if speed else '–'}x faster than transformers")
+    print(f"  serve: .venv/bin/astforge-serve --backend llama_cpp   ollama: cd {path} && ollama create "
+          "astforge-autocomplete -f Modelfile")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,27 @@
-"""Completion server benchmark: the plain path (one request at a time) vs batching, through real HTTP.
+"""Completion server benchmark: the Hugging Face backend vs the llama.cpp backend on the same model, through HTTP.
 
-    python bench/serve.py [--model-dir DIR [--adapter-dir DIR] | --model m0|m1|m2 | --tiny]
-                          [--clients 4] [--requests 6] [--max-batch N] [--device auto]
+    python bench/serve.py [--model m0|m1|m2 | --model-dir DIR [--adapter-dir DIR] | --tiny] [--gguf FILE]
+                          [--quant q8_0] [--clients 4] [--requests 6] [--batched N] [--threads T]
 
-The server is ml/serving/completions.py on a real uvicorn server on a free port of 127.0.0.1, started twice
-over the same model: with ``max_batch=1`` (the baseline) and with ``max_batch=N`` (default: ``--clients``).
-Each time ``--clients`` httpx clients send ``--requests`` requests each, one after the other, all at once: the
-same single-line fill-in-the-middle completions (``prompt`` = the lines above a line of a stdlib module and its
-indentation, ``suffix`` = the lines below, ``max_tokens`` 24, ``temperature`` 0, ``stop: ["\\n"]``), so it runs
-offline and deterministically. One request per server before the clock starts warms it up.
+Each backend is served by ml/serving/completions.py on a real uvicorn server on a free port of 127.0.0.1, one
+after the other, over the same model: ``hf`` (transformers, one request at a time), ``llama_cpp`` (the model's GGUF
+export: ``--gguf``, else the catalog's `autocomplete_stage_*_gguf` file ``--quant``, else exported here first) and,
+with ``--batched N``, ``hf_batched`` (transformers, up to N requests decoded together). Each is measured three ways,
+with the same requests:
 
-The model: ``--model-dir`` (and ``--adapter-dir``), else the catalog's ($ASTFORGE_HOME/catalog.duckdb) latest
-``autocomplete_stage_b_adapter`` on ``autocomplete_base_model`` (``--model`` picks m0 / m1 / m2 as
-``astforge-serve`` does); ``--tiny`` builds a tiny random Qwen2 with a FIM tokenizer, seconds anywhere.
+- latency: one client sends ``--clients`` x ``--requests`` single-line fill-in-the-middle completions one after the
+  other (``prompt`` = the lines above a line of a stdlib module and its indentation, ``suffix`` = the lines below,
+  ``max_tokens`` 24, ``temperature`` 0, ``stop: ["\\n"]``): p50 / p95 of what the client waits;
+- decode: 3 completions of 64 tokens with no stop string after a short code prompt: generated tokens per second
+  (``usage.completion_tokens`` over the client's wait, prefill included);
+- concurrency: ``--clients`` clients send the single-line requests all at once: completions/s over the wall time.
 
-``latency_ms`` is one request seen by its client (queueing included); ``completions_per_s`` and
-``decode_tokens_per_s`` (``usage.completion_tokens``) are over the wall time of all the clients. ``same_text``
-is the fraction of requests answered with the same text by both servers (left-padded batches can change a
-greedy pick by a rounding). ``errors`` counts failed requests of both runs and must be 0 (exit status 1).
-Last line: {"plain_latency_ms_p50", "plain_latency_ms_p95", "batched_latency_ms_p50", "batched_latency_ms_p95",
-"plain_completions_per_s", "batched_completions_per_s", "speedup", "errors", "clients", "requests", ...}.
+One request per server before the clock starts warms it up. ``same_text`` is the fraction of single-line requests
+that llama.cpp answered exactly like transformers (f16 should be 1.0; a quantized file changes a few greedy picks).
+``errors`` counts failed requests of all runs and must be 0 (exit status 1). ``--tiny`` builds a tiny random Qwen2
+with a FIM tokenizer and exports it (seconds anywhere).
+Last line: {"hf_latency_ms_p50", "llama_cpp_latency_ms_p50", "latency_ratio", "hf_tokens_per_s",
+"llama_cpp_tokens_per_s", "hf_completions_per_s", "llama_cpp_completions_per_s", "errors", ...}.
 """
 
 from __future__ import annotations
@@ -44,36 +46,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _common import emit, peak_rss_mb
 
-MAX_TOKENS = 24
-SOURCE_MODULES = ("textwrap", "argparse", "difflib", "json.decoder")
-PREFIX_LINES = 24
-SUFFIX_LINES = 8
+from ml.serving.fim_probes import SOURCE_MODULES, stdlib_fim_cases
 
-
-def fim_cases(n: int, modules: tuple[str, ...] = SOURCE_MODULES) -> list[dict]:
-    """``n`` single-line FIM requests cut from stdlib modules: the cursor after the indentation of a code line,
-    the lines above as ``prompt`` and the lines below as ``suffix``. Evenly spread over the modules' lines."""
-    spots: list[tuple[list[str], int]] = []
-    for name in modules:
-        lines = Path(importlib.import_module(name).__file__).read_text().splitlines()
-        for i in range(PREFIX_LINES, len(lines) - SUFFIX_LINES):
-            code = lines[i].strip()
-            # A line worth completing: some code, not a comment, a docstring line or a lone bracket.
-            if len(code) >= 12 and not code.startswith(("#", '"', "'")) and any(c.isalpha() for c in code):
-                spots.append((lines, i))
-    if len(spots) < n:
-        raise ValueError(f"only {len(spots)} completable lines in {', '.join(modules)}, {n} wanted")
-    step = len(spots) / n
-    cases = []
-    for k in range(n):
-        lines, i = spots[int(k * step)]
-        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
-        cases.append({
-            "prompt": "\n".join(lines[i - PREFIX_LINES:i]) + "\n" + indent,
-            "suffix": "\n" + "\n".join(lines[i + 1:i + 1 + SUFFIX_LINES]) + "\n",
-            "max_tokens": MAX_TOKENS, "temperature": 0, "stop": ["\n"],
-        })
-    return cases
+DECODE_TOKENS = 64
+DECODE_PROMPTS = ("import os\nimport sys\n\n\ndef main(argv):\n    ", "class Stack:\n    def __init__(self):\n        ",
+                  "def parse_config(path):\n    ")
 
 
 def tiny_model_dir(folder: Path) -> Path:
@@ -95,23 +72,11 @@ class Run:
     texts: dict[int, str] = field(default_factory=dict)
     wall_s: float = 0.0
 
-    def summary(self, name: str) -> dict:
-        done = len(self.latencies_ms)
-        lat = sorted(self.latencies_ms)
 
-        def pct(q: float) -> float | None:
-            # nearest rank: with 16 requests p95 is the slowest one but one, not an interpolation past it
-            return round(lat[min(done - 1, max(0, round(q * done) - 1))], 1) if done else None
-
-        return {
-            f"{name}_latency_ms_p50": round(statistics.median(lat), 1) if done else None,
-            f"{name}_latency_ms_p95": pct(0.95),
-            f"{name}_completions_per_s": round(done / self.wall_s, 3),
-            f"{name}_decode_tokens_per_s": round(self.completion_tokens / self.wall_s, 2),
-            f"{name}_completion_tokens": self.completion_tokens,
-            f"{name}_wall_s": round(self.wall_s, 2),
-            f"{name}_errors": self.errors,
-        }
+def pct(values: list[float], q: float) -> float | None:
+    # nearest rank: with 24 requests p95 is the slowest one but one, not an interpolation past it
+    lat = sorted(values)
+    return round(lat[min(len(lat) - 1, max(0, round(q * len(lat)) - 1))], 1) if lat else None
 
 
 def load(base: str, cases: list[dict], clients: int, timeout_s: float) -> Run:
@@ -153,20 +118,63 @@ def load(base: str, cases: list[dict], clients: int, timeout_s: float) -> Run:
     return run
 
 
-def measure(model_dir: Path, adapter_dir: Path | None, device: str, max_batch: int, cases: list[dict],
-            clients: int, timeout_s: float) -> tuple[Run, str]:
+def measure(name: str, backend, cases: list[dict], clients: int, timeout_s: float) -> tuple[dict, Run]:
+    """The three measurements of one backend (see the module docstring); the latency run's texts come back too."""
     import httpx
 
-    from ml.serving.completions import HFCompletionBackend, create_app, serve_in_background
+    from ml.serving.completions import create_app, serve_in_background
 
-    backend = HFCompletionBackend(model_dir, adapter_dir, device=device, max_batch=max_batch)
+    decode_cases = [{"prompt": p, "max_tokens": DECODE_TOKENS, "temperature": 0} for p in DECODE_PROMPTS]
     try:
         with serve_in_background(create_app(backend)) as base:
             # warm-up, off the clock: the first generate() pays for lazy initialisation
             httpx.post(f"{base}/v1/completions", json=cases[0], timeout=timeout_s).raise_for_status()
-            return load(base, cases, clients, timeout_s), str(backend.device)
+            latency = load(base, cases, 1, timeout_s)
+            decode = load(base, decode_cases, 1, timeout_s)
+            concurrent = load(base, cases, clients, timeout_s)
     finally:
         backend.close()
+    summary = {
+        f"{name}_latency_ms_p50": round(statistics.median(latency.latencies_ms), 1) if latency.latencies_ms else None,
+        f"{name}_latency_ms_p95": pct(latency.latencies_ms, 0.95),
+        f"{name}_tokens_per_s": round(decode.completion_tokens / decode.wall_s, 2),
+        f"{name}_decode_tokens": decode.completion_tokens,
+        f"{name}_completions_per_s": round(len(concurrent.latencies_ms) / concurrent.wall_s, 3),
+        f"{name}_concurrent_latency_ms_p50": round(statistics.median(concurrent.latencies_ms), 1)
+        if concurrent.latencies_ms else None,
+        f"{name}_errors": latency.errors + decode.errors + concurrent.errors,
+    }
+    print(f"{name}: p50 {summary[f'{name}_latency_ms_p50']} ms, p95 {summary[f'{name}_latency_ms_p95']} ms, "
+          f"{summary[f'{name}_tokens_per_s']} tokens/s, {summary[f'{name}_completions_per_s']} completions/s "
+          f"with {clients} clients, {summary[f'{name}_errors']} errors", file=sys.stderr, flush=True)
+    return summary, latency
+
+
+def resolve_model(args, ap, tmp: Path) -> tuple[str, Path, Path | None, Path]:
+    """(label, model folder, adapter folder or None, GGUF file) of the command line."""
+    from ml.models.gguf_export import export_gguf
+
+    gguf = args.gguf
+    if args.tiny:
+        model_dir, adapter_dir, label = tiny_model_dir(tmp / "tiny"), None, "tiny:qwen2"
+    elif args.model_dir:
+        model_dir, adapter_dir, label = args.model_dir, args.adapter_dir, str(args.adapter_dir or args.model_dir)
+    else:
+        from resources.catalog import DuckDBCatalog
+        from resources.serve import gguf_file, model_folders
+
+        catalog = DuckDBCatalog()
+        try:
+            label, model_dir, adapter_dir = model_folders(catalog, args.model)
+            gguf = gguf or gguf_file(catalog, label, args.quant)
+        except LookupError as exc:
+            ap.error(str(exc))
+    if gguf is None:
+        quant = args.quant or "q8_0"
+        print(f"exporting {label} to GGUF ({quant}) first", file=sys.stderr, flush=True)
+        export = export_gguf(model_dir, adapter_dir, tmp / "gguf", quantizations=() if quant == "f16" else (quant,))
+        gguf = export.path(quant)
+    return label, Path(model_dir), Path(adapter_dir) if adapter_dir else None, Path(gguf)
 
 
 def main() -> None:
@@ -175,67 +183,60 @@ def main() -> None:
     ap.add_argument("--adapter-dir", type=Path, help="PEFT LoRA adapter trained on --model-dir")
     ap.add_argument("--model", choices=("m0", "m1", "m2"), help="which catalog model (default: latest M2, else M1)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model instead (seconds, anywhere)")
+    ap.add_argument("--gguf", type=Path, help="the GGUF file of the same model (default: the catalog's export)")
+    ap.add_argument("--quant", default=None, help="which file of the export: f16, q8_0... (default: q8_0)")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients")
     ap.add_argument("--requests", type=int, default=6, help="requests per client")
-    ap.add_argument("--max-batch", type=int, default=0, help="max_batch of the batched server (0: --clients)")
+    ap.add_argument("--batched", type=int, default=0, help="also the HF backend with max_batch N (0: not run)")
     ap.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads of both engines (0: their default)")
     ap.add_argument("--timeout-s", type=float, default=600.0, help="per-request HTTP timeout")
     args = ap.parse_args()
     if args.clients < 1 or args.requests < 1:
         ap.error("--clients and --requests must be at least 1")
-    max_batch = args.max_batch or args.clients
 
     import torch
 
+    from ml.serving.completions import HFCompletionBackend
+    from ml.serving.llama_cpp_backend import LlamaCppCompletionBackend
+
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    cases = fim_cases(args.clients * args.requests)
+    cases = stdlib_fim_cases(args.clients * args.requests)
+    result: dict = {}
+    texts: dict[str, Run] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.tiny:
-            model_dir, adapter_dir, label = tiny_model_dir(Path(tmp) / "tiny"), None, "tiny:qwen2"
-        elif args.model_dir:
-            model_dir, adapter_dir, label = args.model_dir, args.adapter_dir, str(args.adapter_dir or args.model_dir)
-        else:
-            from resources.catalog import DuckDBCatalog
-            from resources.serve import model_folders
+        label, model_dir, adapter_dir, gguf = resolve_model(args, ap, Path(tmp))
+        backends = {
+            "hf": lambda: HFCompletionBackend(model_dir, adapter_dir, device=args.device, max_batch=1),
+            "llama_cpp": lambda: LlamaCppCompletionBackend(gguf, n_threads=args.threads or None),
+        }
+        if args.batched > 1:
+            backends["hf_batched"] = lambda: HFCompletionBackend(model_dir, adapter_dir, device=args.device,
+                                                                 max_batch=args.batched)
+        for name, make in backends.items():
+            summary, texts[name] = measure(name, make(), cases, args.clients, args.timeout_s)
+            result |= summary
 
-            try:
-                key, model_dir, adapter_dir = model_folders(DuckDBCatalog(), args.model)
-            except LookupError as exc:
-                ap.error(str(exc))
-            label = key
-        runs: dict[str, Run] = {}
-        for name, batch in (("plain", 1), ("batched", max_batch)):
-            runs[name], device = measure(model_dir, adapter_dir, args.device, batch, cases, args.clients,
-                                         args.timeout_s)
-            s = runs[name].summary(name)
-            print(f"{name} (max_batch={batch}): p50 {s[f'{name}_latency_ms_p50']} ms, "
-                  f"p95 {s[f'{name}_latency_ms_p95']} ms, {s[f'{name}_completions_per_s']} completions/s, "
-                  f"{s[f'{name}_decode_tokens_per_s']} decode tokens/s, {runs[name].errors} errors", file=sys.stderr)
-
-    plain, batched = runs["plain"], runs["batched"]
-    both = [i for i in plain.texts if i in batched.texts]
-    errors = plain.errors + batched.errors
-    result = plain.summary("plain") | batched.summary("batched")
-    plain_rate = len(plain.latencies_ms) / plain.wall_s
-    speedup = len(batched.latencies_ms) / batched.wall_s / plain_rate if plain_rate else None
+    hf, llama = texts["hf"].texts, texts["llama_cpp"].texts
+    both = [i for i in hf if i in llama]
+    errors = sum(v for k, v in result.items() if k.endswith("_errors"))
+    ratio = (result["llama_cpp_latency_ms_p50"] / result["hf_latency_ms_p50"]
+             if result["hf_latency_ms_p50"] and result["llama_cpp_latency_ms_p50"] else None)
     result |= {
-        "speedup": round(speedup, 3) if speedup is not None else None,
+        "latency_ratio": round(ratio, 3) if ratio is not None else None,  # target <= 1/3
         "errors": errors,
+        "same_text": round(sum(hf[i] == llama[i] for i in both) / len(both), 3) if both else None,
         "clients": args.clients,
-        "requests": args.requests,
-        "max_batch": max_batch,
-        "max_tokens": MAX_TOKENS,
-        "same_text": round(sum(plain.texts[i] == batched.texts[i] for i in both) / len(both), 3) if both else None,
+        "requests": args.clients * args.requests,
+        "max_tokens": cases[0]["max_tokens"],
         "model": label,
-        "device": device,
+        "gguf": gguf.name,
         "threads": torch.get_num_threads(),
         "peak_rss_mb": peak_rss_mb(),
     }
-    order = ["plain_latency_ms_p50", "plain_latency_ms_p95", "batched_latency_ms_p50", "batched_latency_ms_p95",
-             "plain_completions_per_s", "batched_completions_per_s", "speedup", "errors", "clients", "requests"]
+    order = ["hf_latency_ms_p50", "llama_cpp_latency_ms_p50", "latency_ratio", "hf_tokens_per_s",
+             "llama_cpp_tokens_per_s", "hf_completions_per_s", "llama_cpp_completions_per_s", "errors"]
     emit({k: result[k] for k in order} | {k: v for k, v in result.items() if k not in order})
     if errors:
         sys.exit(1)

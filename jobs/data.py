@@ -65,3 +65,10 @@ autocomplete_job = dg.define_asset_job(
     description="Domain corpus, base with FIM tokens (M0), Stage A (M1), Stage B (M2), M0/M1/M2 evaluation and "
                 "report, on the current fim_samples of the slices Stage A reads.",
 )
+
+gguf_export_job = dg.define_asset_job(
+    "gguf_export_job",
+    selection=dg.AssetSelection.groups("serving"),
+    description="Export the current autocomplete M1/M2 and DSL student as GGUF (f16 + quantized, Ollama Modelfile) "
+                "and check that each answers like its Hugging Face model.",
+)

@@ -1,8 +1,11 @@
 """`astforge-serve`: serve an autocomplete model registered in the catalog over OpenAI's completions API.
 
-``astforge-serve --model m2 --port 8000`` (``make serve``) loads the latest `autocomplete_stage_b_adapter` (M2) on
-its base, ``m1`` Stage A, ``m0`` the base with FIM tokens; the default is the latest M2, else M1. The app itself
-is ml/serving/completions.py; an editor (VS Code's Continue: editors/continue/config.yaml) talks to it.
+``astforge-serve --model m2 --port 8000`` (``make serve``) serves the latest `autocomplete_stage_b_adapter` (M2),
+``m1`` Stage A, ``m0`` the base with FIM tokens; the default is the latest M2, else M1. ``--backend llama_cpp``
+serves the model's GGUF export (`autocomplete_stage_b_gguf`, `autocomplete_stage_a_gguf`; ``--quant`` picks the
+file) with llama.cpp, ``hf`` the Hugging Face folder with transformers; ``auto`` (the default) takes llama.cpp when
+the export is there. ``--gguf FILE`` serves any GGUF file. The app itself is ml/serving/completions.py; an editor
+(VS Code's Continue: editors/continue/config.yaml) talks to it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from resources.catalog import DuckDBCatalog
 
 MODEL_ASSETS = {"m0": "autocomplete_base_model", "m1": "autocomplete_stage_a_adapter",
                 "m2": "autocomplete_stage_b_adapter"}
+GGUF_ASSETS = {"m1": "autocomplete_stage_a_gguf", "m2": "autocomplete_stage_b_gguf"}
 
 
 def model_folders(catalog: DuckDBCatalog, model: str | None) -> tuple[str, Path, Path | None]:
@@ -35,8 +39,44 @@ def model_folders(catalog: DuckDBCatalog, model: str | None) -> tuple[str, Path,
     raise LookupError(f"{' or '.join(MODEL_ASSETS[k] for k in wanted)} is not materialized: run autocomplete_job")
 
 
+def gguf_file(catalog: DuckDBCatalog, key: str, quant: str | None) -> Path | None:
+    """The GGUF file of model ``key``'s latest export (``quant``: f16, q8_0...; default the file its Modelfile
+    uses), or None when it was not exported; ``LookupError`` when the export lacks ``quant``."""
+    from ml.models.gguf_export import GgufExport
+
+    entry = catalog.latest_artifact(GGUF_ASSETS[key], "all") if key in GGUF_ASSETS else None
+    if entry is None or not (Path(entry["path"]) / "gguf_export.json").is_file():
+        return None
+    export = GgufExport.load(entry["path"])
+    variant = quant or next((v for v in export.files if v != "f16"), "f16")
+    try:
+        return export.path(variant)
+    except KeyError as exc:
+        raise LookupError(f"{GGUF_ASSETS[key]} has no {variant} file ({', '.join(export.files)}): re-materialize it "
+                          f"with quantizations: [{variant}]") from exc
+
+
+def build_backend(args: argparse.Namespace, catalog: DuckDBCatalog):
+    """(what is served, the backend) for the parsed command line."""
+    from ml.serving.completions import HFCompletionBackend
+    from ml.serving.llama_cpp_backend import LlamaCppCompletionBackend
+
+    if args.gguf:
+        return f"{args.gguf} (llama.cpp)", LlamaCppCompletionBackend(args.gguf, n_threads=args.threads)
+    key, base, adapter = model_folders(catalog, args.model)
+    gguf = gguf_file(catalog, key, args.quant) if args.backend != "hf" else None
+    if args.backend == "llama_cpp" and gguf is None:
+        raise LookupError(f"{GGUF_ASSETS.get(key, 'a GGUF export of ' + key)} is not materialized: run "
+                          "gguf_export_job (or serve with --backend hf)")
+    if gguf is not None:
+        return f"{key} ({gguf}, llama.cpp)", LlamaCppCompletionBackend(gguf, n_threads=args.threads)
+    # one model id whichever of m0/m1/m2 is served: editors/continue/config.yaml names it
+    return f"{key} ({adapter or base}, transformers)", HFCompletionBackend(base, adapter, device=args.device,
+                                                                           max_batch=args.max_batch)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from ml.serving.completions import HFCompletionBackend, serve
+    from ml.serving.completions import serve
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODEL_ASSETS), default=None,
@@ -46,16 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
     # Batching lost on 2 CPU cores (bench/serve.py: 0.91x completions/s; short single-line answers after long
     # prompts are prefill-bound and padding grows the prefill); try --max-batch 4 on a GPU.
-    parser.add_argument("--max-batch", type=int, default=1, help="queued requests decoded together")
+    parser.add_argument("--max-batch", type=int, default=1, help="queued requests decoded together (hf backend)")
+    parser.add_argument("--backend", choices=("auto", "hf", "llama_cpp"), default="auto",
+                        help="llama_cpp: the model's GGUF export; hf: transformers; auto: llama_cpp when exported")
+    parser.add_argument("--quant", default=None, help="GGUF file of the export: f16, q8_0... (default: the "
+                                                      "quantized one)")
+    parser.add_argument("--gguf", type=Path, default=None, help="serve this GGUF file with llama.cpp instead")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp CPU threads (default: all cores)")
     args = parser.parse_args(argv)
     try:
-        key, base, adapter = model_folders(DuckDBCatalog(), args.model)
-        # one model id whichever of m0/m1/m2 is served: editors/continue/config.yaml names it
-        backend = HFCompletionBackend(base, adapter, device=args.device, max_batch=args.max_batch)
-    except (LookupError, ValueError) as exc:
+        what, backend = build_backend(args, DuckDBCatalog())
+    except (LookupError, ValueError, RuntimeError) as exc:
         print(f"astforge-serve: {exc}", file=sys.stderr)
         return 2
-    print(f"astforge-serve: {key} ({adapter or base}) on http://{args.host}:{args.port}/v1/", flush=True)
+    print(f"astforge-serve: {what} on http://{args.host}:{args.port}/v1/", flush=True)
     serve(backend, args.host, args.port)
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from resources import DuckDBCatalog
@@ -28,3 +30,25 @@ def test_latest_m2_else_m1_else_a_clear_error(astforge_home, tmp_path, capsys):
     _register(catalog, "autocomplete_stage_b_adapter", tmp_path / "m2")
     assert model_folders(catalog, None) == ("m2", tmp_path / "base", tmp_path / "m2")
     assert model_folders(catalog, "m1")[2] == tmp_path / "m1"
+
+
+def test_the_llama_cpp_backend_serves_the_models_gguf_export(astforge_home, tmp_path, capsys):
+    from ml.models.gguf_export import GgufExport
+    from resources.serve import gguf_file
+
+    catalog = DuckDBCatalog()
+    _register(catalog, "autocomplete_base_model", tmp_path / "base")
+    _register(catalog, "autocomplete_stage_b_adapter", tmp_path / "m2")
+    assert gguf_file(catalog, "m2", None) is None
+    assert main(["--backend", "llama_cpp", "--port", "1"]) == 2
+    assert "autocomplete_stage_b_gguf is not materialized: run gguf_export_job" in capsys.readouterr().err
+    folder = tmp_path / "gguf"
+    _register(catalog, "autocomplete_stage_b_gguf", folder)
+    export = GgufExport(folder=folder, files={"f16": "model-f16.gguf", "q8_0": "model-q8_0.gguf"},
+                        modelfile="Modelfile", template="{{ .Prompt }}", stops=[])
+    (folder / "gguf_export.json").write_text(json.dumps(export.to_json()))
+    assert gguf_file(catalog, "m2", None) == folder / "model-q8_0.gguf"  # the quantized file by default
+    assert gguf_file(catalog, "m2", "f16") == folder / "model-f16.gguf"
+    with pytest.raises(LookupError, match="no q4_k_m file"):
+        gguf_file(catalog, "m2", "q4_k_m")
+    assert gguf_file(catalog, "m1", None) is None  # M1 was not exported

@@ -1,9 +1,11 @@
-"""The completion server's engine: a Hugging Face causal LM (optionally with a merged LoRA adapter) behind one worker
-thread that owns the model (generation is not thread-safe). Requests queue up and are answered in order; up to
-``max_batch`` queued requests with the same sampling settings decode together as one left-padded batch, and each
-request's text streams as it grows (stop strings, stop tokens, cancellation).
+"""The completion server's engines. :class:`QueuedCompletionBackend` is what they share: one worker thread that
+owns the model (generation is not thread-safe), a queue answered in order, and each request's text streamed as it
+grows (incremental detokenization, stop strings, stop tokens, cancellation). :class:`HFCompletionBackend` is a
+Hugging Face causal LM (optionally with a merged LoRA adapter); up to ``max_batch`` queued requests with the same
+sampling settings decode together as one left-padded batch. The llama.cpp engine (a GGUF file) is
+:mod:`ml.serving.llama_cpp_backend`.
 
-The HTTP server in front of it is :mod:`ml.serving.completions`.
+The HTTP server in front of them is :mod:`ml.serving.completions`.
 """
 
 from __future__ import annotations
@@ -138,53 +140,23 @@ def _row_criteria(rows: list[_Row]):
     return RowCriteria()
 
 
-class HFCompletionBackend:
-    """A Hugging Face causal LM folder (and optionally a PEFT LoRA adapter, merged into it) behind one worker
-    thread.
+class QueuedCompletionBackend:
+    """One worker thread that owns a model and answers queued requests in order; subclasses tokenize
+    (:meth:`_prompt_ids`), decode token ids to text (:meth:`_decode`) and generate (:meth:`_generate`, which feeds
+    each new token to its request's :class:`_Row`). ``max_batch``: how many queued requests with the same sampling
+    settings a subclass may get at once. ``max_tokens_cap``: the most new tokens a request gets, whatever it asks.
+    Subclasses set their model up, then call ``super().__init__`` (which starts the worker)."""
 
-    ``model_dir``: a folder ``AutoModelForCausalLM`` loads. ``adapter_dir``: a PEFT adapter trained on that model
-    (a mismatching or incomplete one raises ``ValueError``); its tokenizer is used when it saved one. The FIM
-    tokens are added when the tokenizer lacks them (new embedding rows at the mean of the others). ``device``:
-    ``cpu``, ``cuda`` or ``auto``. ``max_batch``: how many queued requests with the same sampling settings decode
-    together. ``max_tokens_cap``: the most new tokens a request gets, whatever it asks."""
-
-    def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "cpu",
-                 max_batch: int = 4, *, model_name: str | None = None,
-                 max_tokens_cap: int = MAX_TOKENS_CAP) -> None:
-        from transformers import AutoTokenizer
-
-        from ml.compute import resolve_compute
-        from ml.training.base_model import resize_with_mean_init
-        from ml.training.glue import load_merged
-        from ml.training.sft import load_base
-
+    def __init__(self, *, model_name: str | None, max_batch: int, max_tokens_cap: int, context_length: int,
+                 stop_ids: frozenset[int], bos_id: int | None, pad_id: int) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").is_file():
-            raise ValueError(f"model folder {model_dir} is missing or has no config.json")
-        # Serving merges the adapter, so the weights stay unquantized (bf16 on a GPU, fp32 on the CPU).
-        plan = resolve_compute(device=device, quantization="none")
-        if adapter_dir is not None:
-            adapter_dir = Path(adapter_dir)
-            model = load_merged(model_dir, adapter_dir, plan)
-            has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else model_dir))
-        else:
-            model = load_base(model_dir, plan)
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        if ensure_fim_tokens(tokenizer):
-            log.warning("%s has no FIM tokens: added them with untrained embedding rows", model_dir)
-            resize_with_mean_init(model, len(tokenizer))
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.device = plan.device
         self.model_name = model_name or DEFAULT_MODEL_ID
         self.max_batch = int(max_batch)
         self.max_tokens_cap = int(max_tokens_cap)
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-        self.stop_ids = self._stop_ids()
-        self.pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+        self.context_length = int(context_length)
+        self.stop_ids = stop_ids
+        self.bos_id, self.pad_id = bos_id, pad_id
         self.cancelled = 0  # requests whose client went away mid-generation (a counter for logs and tests)
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
@@ -195,7 +167,11 @@ class HFCompletionBackend:
     # ----------------------------------------------------------------------------------------- public surface
 
     def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
-        return chat_prompt(self.tokenizer, messages)
+        raise NotImplementedError
+
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids of ``text`` as a prompt: FIM and control tokens one id each, nothing added in front."""
+        return self._tokenize(text)
 
     def submit(self, prompt: str, params: SamplingParams, sink: Callable[[Event], None]) -> Job:
         """Queue ``prompt``; ``sink`` receives its :class:`Event` s on the worker thread. Returns the job (cancel
@@ -244,15 +220,6 @@ class HFCompletionBackend:
 
     # ----------------------------------------------------------------------------------------- worker
 
-    def _stop_ids(self) -> frozenset[int]:
-        tok, ids = self.tokenizer, set(self.tokenizer.all_special_ids)
-        for source in (tok.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            ids.update(source if isinstance(source, list) else [source] if source is not None else [])
-        ids.update(i for i, t in tok.added_tokens_decoder.items() if t.special)
-        vocab = tok.get_vocab()
-        ids.update(vocab[t] for t in STOP_TOKENS if t in vocab)
-        return frozenset(ids)
-
     def _next_batch(self) -> list[Job] | None:
         with self._cv:
             while not self._pending and not self._closed:
@@ -287,13 +254,93 @@ class HFCompletionBackend:
 
     def _prompt_ids(self, job: Job) -> list[int]:
         # Tokenized here, not in the request's thread: a fast tokenizer used from two threads at once can fail
-        # with "Already borrowed".
-        ids = self.tokenizer(job.prompt, add_special_tokens=False)["input_ids"]
+        # with "Already borrowed", and llama.cpp's context is not thread-safe.
+        ids = self._tokenize(job.prompt)
         if not ids:  # an empty prompt: the model starts a document, as after OpenAI's <|endoftext|>
-            bos = self.tokenizer.bos_token_id
-            ids = [bos if bos is not None else self.pad_id]
+            ids = [self.bos_id if self.bos_id is not None else self.pad_id]
         # Too long for the context: keep the end of the prompt, next to where the completion goes.
         return list(ids[-(self.context_length - job.params.max_tokens):])
+
+    def _rows(self, jobs: list[Job]) -> list[_Row]:
+        return [_Row(job, self._decode, self.stop_ids) for job in jobs]
+
+    def _finish(self, rows: list[_Row]) -> None:
+        for row in rows:
+            if row.job.cancelled.is_set():
+                self.cancelled += 1
+            elif not row.finished:  # the context is full
+                row.finish("length")
+
+    def _tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def _generate(self, jobs: list[Job]) -> None:
+        raise NotImplementedError
+
+
+class HFCompletionBackend(QueuedCompletionBackend):
+    """A Hugging Face causal LM folder (and optionally a PEFT LoRA adapter, merged into it) behind one worker
+    thread.
+
+    ``model_dir``: a folder ``AutoModelForCausalLM`` loads. ``adapter_dir``: a PEFT adapter trained on that model
+    (a mismatching or incomplete one raises ``ValueError``); its tokenizer is used when it saved one. The FIM
+    tokens are added when the tokenizer lacks them (new embedding rows at the mean of the others). ``device``:
+    ``cpu``, ``cuda`` or ``auto``. ``max_batch``: how many queued requests with the same sampling settings decode
+    together. ``max_tokens_cap``: the most new tokens a request gets, whatever it asks."""
+
+    def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "cpu",
+                 max_batch: int = 4, *, model_name: str | None = None,
+                 max_tokens_cap: int = MAX_TOKENS_CAP) -> None:
+        from transformers import AutoTokenizer
+
+        from ml.compute import resolve_compute
+        from ml.training.base_model import resize_with_mean_init
+        from ml.training.glue import load_merged
+        from ml.training.sft import load_base
+
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise ValueError(f"model folder {model_dir} is missing or has no config.json")
+        # Serving merges the adapter, so the weights stay unquantized (bf16 on a GPU, fp32 on the CPU).
+        plan = resolve_compute(device=device, quantization="none")
+        if adapter_dir is not None:
+            adapter_dir = Path(adapter_dir)
+            model = load_merged(model_dir, adapter_dir, plan)
+            has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+            tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else model_dir))
+        else:
+            model = load_base(model_dir, plan)
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        if ensure_fim_tokens(tokenizer):
+            log.warning("%s has no FIM tokens: added them with untrained embedding rows", model_dir)
+            resize_with_mean_init(model, len(tokenizer))
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = plan.device
+        pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+        super().__init__(model_name=model_name, max_batch=max_batch, max_tokens_cap=max_tokens_cap,
+                         context_length=int(getattr(model.config, "max_position_embeddings", 0) or 2048),
+                         stop_ids=self._stop_ids(), bos_id=tokenizer.bos_token_id, pad_id=pad_id)
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
+        return chat_prompt(self.tokenizer, messages)
+
+    def _stop_ids(self) -> frozenset[int]:
+        tok, ids = self.tokenizer, set(self.tokenizer.all_special_ids)
+        for source in (tok.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            ids.update(source if isinstance(source, list) else [source] if source is not None else [])
+        ids.update(i for i, t in tok.added_tokens_decoder.items() if t.special)
+        vocab = tok.get_vocab()
+        ids.update(vocab[t] for t in STOP_TOKENS if t in vocab)
+        return frozenset(ids)
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -302,7 +349,7 @@ class HFCompletionBackend:
         import torch
         from transformers import StoppingCriteriaList
 
-        rows = [_Row(job, self._decode, self.stop_ids) for job in jobs]
+        rows = self._rows(jobs)
         width = max(len(j.ids) for j in jobs)
         # Left padding: every row's next token is at the same column.
         input_ids = torch.tensor([[self.pad_id] * (width - len(j.ids)) + j.ids for j in jobs], device=self.device)
@@ -320,15 +367,12 @@ class HFCompletionBackend:
                 input_ids=input_ids, attention_mask=mask, max_new_tokens=max(j.params.max_tokens for j in jobs),
                 pad_token_id=self.pad_id, eos_token_id=sorted(self.stop_ids),
                 stopping_criteria=StoppingCriteriaList([_row_criteria(rows)]), **sampling)
-        for row in rows:
-            if row.job.cancelled.is_set():
-                self.cancelled += 1
-            elif not row.finished:  # the context is full
-                row.finish("length")
+        self._finish(rows)
 
 
 class CompletionBackend(Protocol):
-    """What :func:`create_app` needs from a backend (:class:`HFCompletionBackend` is one)."""
+    """What :func:`create_app` needs from a backend (:class:`HFCompletionBackend` and
+    :class:`ml.serving.llama_cpp_backend.LlamaCppCompletionBackend` are two)."""
 
     model_name: str
     max_tokens_cap: int

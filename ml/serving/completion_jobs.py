@@ -35,13 +35,29 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+@dataclass(frozen=True)
+class PlainChat:
+    """A chat's messages with their contents as plain text, and the prompt without a chat template."""
+
+    messages: list[dict[str, str]]
+
+    @property
+    def text(self) -> str:
+        # a base code model reads a comment and writes the code
+        return "\n\n".join(m["content"] for m in self.messages) + "\n"
+
+
+def plain_chat_prompt(messages: Sequence[dict[str, Any]]) -> PlainChat:
+    return PlainChat([{"role": m["role"], "content": _content_text(m.get("content"))} for m in messages])
+
+
 def chat_prompt(tokenizer, messages: Sequence[dict[str, Any]]) -> str:
     """The prompt of a chat: the tokenizer's chat template (with the assistant turn opened) when it has one, else
-    the message contents joined by blank lines (a base code model reads a comment and writes the code)."""
-    plain = [{"role": m["role"], "content": _content_text(m.get("content"))} for m in messages]
+    the message contents joined by blank lines."""
+    plain = plain_chat_prompt(messages)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in plain) + "\n"
+        return tokenizer.apply_chat_template(plain.messages, tokenize=False, add_generation_prompt=True)
+    return plain.text
 
 
 # ---------------------------------------------------------------------------------------------------- requests

@@ -1,0 +1,267 @@
+"""A trained model (a base folder and a LoRA adapter) as GGUF files for llama.cpp and Ollama.
+
+:func:`export_gguf` merges the adapter into the base, converts the merged folder with llama.cpp's own converter
+(``convert_hf_to_gguf.py``, run by :mod:`ml.models.gguf_convert`) to an f16 GGUF, quantizes it with llama.cpp's
+quantizer (``llama_model_quantize`` from ``llama-cpp-python``: q8_0, q4_k_m...) and writes an Ollama ``Modelfile``
+beside the files (the FIM template for a completion model, ChatML for a chat model, and the stop tokens).
+:func:`greedy_agreement` compares what two completion engines answer to the same prompts (the HF model and its
+export).
+
+The converter comes with the llama-cpp-python sdist; ``make install`` unpacks it into
+``$VIRTUAL_ENV/share/astforge/llama.cpp`` (``ASTFORGE_LLAMA_CPP_DIR`` points elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml.autocomplete.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+
+LLAMA_CPP_DIR_ENV = "ASTFORGE_LLAMA_CPP_DIR"
+# llama.cpp's file types (llama_ftype) by the names its quantize tool uses
+QUANT_TYPES = {"q8_0": 7, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+CONVERT_TIMEOUT_S = 1800
+# stop tokens written into the Modelfile when the vocabulary has them
+OLLAMA_STOPS = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, "<|fim_pad|>",
+                "<|file_sep|>", "<|repo_name|>")
+# Ollama's Go templates. FIM: Ollama sends `suffix` of /api/generate as .Suffix (what Continue does for
+# autocomplete); without one the prompt is plain text. ChatML: SmolLM2's and Qwen's chat format.
+FIM_TEMPLATE = ("{{- if .Suffix }}" + FIM_PREFIX + "{{ .Prompt }}" + FIM_SUFFIX + "{{ .Suffix }}" + FIM_MIDDLE
+                + "{{- else }}{{ .Prompt }}{{- end }}")
+CHATML_TEMPLATE = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+                   "<|im_start|>assistant\n")
+
+
+def llama_cpp_dir() -> Path:
+    """The folder holding llama.cpp's ``convert_hf_to_gguf.py``, its ``conversion`` package and ``gguf-py``."""
+    env = os.environ.get(LLAMA_CPP_DIR_ENV)
+    folder = Path(env) if env else Path(sys.prefix) / "share" / "astforge" / "llama.cpp"
+    if not all((folder / part).exists() for part in ("convert_hf_to_gguf.py", "conversion", "gguf-py")):
+        raise FileNotFoundError(
+            f"llama.cpp's converter is not in {folder}: `make install` unpacks it from the llama-cpp-python sdist "
+            f"(or set {LLAMA_CPP_DIR_ENV} to a llama.cpp checkout)")
+    return folder
+
+
+@dataclass
+class GgufExport:
+    """What :func:`export_gguf` wrote: ``files`` maps a variant (``f16``, ``q8_0``...) to its file name in
+    ``folder``; ``seconds`` per step; ``sizes_mb`` per variant."""
+
+    folder: Path
+    files: dict[str, str]
+    modelfile: str
+    template: str
+    stops: list[str]
+    sizes_mb: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    vocab_size: int = 0
+
+    def path(self, variant: str) -> Path:
+        if variant not in self.files:
+            raise KeyError(f"no {variant!r} export here; there are {sorted(self.files)}")
+        return self.folder / self.files[variant]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "folder": str(self.folder)}
+
+    @classmethod
+    def load(cls, folder: str | Path) -> GgufExport:
+        """The export recorded in ``folder/gguf_export.json``."""
+        folder = Path(folder)
+        record = json.loads((folder / "gguf_export.json").read_text())
+        return cls(**{**record, "folder": folder})
+
+
+def merge_to_folder(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path) -> Path:
+    """The base with the adapter merged in, saved as a Hugging Face folder (fp32 weights, the adapter's tokenizer
+    when it saved one, else the base's). With no adapter the base is copied as is."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ml.training.glue import load_merged
+
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if adapter_dir is None:
+        model, tokenizer_dir = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), base_dir
+    else:
+        adapter_dir = Path(adapter_dir)
+        model = load_merged(base_dir, adapter_dir)
+        tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise ValueError(f"{tokenizer_dir}'s tokenizer has {len(tokenizer)} tokens but the model only "
+                         f"{model.get_input_embeddings().weight.shape[0]} embedding rows")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _run_tool(args: list[str], what: str, timeout_s: float) -> None:
+    cmd = [sys.executable, "-m", "ml.models.gguf_convert", *args]
+    env = {**os.environ, "PYTHONPATH": _project_root()}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{what} ran past {timeout_s:.0f} s") from exc
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{tail}")
+
+
+def _project_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def convert_to_gguf(model_dir: str | Path, out_file: str | Path, outtype: str = "f16",
+                    timeout_s: float = CONVERT_TIMEOUT_S) -> Path:
+    """llama.cpp's converter on a Hugging Face folder; ``RuntimeError`` with the end of its log when it fails (an
+    architecture or tokenizer it does not support)."""
+    out_file = Path(out_file)
+    _run_tool(["convert", str(llama_cpp_dir()), str(model_dir), "--outtype", outtype, "--outfile", str(out_file)],
+              f"convert_hf_to_gguf.py on {model_dir}", timeout_s)
+    if not out_file.is_file():
+        raise RuntimeError(f"convert_hf_to_gguf.py wrote no {out_file}")
+    return out_file
+
+
+def quantize_gguf(src: str | Path, dst: str | Path, kind: str, threads: int | None = None,
+                  timeout_s: float = CONVERT_TIMEOUT_S) -> Path:
+    """``src`` (an f16/f32 GGUF) quantized to ``kind`` (a key of :data:`QUANT_TYPES`) by llama.cpp. Tensors whose
+    rows do not fit the kind's block size (k-quants need multiples of 256) get llama.cpp's fallback type."""
+    if kind not in QUANT_TYPES:
+        raise ValueError(f"unknown quantization {kind!r}; known: {sorted(QUANT_TYPES)}")
+    _run_tool(["quantize", str(src), str(dst), str(QUANT_TYPES[kind]), str(threads or os.cpu_count() or 1)],
+              f"llama.cpp's quantizer ({kind}) on {src}", timeout_s)
+    if not Path(dst).is_file():
+        raise RuntimeError(f"llama.cpp's quantizer wrote no {dst}")
+    return Path(dst)
+
+
+def ollama_template(tokenizer_dir: Path, fim: bool) -> str:
+    """The Modelfile TEMPLATE: the FIM one for a completion model, ChatML when the tokenizer's chat template is
+    ChatML, else the prompt as is."""
+    if fim:
+        return FIM_TEMPLATE
+    config = tokenizer_dir / "tokenizer_config.json"
+    chat = (tokenizer_dir / "chat_template.jinja").read_text() if (tokenizer_dir / "chat_template.jinja").is_file() \
+        else json.loads(config.read_text()).get("chat_template") or "" if config.is_file() else ""
+    return CHATML_TEMPLATE if "<|im_start|>" in chat else "{{ .Prompt }}"
+
+
+def write_modelfile(folder: Path, gguf_name: str, template: str, stops: Sequence[str],
+                    parameters: dict[str, Any], name: str) -> Path:
+    """An Ollama ``Modelfile`` beside ``gguf_name``: ``ollama create NAME -f Modelfile`` in ``folder``."""
+    lines = [f"# in this folder: ollama create {name} -f Modelfile", f"FROM ./{gguf_name}",
+             f'TEMPLATE """{template}"""']
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += [f"PARAMETER {k} {v}" for k, v in parameters.items()]
+    path = folder / "Modelfile"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def export_gguf(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path, *,
+                quantizations: Sequence[str] = ("q8_0",), fim: bool = True, modelfile_variant: str | None = None,
+                context_length: int = 2048, name: str = "astforge-autocomplete",
+                log: Callable[[str], None] = lambda _: None) -> GgufExport:
+    """Merge, convert to f16, quantize to each of ``quantizations``, write the Modelfile (``FROM`` the
+    ``modelfile_variant``, default the first quantization, else f16; ``name`` is the Ollama model name it suggests)
+    and ``gguf_export.json``. ``fim``: a completion model (FIM template) rather than a chat one. ``out_dir`` must be
+    empty or absent; on failure nothing is left half-written in it."""
+    unknown = [q for q in quantizations if q not in QUANT_TYPES]
+    if unknown:
+        raise ValueError(f"unknown quantization(s) {unknown}; known: {sorted(QUANT_TYPES)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out_dir.parent) as tmp:
+        work = Path(tmp) / "out"
+        work.mkdir()
+        t0 = time.monotonic()
+        merged = merge_to_folder(base_dir, adapter_dir, Path(tmp) / "merged")
+        seconds["merge"] = round(time.monotonic() - t0, 1)
+        log(f"merged the adapter in {seconds['merge']} s; converting to GGUF f16")
+        t0 = time.monotonic()
+        files = {"f16": convert_to_gguf(merged, work / "model-f16.gguf", "f16").name}
+        seconds["convert_f16"] = round(time.monotonic() - t0, 1)
+        log(f"f16 GGUF in {seconds['convert_f16']} s")
+        for kind in quantizations:
+            t0 = time.monotonic()
+            files[kind] = quantize_gguf(work / files["f16"], work / f"model-{kind}.gguf", kind).name
+            seconds[f"quantize_{kind}"] = round(time.monotonic() - t0, 1)
+            log(f"{kind} GGUF in {seconds[f'quantize_{kind}']} s")
+        from transformers import AutoTokenizer
+
+        vocab = AutoTokenizer.from_pretrained(str(merged)).get_vocab()
+        stops = [s for s in OLLAMA_STOPS if s in vocab]
+        template = ollama_template(merged, fim)
+        variant = modelfile_variant or (quantizations[0] if quantizations else "f16")
+        if variant not in files:
+            raise ValueError(f"modelfile_variant {variant!r} is not among the exports {sorted(files)}")
+        parameters = {"temperature": 0, "num_ctx": context_length}
+        write_modelfile(work, files[variant], template, stops, parameters, name)
+        export = GgufExport(
+            folder=out_dir, files=files, modelfile="Modelfile", template=template, stops=stops,
+            sizes_mb={k: round((work / v).stat().st_size / 2**20, 1) for k, v in files.items()},
+            seconds=seconds, vocab_size=len(vocab))
+        (work / "gguf_export.json").write_text(json.dumps(export.to_json(), indent=1))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above); fails if something was written there meanwhile
+        work.rename(out_dir)  # one rename: the folder is complete or absent
+    return export
+
+
+# ---------------------------------------------------------------------------------------------------- agreement
+
+
+@dataclass
+class Agreement:
+    """Greedy answers of two engines to the same prompts: ``rate`` = the fraction answered with the same text;
+    ``reference_s`` / ``candidate_s``: each engine's time for all of them (one at a time)."""
+
+    rate: float
+    same: int
+    total: int
+    differing: list[dict[str, str]]
+    reference_s: float = 0.0
+    candidate_s: float = 0.0
+
+
+def greedy_agreement(reference, candidate, prompts: Sequence[tuple[str, str | None]], max_tokens: int = 24,
+                     stop: Sequence[str] = ()) -> Agreement:
+    """Each ``(prompt, suffix)`` completed greedily by both engines (anything with ``complete(prompt, params,
+    suffix=)``, e.g. :class:`ml.serving.completion_backend.HFCompletionBackend` and
+    :class:`ml.serving.llama_cpp_backend.LlamaCppCompletionBackend`)."""
+    from ml.serving.completion_jobs import SamplingParams
+
+    if not prompts:
+        raise ValueError("greedy_agreement needs at least one prompt")
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=tuple(stop))
+    differing, clocks = [], [0.0, 0.0]
+
+    def timed(engine, slot: int, prompt: str, suffix: str | None) -> str:
+        t0 = time.perf_counter()
+        text = engine.complete(prompt, params, suffix=suffix)[0]
+        clocks[slot] += time.perf_counter() - t0
+        return text
+
+    for prompt, suffix in prompts:
+        want, got = timed(reference, 0, prompt, suffix), timed(candidate, 1, prompt, suffix)
+        if got != want:
+            differing.append({"prompt_tail": prompt[-80:], "reference": want, "candidate": got})
+    same = len(prompts) - len(differing)
+    return Agreement(rate=round(same / len(prompts), 4), same=same, total=len(prompts), differing=differing,
+                     reference_s=round(clocks[0], 2), candidate_s=round(clocks[1], 2))

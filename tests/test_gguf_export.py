@@ -1,0 +1,179 @@
+"""GGUF export (ml/models/gguf_export.py): a tiny model with a LoRA adapter merged, converted by llama.cpp's own
+converter, quantized by llama.cpp, with an Ollama Modelfile; the f16 export answers like the Hugging Face model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from gguf import GGUFReader
+
+from ml.autocomplete.fim import FIM_TOKENS
+from ml.autocomplete.recipe import fim_tokenizer
+from ml.models.gguf_convert import known_pre_tokenizer
+from ml.models.gguf_export import GgufExport, convert_to_gguf, export_gguf, greedy_agreement
+from ml.serving.completion_backend import HFCompletionBackend
+from ml.serving.completion_jobs import build_completion_prompt
+from ml.serving.fim_probes import stdlib_fim_cases
+from ml.serving.llama_cpp_backend import LlamaCppCompletionBackend
+from ml.training import base_model
+from ml.training.base_model import save_base_model
+
+FIXTURES = Path(__file__).parent / "fixtures" / "python"
+PLAIN_PROMPTS = ["def f(x):\n    return x + 1\n", "import os\n\n", "class Point:\n    def __init__(self, x):\n"]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    return [p.read_text(errors="ignore") for p in sorted(FIXTURES.rglob("*.py"))] * 3
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, corpus) -> Path:
+    tok = fim_tokenizer("tiny:qwen2", corpus, vocab_size=400)
+    # the wider init of the server tests: at 0.02 a random tied model repeats one token and every text is alike
+    model = base_model.tiny_model("qwen2", tok, seed=0, initializer_range=0.2)
+    return save_base_model(model, tok, tmp_path_factory.mktemp("gguf") / "base")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)  # init_lora_weights=False: a random B, so the adapter changes the output
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                                LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                           init_lora_weights=False))
+    out = tmp_path_factory.mktemp("gguf") / "adapter"
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def export(model_dir, adapter_dir, tmp_path_factory) -> GgufExport:
+    return export_gguf(model_dir, adapter_dir, tmp_path_factory.mktemp("gguf") / "export", quantizations=("q8_0",),
+                       name="astforge-test")
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[tuple[str, str | None]]:
+    return [(c["prompt"], c["suffix"]) for c in stdlib_fim_cases(4)] + [(p, None) for p in PLAIN_PROMPTS]
+
+
+def _field(reader: GGUFReader, key: str):
+    return reader.fields[key].contents()
+
+
+def test_the_export_holds_f16_q8_0_a_modelfile_and_its_record(export, model_dir):
+    from transformers import AutoTokenizer
+
+    assert sorted(export.files) == ["f16", "q8_0"]
+    assert GgufExport.load(export.folder) == export
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for variant, file_type in (("f16", 1), ("q8_0", 7)):  # llama_ftype: MOSTLY_F16, MOSTLY_Q8_0
+        reader = GGUFReader(export.path(variant))
+        assert _field(reader, "general.file_type") == file_type
+        assert _field(reader, "general.architecture") == "qwen2"
+        tokens = _field(reader, "tokenizer.ggml.tokens")
+        assert len(tokens) == len(tok) == export.vocab_size
+        assert all(tokens[tok.convert_tokens_to_ids(t)] == t for t in FIM_TOKENS)
+        # transformers reloads the tiny BPE as a Qwen2 tokenizer (Qwen2's split): the converter's fallback names it
+        assert _field(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert export.sizes_mb["q8_0"] < export.sizes_mb["f16"]
+    assert not list(export.folder.parent.glob(".gguf-*")), "the work folder is gone"
+
+
+def test_the_f16_export_answers_like_the_hf_model_it_came_from(export, model_dir, adapter_dir, prompts):
+    hf = HFCompletionBackend(model_dir, adapter_dir, max_batch=1)
+    try:
+        for variant in ("f16", "q8_0"):
+            llama = LlamaCppCompletionBackend(export.path(variant))
+            try:
+                agreement = greedy_agreement(hf, llama, prompts, max_tokens=16)
+                texts = [llama.complete(p, suffix=s)[0] for p, s in prompts]
+            finally:
+                llama.close()
+            assert len(set(texts)) > 1 and all(texts), "distinct, non-empty completions"
+            if variant == "f16":
+                assert agreement.rate == 1.0, agreement.differing
+            else:  # quantized: greedy picks may change, the agreement is measured and stays in [0, 1]
+                assert 0 <= agreement.rate <= 1 and agreement.total == len(prompts)
+    finally:
+        hf.close()
+
+
+def test_the_adapter_is_merged_into_the_export(export, model_dir, tmp_path, prompts):
+    plain = export_gguf(model_dir, None, tmp_path / "plain", quantizations=())
+    with_adapter, without = (LlamaCppCompletionBackend(e.path("f16")) for e in (export, plain))
+    try:
+        assert [with_adapter.complete(p, suffix=s)[0] for p, s in prompts] != \
+            [without.complete(p, suffix=s)[0] for p, s in prompts]
+    finally:
+        with_adapter.close()
+        without.close()
+
+
+def _render_go_template(template: str, prompt: str, suffix: str) -> str:
+    """The FIM Modelfile template as Ollama renders it (its one if/else, with the whitespace trims)."""
+    match = re.fullmatch(r"\{\{- if \.Suffix \}\}(.*)\{\{- else \}\}(.*)\{\{- end \}\}", template, re.S)
+    assert match, template
+    chosen = match.group(1) if suffix else match.group(2)
+    return chosen.replace("{{ .Prompt }}", prompt).replace("{{ .Suffix }}", suffix)
+
+
+def test_the_modelfile_renders_the_prompt_the_server_builds(export):
+    lines = (export.folder / "Modelfile").read_text().splitlines()
+    (source,) = [ln for ln in lines if ln.startswith("FROM ")]
+    assert (export.folder / source.removeprefix("FROM ")).resolve() == export.path("q8_0").resolve()
+    (template_line,) = [ln for ln in lines if ln.startswith("TEMPLATE ")]
+    template = template_line.removeprefix('TEMPLATE """').removesuffix('"""')
+    assert template == export.template
+    for prompt, suffix in (("def f(x):\n    return ", "\n\nprint(f(1))\n"), ("import os\n", "")):
+        assert _render_go_template(template, prompt, suffix) == build_completion_prompt(prompt, suffix or None)
+    stops = [ln.split(" ", 2)[2].strip('"') for ln in lines if ln.startswith("PARAMETER stop ")]
+    assert set(FIM_TOKENS) | {"<|endoftext|>"} <= set(stops)
+    assert "PARAMETER temperature 0" in lines
+    assert lines[0] == "# in this folder: ollama create astforge-test -f Modelfile"
+
+
+def _with_pre_tokenizer(folder: Path, pre: dict) -> Path:
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["pre_tokenizer"] = pre
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_the_pre_tokenizer_fallback_names_only_what_llama_cpp_has(model_dir, tmp_path):
+    copy = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    assert known_pre_tokenizer(_with_pre_tokenizer(copy, {"type": "ByteLevel", "add_prefix_space": False,
+                                                          "trim_offsets": True, "use_regex": True})) == "gpt-2"
+    assert known_pre_tokenizer(_with_pre_tokenizer(copy, {"type": "Whitespace"})) is None
+    # a tokenizer llama.cpp cannot reproduce fails the conversion with the converter's reason, writing nothing
+    with pytest.raises(RuntimeError, match="pre-tokenizer was not recognized"):
+        convert_to_gguf(copy, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_the_export_refuses_a_full_folder_and_unknown_quantizations(model_dir, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        export_gguf(model_dir, None, tmp_path / "full")
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+    with pytest.raises(ValueError, match="q3_xx"):
+        export_gguf(model_dir, None, tmp_path / "new", quantizations=("q3_xx",))
+
+
+def test_a_file_that_is_not_a_gguf_model_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ValueError, match="could not load"):
+        LlamaCppCompletionBackend(bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        LlamaCppCompletionBackend(tmp_path / "nowhere.gguf")
