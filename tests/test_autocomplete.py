@@ -4,8 +4,10 @@ completion metrics, the Stage B mix, prompt masking; and the group end to end on
 from __future__ import annotations
 
 import ast
+import json
 import random
 import textwrap
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -249,3 +251,24 @@ def test_group_end_to_end_on_tiny_models(resources, tmp_path):
     assert "M2 stage B" in report and "| humaneval | pass_at_1 |" in report
     generic = catalog.query("SELECT count(*) AS n FROM autocomplete_results WHERE \"set\" = 'generic'")[0]["n"]
     assert generic and generic % 3 == 0  # the fixture slice has a held-out file: its tasks, for each model
+
+    # M1 and M2 exported as GGUF through the serving group: lineage to the adapter and base, the agreement check
+    from assets import GGUF_ASSETS
+    from ml.models.gguf_export import GgufExport
+    from resources.serve import gguf_file
+
+    exports = [a for a in GGUF_ASSETS if a.key.to_user_string().startswith("autocomplete_")]
+    result = dg.materialize(exports, resources=resources,
+                            run_config={"ops": {"autocomplete_stage_b_gguf": {"config": {"check_prompts": 3}}}})
+    assert result.success
+    (check,) = [c for c in result.get_asset_check_evaluations()
+                if c.asset_key == dg.AssetKey("autocomplete_stage_b_gguf")]
+    assert check.passed and check.metadata["f16_agreement"].value == 1.0
+    entry = catalog.latest_artifact("autocomplete_stage_b_gguf", "all")
+    upstream = json.loads(entry["upstream"])
+    assert upstream["autocomplete_stage_b_adapter"] == catalog.latest_artifact("autocomplete_stage_b_adapter",
+                                                                               "all")["data_version"]
+    assert "autocomplete_base_model" in upstream
+    export = GgufExport.load(entry["path"])
+    assert gguf_file(catalog, "m2", None) == export.path("q8_0") and export.path("f16").is_file()
+    assert (Path(entry["path"]) / "Modelfile").read_text().startswith("# in this folder: ollama create")

@@ -177,3 +177,15 @@ def test_a_file_that_is_not_a_gguf_model_is_a_clear_error(tmp_path):
         LlamaCppCompletionBackend(bad)
     with pytest.raises(ValueError, match="does not exist"):
         LlamaCppCompletionBackend(tmp_path / "nowhere.gguf")
+
+
+def test_the_ollama_continue_config_names_the_exported_model():
+    import yaml
+
+    from assets.gguf_exports import SERVABLE
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "editors/continue/config.ollama.yaml").read_text())
+    (model,) = config["models"]
+    assert model["provider"] == "ollama" and "autocomplete" in model["roles"]
+    assert model["model"] == SERVABLE["autocomplete_stage_b_gguf"].ollama_name
+    assert model["defaultCompletionOptions"]["temperature"] == 0

@@ -240,28 +240,44 @@ class Agreement:
     candidate_s: float = 0.0
 
 
-def greedy_agreement(reference, candidate, prompts: Sequence[tuple[str, str | None]], max_tokens: int = 24,
-                     stop: Sequence[str] = ()) -> Agreement:
-    """Each ``(prompt, suffix)`` completed greedily by both engines (anything with ``complete(prompt, params,
-    suffix=)``, e.g. :class:`ml.serving.completion_backend.HFCompletionBackend` and
+@dataclass
+class Answers:
+    """One engine's greedy answers to a prompt list, and its time for all of them (one at a time, after a warm-up
+    request)."""
+
+    texts: list[str]
+    seconds: float
+
+
+def greedy_answers(engine, prompts: Sequence[tuple[str, str | None]], max_tokens: int = 24,
+                   stop: Sequence[str] = ()) -> Answers:
+    """Each ``(prompt, suffix)`` completed greedily by ``engine`` (anything with ``complete(prompt, params,
+    suffix=)``: :class:`ml.serving.completion_backend.HFCompletionBackend`,
     :class:`ml.serving.llama_cpp_backend.LlamaCppCompletionBackend`)."""
     from ml.serving.completion_jobs import SamplingParams
 
     if not prompts:
-        raise ValueError("greedy_agreement needs at least one prompt")
+        raise ValueError("greedy answers need at least one prompt")
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=tuple(stop))
-    differing, clocks = [], [0.0, 0.0]
+    engine.complete(prompts[0][0], SamplingParams(max_tokens=1), suffix=prompts[0][1])  # warm-up, off the clock
+    t0 = time.perf_counter()
+    texts = [engine.complete(prompt, params, suffix=suffix)[0] for prompt, suffix in prompts]
+    return Answers(texts, round(time.perf_counter() - t0, 2))
 
-    def timed(engine, slot: int, prompt: str, suffix: str | None) -> str:
-        t0 = time.perf_counter()
-        text = engine.complete(prompt, params, suffix=suffix)[0]
-        clocks[slot] += time.perf_counter() - t0
-        return text
 
-    for prompt, suffix in prompts:
-        want, got = timed(reference, 0, prompt, suffix), timed(candidate, 1, prompt, suffix)
-        if got != want:
-            differing.append({"prompt_tail": prompt[-80:], "reference": want, "candidate": got})
+def compare_answers(reference: Answers, candidate: Answers, prompts: Sequence[tuple[str, str | None]]) -> Agreement:
+    differing = [{"prompt_tail": prompt[-80:], "reference": want, "candidate": got}
+                 for (prompt, _), want, got in zip(prompts, reference.texts, candidate.texts, strict=True)
+                 if got != want]
     same = len(prompts) - len(differing)
     return Agreement(rate=round(same / len(prompts), 4), same=same, total=len(prompts), differing=differing,
-                     reference_s=round(clocks[0], 2), candidate_s=round(clocks[1], 2))
+                     reference_s=reference.seconds, candidate_s=candidate.seconds)
+
+
+def greedy_agreement(reference, candidate, prompts: Sequence[tuple[str, str | None]], max_tokens: int = 24,
+                     stop: Sequence[str] = ()) -> Agreement:
+    """Both engines' greedy answers to the same prompts, compared. One engine after the other, not interleaved:
+    each runs on a quiet CPU (torch's OpenMP threads spin a while after a generate, which would slow the llama.cpp
+    call that follows)."""
+    return compare_answers(greedy_answers(reference, prompts, max_tokens, stop),
+                           greedy_answers(candidate, prompts, max_tokens, stop), prompts)
