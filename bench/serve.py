@@ -14,14 +14,22 @@ with the same requests:
   ``max_tokens`` 24, ``temperature`` 0, ``stop: ["\\n"]``): p50 / p95 of what the client waits;
 - decode: 3 completions of 64 tokens with no stop string after a short code prompt: generated tokens per second
   (``usage.completion_tokens`` over the client's wait, prefill included);
-- concurrency: ``--clients`` clients send the single-line requests all at once: completions/s over the wall time.
+- concurrency: ``--clients`` clients send the single-line requests all at once: completions/s over the wall time;
+- typing: what an editor sends while someone types a line: for ``--clients`` of the lines, one request per
+  ``TYPING_STEP`` characters typed (the prefix grows by them, the suffix stays), one after the other: p50 latency.
+  llama.cpp keeps the previous request's KV cache and recomputes only the tokens after the first difference;
+  transformers recomputes the whole prompt. Measured twice: with the PSM prompts the server builds from
+  ``prompt`` + ``suffix`` (what Continue's template sends), where the suffix follows the typed text and is
+  recomputed each time, and with SPM prompts (``<|fim_prefix|><|fim_suffix|>{suffix}<|fim_middle|>{prefix}``, sent
+  pre-rendered; the adapters train on both orders), where the typed text is the end of the prompt.
 
 One request per server before the clock starts warms it up. ``same_text`` is the fraction of single-line requests
 that llama.cpp answered exactly like transformers (f16 should be 1.0; a quantized file changes a few greedy picks).
 ``errors`` counts failed requests of all runs and must be 0 (exit status 1). ``--tiny`` builds a tiny random Qwen2
 with a FIM tokenizer and exports it (seconds anywhere).
 Last line: {"hf_latency_ms_p50", "llama_cpp_latency_ms_p50", "latency_ratio", "hf_tokens_per_s",
-"llama_cpp_tokens_per_s", "hf_completions_per_s", "llama_cpp_completions_per_s", "errors", ...}.
+"llama_cpp_tokens_per_s", "hf_completions_per_s", "llama_cpp_completions_per_s", "errors", "typing_latency_ratio",
+...}.
 """
 
 from __future__ import annotations
@@ -46,11 +54,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _common import emit, peak_rss_mb
 
-from ml.serving.fim_probes import SOURCE_MODULES, stdlib_fim_cases
+from ml.serving.fim_probes import SOURCE_MODULES, stdlib_fim_cases, stdlib_fim_spots
 
 DECODE_TOKENS = 64
+TYPING_STEP = 6  # characters typed between two requests
 DECODE_PROMPTS = ("import os\nimport sys\n\n\ndef main(argv):\n    ", "class Stack:\n    def __init__(self):\n        ",
                   "def parse_config(path):\n    ")
+
+
+def typing_cases(sessions: int, order: str) -> list[dict]:
+    """Single-line FIM requests as a line is typed: the cursor after 0, 6, 12... of its characters; ``order`` psm
+    (``prompt`` + ``suffix``, the server renders the prompt) or spm (the prompt rendered here)."""
+    from ml.autocomplete.fim import fim_prompt
+
+    cases = []
+    for prefix, line, suffix in stdlib_fim_spots(sessions):
+        for typed in range(0, len(line), TYPING_STEP):
+            text = prefix + line[:typed]
+            body = {"prompt": text, "suffix": suffix} if order == "psm" else {"prompt": fim_prompt(text, suffix, "spm")}
+            cases.append(body | {"max_tokens": 24, "temperature": 0, "stop": ["\n"]})
+    return cases
 
 
 def tiny_model_dir(folder: Path) -> Path:
@@ -118,7 +141,8 @@ def load(base: str, cases: list[dict], clients: int, timeout_s: float) -> Run:
     return run
 
 
-def measure(name: str, backend, cases: list[dict], clients: int, timeout_s: float) -> tuple[dict, Run]:
+def measure(name: str, backend, cases: list[dict], typing: dict[str, list[dict]], clients: int,
+            timeout_s: float) -> tuple[dict, Run]:
     """The three measurements of one backend (see the module docstring); the latency run's texts come back too."""
     import httpx
 
@@ -132,6 +156,7 @@ def measure(name: str, backend, cases: list[dict], clients: int, timeout_s: floa
             latency = load(base, cases, 1, timeout_s)
             decode = load(base, decode_cases, 1, timeout_s)
             concurrent = load(base, cases, clients, timeout_s)
+            typed = {order: load(base, requests, 1, timeout_s) for order, requests in typing.items()}
     finally:
         backend.close()
     summary = {
@@ -142,11 +167,15 @@ def measure(name: str, backend, cases: list[dict], clients: int, timeout_s: floa
         f"{name}_completions_per_s": round(len(concurrent.latencies_ms) / concurrent.wall_s, 3),
         f"{name}_concurrent_latency_ms_p50": round(statistics.median(concurrent.latencies_ms), 1)
         if concurrent.latencies_ms else None,
-        f"{name}_errors": latency.errors + decode.errors + concurrent.errors,
+        **{f"{name}_typing{'' if order == 'psm' else '_spm'}_latency_ms_p50":
+           round(statistics.median(run.latencies_ms), 1) if run.latencies_ms else None for order, run in typed.items()},
+        f"{name}_errors": latency.errors + decode.errors + concurrent.errors + sum(r.errors for r in typed.values()),
     }
     print(f"{name}: p50 {summary[f'{name}_latency_ms_p50']} ms, p95 {summary[f'{name}_latency_ms_p95']} ms, "
           f"{summary[f'{name}_tokens_per_s']} tokens/s, {summary[f'{name}_completions_per_s']} completions/s "
-          f"with {clients} clients, {summary[f'{name}_errors']} errors", file=sys.stderr, flush=True)
+          f"with {clients} clients, typing p50 {summary[f'{name}_typing_latency_ms_p50']} ms (psm) "
+          f"{summary[f'{name}_typing_spm_latency_ms_p50']} ms (spm), "
+          f"{summary[f'{name}_errors']} errors", file=sys.stderr, flush=True)
     return summary, latency
 
 
@@ -203,6 +232,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = stdlib_fim_cases(args.clients * args.requests)
+    typing = {order: typing_cases(args.clients, order) for order in ("psm", "spm")}
     result: dict = {}
     texts: dict[str, Run] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,7 +245,7 @@ def main() -> None:
             backends["hf_batched"] = lambda: HFCompletionBackend(model_dir, adapter_dir, device=args.device,
                                                                  max_batch=args.batched)
         for name, make in backends.items():
-            summary, texts[name] = measure(name, make(), cases, args.clients, args.timeout_s)
+            summary, texts[name] = measure(name, make(), cases, typing, args.clients, args.timeout_s)
             result |= summary
 
     hf, llama = texts["hf"].texts, texts["llama_cpp"].texts
@@ -223,12 +253,17 @@ def main() -> None:
     errors = sum(v for k, v in result.items() if k.endswith("_errors"))
     ratio = (result["llama_cpp_latency_ms_p50"] / result["hf_latency_ms_p50"]
              if result["hf_latency_ms_p50"] and result["llama_cpp_latency_ms_p50"] else None)
+    # llama.cpp's typing latency with the cache-friendly SPM prompts over transformers' with the PSM ones
+    typing_ratio = (result["llama_cpp_typing_spm_latency_ms_p50"] / result["hf_typing_latency_ms_p50"]
+                    if result["hf_typing_latency_ms_p50"] and result["llama_cpp_typing_spm_latency_ms_p50"] else None)
     result |= {
         "latency_ratio": round(ratio, 3) if ratio is not None else None,  # target <= 1/3
+        "typing_latency_ratio": round(typing_ratio, 3) if typing_ratio is not None else None,
         "errors": errors,
         "same_text": round(sum(hf[i] == llama[i] for i in both) / len(both), 3) if both else None,
         "clients": args.clients,
         "requests": args.clients * args.requests,
+        "typing_requests": len(typing["psm"]),
         "max_tokens": cases[0]["max_tokens"],
         "model": label,
         "gguf": gguf.name,
@@ -236,7 +271,8 @@ def main() -> None:
         "peak_rss_mb": peak_rss_mb(),
     }
     order = ["hf_latency_ms_p50", "llama_cpp_latency_ms_p50", "latency_ratio", "hf_tokens_per_s",
-             "llama_cpp_tokens_per_s", "hf_completions_per_s", "llama_cpp_completions_per_s", "errors"]
+             "llama_cpp_tokens_per_s", "hf_completions_per_s", "llama_cpp_completions_per_s", "errors",
+             "typing_latency_ratio"]
     emit({k: result[k] for k in order} | {k: v for k, v in result.items() if k not in order})
     if errors:
         sys.exit(1)
