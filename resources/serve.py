@@ -11,6 +11,7 @@ the export is there. ``--gguf FILE`` serves any GGUF file. The app itself is ml/
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +40,24 @@ def model_folders(catalog: DuckDBCatalog, model: str | None) -> tuple[str, Path,
     raise LookupError(f"{' or '.join(MODEL_ASSETS[k] for k in wanted)} is not materialized: run autocomplete_job")
 
 
+class StaleExport(LookupError):
+    """The latest GGUF export was made from an older adapter than the latest one."""
+
+
 def gguf_file(catalog: DuckDBCatalog, key: str, quant: str | None) -> Path | None:
-    """The GGUF file of model ``key``'s latest export (``quant``: f16, q8_0...; default the file its Modelfile
-    uses), or None when it was not exported; ``LookupError`` when the export lacks ``quant``."""
+    """The GGUF file of model ``key``'s latest export (``quant``: f16, q8_0...; default the quantized one), or None
+    when it was not exported; :class:`StaleExport` when the adapter was re-trained since, ``LookupError`` when the
+    export lacks ``quant``."""
     from ml.models.gguf_export import GgufExport
 
     entry = catalog.latest_artifact(GGUF_ASSETS[key], "all") if key in GGUF_ASSETS else None
     if entry is None or not (Path(entry["path"]) / "gguf_export.json").is_file():
         return None
+    adapter = catalog.latest_artifact(MODEL_ASSETS[key], "all")
+    exported = json.loads(entry["upstream"] or "{}").get(MODEL_ASSETS[key])
+    if adapter is not None and exported != adapter["data_version"]:
+        raise StaleExport(f"{GGUF_ASSETS[key]} was exported from another {MODEL_ASSETS[key]} than the latest "
+                          f"({exported} vs {adapter['data_version']}): re-run gguf_export_job")
     export = GgufExport.load(entry["path"])
     variant = quant or next((v for v in export.files if v != "f16"), "f16")
     try:
@@ -61,15 +72,26 @@ def build_backend(args: argparse.Namespace, catalog: DuckDBCatalog):
     from ml.serving.completions import HFCompletionBackend
     from ml.serving.llama_cpp_backend import LlamaCppCompletionBackend
 
+    # every layer to the GPU when llama.cpp was built with one (LLAMA_CMAKE_ARGS=-DGGML_CUDA=ON); a CPU build ignores it
+    gpu_layers = 0 if args.device == "cpu" else -1
     if args.gguf:
-        return f"{args.gguf} (llama.cpp)", LlamaCppCompletionBackend(args.gguf, n_threads=args.threads)
+        return f"{args.gguf} (llama.cpp)", LlamaCppCompletionBackend(args.gguf, n_threads=args.threads,
+                                                                     n_gpu_layers=gpu_layers)
     key, base, adapter = model_folders(catalog, args.model)
-    gguf = gguf_file(catalog, key, args.quant) if args.backend != "hf" else None
+    gguf = None
+    if args.backend != "hf":
+        try:
+            gguf = gguf_file(catalog, key, args.quant)
+        except StaleExport as exc:
+            if args.backend == "llama_cpp":
+                raise
+            print(f"astforge-serve: {exc}; serving the adapter with transformers meanwhile", file=sys.stderr)
     if args.backend == "llama_cpp" and gguf is None:
         raise LookupError(f"{GGUF_ASSETS.get(key, 'a GGUF export of ' + key)} is not materialized: run "
                           "gguf_export_job (or serve with --backend hf)")
     if gguf is not None:
-        return f"{key} ({gguf}, llama.cpp)", LlamaCppCompletionBackend(gguf, n_threads=args.threads)
+        return f"{key} ({gguf}, llama.cpp)", LlamaCppCompletionBackend(gguf, n_threads=args.threads,
+                                                                       n_gpu_layers=gpu_layers)
     # one model id whichever of m0/m1/m2 is served: editors/continue/config.yaml names it
     return f"{key} ({adapter or base}, transformers)", HFCompletionBackend(base, adapter, device=args.device,
                                                                            max_batch=args.max_batch)

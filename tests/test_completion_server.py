@@ -223,6 +223,9 @@ def test_temperature_samples_and_a_seed_repeats(client):
     body = {"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0.9, "top_p": 0.95, "seed": 7}
     first, second = post(client, "/v1/completions", body), post(client, "/v1/completions", body)
     assert first["choices"] == second["choices"]
+    # a seed holds for its own request only: unseeded samples after it do not all repeat it
+    unseeded = [post(client, "/v1/completions", {**body, "seed": None})["choices"] for _ in range(3)]
+    assert any(c != first["choices"] for c in unseeded)
     echoed = post(client, "/v1/completions", {"prompt": PROMPTS[1], "max_tokens": 8, "echo": True})
     assert echoed["choices"][0]["text"].startswith(PROMPTS[1])
 

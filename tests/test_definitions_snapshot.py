@@ -60,7 +60,7 @@ EXPECTED_CHECKS: dict[tuple[str, str], bool] = {
     ("ast_corpus", "roundtrip_exact"): True,
     ("ast_corpus", "no_duplicate_ids"): True,
     ("ast_corpus", "non_empty_slice"): False,
-    # reported by the export itself (the files are checked before they are published), not blocking
+    # reported by the export itself: a failing export raises before it is published, so nothing downstream waits
     ("autocomplete_stage_a_gguf", "greedy_matches_hf"): False,
     ("autocomplete_stage_b_gguf", "greedy_matches_hf"): False,
     ("dsl_student_gguf", "greedy_matches_hf"): False,

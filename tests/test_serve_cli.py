@@ -10,10 +10,10 @@ from resources import DuckDBCatalog
 from resources.serve import main, model_folders
 
 
-def _register(catalog: DuckDBCatalog, asset: str, folder) -> None:
-    folder.mkdir(parents=True)
+def _register(catalog: DuckDBCatalog, asset: str, folder, upstream: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
     catalog.publish_partition(asset_key=asset, partition="all", data_version=asset[-8:], path=folder, run_id="r",
-                              rows=0)
+                              rows=0, upstream=upstream)
 
 
 def test_latest_m2_else_m1_else_a_clear_error(astforge_home, tmp_path, capsys):
@@ -34,7 +34,7 @@ def test_latest_m2_else_m1_else_a_clear_error(astforge_home, tmp_path, capsys):
 
 def test_the_llama_cpp_backend_serves_the_models_gguf_export(astforge_home, tmp_path, capsys):
     from ml.models.gguf_export import GgufExport
-    from resources.serve import gguf_file
+    from resources.serve import StaleExport, gguf_file
 
     catalog = DuckDBCatalog()
     _register(catalog, "autocomplete_base_model", tmp_path / "base")
@@ -43,7 +43,7 @@ def test_the_llama_cpp_backend_serves_the_models_gguf_export(astforge_home, tmp_
     assert main(["--backend", "llama_cpp", "--port", "1"]) == 2
     assert "autocomplete_stage_b_gguf is not materialized: run gguf_export_job" in capsys.readouterr().err
     folder = tmp_path / "gguf"
-    _register(catalog, "autocomplete_stage_b_gguf", folder)
+    _register(catalog, "autocomplete_stage_b_gguf", folder, {"autocomplete_stage_b_adapter": "_adapter"})
     export = GgufExport(folder=folder, files={"f16": "model-f16.gguf", "q8_0": "model-q8_0.gguf"},
                         modelfile="Modelfile", template="{{ .Prompt }}", stops=[])
     (folder / "gguf_export.json").write_text(json.dumps(export.to_json()))
@@ -52,3 +52,10 @@ def test_the_llama_cpp_backend_serves_the_models_gguf_export(astforge_home, tmp_
     with pytest.raises(LookupError, match="no q4_k_m file"):
         gguf_file(catalog, "m2", "q4_k_m")
     assert gguf_file(catalog, "m1", None) is None  # M1 was not exported
+    # M2 re-trained after the export: the export is stale, never served in its place
+    catalog.publish_partition(asset_key="autocomplete_stage_b_adapter", partition="all", data_version="retrained",
+                              path=tmp_path / "m2", run_id="r2", rows=0)
+    with pytest.raises(StaleExport, match="re-run gguf_export_job"):
+        gguf_file(catalog, "m2", None)
+    assert main(["--backend", "llama_cpp", "--port", "1"]) == 2
+    assert "exported from another autocomplete_stage_b_adapter" in capsys.readouterr().err

@@ -72,7 +72,9 @@ class GgufExport:
         return self.folder / self.files[variant]
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "folder": str(self.folder)}
+        """What ``gguf_export.json`` records: not the folder (it moves when published) nor the timings (the
+        folder's content version must not change when the same export is made again)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("folder", "seconds")}
 
     @classmethod
     def load(cls, folder: str | Path) -> GgufExport:
@@ -109,13 +111,13 @@ def merge_to_folder(base_dir: str | Path, adapter_dir: str | Path | None, out_di
 
 def _run_tool(args: list[str], what: str, timeout_s: float) -> None:
     cmd = [sys.executable, "-m", "ml.models.gguf_convert", *args]
-    env = {**os.environ, "PYTHONPATH": _project_root()}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_project_root(), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"{what} ran past {timeout_s:.0f} s") from exc
     if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        tail = "\n".join(f"{done.stdout}\n{done.stderr}".strip().splitlines()[-12:])
         raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{tail}")
 
 

@@ -170,7 +170,8 @@ class QueuedCompletionBackend:
         raise NotImplementedError
 
     def tokenize(self, text: str) -> list[int]:
-        """The token ids of ``text`` as a prompt: FIM and control tokens one id each, nothing added in front."""
+        """The token ids of ``text`` as a prompt: FIM and control tokens one id each, nothing added in front. On the
+        caller's thread: for tests and tools, not while requests are being served."""
         return self._tokenize(text)
 
     def submit(self, prompt: str, params: SamplingParams, sink: Callable[[Event], None]) -> Job:

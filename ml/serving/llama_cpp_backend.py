@@ -1,5 +1,5 @@
-"""The completion server's llama.cpp engine: a GGUF file (an astforge export, see :mod:`ml.export.gguf`, or any
-other) run by llama.cpp through ``llama-cpp-python``, behind the same worker thread, queue, stop handling and
+"""The completion server's llama.cpp engine: a GGUF file (an astforge export, see :mod:`ml.models.gguf_export`, or
+any other) run by llama.cpp through ``llama-cpp-python``, behind the same worker thread, queue, stop handling and
 streaming as the Hugging Face engine (:class:`ml.serving.completion_backend.QueuedCompletionBackend`), so both
 serve the same routes with the same answers' shape.
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,23 +24,25 @@ log = logging.getLogger(__name__)
 DEFAULT_CONTEXT = 2048
 
 
-def _load_llama(gguf_path: Path, n_ctx: int, n_threads: int | None, n_gpu_layers: int):
+def _load_llama(gguf_path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int):
     try:
         from llama_cpp import Llama
     except ImportError as exc:  # the package is a compiled extra: say how to get it
         raise RuntimeError("the llama.cpp backend needs llama-cpp-python: `make install` builds it "
                            "(see the README, 'Serving with llama.cpp')") from exc
     try:
-        return Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                     verbose=False)
+        # the prompt pass gets the same threads as decoding (its default is every core)
+        return Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                     n_gpu_layers=n_gpu_layers, verbose=False)
     except ValueError as exc:  # llama-cpp-python's word for a file llama.cpp could not load
         raise ValueError(f"llama.cpp could not load {gguf_path}: not a GGUF model it supports ({exc})") from exc
 
 
 class LlamaCppCompletionBackend(QueuedCompletionBackend):
-    """A GGUF model run by llama.cpp. ``gguf_path``: the model file. ``n_ctx``: the context window (the model's
-    training context is the most; 2048 keeps the KV cache small). ``n_threads``: CPU threads (default: all cores).
-    ``n_gpu_layers``: layers offloaded to a GPU when llama.cpp was built with one (-1 = all). The prompt is
+    """A GGUF model run by llama.cpp. ``gguf_path``: the model file. ``n_ctx``: the context window, at most the
+    model's training context (2048 keeps the KV cache small). ``n_threads``: CPU threads (default: all cores).
+    ``n_gpu_layers``: layers offloaded to a GPU when llama.cpp was built with one (-1 = all; a CPU-only build runs
+    them on the CPU). The prompt is
     tokenized with the GGUF's own tokenizer, control tokens (``<|fim_prefix|>``...) parsed as tokens, as the
     Hugging Face tokenizer does with its added tokens."""
 
@@ -51,9 +54,13 @@ class LlamaCppCompletionBackend(QueuedCompletionBackend):
             raise ValueError(f"GGUF file {gguf_path} does not exist")
         self.path = gguf_path
         self.llm = _load_llama(gguf_path, n_ctx, n_threads or os.cpu_count() or 1, n_gpu_layers)
-        self.device = "cuda" if n_gpu_layers else "cpu"
+        import llama_cpp
+
+        offloads = bool(n_gpu_layers) and llama_cpp.llama_supports_gpu_offload()
+        self.device = "gpu" if offloads else "cpu"
         self.chat_template = self.llm.metadata.get("tokenizer.chat_template")
-        context = min(n_ctx, self.llm.n_ctx())
+        self._pieces: dict[int, bytes] = {}
+        context = min(n_ctx, self.llm.n_ctx(), llama_cpp.llama_model_n_ctx_train(self.llm.model))
         bos = self.llm.token_bos()
         eos = self.llm.token_eos()
         super().__init__(model_name=model_name, max_batch=1, max_tokens_cap=max_tokens_cap, context_length=context,
@@ -73,13 +80,36 @@ class LlamaCppCompletionBackend(QueuedCompletionBackend):
             bos_token=vocab_text(self.llm.token_bos()), eos_token=vocab_text(self.llm.token_eos()))
 
     def close(self) -> None:
-        super().close()
+        super().close()  # the running generation sees _closed and stops at its next token
+        if self._worker.is_alive():  # never free the model under a generation that is still running
+            log.warning("llama.cpp worker still busy after close(): the model is left to the process exit")
+            return
         self.llm.close()
 
     # ----------------------------------------------------------------------------------------- engine
 
     def _token_text(self, token: int) -> str:
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+        return self._piece(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    def _piece(self, token: int) -> bytes:
+        # llama-cpp-python's detokenize copies each piece through a 32-byte buffer and drops longer ones (SmolLM2
+        # has 47: newlines followed by 32-80 spaces, long runs of "-" or "#"): ask again with the size it needs.
+        piece = self._pieces.get(token)
+        if piece is None:
+            import ctypes
+
+            import llama_cpp
+
+            vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+            size = 64
+            while True:
+                buffer = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, True)
+                if n >= 0:
+                    break
+                size = -n
+            piece = self._pieces[token] = buffer.raw[:n]
+        return piece
 
     def _stop_ids(self) -> frozenset[int]:
         import llama_cpp
@@ -99,7 +129,7 @@ class LlamaCppCompletionBackend(QueuedCompletionBackend):
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
 
     def _decode(self, ids: list[int]) -> str:
-        return self.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+        return b"".join(self._piece(i) for i in ids).decode("utf-8", errors="replace")
 
     def _generate(self, jobs: list[Job]) -> None:
         (row,) = self._rows(jobs)  # max_batch is 1
@@ -109,10 +139,10 @@ class LlamaCppCompletionBackend(QueuedCompletionBackend):
         else:
             # OpenAI's settings and nothing else: no top-k or min-p cut (llama.cpp's defaults are 40 and 0.05)
             sampling = {"temp": params.temperature, "top_k": 0, "top_p": params.top_p, "min_p": 0.0}
-            if params.seed is not None:
-                self.llm.set_seed(params.seed)
+            # every sampled request sets the seed: an earlier request's must not make this one repeat it
+            self.llm.set_seed(params.seed if params.seed is not None else secrets.randbits(31))
         for token in self.llm.generate(row.job.ids, repeat_penalty=1.0, **sampling):
             row.push(int(token))
-            if row.finished:
+            if row.finished or self._closed:
                 break
         self._finish([row])
