@@ -224,3 +224,28 @@ def test_pieces_longer_than_32_bytes_are_decoded(tmp_path, corpus):
         assert llama._decode(ids) == f"x = 1{long_piece} x"
     finally:
         llama.close()
+
+
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_a_chat_models_modelfile_keeps_the_default_system_turn(corpus):
+    from ml.models.gguf_export import CHATML_TEMPLATE, FIM_TEMPLATE, ollama_template
+
+    tok = fim_tokenizer("tiny:qwen2", corpus, vocab_size=300)
+    assert ollama_template(tok, fim=True) == (FIM_TEMPLATE, None)
+    assert ollama_template(tok, fim=False) == ("{{ .Prompt }}", None)  # no chat template: the prompt as is
+    tok.chat_template = SMOLLM2_CHAT_TEMPLATE
+    template, system = ollama_template(tok, fim=False)
+    assert template == CHATML_TEMPLATE
+    assert system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    # Ollama puts SYSTEM first in .Messages: the template then renders what the student was trained on
+    rendered = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n"
+                       for role, content in (("system", system), ("user", "Request: x")))
+    rendered += "<|im_start|>assistant\n"
+    assert rendered == tok.apply_chat_template([{"role": "user", "content": "Request: x"}], tokenize=False,
+                                               add_generation_prompt=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -150,22 +151,28 @@ def quantize_gguf(src: str | Path, dst: str | Path, kind: str, threads: int | No
     return Path(dst)
 
 
-def ollama_template(tokenizer_dir: Path, fim: bool) -> str:
-    """The Modelfile TEMPLATE: the FIM one for a completion model, ChatML when the tokenizer's chat template is
-    ChatML, else the prompt as is."""
+def ollama_template(tokenizer, fim: bool) -> tuple[str, str | None]:
+    """(the Modelfile TEMPLATE, its SYSTEM or None): the FIM template for a completion model; ChatML when the
+    tokenizer's chat template is ChatML, with the system turn that template adds when a chat has none (SmolLM2's
+    "You are a helpful AI assistant named SmolLM...": the DSL student was trained behind it); else the prompt as is."""
     if fim:
-        return FIM_TEMPLATE
-    config = tokenizer_dir / "tokenizer_config.json"
-    chat = (tokenizer_dir / "chat_template.jinja").read_text() if (tokenizer_dir / "chat_template.jinja").is_file() \
-        else json.loads(config.read_text()).get("chat_template") or "" if config.is_file() else ""
-    return CHATML_TEMPLATE if "<|im_start|>" in chat else "{{ .Prompt }}"
+        return FIM_TEMPLATE, None
+    chat = getattr(tokenizer, "chat_template", None) or ""
+    if "<|im_start|>" not in chat:
+        return "{{ .Prompt }}", None
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
+                                             add_generation_prompt=True)
+    default = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n<\|im_start\|>user\n", rendered, re.S)
+    return CHATML_TEMPLATE, default.group(1) if default else None
 
 
 def write_modelfile(folder: Path, gguf_name: str, template: str, stops: Sequence[str],
-                    parameters: dict[str, Any], name: str) -> Path:
+                    parameters: dict[str, Any], name: str, system: str | None = None) -> Path:
     """An Ollama ``Modelfile`` beside ``gguf_name``: ``ollama create NAME -f Modelfile`` in ``folder``."""
     lines = [f"# in this folder: ollama create {name} -f Modelfile", f"FROM ./{gguf_name}",
              f'TEMPLATE """{template}"""']
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
     lines += [f'PARAMETER stop "{s}"' for s in stops]
     lines += [f"PARAMETER {k} {v}" for k, v in parameters.items()]
     path = folder / "Modelfile"
@@ -207,14 +214,15 @@ def export_gguf(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: s
             log(f"{kind} GGUF in {seconds[f'quantize_{kind}']} s")
         from transformers import AutoTokenizer
 
-        vocab = AutoTokenizer.from_pretrained(str(merged)).get_vocab()
+        tokenizer = AutoTokenizer.from_pretrained(str(merged))
+        vocab = tokenizer.get_vocab()
         stops = [s for s in OLLAMA_STOPS if s in vocab]
-        template = ollama_template(merged, fim)
+        template, system = ollama_template(tokenizer, fim)
         variant = modelfile_variant or (quantizations[0] if quantizations else "f16")
         if variant not in files:
             raise ValueError(f"modelfile_variant {variant!r} is not among the exports {sorted(files)}")
         parameters = {"temperature": 0, "num_ctx": context_length}
-        write_modelfile(work, files[variant], template, stops, parameters, name)
+        write_modelfile(work, files[variant], template, stops, parameters, name, system)
         export = GgufExport(
             folder=out_dir, files=files, modelfile="Modelfile", template=template, stops=stops,
             sizes_mb={k: round((work / v).stat().st_size / 2**20, 1) for k, v in files.items()},
