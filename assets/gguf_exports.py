@@ -101,7 +101,9 @@ def _export(context: dg.AssetExecutionContext, config: GgufExportConfig, artifac
                                  log=lambda m: context.log.info(f"{model.asset}: {m}"))
         except (RuntimeError, ValueError, FileNotFoundError) as exc:
             raise dg.Failure(f"{model.asset}: {exc}") from exc
-        reference = HFCompletionBackend(base["path"], adapter["path"], device="cpu", max_batch=1)
+        # the model exactly as exported: no FIM tokens added to a chat model's vocabulary
+        reference = HFCompletionBackend(base["path"], adapter["path"], device="cpu", max_batch=1,
+                                        fim_tokens=model.fim)
         try:
             expected = greedy_answers(reference, prompts, config.check_max_tokens, stop)
         finally:

@@ -290,11 +290,12 @@ class HFCompletionBackend(QueuedCompletionBackend):
     (a mismatching or incomplete one raises ``ValueError``); its tokenizer is used when it saved one. The FIM
     tokens are added when the tokenizer lacks them (new embedding rows at the mean of the others). ``device``:
     ``cpu``, ``cuda`` or ``auto``. ``max_batch``: how many queued requests with the same sampling settings decode
-    together. ``max_tokens_cap``: the most new tokens a request gets, whatever it asks."""
+    together. ``max_tokens_cap``: the most new tokens a request gets, whatever it asks. ``fim_tokens=False``
+    serves the model as it is (a chat model such as the DSL student has no use for them)."""
 
     def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "cpu",
                  max_batch: int = 4, *, model_name: str | None = None,
-                 max_tokens_cap: int = MAX_TOKENS_CAP) -> None:
+                 max_tokens_cap: int = MAX_TOKENS_CAP, fim_tokens: bool = True) -> None:
         from transformers import AutoTokenizer
 
         from ml.compute import resolve_compute
@@ -317,7 +318,7 @@ class HFCompletionBackend(QueuedCompletionBackend):
         else:
             model = load_base(model_dir, plan)
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        if ensure_fim_tokens(tokenizer):
+        if fim_tokens and ensure_fim_tokens(tokenizer):
             log.warning("%s has no FIM tokens: added them with untrained embedding rows", model_dir)
             resize_with_mean_init(model, len(tokenizer))
         self.model = model.eval()
