@@ -195,11 +195,12 @@ def print_gguf(path: str) -> None:
     export = GgufExport.load(path)
     event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("autocomplete_stage_b_gguf"))
     meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    print("\nM2 exported as GGUF (llama.cpp, Ollama); agreement = greedy answers equal to transformers':")
+    print("\nM2 exported as GGUF (llama.cpp, Ollama). agreement: the check's prompts answered as transformers does;\n"
+          "  speed: transformers' time / llama.cpp's on them (cold, prefill-bound; bench/serve.py: decode, typing)")
     for variant, file in export.files.items():
         agree, speed = meta.get(f"{variant}_agreement"), meta.get(f"{variant}_speedup_vs_hf")
         print(f"  {file:<22} {export.sizes_mb[variant]:>7.1f} MB   agreement {agree.value if agree else '–'}   "
-              f"{speed.value if speed else '–'}x faster than transformers")
+              f"speed {speed.value if speed else '–'}x")
     print(f"  serve: .venv/bin/astforge-serve --backend llama_cpp   ollama: cd {path} && ollama create "
           "astforge-autocomplete -f Modelfile")
 
