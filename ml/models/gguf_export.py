@@ -86,28 +86,16 @@ class GgufExport:
 
 
 def merge_to_folder(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path) -> Path:
-    """The base with the adapter merged in, saved as a Hugging Face folder (fp32 weights, the adapter's tokenizer
-    when it saved one, else the base's). With no adapter the base is copied as is."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The base with the adapter merged in, saved as a Hugging Face folder (fp32 weights, the tokenizer the
+    adapter saved, else the base's: what the completion server loads). With no adapter the base as is."""
+    from ml.training.base_model import save_base_model
+    from ml.training.glue import load_for_generation
 
-    from ml.training.glue import load_merged
-
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
-    if adapter_dir is None:
-        model, tokenizer_dir = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), base_dir
-    else:
-        adapter_dir = Path(adapter_dir)
-        model = load_merged(base_dir, adapter_dir)
-        tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        raise ValueError(f"{tokenizer_dir}'s tokenizer has {len(tokenizer)} tokens but the model only "
-                         f"{model.get_input_embeddings().weight.shape[0]} embedding rows")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    model, tokenizer = load_for_generation(base_dir, adapter_dir)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer):
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {rows} embedding rows")
+    return save_base_model(model, tokenizer, out_dir)
 
 
 def _run_tool(args: list[str], what: str, timeout_s: float) -> None:

@@ -296,12 +296,10 @@ class HFCompletionBackend(QueuedCompletionBackend):
     def __init__(self, model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "cpu",
                  max_batch: int = 4, *, model_name: str | None = None,
                  max_tokens_cap: int = MAX_TOKENS_CAP, fim_tokens: bool = True) -> None:
-        from transformers import AutoTokenizer
 
         from ml.compute import resolve_compute
         from ml.training.base_model import resize_with_mean_init
-        from ml.training.glue import load_merged
-        from ml.training.sft import load_base
+        from ml.training.glue import load_for_generation
 
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -310,14 +308,7 @@ class HFCompletionBackend(QueuedCompletionBackend):
             raise ValueError(f"model folder {model_dir} is missing or has no config.json")
         # Serving merges the adapter, so the weights stay unquantized (bf16 on a GPU, fp32 on the CPU).
         plan = resolve_compute(device=device, quantization="none")
-        if adapter_dir is not None:
-            adapter_dir = Path(adapter_dir)
-            model = load_merged(model_dir, adapter_dir, plan)
-            has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else model_dir))
-        else:
-            model = load_base(model_dir, plan)
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model, tokenizer = load_for_generation(model_dir, adapter_dir, plan)
         if fim_tokens and ensure_fim_tokens(tokenizer):
             log.warning("%s has no FIM tokens: added them with untrained embedding rows", model_dir)
             resize_with_mean_init(model, len(tokenizer))

@@ -68,3 +68,21 @@ def load_merged(base_dir, adapter_dir, plan: ComputePlan | None = None):
     from ml.training.sft import load_adapter  # sft imports this module
 
     return load_adapter(base_dir, adapter_dir, plan).merge_and_unload()
+
+
+def load_for_generation(base_dir, adapter_dir=None, plan: ComputePlan | None = None):
+    """(model, tokenizer) to generate with: the base with the adapter merged in (:func:`load_merged`), or the base
+    alone; the tokenizer the adapter saved (its added tokens), else the base's. One rule for the completion server
+    and the GGUF export, which must see the same model."""
+    from transformers import AutoTokenizer
+
+    from ml.compute import resolve_compute
+    from ml.training.sft import load_base  # sft imports this module
+
+    plan = plan or resolve_compute(device="cpu", quantization="none")
+    if adapter_dir is None:
+        return load_base(base_dir, plan), AutoTokenizer.from_pretrained(str(base_dir))
+    adapter_dir = Path(adapter_dir)
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    return (load_merged(base_dir, adapter_dir, plan),
+            AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else base_dir)))
