@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="*", default=SLICES, help="language slices (default: all)")
     parser.add_argument("--data-only", action="store_true", help="skip training and evaluation")
-    groups = ["ast_first", "dsl", "autocomplete"]
+    groups = ["ast_first", "dsl", "autocomplete", "srl"]
     parser.add_argument("--groups", nargs="*", default=groups, choices=groups,
                         help="asset groups to run (default: all)")
     args = parser.parse_args(argv)
@@ -90,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             # M2 as GGUF for llama.cpp / Ollama (gguf_export_job also exports M1 and the DSL student)
             run("gguf_export_job", None, ["autocomplete_stage_b_gguf"])
 
+    if "srl" in args.groups:
+        # ast-grep rewrites on the python slice's code units (the corpus job above made them)
+        if "ast_first" not in args.groups and "autocomplete" not in args.groups:
+            run("ast_data_job", "python")
+        if not args.data_only:
+            run("srl_job", "python")
+
     rows = catalog.query(
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
            FROM artifacts GROUP BY ALL ORDER BY asset_key, partition"""
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     gguf = catalog.latest_artifact("autocomplete_stage_b_gguf", "all")
     if gguf:
         print_gguf(gguf["path"])
+    print_srl(catalog)
     print_pivot("Rows (from the catalog; one column per slice, `all` = unpartitioned)",
                 [(r["asset_key"], r["partition"], r["rows"]) for r in rows])
     skips = catalog.query(
@@ -187,6 +195,26 @@ def print_autocomplete(catalog: DuckDBCatalog, report_path: str) -> None:
             shown = " ".join(f"{c:>8.3f}" if c is not None else f"{'–':>8}" for c in cells)
             print(f"  {s + ' ' + metric:<40} {shown}")
     print(f"  report: {report_path}/report.md")
+
+
+def print_srl(catalog: DuckDBCatalog) -> None:
+    from ml.srl.recipe import METRICS, POLICIES
+
+    rows = catalog.query(
+        """SELECT partition, metric, arg_max(value, created_at) AS value FROM eval_metrics
+           WHERE asset_key = 'srl_eval' GROUP BY ALL""")
+    for language in sorted({r["partition"] for r in rows}):
+        values = {r["metric"]: r["value"] for r in rows if r["partition"] == language}
+        print(f"\nSRL ast-grep rewrites ({language}; held-out rewrite families, never trained on):")
+        print(f"  {'metric':<28} " + " ".join(f"{p:>8}" for p in POLICIES))
+        for metric in METRICS:
+            cells = [values.get(f"{p}_{metric}") for p in POLICIES]
+            if all(c is None for c in cells):
+                continue
+            print(f"  {metric:<28} " + " ".join(f"{c:>8.3f}" if c is not None else f"{'–':>8}" for c in cells))
+        report = catalog.latest_artifact("srl_eval", language)
+        if report:
+            print(f"  report: {report['path']}/report.md")
 
 
 def print_gguf(path: str) -> None:

@@ -132,7 +132,9 @@ def publish_rows(
 
 def partition_of(context: dg.AssetExecutionContext) -> str:
     """The slice of a partitioned asset; ``all`` for an unpartitioned one (the catalog keys every row by one)."""
-    return context.partition_key if context.has_partition_key else UNPARTITIONED
+    # an unpartitioned asset (a shared base model) in a partitioned run still sees the run's partition key
+    partitioned = context.has_partition_key and context.assets_def.partitions_def is not None
+    return context.partition_key if partitioned else UNPARTITIONED
 
 
 def read_upstream(catalog: DuckDBCatalog, asset: str, partition: str) -> tuple[list[dict], dict]:

@@ -72,3 +72,26 @@ gguf_export_job = dg.define_asset_job(
     description="Export the current autocomplete M1/M2 and DSL student as GGUF (f16 + quantized, Ollama Modelfile) "
                 "and check that each answers like its Hugging Face model.",
 )
+
+srl_job = dg.define_asset_job(
+    "srl_job",
+    selection=dg.AssetSelection.groups("srl") - dg.AssetSelection.assets("srl_ablation"),
+    partitions_def=language_slices,
+    description="Rewrite tasks, sandboxed teacher traces, the base with step tags, the warm-up + GRPO student and "
+                "the base / student / teacher evaluation on held-out rewrite families, for one slice.",
+)
+
+srl_eval_job = dg.define_asset_job(
+    "srl_eval_job",
+    selection=dg.AssetSelection.assets("srl_eval"),
+    partitions_def=language_slices,
+    description="Re-evaluate a slice's current SRL student against the base and the teacher.",
+)
+
+srl_ablation_job = dg.define_asset_job(
+    "srl_ablation_job",
+    selection=dg.AssetSelection.assets("srl_ablation"),
+    partitions_def=language_slices,
+    description="The GRPO ablation sweep (lambda, malformed penalty, reward weights) on a slice's current warm-up "
+                "adapter, compared in one report.",
+)

@@ -121,3 +121,23 @@ AUTOCOMPLETE_RESULTS = pa.schema(
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+
+SRL_TASKS = pa.schema(
+    [("id", pa.string()), ("language", pa.string()), ("family", pa.string()), ("split", pa.string()),
+     ("unit_id", pa.string()), ("path", pa.string()), ("name", pa.string()), ("instruction", pa.string()),
+     ("code", pa.large_string()), ("expected", pa.large_string()), ("matches", pa.int64())]
+)
+
+SRL_TRACES = pa.schema(
+    [("task_id", pa.string()), ("language", pa.string()), ("family", pa.string()), ("split", pa.string()),
+     ("instruction", pa.string()), ("code", pa.large_string()), ("expected", pa.large_string()),
+     ("step", pa.large_string()), ("think", pa.string()), ("action", pa.string()), ("state_update", pa.string()),
+     ("trace_quality", pa.float64()), ("env_report", pa.large_string())]
+)
+
+SRL_EVAL_RESULTS = pa.schema(
+    [("policy", pa.string()), ("task_id", pa.string()), ("family", pa.string()), ("split", pa.string()),
+     ("completion", pa.large_string()), ("parsed", pa.bool_()), ("parse_error", pa.string()),
+     ("reward", pa.float64()), ("action_score", pa.float64()), ("state_score", pa.float64()),
+     ("think_score", pa.float64()), ("executed", pa.bool_()), ("env_status", pa.string()), ("diff", pa.string())]
+)

@@ -182,3 +182,30 @@ def active_autocomplete_profile() -> AutocompleteProfile:
 
         profile = replace(profile, train_precision=_cpu_bf16_or_auto())
     return profile
+
+
+@dataclass(frozen=True)
+class SrlProfile:
+    """The `srl` group's sizes (ASTFORGE_PROFILE's name: demo | full)."""
+
+    base_model: str
+    max_tasks_per_family: int
+    max_code_chars: int
+    warmup_steps: int  # supervised steps on the teacher's traces before GRPO (0: GRPO from the base)
+    grpo_steps: int
+    num_generations: int
+    eval_tasks: int  # held-out tasks per policy
+    train_precision: str
+
+
+SRL_PROFILES = {
+    # SmolLM2-135M on 2 CPU cores; short units keep prompts near 250 tokens.
+    "demo": SrlProfile("smollm2-135m", max_tasks_per_family=12, max_code_chars=500, warmup_steps=40, grpo_steps=8,
+                       num_generations=4, eval_tasks=24, train_precision="auto"),
+    "full": SrlProfile("Qwen/Qwen2.5-Coder-0.5B", max_tasks_per_family=200, max_code_chars=2000, warmup_steps=300,
+                       grpo_steps=500, num_generations=8, eval_tasks=200, train_precision="auto"),
+}
+
+
+def active_srl_profile() -> SrlProfile:
+    return SRL_PROFILES[active_profile().name]

@@ -20,6 +20,24 @@ class TeacherResource(dg.ConfigurableResource):
     max_retries: int = 2
     api_key_env: str = "OPENAI_API_KEY"
 
+    def srl_teacher(self, exemplar_tasks=()):
+        """The `srl` group's teacher on the same backend: programmatic, or the LLM at temperature 0.3 shown
+        worked steps of ``exemplar_tasks`` (train families other than the task's)."""
+        from ml.srl.teacher import make_srl_teacher
+
+        backend = self.backend.strip().lower()
+        if backend not in BACKENDS:
+            raise dg.Failure(
+                f"teacher resource: unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}"
+            )
+        if backend == "programmatic":
+            return make_srl_teacher(backend)
+        return make_srl_teacher(
+            backend, base_url=self.base_url or DEFAULT_BASE_URLS[backend], model=resolve_model_id(self.model or None),
+            exemplar_tasks=list(exemplar_tasks), timeout_s=self.timeout_s, max_retries=self.max_retries,
+            api_key=(os.environ.get(self.api_key_env) or None) if self.api_key_env else None,
+        )
+
     def teacher(self) -> Teacher:
         backend = self.backend.strip().lower()
         if backend not in BACKENDS:

@@ -1,0 +1,489 @@
+"""`srl` group: supervised RL for ast-grep rewrites. Rewrite tasks mined from a slice's code units, the teacher's
+steps executed in the sandbox and kept when they did the task, a base with the step tags, a LoRA student (supervised
+warm-up on the traces, then GRPO on the structured reward with a KL anchor), and base / student / teacher on
+rewrite families never trained on. Partitioned by language slice, except the base model."""
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import pyarrow.parquet as pq
+from pydantic import model_validator
+
+from assets.config_checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Seed
+from assets.corpus import code_units
+from assets.models import base_lineage, pretrained_base, resolve_base
+from assets.partitions import language_slices
+from assets.publish import (
+    UNPARTITIONED,
+    checkpoint_dir,
+    log_progress,
+    png_markdown,
+    publish_folder,
+    publish_rows,
+    read_upstream,
+    skip_metadata,
+)
+from ml.schemas import SRL_EVAL_RESULTS, SRL_TASKS, SRL_TRACES, to_table
+from resources import ArtifactStore, DuckDBCatalog
+from resources.compute import ComputeResource
+from resources.settings import active_srl_profile
+from resources.teacher import TeacherResource
+
+GROUP = "srl"
+_S = active_srl_profile()
+
+
+class SrlTasksConfig(dg.Config):
+    max_per_family: PositiveInt = _S.max_tasks_per_family
+    max_code_chars: PositiveInt = _S.max_code_chars  # longer units are skipped (prompt length)
+    seed: Seed = 0
+
+
+class SrlTracesConfig(dg.Config):
+    min_quality: Fraction = 0.6  # trace_quality threshold (schema 0.3 + execution 0.5 + brevity 0.2)
+    max_per_family: PositiveInt = _S.max_tasks_per_family  # the same number of traces per family at most
+    sandbox_timeout_s: PositiveFloat = 10.0
+
+
+class SrlBaseModelConfig(dg.Config):
+    # smollm2-135m (packaged, offline) | a hub id | gguf:PATH | a local folder | tiny:qwen2 (tests)
+    base_model: str = _S.base_model
+    vocab_size: PositiveInt = 2000  # tiny: bases only (BPE trained on the slices' tasks)
+    seed: Seed = 0
+
+
+class SrlAdapterConfig(dg.Config):
+    """Supervised warm-up (``sft_*``), then GRPO (TRL ``GRPOConfig`` names: ``beta`` is the KL coefficient)."""
+
+    sft_steps: NonNegativeInt = _S.warmup_steps  # 0: GRPO starts from the base
+    sft_learning_rate: PositiveFloat = 1e-3
+    sft_batch_size: PositiveInt = 8
+    max_length: PositiveInt = 768  # warm-up rows longer than this are dropped
+    max_steps: PositiveInt = _S.grpo_steps
+    beta: NonNegativeFloat = 0.05
+    learning_rate: PositiveFloat = 5e-5
+    num_generations: PositiveInt = _S.num_generations
+    per_device_train_batch_size: PositiveInt = _S.num_generations
+    max_completion_length: PositiveInt = 160
+    temperature: PositiveFloat = 1.0
+    reward_action: NonNegativeFloat = 0.5
+    reward_state: NonNegativeFloat = 0.3
+    reward_think: NonNegativeFloat = 0.2
+    reward_execution: NonNegativeFloat = 0.0  # > 0 adds the sandboxed execution result as a reward term
+    malformed_penalty: float = -0.2
+    lora_r: PositiveInt = 16
+    lora_alpha: PositiveInt = 32
+    lora_top_layers: NonNegativeInt = 20  # LoRA on the top N layers (0 = all)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be at least 2 (GRPO compares samples of one prompt)")
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple "
+                             f"of num_generations ({self.num_generations})")
+        return self
+
+    def weights(self):
+        from ml.srl.reward import RewardWeights
+
+        return RewardWeights(action=self.reward_action, state=self.reward_state, think=self.reward_think,
+                             execution=self.reward_execution, malformed=self.malformed_penalty)
+
+    def grpo_settings(self):
+        from ml.srl.recipe import GRPOSettings
+
+        return GRPOSettings(
+            beta=self.beta, max_steps=self.max_steps, learning_rate=self.learning_rate,
+            num_generations=self.num_generations, per_device_train_batch_size=self.per_device_train_batch_size,
+            max_completion_length=self.max_completion_length, temperature=self.temperature,
+            save_steps=max(self.max_steps // 2, 1), seed=self.seed, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+            lora_top_layers=self.lora_top_layers,
+        )
+
+
+class SrlAblationConfig(SrlAdapterConfig):
+    """One factor at a time around the GRPO settings above (the first value of each list is the reference): every
+    variant continues srl_adapter's warm-up adapter (the sft_* settings are not used) for max_steps GRPO steps and
+    is evaluated like srl_eval's student."""
+
+    betas: list[float] = [0.05, 0.01, 0.1]  # the KL coefficient lambda
+    malformed_penalties: list[float] = [-0.2, -0.1]
+    reward_weights: list[str] = ["0.5,0.3,0.2", "0.7,0.2,0.1"]  # action,state,think
+    eval_tasks: PositiveInt = 12
+    max_new_tokens: PositiveInt = 160
+
+    @model_validator(mode="after")
+    def _sweep(self):
+        if not self.betas or not self.malformed_penalties or not self.reward_weights:
+            raise ValueError("betas, malformed_penalties and reward_weights need at least one value each")
+        for text in self.reward_weights:
+            parts = text.split(",")
+            if len(parts) != 3 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
+                raise ValueError(f"reward_weights entry {text!r}: expected 'action,state,think', e.g. '0.5,0.3,0.2'")
+        return self
+
+    def variants(self) -> list[tuple[str, "SrlAdapterConfig"]]:
+        reference = {"beta": self.betas[0], "malformed_penalty": self.malformed_penalties[0],
+                     **dict(zip(("reward_action", "reward_state", "reward_think"),
+                                map(float, self.reward_weights[0].split(",")), strict=True))}
+        out = [("reference", reference)]
+        out += [(f"beta_{b:g}", {**reference, "beta": b}) for b in self.betas[1:]]
+        out += [(f"malformed_{m:g}", {**reference, "malformed_penalty": m}) for m in self.malformed_penalties[1:]]
+        for text in self.reward_weights[1:]:
+            a, st, t = map(float, text.split(","))
+            out.append((f"weights_{a:g}_{st:g}_{t:g}",
+                        {**reference, "reward_action": a, "reward_state": st, "reward_think": t}))
+        base = {k: v for k, v in self.model_dump().items() if k in SrlAdapterConfig.model_fields}
+        return [(name, SrlAdapterConfig(**{**base, **changes})) for name, changes in out]
+
+
+class SrlEvalConfig(dg.Config):
+    eval_tasks: PositiveInt = _S.eval_tasks  # held-out tasks (families never trained on) per policy
+    max_new_tokens: PositiveInt = 160
+    batch_size: PositiveInt = 8
+    seed: Seed = 0
+
+
+def _family_table(counts: Counter, extra: dict[str, Counter] | None = None) -> str:
+    lines = ["| family | tasks |" + "".join(f" {k} |" for k in extra or {}),
+             "|---|---|" + "---|" * len(extra or {})]
+    for family, n in sorted(counts.items()):
+        lines.append(f"| {family} | {n} |" + "".join(f" {c.get(family, 0)} |" for c in (extra or {}).values()))
+    return "\n".join(lines)
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
+          description="Rewrite tasks: the slice's code units where a family of the catalog (ml/srl/families.py) "
+                      "matches; code, a plain-English instruction and the expected rewrite. Families are split "
+                      "train / held-out.")
+def srl_tasks(context: dg.AssetExecutionContext, config: SrlTasksConfig, artifacts: ArtifactStore,
+              catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.srl.families import families_for
+    from ml.srl.tasks import mine_tasks
+
+    language = context.partition_key
+    units, entry = read_upstream(catalog, "code_units", language)
+    families = families_for(language)
+    if not families:
+        raise dg.Failure(f"srl_tasks: no rewrite family for {language!r} in ml/srl/families.py")
+    mined = mine_tasks(units, language, families, max_per_family=config.max_per_family,
+                       max_code_chars=config.max_code_chars, seed=config.seed)
+    if not mined.tasks:
+        raise dg.Failure(f"srl_tasks[{language}]: no family matched any of {len(units)} units "
+                         f"({dict(mined.skipped)})")
+    publish_rows(context, store=artifacts, catalog=catalog, rows=mined.tasks, schema=SRL_TASKS,
+                 skipped=dict(mined.skipped), upstream={"code_units": entry["data_version"]})
+    per_family = Counter(t["family"] for t in mined.tasks)
+    splits = Counter(t["split"] for t in mined.tasks)
+    context.log.info(f"srl_tasks[{language}]: {len(mined.tasks)} tasks from {len(per_family)} of {len(families)} "
+                     f"families ({dict(splits)})")
+    return dg.MaterializeResult(metadata={
+        "tasks": len(mined.tasks), "train_tasks": splits["train"], "heldout_tasks": splits["heldout"],
+        "families_matched": len(per_family), "families": len(families),
+        "tasks_per_family": dg.MetadataValue.md(_family_table(per_family)), **skip_metadata(mined.skipped),
+    })
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_tasks], kinds={"python", "parquet", "duckdb"},
+          description="The teacher's step (think / action / state_update) per task, executed in the sandbox "
+                      "(ast-grep rewrite, parse, expected code, Python behaviour on generated inputs); kept when "
+                      "trace_quality >= min_quality, at most max_per_family per family. Rejections by reason.")
+def srl_teacher_traces(context: dg.AssetExecutionContext, config: SrlTracesConfig, artifacts: ArtifactStore,
+                       catalog: DuckDBCatalog, teacher: TeacherResource) -> dg.MaterializeResult:
+    from ml.dsl.teachers import TeacherUnavailable
+    from ml.srl.teacher import teacher_traces
+
+    language = context.partition_key
+    tasks, entry = read_upstream(catalog, "srl_tasks", language)
+    srl_teacher = teacher.srl_teacher(exemplar_tasks=tasks)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            context.log.info(f"srl_teacher_traces[{language}]: {done}/{total} steps from the teacher")
+
+    try:
+        batch = teacher_traces(tasks, srl_teacher, min_quality=config.min_quality,
+                               max_per_family=config.max_per_family, timeout_s=config.sandbox_timeout_s,
+                               progress=progress)
+    except TeacherUnavailable as exc:
+        raise dg.Failure(f"srl_teacher_traces: {exc}") from exc
+    if not batch.traces:
+        raise dg.Failure(f"srl_teacher_traces[{language}]: no step passed the checks ({dict(batch.rejected)})")
+    publish_rows(context, store=artifacts, catalog=catalog, rows=batch.traces, schema=SRL_TRACES,
+                 skipped=dict(batch.rejected), upstream={"srl_tasks": entry["data_version"]})
+    kept = Counter(t["family"] for t in batch.traces)
+    sample = batch.traces[0]
+    return dg.MaterializeResult(metadata={
+        "traces": len(batch.traces), "tasks": len(tasks), "teacher": json.dumps(srl_teacher.describe()),
+        "train_traces": sum(t["split"] == "train" for t in batch.traces),
+        "heldout_traces": sum(t["split"] == "heldout" for t in batch.traces),
+        "mean_trace_quality": round(sum(t["trace_quality"] for t in batch.traces) / len(batch.traces), 4),
+        "traces_per_family": dg.MetadataValue.md(_family_table(kept)),
+        "sample_trace": dg.MetadataValue.md(f"task: {sample['instruction']}\n\n```\n{sample['step']}\n```\n\n"
+                                            f"env report: `{sample['env_report'][:600]}`"),
+        **skip_metadata(batch.rejected), **{f"teacher_{k}": v for k, v in batch.teacher_stats.items()},
+    })
+
+
+@dg.asset(group_name=GROUP, deps=[pretrained_base], kinds={"huggingface", "pytorch"},
+          description="The pretrained base with <think>, </think>, <action>, </action>, <state_update>, "
+                      "</state_update> appended as atomic tokens (embedding rows at the mean of the old ones).")
+def srl_base_model(context: dg.AssetExecutionContext, config: SrlBaseModelConfig, artifacts: ArtifactStore,
+                   catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from ml.srl.recipe import srl_tokenizer
+    from ml.srl.trace import SPECIAL_TOKENS
+    from ml.training.base_model import build_base_model, save_base_model
+
+    base = resolve_base(catalog, config.base_model, "srl_base_model.base_model", context)
+    texts: list[str] = []
+    if base.loadable.startswith("tiny:"):  # a tiny BPE learns the tasks' text of every slice mined so far
+        for language in ("python", "javascript", "java"):
+            if catalog.latest_artifact("srl_tasks", language):
+                texts += [t["instruction"] + "\n" + t["code"] for t in read_upstream(catalog, "srl_tasks",
+                                                                                     language)[0]]
+    tok = srl_tokenizer(base.loadable, texts, config.vocab_size)
+    tok.init_kwargs["astforge_base_model"] = config.base_model
+    model = build_base_model(base.loadable, tok, seed=config.seed, plan=compute.plan())
+    path = publish_folder(context, store=artifacts, catalog=catalog, rows=0,
+                          build=lambda tmp: save_base_model(model, tok, tmp), upstream=base_lineage(catalog, base)).path
+    return dg.MaterializeResult(metadata={
+        "base_model": config.base_model, "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok), "tag_token_ids": str([tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+def _train_rows(catalog: DuckDBCatalog, language: str) -> tuple[list[dict], str]:
+    traces, entry = read_upstream(catalog, "srl_teacher_traces", language)
+    train = [t for t in traces if t["split"] == "train"]
+    if not train:
+        raise dg.Failure(f"srl_adapter[{language}]: srl_teacher_traces has no trace of a train family")
+    return train, entry["data_version"]
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_base_model, srl_teacher_traces], pool="gpu",
+          kinds={"pytorch", "huggingface"},
+          description="The student: LoRA warmed up on the train families' traces (completion-only loss), then TRL "
+                      "GRPO on the structured reward (0.5 action + 0.3 state + 0.2 think; malformed = penalty) with "
+                      "beta x KL to where RL started. Reward components and KL go to training_metrics.")
+def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, artifacts: ArtifactStore,
+                catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.srl.recipe import StructuredReward, task_prompt, train_grpo, warmup_pairs
+    from ml.srl.report import reward_histograms
+    from ml.srl.reward import MiniLMEmbedder
+    from ml.training.sft import PhaseConfig, train_lora_sft
+
+    language = context.partition_key
+    asset = f"srl_adapter[{language}]"
+    base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
+    traces, traces_version = _train_rows(catalog, language)
+    tok = AutoTokenizer.from_pretrained(base["path"])
+    tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
+    plan = compute.plan(config.precision)
+    versions = {"srl_base_model": base["data_version"], "srl_teacher_traces": traces_version}
+    work = checkpoint_dir(artifacts, "srl_adapter", language, {**versions, "cfg": config.model_dump()})
+    settings = config.grpo_settings()
+    context.log.info(f"{asset}: {len(traces)} train traces; {config.sft_steps} warm-up steps, then "
+                     f"{config.max_steps} GRPO steps of {config.per_device_train_batch_size} samples "
+                     f"({config.num_generations} per prompt), beta {config.beta}, device {plan.device}")
+    holder: dict = {}
+
+    def build(tmp: Path) -> None:
+        on_log = log_progress(context, asset)
+        start = None
+        if config.sft_steps:
+            cfg = PhaseConfig(max_steps=config.sft_steps, learning_rate=config.sft_learning_rate,
+                              per_device_train_batch_size=config.sft_batch_size, per_device_eval_batch_size=8,
+                              warmup_steps=min(3, config.sft_steps), logging_steps=5,
+                              save_steps=max(config.sft_steps, 1), max_length=config.max_length,
+                              lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                              lora_top_layers=0 if tiny else config.lora_top_layers, separator="", add_eos=False,
+                              trainable_embeddings="all" if tiny else "added", seed=config.seed)
+            holder["sft"] = train_lora_sft(base["path"], tok, warmup_pairs(tok, traces), [], tmp / "warmup",
+                                           work / "warmup", cfg, plan, on_log=on_log)
+            start = tmp / "warmup"
+        reward = StructuredReward(MiniLMEmbedder(), config.weights())
+        rows = [{"prompt": task_prompt(tok, t), "teacher_step": t["step"]} for t in traces]
+        holder["grpo"] = train_grpo(base["path"], start, tok, rows, tmp, work / "grpo", settings, plan, reward,
+                                    on_log=on_log)
+        (tmp / "reward_components.png").write_bytes(reward_histograms(holder["grpo"].components))
+
+    try:
+        path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(traces),
+                              upstream=versions).path
+    except ValueError as exc:
+        raise dg.Failure(f"{asset}: {exc}") from exc
+    grpo, sft = holder["grpo"], holder.get("sft")
+    points = [(s, f"warmup/{m}", v) for s, m, v in (sft.curve if sft else [])] + grpo.curve
+    catalog.write_training_curve(asset_key="srl_adapter", partition=language, run_id=context.run_id, points=points)
+    kl = [v for _, m, v in grpo.curve if m == "kl"]
+    rewards = [v for _, m, v in grpo.curve if m == "reward"]
+    components = grpo.components
+    return dg.MaterializeResult(metadata={
+        "warmup_steps": sft.steps if sft else 0, "warmup_loss": round(sft.train_loss, 4) if sft else 0.0,
+        "grpo_steps": grpo.steps, "grpo_seconds": round(grpo.seconds, 1), "beta": config.beta,
+        "reward_first": round(rewards[0], 4) if rewards else 0.0,
+        "reward_last": round(rewards[-1], 4) if rewards else 0.0,
+        "kl_last": round(kl[-1], 5) if kl else 0.0,
+        "malformed_rate": round(sum(components["malformed"]) / max(len(components["malformed"]), 1), 4),
+        "reward_components": png_markdown((path / "reward_components.png").read_bytes(), "reward components"),
+        "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+def _heldout_inputs(catalog: DuckDBCatalog, language: str, n: int, seed: int, asset: str):
+    """Up to ``n`` held-out tasks (families never trained on) with the teacher's steps, and the traces' version."""
+    import random
+
+    from ml.srl.recipe import EvalInputs
+
+    traces, entry = read_upstream(catalog, "srl_teacher_traces", language)
+    heldout = [t for t in traces if t["split"] == "heldout"]
+    if not heldout:
+        raise dg.Failure(f"{asset}[{language}]: no held-out trace to evaluate on (srl_teacher_traces kept none of "
+                         "the held-out families)")
+    heldout = sorted(random.Random(seed).sample(heldout, min(n, len(heldout))),
+                     key=lambda t: (t["family"], t["task_id"]))
+    tasks = [{"id": t["task_id"], "language": t["language"], "family": t["family"], "split": t["split"],
+              "instruction": t["instruction"], "code": t["code"], "expected": t["expected"]} for t in heldout]
+    return EvalInputs(tasks=tasks, teacher_steps=[t["step"] for t in heldout]), entry["data_version"]
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
+          pool="gpu", kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(),
+          description="Base (lower bound), student and teacher (upper bound) on held-out rewrite families: "
+                      "trace_parse_rate, action_fidelity, state_faithfulness, think_similarity, brevity_penalty, "
+                      "kl_per_token, execution_success (the policy's own action run in the sandbox), think_tokens, "
+                      "state_tokens. eval_metrics as {policy}_{metric}; per-row results; a Markdown report.")
+def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts: ArtifactStore,
+             catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.srl.environment import execute_actions
+    from ml.srl.recipe import evaluate_policy, metric_rows, score_steps
+    from ml.srl.report import policy_plot, srl_report
+    from ml.srl.reward import MiniLMEmbedder
+    from ml.training.glue import load_merged
+    from ml.training.sft import load_base
+
+    language = context.partition_key
+    inputs, traces_version = _heldout_inputs(catalog, language, config.eval_tasks, config.seed, "srl_eval")
+    tasks = inputs.tasks
+    base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
+    adapter = catalog.require_artifact("srl_adapter", language)
+    plan = compute.plan()
+    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    embed = MiniLMEmbedder()
+    metrics: dict[str, float] = {}
+    rows: list[dict] = []
+    base_model = load_base(base["path"], plan)
+    try:
+        student = load_merged(base["path"], adapter["path"], plan)
+    except ValueError as exc:
+        raise dg.Failure(f"srl_eval[{language}]: srl_adapter: {exc}") from exc
+    for policy, model in (("base", base_model), ("student", student)):
+        scored = evaluate_policy(policy, model, tok, inputs, embed, execute_actions,
+                                 reference=base_model if policy == "student" else None,
+                                 max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+        metrics |= metric_rows(policy, scored.metrics)
+        rows += scored.rows
+        context.log.info(f"srl_eval[{language}] {policy}: " + ", ".join(
+            f"{k}={v:.3f}" for k, v in scored.metrics.items()))
+    teacher = score_steps("teacher", inputs, inputs.teacher_steps, embed, tok, execute_actions)
+    metrics |= metric_rows("teacher", teacher.metrics)
+    rows += teacher.rows
+    catalog.write_metrics(asset_key="srl_eval", partition=language, run_id=context.run_id, metrics=metrics)
+    report = srl_report(language, metrics, rows, len(tasks))
+    plot = policy_plot(metrics)
+
+    def build(tmp: Path) -> None:
+        pq.write_table(to_table(rows, SRL_EVAL_RESULTS), tmp / "rows.parquet", compression="zstd")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "report.md").write_text(report)
+        (tmp / "policies.png").write_bytes(plot)
+
+    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(rows),
+                          table="srl_eval_results", table_asset_column=False,
+                          upstream={"srl_adapter": adapter["data_version"], "srl_base_model": base["data_version"],
+                                    "srl_teacher_traces": traces_version}).path
+    return dg.MaterializeResult(metadata={
+        **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
+        "heldout_tasks": len(tasks), "report": dg.MetadataValue.md(report),
+        "policies": png_markdown(plot, "policies"), "path": dg.MetadataValue.path(str(path / "report.md")),
+    })
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
+          pool="gpu", kinds={"pytorch", "markdown"},
+          description="Ablations of the GRPO step as configurations of the same recipe: lambda (beta), the malformed "
+                      "penalty and the reward weights, one at a time, each continuing srl_adapter's warm-up and "
+                      "evaluated on the held-out families. A table and a plot compare them (srl_ablation_job).")
+def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, artifacts: ArtifactStore,
+                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    from transformers import AutoTokenizer
+
+    from ml.srl.environment import execute_actions
+    from ml.srl.recipe import StructuredReward, evaluate_policy, task_prompt, train_grpo
+    from ml.srl.report import ablation_plot, ablation_table
+    from ml.srl.reward import MiniLMEmbedder
+    from ml.training.glue import load_merged
+
+    language = context.partition_key
+    base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
+    adapter = catalog.require_artifact("srl_adapter", language)
+    traces, traces_version = _train_rows(catalog, language)
+    inputs, _ = _heldout_inputs(catalog, language, config.eval_tasks, config.seed, "srl_ablation")
+    warmup = Path(adapter["path"]) / "warmup"
+    start = warmup if (warmup / "adapter_config.json").is_file() else None
+    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    plan = compute.plan(config.precision)
+    embed = MiniLMEmbedder()
+    prompts = [{"prompt": task_prompt(tok, t), "teacher_step": t["step"]} for t in traces]
+    variants = config.variants()
+    results: list[dict] = []
+    versions = {"srl_adapter": adapter["data_version"], "srl_teacher_traces": traces_version}
+
+    def build(tmp: Path) -> None:
+        for i, (name, variant) in enumerate(variants):
+            context.log.info(f"srl_ablation[{language}] {i + 1}/{len(variants)} {name}: beta {variant.beta}, "
+                             f"weights {variant.reward_action}/{variant.reward_state}/{variant.reward_think}, "
+                             f"malformed {variant.malformed_penalty}")
+            reward = StructuredReward(embed, variant.weights())
+            work = checkpoint_dir(artifacts, "srl_ablation", language, {**versions, name: variant.model_dump()})
+            grpo = train_grpo(base["path"], start, tok, prompts, tmp / name, work, variant.grpo_settings(), plan,
+                              reward, on_log=log_progress(context, f"srl_ablation {name}"))
+            student = load_merged(base["path"], tmp / name, plan)
+            scored = evaluate_policy("student", student, tok, inputs, embed, execute_actions,
+                                     max_new_tokens=config.max_new_tokens, weights=variant.weights())
+            kl = [v for _, m, v in grpo.curve if m == "kl"]
+            results.append({"variant": name, "beta": variant.beta, "malformed_penalty": variant.malformed_penalty,
+                            "weights": f"{variant.reward_action:g}/{variant.reward_state:g}/{variant.reward_think:g}",
+                            "train_kl_last": kl[-1] if kl else float("nan"), "grpo_seconds": grpo.seconds,
+                            **scored.metrics})
+            del student
+        (tmp / "ablation.json").write_text(json.dumps(results, indent=1))
+        (tmp / "report.md").write_text(f"# SRL ablations ({language})\n\n{ablation_table(results)}\n\n"
+                                       "![ablation](ablation.png)\n")
+        (tmp / "ablation.png").write_bytes(ablation_plot(results))
+
+    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(variants),
+                          upstream=versions).path
+    metrics = {f"{r['variant']}_{m}": float(r[m]) for r in results
+               for m in ("execution_success", "trace_parse_rate", "reward", "action_fidelity") if m in r}
+    catalog.write_metrics(asset_key="srl_ablation", partition=language, run_id=context.run_id, metrics=metrics)
+    return dg.MaterializeResult(metadata={
+        "variants": len(variants), "table": dg.MetadataValue.md(ablation_table(results)),
+        "plot": png_markdown((path / "ablation.png").read_bytes(), "ablation"),
+        "path": dg.MetadataValue.path(str(path / "report.md")),
+    })
+
+
+SRL_ASSETS = [srl_tasks, srl_teacher_traces, srl_base_model, srl_adapter, srl_eval, srl_ablation]

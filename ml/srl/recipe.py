@@ -1,0 +1,300 @@
+"""The srl pipeline's recipe, called by the `srl` assets and `bench/srl.py` alike: the base's tokenizer with the
+step tags, supervised warm-up pairs from the teacher's traces, GRPO on the structured reward, and the evaluation of
+a policy (base, student or teacher) on held-out rewrite families.
+
+GRPO is TRL's ``GRPOTrainer`` with LoRA. When a warm-up adapter exists the policy continues it and TRL copies it
+into a frozen ``ref`` adapter, so the KL term (``beta``) anchors the policy to where RL started; without one the
+reference is the base itself (adapters disabled).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ml.compute import ComputePlan
+from ml.srl.reward import Embed, RewardBreakdown, RewardWeights, batch_rewards, length_penalty, think_score
+from ml.srl.trace import SPECIAL_TOKENS, chat_prompt, parse_step
+from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precision_args, quiet_printer
+
+POLICIES = ("base", "student", "teacher")
+DEFAULT_WEIGHTS = RewardWeights()
+METRICS = ("trace_parse_rate", "action_fidelity", "state_faithfulness", "think_similarity", "brevity_penalty",
+           "kl_per_token", "execution_success", "think_tokens", "state_tokens", "reward")
+# compared with itself the teacher scores 1 / 0 by definition: only what is measured on its own steps is reported
+TEACHER_METRICS = ("trace_parse_rate", "execution_success", "think_tokens", "state_tokens")
+
+
+def srl_tokenizer(base: str, texts: Sequence[str] = (), vocab_size: int = 4000):
+    """The base's tokenizer with the six step tags appended as atomic tokens (after the base vocabulary). They are
+    added tokens but not *special* ones: decoding with ``skip_special_tokens`` (as TRL does) keeps them."""
+    from ml.training.ast_tokenizer import build_ast_tokenizer
+
+    return build_ast_tokenizer(base, texts, list(SPECIAL_TOKENS), vocab_size)
+
+
+def task_prompt(tokenizer, row: Mapping[str, Any]) -> str:
+    return chat_prompt(tokenizer, row["language"], row["instruction"], row["code"])
+
+
+def warmup_pairs(tokenizer, traces: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(prompt, teacher step + end token) per trace: the supervised warm-up before RL."""
+    return [(task_prompt(tokenizer, t), t["step"] + (tokenizer.eos_token or "")) for t in traces]
+
+
+# ------------------------------------------------------------------------------------------------------------ GRPO
+
+
+@dataclass
+class GRPOSettings:
+    """TRL ``GRPOConfig`` field names (``beta`` is the KL coefficient lambda), plus the LoRA shape."""
+
+    beta: float = 0.05
+    max_steps: int = 20
+    learning_rate: float = 1e-5
+    num_generations: int = 4
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_completion_length: int = 128
+    temperature: float = 1.0
+    logging_steps: int = 1
+    save_steps: int = 10
+    save_total_limit: int = 1
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_top_layers: int = 0
+
+
+@dataclass
+class GRPOResult:
+    out_dir: str
+    steps: int
+    train_loss: float
+    prompts: int
+    curve: list[tuple[int, str, float]]
+    components: dict[str, list[float]]  # every sampled completion's reward parts, in order
+    resumed_from: str | None
+    seconds: float
+
+
+GRPO_CURVE = ("loss", "reward", "reward_std", "kl", "completions/mean_length", "completions/clipped_ratio",
+              "entropy", "learning_rate", "rewards/srl_reward/mean")
+
+
+class StructuredReward:
+    """TRL reward function (``prompts``, ``completions`` and the dataset's ``teacher_step`` column → floats) that
+    keeps each completion's reward parts, for the per-component histograms."""
+
+    __name__ = "srl_reward"
+
+    def __init__(self, embed: Embed, weights: RewardWeights) -> None:
+        self.embed, self.weights = embed, weights
+        self.components: dict[str, list[float]] = {"total": [], "action": [], "state": [], "think": [],
+                                                   "malformed": []}
+
+    def __call__(self, prompts, completions, teacher_step, **_: Any) -> list[float]:
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        teachers = [parse_step(t).step for t in teacher_step]
+        scored = batch_rewards(texts, teachers, self.embed, self.weights)
+        for r in scored:
+            self.components["total"].append(r.total)
+            self.components["malformed"].append(float(r.malformed))
+            for part in ("action", "state", "think"):
+                if getattr(r, part) is not None:
+                    self.components[part].append(getattr(r, part))
+        return [r.total for r in scored]
+
+
+def _grpo_config(cfg: GRPOSettings, plan: ComputePlan, work_dir: Path):
+    from trl import GRPOConfig
+
+    own = {"lora_r", "lora_alpha", "lora_top_layers"}
+    picked = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in own}
+    precision = precision_args(plan)
+    if plan.device == "cpu":  # TRL's GRPO on CPU: use_cpu=True, bf16=False
+        precision |= {"bf16": False, "fp16": False}
+    return GRPOConfig(
+        output_dir=str(work_dir), **picked, data_seed=cfg.seed, save_strategy="steps", **precision,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        gradient_checkpointing=False, log_completions=False, remove_unused_columns=False,
+    )
+
+
+def train_grpo(
+    base_dir,
+    start_adapter_dir,
+    tokenizer,
+    rows: Sequence[Mapping[str, Any]],
+    out_dir,
+    work_dir,
+    cfg: GRPOSettings,
+    plan: ComputePlan,
+    reward: StructuredReward,
+    on_log: OnLog | None = None,
+) -> GRPOResult:
+    """GRPO on ``{"prompt", "teacher_step"}`` rows. ``start_adapter_dir`` (the warm-up adapter) is continued, or a
+    fresh LoRA is made when it is None. Checkpoints in ``work_dir`` (a re-run resumes); adapter + tokenizer in
+    ``out_dir``."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from ml.training.sft import PhaseConfig, _expose_lm_head_bias, load_adapter, load_base, lora_config
+
+    if not rows:
+        raise ValueError("GRPO: no prompts")
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    peft_config = None
+    if start_adapter_dir is not None:
+        model = load_adapter(base_dir, start_adapter_dir, plan=plan, is_trainable=True)
+    else:
+        model = load_base(base_dir, plan)
+        peft_config = lora_config(PhaseConfig(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                              lora_top_layers=cfg.lora_top_layers), model)
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[reward], args=_grpo_config(cfg, plan, work_dir),
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "teacher_step": r["teacher_step"]} for r in rows]),
+        processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[log_callback(on_log)] if on_log is not None else [],
+    )
+    _expose_lm_head_bias(trainer.model)
+    if on_log is not None:
+        quiet_printer(trainer)
+    resume = last_checkpoint(work_dir)
+    started = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(out_dir), selected_adapters=["default"])
+    tokenizer.save_pretrained(str(out_dir))
+    result = GRPOResult(
+        out_dir=str(out_dir), steps=int(trainer.state.global_step), train_loss=float(out.training_loss),
+        prompts=len(rows), curve=curve(trainer.state.log_history, GRPO_CURVE), components=reward.components,
+        resumed_from=resume, seconds=time.perf_counter() - started,
+    )
+    (out_dir / "train_result.json").write_text(json.dumps({k: v for k, v in asdict(result).items()
+                                                           if k != "components"}, indent=1))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+
+
+@dataclass
+class PolicyEval:
+    metrics: dict[str, float]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+@dataclass
+class EvalInputs:
+    """What a policy is judged on: held-out tasks with the teacher's reference step."""
+
+    tasks: list[dict[str, Any]]
+    teacher_steps: list[str]
+
+
+def kl_per_token(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> float:
+    """Mean over the completions' tokens of log p_policy - log p_reference (a Monte-Carlo estimate of
+    KL(policy || reference) on the policy's own outputs)."""
+    import torch
+
+    total, count = 0.0, 0
+    for prompt, completion in zip(prompts, completions, strict=True):
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if not c_ids:
+            continue
+        ids = torch.tensor([p_ids + c_ids], device=next(policy.parameters()).device)
+        with torch.no_grad():
+            logps = [torch.log_softmax(m(ids).logits[0, len(p_ids) - 1: -1].float(), -1)
+                     .gather(1, ids[0, len(p_ids):, None]).squeeze(1) for m in (policy, reference)]
+        total += float((logps[0] - logps[1]).sum())
+        count += len(c_ids)
+    return total / count if count else math.nan
+
+
+def score_steps(
+    policy: str,
+    inputs: EvalInputs,
+    completions: Sequence[str],
+    embed: Embed,
+    tokenizer,
+    execute: Callable[[list[dict]], list[Any]],
+    weights: RewardWeights = DEFAULT_WEIGHTS,
+) -> PolicyEval:
+    """The metrics of one policy's steps (``completions``, one per task) against the teacher's."""
+    teachers = [parse_step(t).step for t in inputs.teacher_steps]
+    parsed = [parse_step(c) for c in completions]
+    rewards: list[RewardBreakdown] = batch_rewards(list(completions), teachers, embed, weights)
+    ok = [i for i, p in enumerate(parsed) if p.ok]
+    reports = dict(zip(ok, execute([{**inputs.tasks[i], "action": parsed[i].step.action} for i in ok]),
+                       strict=True))
+    thinks = [think_score(parsed[i].step.think, teachers[i].think, embed) + length_penalty(
+        parsed[i].step.think, teachers[i].think) for i in ok]  # similarity alone; the penalty is its own metric
+
+    def tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    n = len(completions)
+    metrics = {
+        "trace_parse_rate": len(ok) / n if n else math.nan,
+        "execution_success": sum(reports[i].executed for i in ok) / n if n else math.nan,
+        "action_fidelity": _mean([r.action or 0.0 for r in rewards]),
+        "state_faithfulness": _mean([r.state or 0.0 for r in rewards]),
+        "think_similarity": _mean(thinks + [0.0] * (n - len(ok))),
+        "brevity_penalty": _mean([length_penalty(parsed[i].step.think, teachers[i].think) for i in ok]),
+        "think_tokens": _mean([tokens(parsed[i].step.think) for i in ok]),
+        "state_tokens": _mean([tokens(json.dumps(parsed[i].step.state, separators=(",", ":"))) for i in ok]),
+        "reward": _mean([r.total for r in rewards]),
+    }
+    if policy == "teacher":
+        metrics = {k: v for k, v in metrics.items() if k in TEACHER_METRICS}
+    rows = []
+    for i, (task, text) in enumerate(zip(inputs.tasks, completions, strict=True)):
+        report = reports.get(i)
+        rows.append({
+            "policy": policy, "task_id": task["id"], "family": task["family"], "split": task["split"],
+            "completion": text, "parsed": parsed[i].ok, "parse_error": parsed[i].error,
+            "reward": rewards[i].total, "action_score": rewards[i].action, "state_score": rewards[i].state,
+            "think_score": rewards[i].think, "executed": bool(report and report.executed),
+            "env_status": report.status if report else None, "diff": report.diff if report else None,
+        })
+    return PolicyEval(metrics=metrics, rows=rows)
+
+
+def generate_steps(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 160,
+                   batch_size: int = 8) -> list[str]:
+    """Greedy steps (decoded; the tags survive, the end token does not)."""
+    from ml.evaluation.lm import generate_texts
+
+    return generate_texts(model, tokenizer, prompts, max_new_tokens, do_sample=False, batch_size=batch_size)
+
+
+def evaluate_policy(policy: str, model, tokenizer, inputs: EvalInputs, embed: Embed,
+                    execute: Callable[[list[dict]], list[Any]], *, reference=None, max_new_tokens: int = 160,
+                    batch_size: int = 8, weights: RewardWeights = DEFAULT_WEIGHTS) -> PolicyEval:
+    """Greedy steps of ``model`` on the inputs' tasks, scored; ``kl_per_token`` against ``reference`` when given."""
+    prompts = [task_prompt(tokenizer, t) for t in inputs.tasks]
+    completions = generate_steps(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    scored = score_steps(policy, inputs, completions, embed, tokenizer, execute, weights)
+    if reference is not None:
+        scored.metrics["kl_per_token"] = kl_per_token(model, reference, tokenizer, prompts, completions)
+    return scored
+
+
+def metric_rows(policy: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{policy}_{metric}`` names, as in ``eval_metrics``."""
+    return {f"{policy}_{k}": float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
