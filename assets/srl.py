@@ -4,6 +4,7 @@ warm-up on the traces, then GRPO on the structured reward with a KL anchor), and
 rewrite families never trained on. Partitioned by language slice, except the base model."""
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -60,6 +61,8 @@ class SrlAdapterConfig(dg.Config):
 
     sft_steps: NonNegativeInt = _S.warmup_steps  # 0: GRPO starts from the base
     sft_learning_rate: PositiveFloat = 1e-3
+    # the step tags' embedding rows start at the vocabulary's mean and must become outputs: they learn this much faster
+    sft_tag_lr_multiplier: PositiveFloat = 30.0
     sft_batch_size: PositiveInt = 8
     max_length: PositiveInt = 768  # warm-up rows longer than this are dropped
     max_steps: PositiveInt = _S.grpo_steps
@@ -67,8 +70,8 @@ class SrlAdapterConfig(dg.Config):
     learning_rate: PositiveFloat = 5e-5
     num_generations: PositiveInt = _S.num_generations
     per_device_train_batch_size: PositiveInt = _S.num_generations
-    max_completion_length: PositiveInt = 160
-    temperature: PositiveFloat = 1.0
+    max_completion_length: PositiveInt = 96
+    temperature: PositiveFloat = 0.8  # below 1: a small student's samples stay well-formed often enough to differ
     reward_action: NonNegativeFloat = 0.5
     reward_state: NonNegativeFloat = 0.3
     reward_think: NonNegativeFloat = 0.2
@@ -76,8 +79,8 @@ class SrlAdapterConfig(dg.Config):
     malformed_penalty: float = -0.2
     lora_r: PositiveInt = 16
     lora_alpha: PositiveInt = 32
-    lora_top_layers: NonNegativeInt = 20  # LoRA on the top N layers (0 = all)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    lora_top_layers: NonNegativeInt = 10  # LoRA on the top N layers (0 = all): the backward pass stops there
+    precision: Literal["auto", "bf16", "fp32"] = _S.train_precision  # bf16: autocast on a CPU with bf16 units
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -116,7 +119,7 @@ class SrlAblationConfig(SrlAdapterConfig):
     malformed_penalties: list[float] = [-0.2, -0.1]
     reward_weights: list[str] = ["0.5,0.3,0.2", "0.7,0.2,0.1"]  # action,state,think
     eval_tasks: PositiveInt = 12
-    max_new_tokens: PositiveInt = 160
+    max_new_tokens: PositiveInt = 96
 
     @model_validator(mode="after")
     def _sweep(self):
@@ -145,7 +148,7 @@ class SrlAblationConfig(SrlAdapterConfig):
 
 class SrlEvalConfig(dg.Config):
     eval_tasks: PositiveInt = _S.eval_tasks  # held-out tasks (families never trained on) per policy
-    max_new_tokens: PositiveInt = 160
+    max_new_tokens: PositiveInt = 96
     batch_size: PositiveInt = 8
     seed: Seed = 0
 
@@ -269,9 +272,11 @@ def _train_rows(catalog: DuckDBCatalog, language: str) -> tuple[list[dict], str]
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_base_model, srl_teacher_traces], pool="gpu",
           kinds={"pytorch", "huggingface"},
-          description="The student: LoRA warmed up on the train families' traces (completion-only loss), then TRL "
-                      "GRPO on the structured reward (0.5 action + 0.3 state + 0.2 think; malformed = penalty) with "
-                      "beta x KL to where RL started. Reward components and KL go to training_metrics.")
+          description="The student: a LoRA warm-up on the train families' traces (completion-only loss; the tag "
+                      "rows train too) in warmup/, then TRL GRPO with a fresh LoRA on base + warm-up merged, on the "
+                      "structured reward (0.5 action + 0.3 state + 0.2 think; malformed = penalty) with beta x KL "
+                      "to where RL started. Load: base, merge warmup/, merge this folder's adapter "
+                      "(ml.srl.recipe.load_student). Reward components and KL go to training_metrics.")
 def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, artifacts: ArtifactStore,
                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
@@ -302,11 +307,12 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
         if config.sft_steps:
             cfg = PhaseConfig(max_steps=config.sft_steps, learning_rate=config.sft_learning_rate,
                               per_device_train_batch_size=config.sft_batch_size, per_device_eval_batch_size=8,
-                              warmup_steps=min(3, config.sft_steps), logging_steps=5,
+                              warmup_steps=min(3, config.sft_steps), logging_steps=min(5, config.sft_steps),
                               save_steps=max(config.sft_steps, 1), max_length=config.max_length,
                               lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                               lora_top_layers=0 if tiny else config.lora_top_layers, separator="", add_eos=False,
-                              trainable_embeddings="all" if tiny else "added", seed=config.seed)
+                              trainable_embeddings="all" if tiny else "added", lr_scheduler_type="linear",
+                              added_tokens_lr_multiplier=config.sft_tag_lr_multiplier, seed=config.seed)
             holder["sft"] = train_lora_sft(base["path"], tok, warmup_pairs(tok, traces), [], tmp / "warmup",
                                            work / "warmup", cfg, plan, on_log=on_log)
             start = tmp / "warmup"
@@ -368,10 +374,9 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     from transformers import AutoTokenizer
 
     from ml.srl.environment import execute_actions
-    from ml.srl.recipe import evaluate_policy, metric_rows, score_steps
+    from ml.srl.recipe import evaluate_policy, load_student, metric_rows, score_steps
     from ml.srl.report import policy_plot, srl_report
     from ml.srl.reward import MiniLMEmbedder
-    from ml.training.glue import load_merged
     from ml.training.sft import load_base
 
     language = context.partition_key
@@ -386,7 +391,7 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     rows: list[dict] = []
     base_model = load_base(base["path"], plan)
     try:
-        student = load_merged(base["path"], adapter["path"], plan)
+        student = load_student(base["path"], adapter["path"], plan)
     except ValueError as exc:
         raise dg.Failure(f"srl_eval[{language}]: srl_adapter: {exc}") from exc
     for policy, model in (("base", base_model), ("student", student)):
@@ -431,10 +436,9 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
     from transformers import AutoTokenizer
 
     from ml.srl.environment import execute_actions
-    from ml.srl.recipe import StructuredReward, evaluate_policy, task_prompt, train_grpo
+    from ml.srl.recipe import StructuredReward, evaluate_policy, load_student, task_prompt, train_grpo
     from ml.srl.report import ablation_plot, ablation_table
     from ml.srl.reward import MiniLMEmbedder
-    from ml.training.glue import load_merged
 
     language = context.partition_key
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
@@ -460,7 +464,9 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
             work = checkpoint_dir(artifacts, "srl_ablation", language, {**versions, name: variant.model_dump()})
             grpo = train_grpo(base["path"], start, tok, prompts, tmp / name, work, variant.grpo_settings(), plan,
                               reward, on_log=log_progress(context, f"srl_ablation {name}"))
-            student = load_merged(base["path"], tmp / name, plan)
+            if start is not None:  # the variant's folder: its GRPO adapter, on the same warm-up
+                shutil.copytree(start, tmp / name / "warmup")
+            student = load_student(base["path"], tmp / name, plan)
             scored = evaluate_policy("student", student, tok, inputs, embed, execute_actions,
                                      max_new_tokens=config.max_new_tokens, weights=variant.weights())
             kl = [v for _, m, v in grpo.curve if m == "kl"]

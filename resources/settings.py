@@ -200,12 +200,17 @@ class SrlProfile:
 
 SRL_PROFILES = {
     # SmolLM2-135M on 2 CPU cores; short units keep prompts near 250 tokens.
-    "demo": SrlProfile("smollm2-135m", max_tasks_per_family=12, max_code_chars=500, warmup_steps=40, grpo_steps=8,
-                       num_generations=4, eval_tasks=24, train_precision="auto"),
+    "demo": SrlProfile("smollm2-135m", max_tasks_per_family=12, max_code_chars=500, warmup_steps=24, grpo_steps=4,
+                       num_generations=4, eval_tasks=16, train_precision="bf16-if-cpu"),
     "full": SrlProfile("Qwen/Qwen2.5-Coder-0.5B", max_tasks_per_family=200, max_code_chars=2000, warmup_steps=300,
                        grpo_steps=500, num_generations=8, eval_tasks=200, train_precision="auto"),
 }
 
 
 def active_srl_profile() -> SrlProfile:
-    return SRL_PROFILES[active_profile().name]
+    profile = SRL_PROFILES[active_profile().name]
+    if profile.train_precision == "bf16-if-cpu":
+        from dataclasses import replace
+
+        profile = replace(profile, train_precision=_cpu_bf16_or_auto())
+    return profile

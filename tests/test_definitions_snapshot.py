@@ -53,6 +53,13 @@ EXPECTED_ASSETS: dict[str, tuple[str, tuple | None]] = {
     "autocomplete_stage_a_gguf": ("serving", None),
     "autocomplete_stage_b_gguf": ("serving", None),
     "dsl_student_gguf": ("serving", None),
+    # srl
+    "srl_tasks": ("srl", SLICES),
+    "srl_teacher_traces": ("srl", SLICES),
+    "srl_base_model": ("srl", None),
+    "srl_adapter": ("srl", SLICES),
+    "srl_eval": ("srl", SLICES),
+    "srl_ablation": ("srl", SLICES),
 }
 
 # (asset key, check name) -> blocking

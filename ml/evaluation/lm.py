@@ -53,9 +53,11 @@ def generate_texts(
     seed: int = 0,
     processor_factory: Callable[[list[int]], object] | None = None,
     batch_size: int = 8,
+    eos_token_id: int | list[int] | None = None,
 ) -> list[str]:
     """Continuations of ``prompts`` (decoded text of the new tokens only). ``processor_factory`` gets the
-    prompt lengths of a batch and returns a logits processor (e.g. the grammar constraint)."""
+    prompt lengths of a batch and returns a logits processor (e.g. the grammar constraint); ``eos_token_id``
+    (default: the tokenizer's) ends a row."""
     from transformers import LogitsProcessorList
 
     model.eval()
@@ -75,7 +77,7 @@ def generate_texts(
             top_p=None,
             logits_processor=processors,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
         )
         for row in gen[:, width:]:
             out.append(tokenizer.decode(row, skip_special_tokens=True))

@@ -2,9 +2,12 @@
 step tags, supervised warm-up pairs from the teacher's traces, GRPO on the structured reward, and the evaluation of
 a policy (base, student or teacher) on held-out rewrite families.
 
-GRPO is TRL's ``GRPOTrainer`` with LoRA. When a warm-up adapter exists the policy continues it and TRL copies it
-into a frozen ``ref`` adapter, so the KL term (``beta``) anchors the policy to where RL started; without one the
-reference is the base itself (adapters disabled).
+GRPO is TRL's ``GRPOTrainer`` with a fresh LoRA on the base with the warm-up adapter merged in; the reference of the
+KL term (``beta``) is that merged model with the LoRA disabled, i.e. the policy where RL started (the base itself
+when there is no warm-up). The warm-up is merged rather than continued because TRL computes log-probabilities with
+``lm_head.weight``, which leaves out PEFT's trainable rows of the appended tag tokens: merged, they are ordinary
+weights. A student is therefore two stacked adapters: ``warmup/`` on the base, then the GRPO adapter on that
+(:func:`load_student`).
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class StructuredReward:
         return [r.total for r in scored]
 
 
-def _grpo_config(cfg: GRPOSettings, plan: ComputePlan, work_dir: Path):
+def _grpo_config(cfg: GRPOSettings, plan: ComputePlan, work_dir: Path, stop_ids: Sequence[int]):
     from trl import GRPOConfig
 
     own = {"lora_r", "lora_alpha", "lora_top_layers"}
@@ -126,6 +129,7 @@ def _grpo_config(cfg: GRPOSettings, plan: ComputePlan, work_dir: Path):
         output_dir=str(work_dir), **picked, data_seed=cfg.seed, save_strategy="steps", **precision,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         gradient_checkpointing=False, log_completions=False, remove_unused_columns=False,
+        generation_kwargs={"eos_token_id": list(stop_ids)},
     )
 
 
@@ -141,26 +145,25 @@ def train_grpo(
     reward: StructuredReward,
     on_log: OnLog | None = None,
 ) -> GRPOResult:
-    """GRPO on ``{"prompt", "teacher_step"}`` rows. ``start_adapter_dir`` (the warm-up adapter) is continued, or a
-    fresh LoRA is made when it is None. Checkpoints in ``work_dir`` (a re-run resumes); adapter + tokenizer in
-    ``out_dir``."""
+    """GRPO on ``{"prompt", "teacher_step"}`` rows: a fresh LoRA on the base with ``start_adapter_dir`` (the
+    warm-up adapter) merged in, or on the base alone when it is None. Checkpoints in ``work_dir`` (a re-run
+    resumes); adapter + tokenizer in ``out_dir``."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from ml.training.sft import PhaseConfig, _expose_lm_head_bias, load_adapter, load_base, lora_config
+    from ml.training.glue import load_merged
+    from ml.training.sft import PhaseConfig, _expose_lm_head_bias, load_base, lora_config
 
     if not rows:
         raise ValueError("GRPO: no prompts")
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    peft_config = None
-    if start_adapter_dir is not None:
-        model = load_adapter(base_dir, start_adapter_dir, plan=plan, is_trainable=True)
-    else:
-        model = load_base(base_dir, plan)
-        peft_config = lora_config(PhaseConfig(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                              lora_top_layers=cfg.lora_top_layers), model)
+    model = load_merged(base_dir, start_adapter_dir, plan) if start_adapter_dir else load_base(base_dir, plan)
+    peft_config = lora_config(PhaseConfig(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                          lora_top_layers=cfg.lora_top_layers), model)
+    # generation ends at the step's last tag: what follows it is never scored, so it is not sampled either
+    stop = [tokenizer.convert_tokens_to_ids("</state_update>"), tokenizer.eos_token_id]
     trainer = GRPOTrainer(
-        model=model, reward_funcs=[reward], args=_grpo_config(cfg, plan, work_dir),
+        model=model, reward_funcs=[reward], args=_grpo_config(cfg, plan, work_dir, stop),
         train_dataset=Dataset.from_list([{"prompt": r["prompt"], "teacher_step": r["teacher_step"]} for r in rows]),
         processing_class=tokenizer, peft_config=peft_config,
         callbacks=[log_callback(on_log)] if on_log is not None else [],
@@ -172,7 +175,7 @@ def train_grpo(
     started = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(out_dir), selected_adapters=["default"])
+    trainer.model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     result = GRPOResult(
         out_dir=str(out_dir), steps=int(trainer.state.global_step), train_loss=float(out.training_loss),
@@ -274,12 +277,38 @@ def score_steps(
     return PolicyEval(metrics=metrics, rows=rows)
 
 
+def load_student(base_dir, adapter_dir, plan: ComputePlan | None = None):
+    """The student for generation: the base, its ``warmup/`` adapter merged (when the student has one), then the
+    GRPO adapter at ``adapter_dir`` merged. Raises ``ValueError`` when an adapter does not fit."""
+    from peft import PeftModel
+
+    from ml.training.glue import load_merged
+    from ml.training.sft import load_base
+
+    adapter_dir = Path(adapter_dir)
+    warmup = adapter_dir / "warmup"
+    if (warmup / "adapter_config.json").is_file():
+        model = load_merged(base_dir, warmup, plan)
+    elif plan is not None:
+        model = load_base(base_dir, plan)
+    else:
+        from ml.compute import resolve_compute
+
+        model = load_base(base_dir, resolve_compute(device="cpu"))
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter_dir} holds no adapter (adapter_config.json missing)")
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
 def generate_steps(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 160,
                    batch_size: int = 8) -> list[str]:
-    """Greedy steps (decoded; the tags survive, the end token does not)."""
+    """Greedy steps, ended at ``</state_update>`` or the end token (decoded; the tags survive, the end token
+    does not)."""
     from ml.evaluation.lm import generate_texts
 
-    return generate_texts(model, tokenizer, prompts, max_new_tokens, do_sample=False, batch_size=batch_size)
+    stop = [tokenizer.convert_tokens_to_ids("</state_update>"), tokenizer.eos_token_id]
+    return generate_texts(model, tokenizer, prompts, max_new_tokens, do_sample=False, batch_size=batch_size,
+                          eos_token_id=stop)
 
 
 def evaluate_policy(policy: str, model, tokenizer, inputs: EvalInputs, embed: Embed,

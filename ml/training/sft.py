@@ -60,6 +60,10 @@ class PhaseConfig:
     # pretrained base) or "all" (a tiny random-init base has no embeddings worth freezing).
     trainable_embeddings: str = "ast"
     max_grad_norm: float = 1.0
+    # Learning rate of the appended tokens' embedding rows, as a multiple of learning_rate. Rows that start at the
+    # mean of the vocabulary and must become outputs the model emits (the srl step tags) move too little at a LoRA's
+    # rate: after 30 steps at 1e-3 a tag still cost 10 nats.
+    added_tokens_lr_multiplier: float = 1.0
     # Early stopping on eval_loss (0 = off): stop after `patience` evaluations without an improvement
     # of at least `threshold`; the best checkpoint is the one kept.
     early_stopping_patience: int = 0
@@ -161,8 +165,10 @@ def _make_trainer_class():
     class _AstSFTTrainer(SFTTrainer):
         """SFTTrainer + the project's length-grouped sampler + real-token throughput accounting."""
 
-        def __init__(self, *a, group_by_length: bool = True, mega_batch_mult: int = 64, **kw):
+        def __init__(self, *a, group_by_length: bool = True, mega_batch_mult: int = 64,
+                     added_tokens_lr_multiplier: float = 1.0, **kw):
             on_log_given = bool(kw.get("callbacks"))
+            self._token_lr = added_tokens_lr_multiplier
             self._group = group_by_length
             self._mega = mega_batch_mult
             self.real_tokens = 0
@@ -183,6 +189,30 @@ def _make_trainer_class():
                 lengths, self.args.per_device_train_batch_size, self._mega, self.args.seed
             )
 
+        def create_optimizer(self, model=None):
+            model = model if model is not None else self.model
+            if self._token_lr == 1.0 or self.optimizer is not None:
+                return super().create_optimizer(model)
+            params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            rows = [p for n, p in params if "trainable_tokens_delta" in n]
+            rest = [p for n, p in params if "trainable_tokens_delta" not in n]
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            groups = [{"params": rest}] + ([{"params": rows, "lr": self.args.learning_rate * self._token_lr}]
+                                           if rows else [])
+            self.optimizer = cls(groups, **kwargs)
+            return self.optimizer
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not head_has_trainable_rows(model):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            # TRL's fused LM head multiplies by `lm_head.weight`, which leaves out PEFT's trainable-token rows of a
+            # tied head: appended tokens (the srl step tags) could never be learnt as outputs. The model's own
+            # forward applies them.
+            keys = ("input_ids", "attention_mask", "position_ids", "labels")
+            outputs = model(**{k: inputs[k] for k in keys if k in inputs}, num_items_in_batch=num_items_in_batch)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
         def training_step(self, model, inputs, *args, **kwargs):
             t0 = time.perf_counter()
             mask = inputs.get("attention_mask")
@@ -195,6 +225,13 @@ def _make_trainer_class():
             return out
 
     return _AstSFTTrainer, log_callback
+
+
+def head_has_trainable_rows(model) -> bool:
+    """Whether the output embeddings carry PEFT trainable-token rows (a tied head with appended tokens trained)."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    return isinstance(model.get_output_embeddings(), TrainableTokensWrapper)
 
 
 def _expose_lm_head_bias(model) -> None:
@@ -639,5 +676,6 @@ def build_lora_sft_trainer(
         callbacks=_callbacks(on_log, LogCb, cfg, has_eval) + list(callbacks),
         group_by_length=cfg.group_by_length,
         mega_batch_mult=cfg.mega_batch_mult,
+        added_tokens_lr_multiplier=cfg.added_tokens_lr_multiplier,
     )
     return trainer, dropped
