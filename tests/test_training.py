@@ -476,3 +476,35 @@ def test_pretrained_folder_tokenizer_path(tmp_path, corpus):
     assert tok.pad_token == tok.eos_token  # no pad token in the base: eos is used
     assert ast_id_range(tok, AST_VOCAB) == (len(plain), len(plain) + len(AST_VOCAB) - 1)
     assert_disjoint(tok, AST_VOCAB)
+
+
+def test_the_models_own_head_gives_the_fused_heads_loss_with_trainable_token_rows(tmp_path, cpu_plan):
+    """``fused_lm_head=False`` (faster on CPU when the head carries PEFT trainable rows) is the same loss: TRL's fused
+    head reads ``lm_head.weight``, which PEFT's wrapper returns with the trained rows in it."""
+    from ml.srl.recipe import srl_tokenizer
+    from ml.srl.trace import SPECIAL_TOKENS
+    from ml.training.base_model import build_base_model, save_base_model
+    from ml.training.sft import build_lora_sft_trainer
+
+    texts = ["<think>why</think><action>{}</action><state_update>{}</state_update> rewrite the code"] * 20
+    tok = srl_tokenizer("tiny:qwen2", texts, 300)
+    save_base_model(build_base_model("tiny:qwen2", tok), tok, tmp_path / "base")
+    pairs = [("rewrite: x", texts[0])] * 4
+    tag = tok.convert_tokens_to_ids(SPECIAL_TOKENS[0])
+    losses = {}
+    for fused in (True, False):
+        cfg = fast_cfg(trainable_embeddings="added", fused_lm_head=fused, separator="", add_eos=False)
+        trainer, _ = build_lora_sft_trainer(tmp_path / "base", tok, pairs, [], tmp_path / f"w{fused}", cfg, cpu_plan)
+        model = trainer.model
+        with torch.no_grad():  # the rows as training leaves them: away from their mean init
+            next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n).add_(0.5)
+        head = model.get_output_embeddings()
+        hidden = torch.randn(1, head.weight.shape[1])
+        assert torch.allclose(head(hidden)[0, tag], (hidden @ head.weight.T)[0, tag], atol=1e-5)
+        batch = next(iter(trainer.get_train_dataloader()))
+        model.train()
+        losses[fused] = float(trainer.compute_loss(model, batch))
+        if not fused:
+            keys = ("input_ids", "attention_mask", "labels")
+            assert losses[fused] == pytest.approx(float(model(**{k: batch[k] for k in keys if k in batch}).loss))
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -4,10 +4,9 @@ a policy (base, student or teacher) on held-out rewrite families.
 
 GRPO is TRL's ``GRPOTrainer`` with a fresh LoRA on the base with the warm-up adapter merged in; the reference of the
 KL term (``beta``) is that merged model with the LoRA disabled, i.e. the policy where RL started (the base itself
-when there is no warm-up). The warm-up is merged rather than continued because TRL computes log-probabilities with
-``lm_head.weight``, which leaves out PEFT's trainable rows of the appended tag tokens: merged, they are ordinary
-weights. A student is therefore two stacked adapters: ``warmup/`` on the base, then the GRPO adapter on that
-(:func:`load_student`).
+when there is no warm-up). Merged, the warm-up's trained tag rows are ordinary weights, so RL trains a plain LoRA
+and needs no second copy of the model. A student is therefore two stacked adapters: ``warmup/`` on the base, then
+the GRPO adapter on that (:func:`load_student`).
 """
 
 from __future__ import annotations
