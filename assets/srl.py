@@ -150,6 +150,8 @@ class SrlEvalConfig(dg.Config):
     eval_tasks: PositiveInt = _S.eval_tasks  # held-out tasks (families never trained on) per policy
     max_new_tokens: PositiveInt = 96
     batch_size: PositiveInt = 8
+    # base and student also decode held to the step grammar (llguidance): metrics with a _constrained suffix
+    constrained: bool = True
     seed: Seed = 0
 
 
@@ -398,7 +400,8 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     for policy, model in (("base", base_model), ("student", student)):
         scored = evaluate_policy(policy, model, tok, inputs, embed, execute_actions,
                                  reference=base_model if policy == "student" else None,
-                                 max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+                                 max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                 constrained=config.constrained)
         metrics |= metric_rows(policy, scored.metrics)
         rows += scored.rows
         context.log.info(f"srl_eval[{language}] {policy}: " + ", ".join(

@@ -102,3 +102,31 @@ def test_render_and_parse_round_trip():
                 text.replace('"fix":"$A is None"', '"fixed":"$A is None"'),
                 text.replace("<state_update>", "<state_update><think>")):
         assert not parse_step(bad).ok, bad
+
+
+def test_step_grammar_accepts_every_teacher_step_and_nothing_malformed():
+    """Constrained decoding holds a step to ml.srl.trace.step_grammar: it must admit every well-formed step (each
+    family's teacher step) and stop a broken one at the first wrong token."""
+    import llguidance
+
+    from ml.dsl.constrained import matcher
+    from ml.srl.families import FAMILIES
+    from ml.srl.recipe import srl_tokenizer
+    from ml.srl.teacher import programmatic_step
+    from ml.srl.trace import step_grammar
+
+    steps = [programmatic_step(f) for f in FAMILIES]
+    tok = srl_tokenizer("tiny:qwen2", steps, 400)
+    grammar = step_grammar()
+
+    def accepted(text: str) -> bool:
+        m = matcher(tok, grammar)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        return bool(m.consume_tokens(ids)) and m.is_accepting() and not m.is_error()
+
+    assert isinstance(llguidance.grammar_from("lark", grammar), str)
+    assert all(accepted(s) for s in steps)
+    good = steps[0]
+    for bad in (good.replace("<think>", "", 1), good.replace('"fix"', '"fixed"'),
+                good.replace("</think><action>", "</think> <action>"), good.replace('"next_focus"', '"focus"')):
+        assert not accepted(bad), bad

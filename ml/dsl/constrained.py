@@ -66,21 +66,25 @@ def decoding_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _schema_key(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, sort_keys=True, ensure_ascii=False)
+def _schema_key(schema: dict[str, Any] | str) -> str:
+    return "lark:" + schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True, ensure_ascii=False)
 
 
 _GRAMMARS: dict[str, str] = {}
 
 
-def grammar_for(schema: dict[str, Any]) -> str:
-    """llguidance grammar of ``decoding_schema(schema)`` (cached by schema content). Raises ``ValueError`` when
-    llguidance rejects the schema."""
+def grammar_for(schema: dict[str, Any] | str) -> str:
+    """llguidance grammar of ``decoding_schema(schema)``, or of an llguidance Lark grammar given as a string (e.g.
+    the srl step: tags around two JSON schemas), cached by content. Raises ``ValueError`` when llguidance rejects
+    it."""
     import llguidance
 
     key = _schema_key(schema)
     if key not in _GRAMMARS:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(decoding_schema(schema))
+        if isinstance(schema, str):
+            grammar = llguidance.grammar_from("lark", schema)
+        else:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(decoding_schema(schema))
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
         if is_error:
             raise ValueError(f"llguidance rejects the schema: {messages[0] if messages else '?'}")

@@ -27,8 +27,9 @@ from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precis
 
 POLICIES = ("base", "student", "teacher")
 DEFAULT_WEIGHTS = RewardWeights()
-METRICS = ("trace_parse_rate", "action_fidelity", "state_faithfulness", "think_similarity", "brevity_penalty",
-           "kl_per_token", "execution_success", "think_tokens", "state_tokens", "reward")
+METRICS = ("trace_parse_rate", "trace_parse_rate_constrained", "action_fidelity", "state_faithfulness",
+           "think_similarity", "brevity_penalty", "kl_per_token", "execution_success", "execution_success_constrained",
+           "think_tokens", "state_tokens", "reward")
 # compared with itself the teacher scores 1 / 0 by definition: only what is measured on its own steps is reported
 TEACHER_METRICS = ("trace_parse_rate", "execution_success", "think_tokens", "state_tokens")
 
@@ -300,25 +301,48 @@ def load_student(base_dir, adapter_dir, plan: ComputePlan | None = None):
 
 
 def generate_steps(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 160,
-                   batch_size: int = 8) -> list[str]:
+                   batch_size: int = 8, constrained: bool = False) -> list[str]:
     """Greedy steps, ended at ``</state_update>`` or the end token (decoded; the tags survive, the end token
-    does not)."""
+    does not). ``constrained``: held to :func:`ml.srl.trace.step_grammar` with llguidance, so that a step that
+    ends within ``max_new_tokens`` parses."""
     from ml.evaluation.lm import generate_texts
 
     stop = [tokenizer.convert_tokens_to_ids("</state_update>"), tokenizer.eos_token_id]
-    return generate_texts(model, tokenizer, prompts, max_new_tokens, do_sample=False, batch_size=batch_size,
-                          eos_token_id=stop)
+    factory = None
+    if constrained:
+        from ml.dsl.constrained import JsonSchemaLogitsProcessor
+        from ml.srl.trace import step_grammar
+
+        grammar = step_grammar()
+
+        def factory(lengths: list[int]):
+            return JsonSchemaLogitsProcessor(tokenizer, [grammar] * len(lengths), lengths, tokenizer.eos_token_id,
+                                             greedy=True)
+
+    texts = generate_texts(model, tokenizer, prompts, max_new_tokens, do_sample=False, batch_size=batch_size,
+                           eos_token_id=stop, processor_factory=factory)
+    # the grammar ends at </state_update>; a constrained row's forced end token is not part of the step
+    return [t.removesuffix(tokenizer.eos_token or "\0") for t in texts]
 
 
 def evaluate_policy(policy: str, model, tokenizer, inputs: EvalInputs, embed: Embed,
                     execute: Callable[[list[dict]], list[Any]], *, reference=None, max_new_tokens: int = 160,
-                    batch_size: int = 8, weights: RewardWeights = DEFAULT_WEIGHTS) -> PolicyEval:
-    """Greedy steps of ``model`` on the inputs' tasks, scored; ``kl_per_token`` against ``reference`` when given."""
+                    batch_size: int = 8, weights: RewardWeights = DEFAULT_WEIGHTS,
+                    constrained: bool = False) -> PolicyEval:
+    """Greedy steps of ``model`` on the inputs' tasks, scored; ``kl_per_token`` against ``reference`` when given.
+    ``constrained``: also with grammar-constrained decoding, whose metrics get a ``_constrained`` suffix (its rows
+    are not kept: the unconstrained steps are the policy's own)."""
     prompts = [task_prompt(tokenizer, t) for t in inputs.tasks]
     completions = generate_steps(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     scored = score_steps(policy, inputs, completions, embed, tokenizer, execute, weights)
     if reference is not None:
         scored.metrics["kl_per_token"] = kl_per_token(model, reference, tokenizer, prompts, completions)
+    if constrained:
+        held = generate_steps(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              constrained=True)
+        extra = score_steps(policy, inputs, held, embed, tokenizer, execute, weights).metrics
+        scored.metrics |= {f"{k}_constrained": extra[k] for k in ("trace_parse_rate", "execution_success",
+                                                                   "action_fidelity", "reward")}
     return scored
 
 

@@ -28,8 +28,9 @@ ACTION_SCHEMA: dict[str, Any] = {
             "properties": {"pattern": {"type": "string", "minLength": 1}, "kind": {"type": "string"}},
             "required": ["pattern"],
         },
-        "constraints": {"type": "object", "additionalProperties": {"type": "object"}},
         "fix": {"type": "string"},
+        # after "fix", as RewriteFamily.action writes it: constrained decoding emits keys in this order
+        "constraints": {"type": "object", "additionalProperties": {"type": "object"}},
     },
     "required": ["rule", "fix"],
     "additionalProperties": False,
@@ -77,6 +78,19 @@ class Parsed:
     @property
     def ok(self) -> bool:
         return self.step is not None
+
+
+# compact JSON, exactly as render_step writes it
+_X_GUIDANCE = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+
+
+def step_grammar(max_think_chars: int = 400) -> str:
+    """The step as an llguidance Lark grammar: the six tags (atomic tokens, so written as ``<think>``, not quoted),
+    a think without ``<``, and the two JSON schemas. Constrained decoding with it makes every step parse."""
+    action = json.dumps({**ACTION_SCHEMA, "x-guidance": _X_GUIDANCE})
+    state = json.dumps({**STATE_SCHEMA, "x-guidance": _X_GUIDANCE})
+    return (f"start: <think> THINK </think> <action> action </action> <state_update> state </state_update>\n"
+            f"THINK: /[^<]{{1,{max_think_chars}}}/\naction: %json {action}\nstate: %json {state}\n")
 
 
 def compact(value: Any) -> str:
