@@ -131,7 +131,7 @@ def test_group_end_to_end_on_a_tiny_model(tmp_path, astforge_home):
     assert [(r["policy"], r["n"]) for r in rows] == [("base", 2), ("student", 2), ("teacher", 2)]
     curve = {r["metric"] for r in catalog.query(
         "SELECT DISTINCT metric FROM training_metrics WHERE asset_key = 'srl_adapter'")}
-    assert {"kl", "reward", "warmup/loss"} <= curve
+    assert {"kl", "reward", "malformed_rate", "warmup/loss"} <= curve
     assert "| execution_success |" in meta("srl_eval")["report"].value
 
     folder = Path(catalog.latest_artifact("srl_ablation", "python")["path"])

@@ -103,18 +103,28 @@ class StructuredReward:
         self.embed, self.weights = embed, weights
         self.components: dict[str, list[float]] = {"total": [], "action": [], "state": [], "think": [],
                                                    "malformed": []}
+        self.calls: list[dict[str, float]] = []  # per call (one per generation round): each component's mean
 
     def __call__(self, prompts, completions, teacher_step, **_: Any) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         teachers = [parse_step(t).step for t in teacher_step]
         scored = batch_rewards(texts, teachers, self.embed, self.weights)
+        call: dict[str, list[float]] = {"action": [], "state": [], "think": []}
         for r in scored:
             self.components["total"].append(r.total)
             self.components["malformed"].append(float(r.malformed))
             for part in ("action", "state", "think"):
                 if getattr(r, part) is not None:
                     self.components[part].append(getattr(r, part))
+                    call[part].append(getattr(r, part))
+        self.calls.append({"malformed_rate": sum(r.malformed for r in scored) / max(len(scored), 1),
+                           **{f"reward_{k}": statistics.fmean(v) for k, v in call.items() if v}})
         return [r.total for r in scored]
+
+    def curve(self, steps_per_call: int = 1) -> list[tuple[int, str, float]]:
+        """The per-call component means as training-curve points (step = the optimizer step of the call)."""
+        return [((i + 1) * steps_per_call, name, value) for i, call in enumerate(self.calls)
+                for name, value in call.items()]
 
 
 def _grpo_config(cfg: GRPOSettings, plan: ComputePlan, work_dir: Path, stop_ids: Sequence[int]):
@@ -179,7 +189,8 @@ def train_grpo(
     tokenizer.save_pretrained(str(out_dir))
     result = GRPOResult(
         out_dir=str(out_dir), steps=int(trainer.state.global_step), train_loss=float(out.training_loss),
-        prompts=len(rows), curve=curve(trainer.state.log_history, GRPO_CURVE), components=reward.components,
+        prompts=len(rows), curve=curve(trainer.state.log_history, GRPO_CURVE) + reward.curve(),
+        components=reward.components,
         resumed_from=resume, seconds=time.perf_counter() - started,
     )
     (out_dir / "train_result.json").write_text(json.dumps({k: v for k, v in asdict(result).items()
