@@ -138,3 +138,56 @@ def test_group_end_to_end_on_a_tiny_model(tmp_path, astforge_home):
     ablation = json.loads((folder / "ablation.json").read_text())
     assert [r["variant"] for r in ablation] == ["reference", "beta_0"]
     assert all("execution_success" in r for r in ablation)
+
+
+def test_an_llm_teacher_over_http_is_shown_exemplars_and_its_bad_steps_are_counted():
+    """HttpSrlTeacher against an OpenAI-compatible server on 127.0.0.1: temperature 0.3, two worked steps of other
+    families before the task; a malformed answer is rejected and counted; a dead server is a clear error."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ml.dsl.teachers import TeacherUnavailable
+    from ml.srl.families import families_for, get_family
+    from ml.srl.teacher import HttpSrlTeacher
+
+    by_instruction = {f.instruction: f for f in families_for("python")}
+    bodies: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            line = next(x for x in body["messages"][-1]["content"].splitlines() if x.startswith("Instruction: "))
+            family = by_instruction[line.removeprefix("Instruction: ")]
+            text = "no tags at all" if family.name == "py_not_in" else programmatic_step(family)
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    good = _task("py_len_eq_zero", "def f(xs):\n    return len(xs) == 0\n", "def f(xs):\n    return not xs\n")
+    bad = _task("py_not_in", "def f(k, d):\n    return not k in d\n", "def f(k, d):\n    return k not in d\n")
+    shots = [_task("py_get_none", "def g(d):\n    return d.get(1, None)\n", "def g(d):\n    return d.get(1)\n"),
+             _task("py_type_eq", "def h(a):\n    return type(a) == type(1)\n", "def h(a):\n    return type(a) is type(1)\n")]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        teacher = HttpSrlTeacher("openai", url, "test-model", exemplar_tasks=shots + [good, bad], max_retries=0)
+        batch = teacher_traces([good, bad], teacher)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [t["family"] for t in batch.traces] == ["py_len_eq_zero"] and batch.rejected == {"malformed": 1}
+    assert bodies[0]["temperature"] == 0.3
+    roles = [m["role"] for m in bodies[0]["messages"]]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert programmatic_step(get_family("py_get_none")) in [m["content"] for m in bodies[0]["messages"]]
+    dead = HttpSrlTeacher("openai", url, "test-model", max_retries=0, backoff_s=0.0, timeout_s=5)
+    with pytest.raises(TeacherUnavailable, match="unavailable"):
+        dead.step(good)
