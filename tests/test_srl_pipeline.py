@@ -173,7 +173,8 @@ def test_an_llm_teacher_over_http_is_shown_exemplars_and_its_bad_steps_are_count
     good = _task("py_len_eq_zero", "def f(xs):\n    return len(xs) == 0\n", "def f(xs):\n    return not xs\n")
     bad = _task("py_not_in", "def f(k, d):\n    return not k in d\n", "def f(k, d):\n    return k not in d\n")
     shots = [_task("py_get_none", "def g(d):\n    return d.get(1, None)\n", "def g(d):\n    return d.get(1)\n"),
-             _task("py_type_eq", "def h(a):\n    return type(a) == type(1)\n", "def h(a):\n    return type(a) is type(1)\n")]
+             _task("py_type_eq", "def h(a):\n    return type(a) == type(1)\n",
+                   "def h(a):\n    return type(a) is type(1)\n")]
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
