@@ -314,8 +314,7 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
                               lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                               lora_top_layers=0 if tiny else config.lora_top_layers, separator="", add_eos=False,
                               trainable_embeddings="all" if tiny else "added", lr_scheduler_type="linear",
-                              added_tokens_lr_multiplier=config.sft_tag_lr_multiplier, fused_lm_head=False,
-                              seed=config.seed)
+                              added_tokens_lr_multiplier=config.sft_tag_lr_multiplier, seed=config.seed)
             holder["sft"] = train_lora_sft(base["path"], tok, warmup_pairs(tok, traces), [], tmp / "warmup",
                                            work / "warmup", cfg, plan, on_log=on_log)
             start = tmp / "warmup"

@@ -479,8 +479,9 @@ def test_pretrained_folder_tokenizer_path(tmp_path, corpus):
 
 
 def test_the_models_own_head_gives_the_fused_heads_loss_with_trainable_token_rows(tmp_path, cpu_plan):
-    """``fused_lm_head=False`` (faster on CPU when the head carries PEFT trainable rows) is the same loss: TRL's fused
-    head reads ``lm_head.weight``, which PEFT's wrapper returns with the trained rows in it."""
+    """``fused_lm_head=False`` (the CPU default: faster there) gives the same loss as TRL's fused head, also when the
+    head carries PEFT trainable rows: the fused head reads ``lm_head.weight``, which PEFT's wrapper returns with the
+    trained rows in it."""
     from ml.srl.recipe import srl_tokenizer
     from ml.srl.trace import SPECIAL_TOKENS
     from ml.training.base_model import build_base_model, save_base_model

@@ -144,5 +144,4 @@ def phase_config(settings: Mapping[str, Any], *, tiny: bool):
     names = {f.name for f in fields(PhaseConfig)}
     picked = {k: v for k, v in settings.items() if k in names}
     return PhaseConfig(**picked, separator="", add_eos=True, lr_scheduler_type="linear", tokenize_separately=True,
-                       trainable_embeddings="all" if tiny else "added", per_device_eval_batch_size=1,
-                       fused_lm_head=False)  # trainable FIM rows: the model's own head is faster on CPU
+                       trainable_embeddings="all" if tiny else "added", per_device_eval_batch_size=1)

@@ -64,11 +64,11 @@ class PhaseConfig:
     # mean of the vocabulary and must become outputs the model emits (the srl step tags) move too little at a LoRA's
     # rate: after 30 steps at 1e-3 a tag still cost 10 nats.
     added_tokens_lr_multiplier: float = 1.0
-    # TRL's fused LM head scores tokens tile by tile without materializing the logits. When the head carries PEFT
-    # trainable token rows ("added"/"all"), its backward also builds the whole head's gradient per tile, and on CPU
-    # it is slower than the model's own head: SmolLM2-135M with the srl tags, 8 rows of ~300 tokens, bf16 autocast,
-    # 12.1 s vs 8.5 s per step for the same loss. False: the loss comes from the model's own forward.
-    fused_lm_head: bool = True
+    # TRL's fused LM head scores tokens tile by tile without materializing the logits: on a GPU it saves the memory
+    # of a 49k-152k vocabulary's logits; on a CPU it is slower than the model's own head for the same loss
+    # (SmolLM2-135M, 8 rows, bf16 autocast: the DSL student 6.98 s vs 3.65 s per step, the srl warm-up with trainable
+    # tag rows 12.1 s vs 8.5 s). None: fused on CUDA only; False: the loss from the model's own forward.
+    fused_lm_head: bool | None = None
     # Early stopping on eval_loss (0 = off): stop after `patience` evaluations without an improvement
     # of at least `threshold`; the best checkpoint is the one kept.
     early_stopping_patience: int = 0
@@ -171,10 +171,10 @@ def _make_trainer_class():
         """SFTTrainer + the project's length-grouped sampler + real-token throughput accounting."""
 
         def __init__(self, *a, group_by_length: bool = True, mega_batch_mult: int = 64,
-                     added_tokens_lr_multiplier: float = 1.0, fused_lm_head: bool = True, **kw):
+                     added_tokens_lr_multiplier: float = 1.0, fused_lm_head: bool | None = None, **kw):
             on_log_given = bool(kw.get("callbacks"))
             self._token_lr = added_tokens_lr_multiplier
-            self._own_head = not fused_lm_head
+            self._fused = fused_lm_head
             self._group = group_by_length
             self._mega = mega_batch_mult
             self.real_tokens = 0
@@ -209,7 +209,8 @@ def _make_trainer_class():
             return self.optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self._own_head:
+            fused = self._fused if self._fused is not None else self.args.device.type == "cuda"
+            if fused:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             # the same loss from the model's own head (see PhaseConfig.fused_lm_head); no entropy/accuracy metrics
