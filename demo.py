@@ -1,5 +1,5 @@
-"""`make demo`: materialize the default asset graphs (AST-first per language slice, the DSL group, autocomplete), then
-summarize.
+"""`make demo`: materialize the default asset graphs (AST-first per language slice, the DSL group, autocomplete,
+srl on the python slice), then summarize.
 
 Runs go to the Dagster instance in $DAGSTER_HOME (the Makefile sets `.dagster/`), so `make ui`
 shows them with their logs, metadata and lineage.

@@ -66,8 +66,8 @@ class PhaseConfig:
     added_tokens_lr_multiplier: float = 1.0
     # TRL's fused LM head scores tokens tile by tile without materializing the logits: on a GPU it saves the memory
     # of a 49k-152k vocabulary's logits; on a CPU it is slower than the model's own head for the same loss
-    # (SmolLM2-135M, 8 rows, bf16 autocast: the DSL student 6.98 s vs 3.65 s per step, the srl warm-up with trainable
-    # tag rows 12.1 s vs 8.5 s). None: fused on CUDA only; False: the loss from the model's own forward.
+    # (SmolLM2-135M, 8 rows, bf16 autocast: the DSL student 10.85 s vs 9.3 s per step over the demo's run, 6.98 s vs
+    # 3.65 s on short rows; the srl warm-up with trainable tag rows 12.1 s vs 8.5 s). None: fused on CUDA only.
     fused_lm_head: bool | None = None
     # Early stopping on eval_loss (0 = off): stop after `patience` evaluations without an improvement
     # of at least `threshold`; the best checkpoint is the one kept.
