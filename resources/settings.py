@@ -109,13 +109,14 @@ class DslProfile:
 DSL_PROFILES = {
     # The packaged SmolLM2-135M-Instruct on 2 CPU cores: 7-10 s per SFT step of 8 rows (bf16 autocast, LoRA on the
     # top 20 of 30 layers; 10.8 s in fp32 on all layers) and ≈ 2 s per evaluation request. 80 steps and 12 requests
-    # per group put the group at ≈ 22 min (over its 15-min target: fewer steps learn nothing visible; the README's
+    # per group put the group at ≈ 20 min (over its 15-min target: fewer steps learn nothing visible; the README's
     # learning curve says what more steps give).
     "demo": DslProfile(
         base_model="smollm2-135m", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
         sft_max_steps=80, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,
         sft_eval_steps=40, sft_save_steps=40, max_length=512, eval_max_samples=16, eval_samples=12,
-        probe_samples=8, dpo_max_steps=6, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
+        # no probe during the demo's SFT (41 s of the 40-min demo): bench/dsl_learning_curve.py draws that curve
+        probe_samples=0, dpo_max_steps=6, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
         dpo_warmup_steps=1, max_pairs=12, schema_view="digest", dpo_sft_weight=5.0,
         sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=20, train_precision=_cpu_bf16_or_auto(),
     ),
@@ -200,7 +201,9 @@ class SrlProfile:
 
 SRL_PROFILES = {
     # SmolLM2-135M on 2 CPU cores; short units keep prompts near 250 tokens.
-    "demo": SrlProfile("smollm2-135m", max_tasks_per_family=12, max_code_chars=500, warmup_steps=24, grpo_steps=4,
+    # 24 warm-up steps of 8 rows: held-out parse 0.846, execution 0.154 (20 steps of 6 rows: 0.692, 0.000); GRPO
+    # steps cost ≈ 20 s each here, the demo only shows the mechanism (bench/srl_learning_curve.py for more).
+    "demo": SrlProfile("smollm2-135m", max_tasks_per_family=12, max_code_chars=500, warmup_steps=24, grpo_steps=2,
                        num_generations=4, eval_tasks=16, train_precision="bf16-if-cpu"),
     "full": SrlProfile("Qwen/Qwen2.5-Coder-0.5B", max_tasks_per_family=200, max_code_chars=2000, warmup_steps=300,
                        grpo_steps=500, num_generations=8, eval_tasks=200, train_precision="auto"),
