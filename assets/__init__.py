@@ -14,8 +14,10 @@ from assets.corpus import code_units, source_files
 from assets.dsl import DSL_ASSETS
 from assets.gguf_exports import GGUF_ASSETS
 from assets.models import MODELS_ASSETS
-from assets.srl import SRL_ASSETS
+from assets.srl import SRL_ASSETS as _SRL
+from assets.srl_ablation import srl_ablation
 
+SRL_ASSETS = _SRL + [srl_ablation]  # per slice, except the shared srl_base_model
 DATA_ASSETS = [source_files, code_units, ast_corpus, nl_ast_pairs]
 MODEL_ASSETS = [ast_tokenizer, ast_base_model, ast_phase1_adapter, ast_phase2_adapter, ast_eval]
 AST_ASSETS = DATA_ASSETS + MODEL_ASSETS  # partitioned by language slice

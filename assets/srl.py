@@ -4,7 +4,6 @@ warm-up on the traces, then GRPO on the structured reward with a KL anchor), and
 rewrite families never trained on. Partitioned by language slice, except the base model."""
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -108,42 +107,6 @@ class SrlAdapterConfig(dg.Config):
             save_steps=max(self.max_steps // 2, 1), seed=self.seed, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
             lora_top_layers=self.lora_top_layers,
         )
-
-
-class SrlAblationConfig(SrlAdapterConfig):
-    """One factor at a time around the GRPO settings above (the first value of each list is the reference): every
-    variant continues srl_adapter's warm-up adapter (the sft_* settings are not used) for max_steps GRPO steps and
-    is evaluated like srl_eval's student."""
-
-    betas: list[float] = [0.05, 0.01, 0.1]  # the KL coefficient lambda
-    malformed_penalties: list[float] = [-0.2, -0.1]
-    reward_weights: list[str] = ["0.5,0.3,0.2", "0.7,0.2,0.1"]  # action,state,think
-    eval_tasks: PositiveInt = 12
-    max_new_tokens: PositiveInt = 96
-
-    @model_validator(mode="after")
-    def _sweep(self):
-        if not self.betas or not self.malformed_penalties or not self.reward_weights:
-            raise ValueError("betas, malformed_penalties and reward_weights need at least one value each")
-        for text in self.reward_weights:
-            parts = text.split(",")
-            if len(parts) != 3 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
-                raise ValueError(f"reward_weights entry {text!r}: expected 'action,state,think', e.g. '0.5,0.3,0.2'")
-        return self
-
-    def variants(self) -> list[tuple[str, "SrlAdapterConfig"]]:
-        reference = {"beta": self.betas[0], "malformed_penalty": self.malformed_penalties[0],
-                     **dict(zip(("reward_action", "reward_state", "reward_think"),
-                                map(float, self.reward_weights[0].split(",")), strict=True))}
-        out = [("reference", reference)]
-        out += [(f"beta_{b:g}", {**reference, "beta": b}) for b in self.betas[1:]]
-        out += [(f"malformed_{m:g}", {**reference, "malformed_penalty": m}) for m in self.malformed_penalties[1:]]
-        for text in self.reward_weights[1:]:
-            a, st, t = map(float, text.split(","))
-            out.append((f"weights_{a:g}_{st:g}_{t:g}",
-                        {**reference, "reward_action": a, "reward_state": st, "reward_think": t}))
-        base = {k: v for k, v in self.model_dump().items() if k in SrlAdapterConfig.model_fields}
-        return [(name, SrlAdapterConfig(**{**base, **changes})) for name, changes in out]
 
 
 class SrlEvalConfig(dg.Config):
@@ -265,7 +228,7 @@ def srl_base_model(context: dg.AssetExecutionContext, config: SrlBaseModelConfig
     })
 
 
-def _train_rows(catalog: DuckDBCatalog, language: str) -> tuple[list[dict], str]:
+def train_rows(catalog: DuckDBCatalog, language: str) -> tuple[list[dict], str]:
     traces, entry = read_upstream(catalog, "srl_teacher_traces", language)
     train = [t for t in traces if t["split"] == "train"]
     if not train:
@@ -292,7 +255,7 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
     language = context.partition_key
     asset = f"srl_adapter[{language}]"
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
-    traces, traces_version = _train_rows(catalog, language)
+    traces, traces_version = train_rows(catalog, language)
     tok = AutoTokenizer.from_pretrained(base["path"])
     tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
     plan = compute.plan(config.precision)
@@ -348,22 +311,16 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
     })
 
 
-def _heldout_inputs(catalog: DuckDBCatalog, language: str, n: int, seed: int, asset: str):
-    """Up to ``n`` held-out tasks (families never trained on) with the teacher's steps, and the traces' version."""
-    import random
-
-    from ml.srl.recipe import EvalInputs
+def heldout_inputs(catalog: DuckDBCatalog, language: str, n: int, seed: int, asset: str):
+    """Up to ``n`` held-out tasks with the teacher's steps (ml.srl.recipe.heldout_inputs), and the traces' version."""
+    from ml.srl.recipe import heldout_inputs as pick
 
     traces, entry = read_upstream(catalog, "srl_teacher_traces", language)
-    heldout = [t for t in traces if t["split"] == "heldout"]
-    if not heldout:
+    inputs = pick(traces, n, seed)
+    if not inputs.tasks:
         raise dg.Failure(f"{asset}[{language}]: no held-out trace to evaluate on (srl_teacher_traces kept none of "
                          "the held-out families)")
-    heldout = sorted(random.Random(seed).sample(heldout, min(n, len(heldout))),
-                     key=lambda t: (t["family"], t["task_id"]))
-    tasks = [{"id": t["task_id"], "language": t["language"], "family": t["family"], "split": t["split"],
-              "instruction": t["instruction"], "code": t["code"], "expected": t["expected"]} for t in heldout]
-    return EvalInputs(tasks=tasks, teacher_steps=[t["step"] for t in heldout]), entry["data_version"]
+    return inputs, entry["data_version"]
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
@@ -383,7 +340,7 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     from ml.training.sft import load_base
 
     language = context.partition_key
-    inputs, traces_version = _heldout_inputs(catalog, language, config.eval_tasks, config.seed, "srl_eval")
+    inputs, traces_version = heldout_inputs(catalog, language, config.eval_tasks, config.seed, "srl_eval")
     tasks = inputs.tasks
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
     adapter = catalog.require_artifact("srl_adapter", language)
@@ -430,70 +387,4 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     })
 
 
-@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
-          pool="gpu", kinds={"pytorch", "markdown"},
-          description="Ablations of the GRPO step as configurations of the same recipe: lambda (beta), the malformed "
-                      "penalty and the reward weights, one at a time, each continuing srl_adapter's warm-up and "
-                      "evaluated on the held-out families. A table and a plot compare them (srl_ablation_job).")
-def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, artifacts: ArtifactStore,
-                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
-    from ml.srl.environment import execute_actions
-    from ml.srl.recipe import StructuredReward, evaluate_policy, load_student, task_prompt, train_grpo
-    from ml.srl.report import ablation_plot, ablation_table
-    from ml.srl.reward import MiniLMEmbedder
-
-    language = context.partition_key
-    base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
-    adapter = catalog.require_artifact("srl_adapter", language)
-    traces, traces_version = _train_rows(catalog, language)
-    inputs, _ = _heldout_inputs(catalog, language, config.eval_tasks, config.seed, "srl_ablation")
-    warmup = Path(adapter["path"]) / "warmup"
-    start = warmup if (warmup / "adapter_config.json").is_file() else None
-    tok = AutoTokenizer.from_pretrained(adapter["path"])
-    plan = compute.plan(config.precision)
-    embed = MiniLMEmbedder()
-    prompts = [{"prompt": task_prompt(tok, t), "teacher_step": t["step"]} for t in traces]
-    variants = config.variants()
-    results: list[dict] = []
-    versions = {"srl_adapter": adapter["data_version"], "srl_teacher_traces": traces_version}
-
-    def build(tmp: Path) -> None:
-        for i, (name, variant) in enumerate(variants):
-            context.log.info(f"srl_ablation[{language}] {i + 1}/{len(variants)} {name}: beta {variant.beta}, "
-                             f"weights {variant.reward_action}/{variant.reward_state}/{variant.reward_think}, "
-                             f"malformed {variant.malformed_penalty}")
-            reward = StructuredReward(embed, variant.weights())
-            work = checkpoint_dir(artifacts, "srl_ablation", language, {**versions, name: variant.model_dump()})
-            grpo = train_grpo(base["path"], start, tok, prompts, tmp / name, work, variant.grpo_settings(), plan,
-                              reward, on_log=log_progress(context, f"srl_ablation {name}"))
-            if start is not None:  # the variant's folder: its GRPO adapter, on the same warm-up
-                shutil.copytree(start, tmp / name / "warmup")
-            student = load_student(base["path"], tmp / name, plan)
-            scored = evaluate_policy("student", student, tok, inputs, embed, execute_actions,
-                                     max_new_tokens=config.max_new_tokens, weights=variant.weights())
-            kl = [v for _, m, v in grpo.curve if m == "kl"]
-            results.append({"variant": name, "beta": variant.beta, "malformed_penalty": variant.malformed_penalty,
-                            "weights": f"{variant.reward_action:g}/{variant.reward_state:g}/{variant.reward_think:g}",
-                            "train_kl_last": kl[-1] if kl else float("nan"), "grpo_seconds": grpo.seconds,
-                            **scored.metrics})
-            del student
-        (tmp / "ablation.json").write_text(json.dumps(results, indent=1))
-        (tmp / "report.md").write_text(f"# SRL ablations ({language})\n\n{ablation_table(results)}\n\n"
-                                       "![ablation](ablation.png)\n")
-        (tmp / "ablation.png").write_bytes(ablation_plot(results))
-
-    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(variants),
-                          upstream=versions).path
-    metrics = {f"{r['variant']}_{m}": float(r[m]) for r in results
-               for m in ("execution_success", "trace_parse_rate", "reward", "action_fidelity") if m in r}
-    catalog.write_metrics(asset_key="srl_ablation", partition=language, run_id=context.run_id, metrics=metrics)
-    return dg.MaterializeResult(metadata={
-        "variants": len(variants), "table": dg.MetadataValue.md(ablation_table(results)),
-        "plot": png_markdown((path / "ablation.png").read_bytes(), "ablation"),
-        "path": dg.MetadataValue.path(str(path / "report.md")),
-    })
-
-
-SRL_ASSETS = [srl_tasks, srl_teacher_traces, srl_base_model, srl_adapter, srl_eval, srl_ablation]
+SRL_ASSETS = [srl_tasks, srl_teacher_traces, srl_base_model, srl_adapter, srl_eval]

@@ -219,6 +219,18 @@ class EvalInputs:
     teacher_steps: list[str]
 
 
+def heldout_inputs(traces: Sequence[Mapping[str, Any]], n: int, seed: int) -> EvalInputs:
+    """Up to ``n`` traces of held-out families (a seeded sample, in family order) as tasks with the teacher's steps."""
+    import random
+
+    heldout = [t for t in traces if t["split"] == "heldout"]
+    picked = sorted(random.Random(seed).sample(heldout, min(n, len(heldout))),
+                    key=lambda t: (t["family"], t["task_id"]))
+    tasks = [{"id": t["task_id"], "language": t["language"], "family": t["family"], "split": t["split"],
+              "instruction": t["instruction"], "code": t["code"], "expected": t["expected"]} for t in picked]
+    return EvalInputs(tasks=tasks, teacher_steps=[t["step"] for t in picked])
+
+
 def kl_per_token(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> float:
     """Mean over the completions' tokens of log p_policy - log p_reference (a Monte-Carlo estimate of
     KL(policy || reference) on the policy's own outputs)."""
