@@ -95,3 +95,11 @@ srl_ablation_job = dg.define_asset_job(
     description="The GRPO ablation sweep (lambda, malformed penalty, reward weights) on a slice's current warm-up "
                 "adapter, compared in one report.",
 )
+
+graph_repair_job = dg.define_asset_job(
+    "graph_repair_job",
+    selection=dg.AssetSelection.groups("graph_repair"),
+    partitions_def=language_slices,
+    description="Abstract syntax graphs of a slice's code_units, graded corruptions, the Graph U-Net and the "
+                "same-size Transformer, and their held-out repair report.",
+)

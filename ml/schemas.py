@@ -141,3 +141,20 @@ SRL_EVAL_RESULTS = pa.schema(
      ("reward", pa.float64()), ("action_score", pa.float64()), ("state_score", pa.float64()),
      ("think_score", pa.float64()), ("executed", pa.bool_()), ("env_status", pa.string()), ("diff", pa.string())]
 )
+
+_GRAPH_COLUMNS = [("labels", pa.list_(pa.string())), ("parents", pa.list_(pa.int32())), ("fields", pa.list_(pa.string())),
+                  ("dataflow_src", pa.list_(pa.int32())), ("dataflow_dst", pa.list_(pa.int32()))]
+ASG_CORPUS = pa.schema(
+    [("id", pa.string()), ("language", pa.string()), ("name", pa.string()), ("heldout", pa.bool_()),
+     ("n_nodes", pa.int64()), *_GRAPH_COLUMNS]
+)
+REPAIR_DATASET = pa.schema(
+    [("id", pa.string()), ("unit_id", pa.string()), ("split", pa.string()), ("noise", pa.string()),
+     ("ops", pa.list_(pa.string())), ("n_corrupted", pa.int64()), ("n_nodes", pa.int64()), *_GRAPH_COLUMNS,
+     ("targets", pa.list_(pa.string())), ("corrupted", pa.list_(pa.bool_())),
+     *[(f"clean_{name}", typ) for name, typ in _GRAPH_COLUMNS]]
+)
+GRAPH_REPAIR_RESULTS = pa.schema(
+    [("model", pa.string()), ("noise", pa.string()), ("procedure", pa.string()), ("node_accuracy", pa.float64()),
+     ("exact", pa.float64()), ("valid", pa.float64()), ("n", pa.int64())]
+)

@@ -217,3 +217,29 @@ def active_srl_profile() -> SrlProfile:
 
         profile = replace(profile, train_precision=_cpu_bf16_or_auto())
     return profile
+
+
+@dataclass(frozen=True)
+class GraphRepairProfile:
+    """The `graph_repair` group's sizes (ASTFORGE_PROFILE's name: demo | full)."""
+
+    max_functions: int  # graphs per slice (0: all)
+    max_nodes: int  # larger functions are skipped (the Transformer's sequence is up to twice this)
+    corruptions_per_graph: int  # training rows per held-in function
+    hidden: int
+    steps: int  # the same for both models
+    batch_size: int
+
+
+GRAPH_REPAIR_PROFILES = {
+    # ~0.8M-parameter models, 2 CPU cores: the graph model trains in ~40 s, the Transformer in ~3 min
+    "demo": GraphRepairProfile(max_functions=1500, max_nodes=80, corruptions_per_graph=4, hidden=128, steps=400,
+                               batch_size=16),
+    # ~5M parameters (hidden 256, vocabulary ~4000): the issue's comparison; bench/graph_repair.py runs it
+    "full": GraphRepairProfile(max_functions=20000, max_nodes=200, corruptions_per_graph=4, hidden=256, steps=3000,
+                               batch_size=32),
+}
+
+
+def active_graph_repair_profile() -> GraphRepairProfile:
+    return GRAPH_REPAIR_PROFILES[active_profile().name]

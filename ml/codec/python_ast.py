@@ -1265,3 +1265,14 @@ class PythonCodec:
 
     def vocabulary(self) -> list[str]:
         return structural_vocabulary()
+
+
+def asdl_table() -> dict[str, tuple[str, tuple[tuple[str, str, str], ...]]]:
+    """Python's ASDL as data: ``{node type: (category, ((field, ASDL type, qualifier '' | '?' | '*'), ...))}`` for
+    every concrete node class (operators and contexts have no fields). The graph repair grammar reads it."""
+    table = {}
+    for cls in _concrete_classes():
+        base = cls.__bases__[0]
+        category = base.__name__ if base is not ast.AST else cls.__name__
+        table[cls.__name__] = (category, tuple(_parse_signature(cls)))
+    return table

@@ -1,0 +1,250 @@
+"""`graph_repair` group: abstract syntax graphs of a slice's functions, graded corruptions of them, a Graph U-Net
+denoiser and a Transformer of the same size trained on the same rows for the same steps, and both (with the
+slot-frequency baseline) repairing held-out functions: one-shot and iterative, with and without the grammar mask,
+with the Z3 check. Partitioned by language slice; graphs are built for Python (the tree-sitter slices are refused
+with a clear error until their graph builder exists)."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from assets.config_checks import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, Seed
+from assets.corpus import code_units
+from assets.partitions import language_slices
+from assets.publish import png_markdown, publish_folder, publish_rows, read_upstream, skip_metadata
+from ml.schemas import ASG_CORPUS, GRAPH_REPAIR_RESULTS, REPAIR_DATASET, to_table
+from resources import ArtifactStore, DuckDBCatalog
+from resources.compute import ComputeResource
+from resources.settings import active_graph_repair_profile
+
+GROUP = "graph_repair"
+_P = active_graph_repair_profile()
+
+
+class AsgCorpusConfig(dg.Config):
+    max_functions: NonNegativeInt = _P.max_functions  # 0: every function that fits
+    min_nodes: PositiveInt = 20
+    max_nodes: PositiveInt = _P.max_nodes
+    heldout_fraction: Fraction = 0.1  # split by function (content hash): the same functions in every run
+
+
+class RepairDatasetConfig(dg.Config):
+    corruptions_per_graph: PositiveInt = _P.corruptions_per_graph  # held-out functions get one per noise level
+    seed: Seed = 0
+
+
+class DenoiserConfig(dg.Config):
+    hidden: PositiveInt = _P.hidden
+    depth: PositiveInt = 2  # Graph U-Net levels (each pools to half the nodes)
+    steps: PositiveInt = _P.steps
+    batch_size: PositiveInt = _P.batch_size
+    lr: PositiveFloat = 1e-3
+    clean_weight: Fraction = 0.1
+    max_vocab: PositiveInt = 4000
+    seed: Seed = 0
+
+
+class GraphRepairEvalConfig(dg.Config):
+    diffusion_steps: PositiveInt = 4
+    z3_tries: NonNegativeInt = 4
+
+
+def _unsupported(language: str) -> None:
+    if language != "python":
+        raise dg.Failure(f"graph_repair[{language}]: graphs are built for the python slice only; the tree-sitter "
+                         "slices (javascript, java) have no graph builder yet (ml/graph_repair/asg.py is Python's)")
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
+          description="Abstract syntax graphs of the slice's functions (alpha-renamed): node labels (types, "
+                      "identifiers, operators, literals), child edges with the parent's field, sibling and dataflow "
+                      "edges; Parquet edge lists, built once so training never parses text.")
+def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artifacts: ArtifactStore,
+               catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.dataset import is_heldout
+    from ml.graph_repair.asg import from_code
+    from ml.graph_repair.plots import sample_graph_png
+    from ml.graph_repair.recipe import graph_row
+    from ml.languages import get_language
+
+    language = context.partition_key
+    _unsupported(language)
+    units, entry = read_upstream(catalog, "code_units", language)
+    rename = get_language(language).renamer
+    rows, skipped, edges = [], Counter(), Counter()
+    for unit in units:
+        try:
+            graph = from_code(rename(unit["code"]).code)
+        except (SyntaxError, ValueError, RecursionError):
+            skipped["unparsable_or_no_body"] += 1
+            continue
+        if not config.min_nodes <= len(graph) <= config.max_nodes:
+            skipped["size_out_of_range"] += 1
+            continue
+        rows.append(graph_row(unit["id"], unit["name"], language, graph,
+                              is_heldout(unit["id"], config.heldout_fraction)))
+        edges.update({k: len(v) for k, v in graph.edges().items()})
+        if config.max_functions and len(rows) >= config.max_functions:
+            break
+    context.log.info(f"asg_corpus[{language}]: {len(rows)} graphs from {len(units)} units")
+    pub = publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=ASG_CORPUS, skipped=skipped,
+                       upstream={"code_units": entry["data_version"]})
+    heldout = sum(r["heldout"] for r in rows)
+    sample = next((r for r in rows if 25 <= r["n_nodes"] <= 45), rows[0] if rows else None)
+    return dg.MaterializeResult(metadata={
+        "graphs": len(rows), "heldout_graphs": heldout, "nodes_total": sum(r["n_nodes"] for r in rows),
+        **{f"edges_{k}": dg.MetadataValue.int(v) for k, v in sorted(edges.items())},
+        "edge_type_histogram": dg.MetadataValue.md("\n".join(["| edge type | count |", "|---|---:|",
+                                                              *(f"| {k} | {v} |" for k, v in sorted(edges.items()))])),
+        **({"sample_graph": png_markdown(sample_graph_png(sample), sample["name"])} if sample else {}),
+        "path": dg.MetadataValue.path(str(pub.path)), **skip_metadata(skipped),
+    }, data_version=dg.DataVersion(pub.data_version))
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[asg_corpus], kinds={"python", "parquet", "duckdb"},
+          description="Corruptions graded by noise (low 5%, mid 15%, high 30% of nodes): substitution, masking, "
+                      "masked conditions, sibling swaps, subtree deletion. Held-in functions train, held-out ones "
+                      "get one row per level; the clean graph is kept on every row.")
+def repair_dataset(context: dg.AssetExecutionContext, config: RepairDatasetConfig, artifacts: ArtifactStore,
+                   catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.graph_repair.recipe import repair_rows
+
+    language = context.partition_key
+    graphs, entry = read_upstream(catalog, "asg_corpus", language)
+    rows = repair_rows(graphs, config.corruptions_per_graph, config.seed)
+    pub = publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=REPAIR_DATASET, skipped={},
+                       upstream={"asg_corpus": entry["data_version"]})
+    by = Counter((r["split"], r["noise"]) for r in rows)
+    ops = Counter(op for r in rows for op in r["ops"])
+    return dg.MaterializeResult(metadata={
+        "rows": len(rows), **{f"rows_{s}_{n}": dg.MetadataValue.int(v) for (s, n), v in sorted(by.items())},
+        **{f"ops_{k}": dg.MetadataValue.int(v) for k, v in sorted(ops.items())},
+        "corrupted_fraction_mean": sum(r["n_corrupted"] / r["n_nodes"] for r in rows) / max(1, len(rows)),
+        "path": dg.MetadataValue.path(str(pub.path)),
+    }, data_version=dg.DataVersion(pub.data_version))
+
+
+def _train(context: dg.AssetExecutionContext, kind: str, config: DenoiserConfig, artifacts: ArtifactStore,
+           catalog: DuckDBCatalog, compute: ComputeResource, extra_upstream: dict[str, str],
+           target_params: int | None = None) -> dg.MaterializeResult:
+    import torch
+
+    from ml.graph_repair.grammar import Vocabulary
+    from ml.graph_repair.models import count_parameters
+    from ml.graph_repair.recipe import TrainSettings, build_model, graph_of, save_denoiser, slot_priors, \
+        train_denoiser
+    from ml.plots import line_plot
+
+    language = context.partition_key
+    rows, entry = read_upstream(catalog, "repair_dataset", language)
+    train = [r for r in rows if r["split"] == "train"]
+    if not train:
+        raise dg.Failure(f"{kind}[{language}]: repair_dataset has no training rows")
+    clean = {r["unit_id"]: graph_of(r, "clean_") for r in train}
+    vocab = Vocabulary.build([g.labels for g in clean.values()], max_size=config.max_vocab)
+    priors = slot_priors(clean.values(), vocab)
+    torch.manual_seed(config.seed)
+    model = build_model(kind, len(vocab), config.hidden, config.depth, target_params).to(compute.plan().device)
+    params = count_parameters(model)
+    context.log.info(f"{kind}[{language}]: {params:,} parameters, {config.steps} steps of {config.batch_size} "
+                     f"over {len(train)} rows")
+    settings = TrainSettings(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                             clean_weight=config.clean_weight, seed=config.seed)
+    stats = train_denoiser(model, train, vocab, settings, log=lambda m: context.log.info(f"{kind}[{language}] {m}"))
+    curve = stats.pop("loss_curve")
+    meta = {**stats, "params": params, "steps": config.steps, "batch_size": config.batch_size,
+            "train_rows": len(train)}
+    path = publish_folder(context, store=artifacts, catalog=catalog, rows=len(train),
+                          build=lambda tmp: save_denoiser(tmp, kind, model.cpu(), vocab, priors, meta),
+                          upstream={"repair_dataset": entry["data_version"], **extra_upstream}).path
+    catalog.write_training_curve(asset_key=context.asset_key.to_user_string(), partition=language, run_id=context.run_id,
+                                 points=[(i + 1, "loss", v) for i, v in enumerate(curve)])
+    plot = line_plot({"loss": list(enumerate(curve, 1))}, f"{kind} [{language}]", "step", "weighted cross-entropy")
+    return dg.MaterializeResult(metadata={
+        "parameters": params, "train_s": round(stats["train_s"], 1), "final_loss": round(stats["final_loss"], 4),
+        "vocab_size": len(vocab), "loss_curve": png_markdown(plot, "loss"), "path": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[repair_dataset], pool="gpu",
+          kinds={"pytorch", "pyg"},
+          description="Graph U-Net denoiser (PyTorch Geometric): GAT blocks over typed edges, TopKPooling to a "
+                      "coarse graph, a bottleneck, unpooling with skips; predicts every node's label.")
+def graph_unet_model(context: dg.AssetExecutionContext, config: DenoiserConfig, artifacts: ArtifactStore,
+                     catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    _unsupported(context.partition_key)
+    return _train(context, "graph_unet", config, artifacts, catalog, compute, {})
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[repair_dataset, graph_unet_model], pool="gpu",
+          kinds={"pytorch"},
+          description="A Transformer of the Graph U-Net's parameter count (within 10%) over the same trees as "
+                      "sequences (one token per node in pre-order, <end> closing each node with children), trained "
+                      "on the same rows for the same steps.")
+def transformer_baseline(context: dg.AssetExecutionContext, config: DenoiserConfig, artifacts: ArtifactStore,
+                         catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
+    language = context.partition_key
+    _unsupported(language)
+    graph_model = catalog.require_artifact("graph_unet_model", language)
+    target = json.loads((Path(graph_model["path"]) / "model.json").read_text())["params"]
+    return _train(context, "transformer", config, artifacts, catalog, compute,
+                  {"graph_unet_model": graph_model["data_version"]}, target_params=target)
+
+
+@dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[graph_unet_model, transformer_baseline],
+          kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(),
+          description="Held-out repair per noise level: node accuracy on corrupted nodes, exact repair, validity "
+                      "(decodes and compiles) for the Graph U-Net, the Transformer and the slot-frequency baseline; "
+                      "one-shot and iterative, grammar mask on and off, the Z3 check; report and plot.")
+def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEvalConfig, artifacts: ArtifactStore,
+                      catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    from ml.graph_repair.recipe import SlotFrequency, evaluate, load_denoiser
+    from ml.graph_repair.report import HEADLINE, exact_plot, graph_repair_report, result_rows
+
+    language = context.partition_key
+    rows, entry = read_upstream(catalog, "repair_dataset", language)
+    heldout = [r for r in rows if r["split"] == "heldout"]
+    results, sizes, upstream = {}, {}, {"repair_dataset": entry["data_version"]}
+    for asset, kind in (("graph_unet_model", "graph_unet"), ("transformer_baseline", "transformer")):
+        art = catalog.require_artifact(asset, language)
+        upstream[asset] = art["data_version"]
+        try:
+            model, vocab, priors, meta = load_denoiser(Path(art["path"]))
+        except ValueError as exc:
+            raise dg.Failure(f"graph_repair_eval[{language}]: {asset}: {exc}") from exc
+        context.log.info(f"graph_repair_eval[{language}]: {kind} on {len(heldout)} held-out rows")
+        results[kind] = evaluate(model, heldout, vocab, priors, config.diffusion_steps, config.z3_tries,
+                                 log=lambda m, k=kind: context.log.info(f"{k}: {m}"))
+        sizes[kind] = {"params": meta["params"], "steps": meta["steps"], "train_s": meta["train_s"]}
+        if kind == "graph_unet":
+            results["slot_frequency"] = evaluate(SlotFrequency(vocab, priors), heldout, vocab, priors,
+                                                 config.diffusion_steps, 0, log=lambda m: None)
+    flat = result_rows(results)
+    metrics = {f"{r['model']}_{r['procedure']}_{k}_{r['noise']}": float(r[k]) for r in flat
+               for k in ("node_accuracy", "exact", "valid")}
+    catalog.write_metrics(asset_key="graph_repair_eval", partition=language, run_id=context.run_id, metrics=metrics)
+    report = graph_repair_report(language, results, sizes)
+    plot = exact_plot({k: v for k, v in results.items() if k != "slot_frequency"})
+
+    def build(tmp: Path) -> None:
+        pq.write_table(to_table(flat, GRAPH_REPAIR_RESULTS), tmp / "rows.parquet", compression="zstd")
+        (tmp / "report.md").write_text(report)
+        (tmp / "exact_vs_noise.png").write_bytes(plot)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+    path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(flat),
+                          table="graph_repair_results", upstream=upstream).path
+    headline = {f"{m}_exact_{lv}": dg.MetadataValue.float(results[m][lv][HEADLINE]["exact"])
+                for m in results for lv in ("low", "mid", "high")}
+    return dg.MaterializeResult(metadata={
+        **headline, "valid_rate_masked": dg.MetadataValue.float(results["graph_unet"]["mid"][HEADLINE]["valid"]),
+        "heldout_rows": len(heldout), "report": dg.MetadataValue.md(report),
+        "exact_vs_noise": png_markdown(plot, "exact repair against noise"),
+        "path": dg.MetadataValue.path(str(path / "report.md")),
+    })
+
+
+GRAPH_REPAIR_ASSETS = [asg_corpus, repair_dataset, graph_unet_model, transformer_baseline, graph_repair_eval]

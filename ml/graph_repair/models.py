@@ -1,0 +1,206 @@
+"""The two denoisers: a Graph U-Net (PyTorch Geometric) and a Transformer of the same size over the same trees.
+
+Both read a corrupted tree and give, for every node, logits over the label vocabulary; what differs is how they
+see the tree.
+
+* ``GraphUNet``: node features are the label and the field the node fills; edges are typed (``EDGE_TYPES``: child,
+  parent, siblings both ways, dataflow both ways), the type embedded as an edge feature. An encoder of GAT blocks
+  (attention over typed edges + a feed-forward layer, pre-norm, residual) pools by ``TopKPooling`` (gPool) to a
+  coarse "concept" graph level by level, a bottleneck block runs there, and the decoder unpools (gUnpool: the kept
+  nodes scatter back to their places) and adds the encoder's skip at each level before its own block.
+* ``TreeTransformer``: the tree as a sequence, one token per node in pre-order and an ``<end>`` token closing each
+  node that has children (so the sequence is the tree: it decodes back); each token embeds its label, its field
+  and its position. A pre-norm ``nn.TransformerEncoder``; the logits at the node tokens are the output.
+
+``transformer_matching`` picks the Transformer's depth and feed-forward width so that its parameter count is
+within 10% of a given one (the comparison's fairness condition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch_geometric.nn import GATConv, TopKPooling
+
+from ml.graph_repair.asg import EDGE_TYPES, Asg, table
+from ml.graph_repair.grammar import END, Vocabulary
+
+__all__ = ["FIELDS", "GraphBatch", "GraphUNet", "SeqBatch", "TreeTransformer", "count_parameters",
+           "graph_batch", "sequence_batch", "transformer_matching"]
+
+FIELDS = ["", END, *sorted({f for _, fields in table().values() for f, _, _ in fields})]
+_FIELD_ID = {f: i for i, f in enumerate(FIELDS)}
+_EDGE_ID = {t: i for i, t in enumerate(EDGE_TYPES)}
+MAX_POSITIONS = 512
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class GraphBatch:
+    labels: torch.Tensor  # [N] label ids
+    fields: torch.Tensor  # [N] field ids
+    edge_index: torch.Tensor  # [2, E]
+    edge_type: torch.Tensor  # [E]
+    batch: torch.Tensor  # [N] graph of each node
+    sizes: list[int]
+
+    def to(self, device) -> GraphBatch:
+        return GraphBatch(*(t.to(device) for t in (self.labels, self.fields, self.edge_index, self.edge_type,
+                                                   self.batch)), self.sizes)
+
+
+@dataclass
+class SeqBatch:
+    tokens: torch.Tensor  # [B, L]
+    fields: torch.Tensor  # [B, L]
+    padding: torch.Tensor  # [B, L] True at padding
+    node_index: torch.Tensor  # [N] flat position (b * L + t) of each graph node, graphs concatenated
+    sizes: list[int]
+
+    def to(self, device) -> SeqBatch:
+        return SeqBatch(*(t.to(device) for t in (self.tokens, self.fields, self.padding, self.node_index)),
+                        self.sizes)
+
+
+def graph_batch(graphs: list[Asg], vocab: Vocabulary) -> GraphBatch:
+    labels, fields, src, dst, types, batch = [], [], [], [], [], []
+    offset = 0
+    for b, g in enumerate(graphs):
+        labels += [vocab.id(x) for x in g.labels]
+        fields += [_FIELD_ID[f] for f in g.fields]
+        batch += [b] * len(g)
+        for name, pairs in g.edges().items():
+            for s, d in pairs:
+                src.append(s + offset)
+                dst.append(d + offset)
+                types.append(_EDGE_ID[name])
+        offset += len(g)
+    return GraphBatch(torch.tensor(labels), torch.tensor(fields), torch.tensor([src, dst], dtype=torch.long),
+                      torch.tensor(types, dtype=torch.long), torch.tensor(batch), [len(g) for g in graphs])
+
+
+def _sequence(g: Asg, vocab: Vocabulary) -> tuple[list[int], list[int], list[int]]:
+    kids = g.children()
+    tokens, fields, at = [], [], [0] * len(g)
+    end_id, end_field = vocab.index[END], _FIELD_ID[END]
+    stack: list[tuple[int, bool]] = [(0, False)]
+    while stack:
+        i, closing = stack.pop()
+        if closing:
+            tokens.append(end_id)
+            fields.append(end_field)
+            continue
+        at[i] = len(tokens)
+        tokens.append(vocab.id(g.labels[i]))
+        fields.append(_FIELD_ID[g.fields[i]])
+        if kids[i]:
+            stack.append((i, True))
+            stack.extend((c, False) for c in reversed(kids[i]))
+    return tokens, fields, at
+
+
+def sequence_batch(graphs: list[Asg], vocab: Vocabulary) -> SeqBatch:
+    seqs = [_sequence(g, vocab) for g in graphs]
+    length = max(len(t) for t, _, _ in seqs)
+    if length > MAX_POSITIONS:
+        raise ValueError(f"a tree of {length} tokens is longer than the Transformer's {MAX_POSITIONS} positions")
+    tokens = torch.zeros(len(seqs), length, dtype=torch.long)  # 0 is <pad>
+    fields = torch.zeros(len(seqs), length, dtype=torch.long)
+    padding = torch.ones(len(seqs), length, dtype=torch.bool)
+    index = []
+    for b, (t, f, at) in enumerate(seqs):
+        tokens[b, : len(t)] = torch.tensor(t)
+        fields[b, : len(f)] = torch.tensor(f)
+        padding[b, : len(t)] = False
+        index += [b * length + p for p in at]
+    return SeqBatch(tokens, fields, padding, torch.tensor(index), [len(g) for g in graphs])
+
+
+class _GatBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, edge_dim: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.conv = GATConv(hidden, hidden // heads, heads=heads, edge_dim=edge_dim, dropout=dropout)
+        self.ff = nn.Sequential(nn.Linear(hidden, ff), nn.GELU(), nn.Linear(ff, hidden))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, edge_index, edge_attr):
+        x = x + self.drop(self.conv(self.norm1(x), edge_index, edge_attr))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class GraphUNet(nn.Module):
+    def __init__(self, vocab_size: int, hidden: int = 256, depth: int = 2, heads: int = 4, ff: int = 1024,
+                 pool_ratio: float = 0.5, edge_dim: int = 32, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.config = {"vocab_size": vocab_size, "hidden": hidden, "depth": depth, "heads": heads, "ff": ff,
+                       "pool_ratio": pool_ratio, "edge_dim": edge_dim, "dropout": dropout}
+        self.label = nn.Embedding(vocab_size, hidden)
+        self.field = nn.Embedding(len(FIELDS), hidden)
+        self.edge = nn.Embedding(len(EDGE_TYPES), edge_dim)
+        block = lambda: _GatBlock(hidden, heads, edge_dim, ff, dropout)  # noqa: E731
+        self.down = nn.ModuleList(block() for _ in range(depth))
+        self.pools = nn.ModuleList(TopKPooling(hidden, ratio=pool_ratio) for _ in range(depth))
+        self.bottleneck = block()
+        self.up = nn.ModuleList(block() for _ in range(depth))
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, b: GraphBatch) -> torch.Tensor:
+        x = self.label(b.labels) + self.field(b.fields)
+        edge_index, edge_attr, batch = b.edge_index, self.edge(b.edge_type), b.batch
+        skips = []
+        for block, pool in zip(self.down, self.pools, strict=True):
+            x = block(x, edge_index, edge_attr)
+            skips.append((x, edge_index, edge_attr, batch))
+            x, edge_index, edge_attr, batch, perm, _ = pool(x, edge_index, edge_attr, batch)
+            skips[-1] = (*skips[-1], perm)
+        x = self.bottleneck(x, edge_index, edge_attr)
+        for block, (res, edge_index, edge_attr, _batch, perm) in zip(self.up, reversed(skips), strict=True):
+            up = torch.zeros_like(res)
+            up[perm] = x
+            x = block(res + up, edge_index, edge_attr)
+        return self.head(self.norm(x))
+
+
+class TreeTransformer(nn.Module):
+    def __init__(self, vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, ff: int = 1024,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.config = {"vocab_size": vocab_size, "hidden": hidden, "layers": layers, "heads": heads, "ff": ff,
+                       "dropout": dropout}
+        self.label = nn.Embedding(vocab_size, hidden)
+        self.field = nn.Embedding(len(FIELDS), hidden)
+        self.position = nn.Embedding(MAX_POSITIONS, hidden)
+        layer = nn.TransformerEncoderLayer(hidden, heads, ff, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, b: SeqBatch) -> torch.Tensor:
+        positions = torch.arange(b.tokens.shape[1], device=b.tokens.device)
+        x = self.label(b.tokens) + self.field(b.fields) + self.position(positions)[None]
+        x = self.encoder(x, src_key_padding_mask=b.padding)
+        x = self.norm(x).reshape(-1, x.shape[-1])[b.node_index]
+        return self.head(x)
+
+
+def transformer_matching(target_params: int, vocab_size: int, hidden: int, heads: int = 4,
+                         dropout: float = 0.1) -> TreeTransformer:
+    """The Transformer (``hidden`` wide) whose parameter count is closest to ``target_params``: the layer count
+    that gets nearest with a 4x feed-forward, then the feed-forward width adjusted to close the gap."""
+    def size(layers: int, ff: int) -> int:
+        return count_parameters(TreeTransformer(vocab_size, hidden, layers, heads, ff, dropout))
+
+    per_layer = size(2, 4 * hidden) - size(1, 4 * hidden)
+    fixed = size(1, 4 * hidden) - per_layer
+    layers = max(1, round((target_params - fixed) / per_layer))
+    per_ff_unit = (size(layers, 4 * hidden + 64) - size(layers, 4 * hidden)) / 64
+    ff = max(hidden, int(4 * hidden + (target_params - size(layers, 4 * hidden)) / per_ff_unit))
+    return TreeTransformer(vocab_size, hidden, layers, heads, ff, dropout)
