@@ -1,5 +1,5 @@
 """`make demo`: materialize the default asset graphs (AST-first per language slice, the DSL group, autocomplete,
-srl on the python slice), then summarize.
+srl and graph repair on the python slice), then summarize.
 
 Runs go to the Dagster instance in $DAGSTER_HOME (the Makefile sets `.dagster/`), so `make ui`
 shows them with their logs, metadata and lineage.
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="*", default=SLICES, help="language slices (default: all)")
     parser.add_argument("--data-only", action="store_true", help="skip training and evaluation")
-    groups = ["ast_first", "dsl", "autocomplete", "srl"]
+    groups = ["ast_first", "dsl", "autocomplete", "srl", "graph_repair"]
     parser.add_argument("--groups", nargs="*", default=groups, choices=groups,
                         help="asset groups to run (default: all)")
     args = parser.parse_args(argv)
@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data_only:
             run("srl_job", "python")
 
+    if "graph_repair" in args.groups and not args.data_only:
+        # graphs of the python slice's code units; the Graph U-Net against a Transformer of its size
+        if not {"ast_first", "autocomplete", "srl"} & set(args.groups):
+            run("ast_data_job", "python")
+        run("graph_repair_job", "python")
+
     rows = catalog.query(
         """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
            FROM artifacts GROUP BY ALL ORDER BY asset_key, partition"""
@@ -133,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if gguf:
         print_gguf(gguf["path"])
     print_srl(catalog)
+    print_graph_repair(catalog)
     print_pivot("Rows (from the catalog; one column per slice, `all` = unpartitioned)",
                 [(r["asset_key"], r["partition"], r["rows"]) for r in rows])
     skips = catalog.query(
@@ -213,6 +220,27 @@ def print_srl(catalog: DuckDBCatalog) -> None:
                 continue
             print(f"  {metric:<28} " + " ".join(f"{c:>8.3f}" if c is not None else f"{'–':>8}" for c in cells))
         report = catalog.latest_artifact("srl_eval", language)
+        if report:
+            print(f"  report: {report['path']}/report.md")
+
+
+def print_graph_repair(catalog: DuckDBCatalog) -> None:
+    rows = catalog.query(
+        """SELECT partition, model, noise, procedure, exact, valid FROM graph_repair_results
+           WHERE procedure IN ('one_shot_grammar', 'iterative_grammar')""") if catalog.query(
+        "SELECT 1 FROM information_schema.tables WHERE table_name = 'graph_repair_results'") else []
+    for language in sorted({r["partition"] for r in rows}):
+        cell = {(r["model"], r["noise"], r["procedure"]): r for r in rows if r["partition"] == language}
+        print(f"\nGraph repair ({language}; exact repair of held-out functions, grammar mask; valid = compiles):")
+        print(f"  {'model':<30} {'low':>7} {'mid':>7} {'high':>7} {'valid':>7}")
+        for model in ("slot_frequency", "transformer", "graph_unet"):
+            for proc, tag in (("one_shot_grammar", "one-shot"), ("iterative_grammar", "iterative")):
+                got = [cell.get((model, lv, proc)) for lv in ("low", "mid", "high")]
+                if all(g is None for g in got):
+                    continue
+                shown = " ".join(f"{g['exact']:>7.3f}" if g else f"{'–':>7}" for g in got)
+                print(f"  {model + ' ' + tag:<30} {shown} {min(g['valid'] for g in got if g):>7.3f}")
+        report = catalog.latest_artifact("graph_repair_eval", language)
         if report:
             print(f"  report: {report['path']}/report.md")
 

@@ -64,31 +64,15 @@ def _unsupported(language: str) -> None:
                       "edges; Parquet edge lists, built once so training never parses text.")
 def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:
-    from ml.dataset import is_heldout
-    from ml.graph_repair.asg import from_code
     from ml.graph_repair.plots import sample_graph_png
-    from ml.graph_repair.recipe import graph_row
+    from ml.graph_repair.recipe import graph_rows
     from ml.languages import get_language
 
     language = context.partition_key
     _unsupported(language)
     units, entry = read_upstream(catalog, "code_units", language)
-    rename = get_language(language).renamer
-    rows, skipped, edges = [], Counter(), Counter()
-    for unit in units:
-        try:
-            graph = from_code(rename(unit["code"]).code)
-        except (SyntaxError, ValueError, RecursionError):
-            skipped["unparsable_or_no_body"] += 1
-            continue
-        if not config.min_nodes <= len(graph) <= config.max_nodes:
-            skipped["size_out_of_range"] += 1
-            continue
-        rows.append(graph_row(unit["id"], unit["name"], language, graph,
-                              is_heldout(unit["id"], config.heldout_fraction)))
-        edges.update({k: len(v) for k, v in graph.edges().items()})
-        if config.max_functions and len(rows) >= config.max_functions:
-            break
+    rows, skipped, edges = graph_rows(units, language, get_language(language).renamer, config.min_nodes,
+                                      config.max_nodes, config.max_functions, config.heldout_fraction)
     context.log.info(f"asg_corpus[{language}]: {len(rows)} graphs from {len(units)} units")
     pub = publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=ASG_CORPUS, skipped=skipped,
                        upstream={"code_units": entry["data_version"]})
@@ -134,8 +118,7 @@ def _train(context: dg.AssetExecutionContext, kind: str, config: DenoiserConfig,
 
     from ml.graph_repair.grammar import Vocabulary
     from ml.graph_repair.models import count_parameters
-    from ml.graph_repair.recipe import TrainSettings, build_model, graph_of, save_denoiser, slot_priors, \
-        train_denoiser
+    from ml.graph_repair.recipe import TrainSettings, build_model, graph_of, save_denoiser, slot_priors, train_denoiser
     from ml.plots import line_plot
 
     language = context.partition_key
@@ -160,7 +143,8 @@ def _train(context: dg.AssetExecutionContext, kind: str, config: DenoiserConfig,
     path = publish_folder(context, store=artifacts, catalog=catalog, rows=len(train),
                           build=lambda tmp: save_denoiser(tmp, kind, model.cpu(), vocab, priors, meta),
                           upstream={"repair_dataset": entry["data_version"], **extra_upstream}).path
-    catalog.write_training_curve(asset_key=context.asset_key.to_user_string(), partition=language, run_id=context.run_id,
+    catalog.write_training_curve(asset_key=context.asset_key.to_user_string(), partition=language,
+                                 run_id=context.run_id,
                                  points=[(i + 1, "loss", v) for i, v in enumerate(curve)])
     plot = line_plot({"loss": list(enumerate(curve, 1))}, f"{kind} [{language}]", "step", "weighted cross-entropy")
     return dg.MaterializeResult(metadata={

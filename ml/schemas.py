@@ -142,7 +142,8 @@ SRL_EVAL_RESULTS = pa.schema(
      ("think_score", pa.float64()), ("executed", pa.bool_()), ("env_status", pa.string()), ("diff", pa.string())]
 )
 
-_GRAPH_COLUMNS = [("labels", pa.list_(pa.string())), ("parents", pa.list_(pa.int32())), ("fields", pa.list_(pa.string())),
+_GRAPH_COLUMNS = [("labels", pa.list_(pa.string())), ("parents", pa.list_(pa.int32())),
+                  ("fields", pa.list_(pa.string())),
                   ("dataflow_src", pa.list_(pa.int32())), ("dataflow_dst", pa.list_(pa.int32()))]
 ASG_CORPUS = pa.schema(
     [("id", pa.string()), ("language", pa.string()), ("name", pa.string()), ("heldout", pa.bool_()),

@@ -60,6 +60,12 @@ EXPECTED_ASSETS: dict[str, tuple[str, tuple | None]] = {
     "srl_adapter": ("srl", SLICES),
     "srl_eval": ("srl", SLICES),
     "srl_ablation": ("srl", SLICES),
+    # graph_repair
+    "asg_corpus": ("graph_repair", SLICES),
+    "repair_dataset": ("graph_repair", SLICES),
+    "graph_unet_model": ("graph_repair", SLICES),
+    "transformer_baseline": ("graph_repair", SLICES),
+    "graph_repair_eval": ("graph_repair", SLICES),
 }
 
 # (asset key, check name) -> blocking

@@ -10,7 +10,8 @@ import pytest
 FUNCTIONS = [
     "def total_{i}(items, limit):\n    total = 0\n    for item in items:\n        if item > limit:\n"
     "            total = total + item * {i}\n        else:\n            total -= 1\n    return total\n",
-    "def find_{i}(values, target):\n    index = 0\n    while index < len(values):\n        if values[index] == target:\n"
+    "def find_{i}(values, target):\n    index = 0\n    while index < len(values):\n"
+    "        if values[index] == target:\n"
     "            return index\n        index += {i}\n    return -1\n",
     "def join_{i}(parts, sep):\n    out = []\n    for part in parts:\n        out.append(str(part).strip())\n"
     "    return sep.join(out) + '{i}'\n",

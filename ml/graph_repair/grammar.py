@@ -1,4 +1,5 @@
-"""Level 1 constraints: which labels a node may take, from Python's ASDL and the rules CPython's parser and compiler add.
+"""Level 1 constraints: which labels a node may take, from Python's ASDL and the rules CPython's parser and
+compiler add.
 
 ``Vocabulary`` maps labels to ids (every ASDL node type, then the frequent identifiers and literals of the
 training graphs). ``Grammar.allowed(tree, i)`` is the mask for node ``i`` of a tree whose other labels are known or
@@ -10,11 +11,14 @@ training graphs). ``Grammar.allowed(tree, i)`` is the mask for node ``i`` of a t
   member, its children are inserted after (``ml.graph_repair.edits``).
 * Compiler rules: assignment and deletion targets (through Tuple/List/Starred), Starred only where it may stand,
   ``break``/``continue`` inside a loop, ``return``/``yield`` in a function (not a class body or comprehension),
-  ``await`` and async statements in an async function, slices only as a subscript, f-string parts, the int fields' legal values, identifiers
-  that are names where a name must be, no ``nonlocal`` in the outermost function, no ``None`` list element where
-  the list cannot hold one.
+  ``await`` and async statements in an async function (no async generators), slices only as a subscript, walrus
+  targets that are names and no walrus in a comprehension, f-string parts, the int fields' legal values,
+  identifiers that are names where a name must be, ``from . import`` with a module or a level, no ``nonlocal`` in
+  the outermost function, no ``None`` list element where the list cannot hold one; a hole never becomes a type
+  with a list that may not be empty (an ``if`` needs a body).
 
-Masks are cached per context (parent, field, children's fields and the enclosing scope facts).
+Masks are cached per context (parent, field, children's fields and the enclosing scope facts). The decoder
+(``ml.graph_repair.recipe.Decoder``) adds the one rule that needs the siblings: no two parameters alike.
 """
 
 from __future__ import annotations
@@ -124,8 +128,8 @@ class Grammar:
         self._names = torch.tensor([label.startswith("id:") and (_is_name(label) or label == UNK_IDENT)
                                     for label in labels])
         self._literals = torch.tensor([label.startswith("lit:") for label in labels])
-        self._str_literals = torch.tensor([label.startswith(("lit:'", 'lit:"', "lit:<long str>")) or label == UNK_LITERAL
-                                           for label in labels])
+        strings = ("lit:'", 'lit:"', "lit:<long str>")
+        self._str_literals = torch.tensor([label.startswith(strings) or label == UNK_LITERAL for label in labels])
         self._int_literal = {lab: i for i, lab in enumerate(labels) if lab.startswith("lit:") and _int(lab) is not None}
         self._field_types: dict[str, set[tuple[str, str]]] = {}
         for name, (_, fields) in table().items():
@@ -239,14 +243,15 @@ class Grammar:
             return False
         if name == "Slice" and ctx.field != "slice":
             return False
-        if name == "Starred" and not (ctx.field in ("elts", "args", "bases") and not (ctx.store and ctx.field != "elts")):
+        starred_ok = ctx.field in ("elts", "args", "bases") and not (ctx.store and ctx.field != "elts")
+        if name == "Starred" and not starred_ok:
             return False
         if ctx.parent == "NamedExpr" and ctx.field == "target" and name != "Name":
             return False
         if name == "ImportFrom" and not {f for f, _ in ctx.child_fields or ()} & {"module", "level"}:
             return False  # `from  import x`
-        if name == "YieldFrom" and ctx.function == "AsyncFunctionDef":
-            return False
+        if name in ("Yield", "YieldFrom") and ctx.function == "AsyncFunctionDef":
+            return False  # an async generator may not `return x`, and `yield from` is refused outright
         if name == "NamedExpr" and ctx.in_comprehension:  # iterables and iteration variables may not be rebound
             return False
         if name == "TryStar":  # its handlers must all name a type: not checked here, so never predicted

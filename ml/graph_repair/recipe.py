@@ -24,14 +24,14 @@ import math
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ml.graph_repair.asg import HOLE, MASK, NONE, Asg, is_valid, to_code
+from ml.graph_repair.asg import HOLE, MASK, NONE, Asg, from_code, is_valid, to_code
 from ml.graph_repair.corrupt import NOISE_LEVELS, corrupt
 from ml.graph_repair.edits import RepairTree
 from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary
@@ -51,6 +51,28 @@ def graph_row(unit_id: str, name: str, language: str, g: Asg, heldout: bool) -> 
 def graph_of(row: dict, prefix: str = "") -> Asg:
     return Asg(list(row[f"{prefix}labels"]), list(row[f"{prefix}parents"]), list(row[f"{prefix}fields"]),
                list(zip(row[f"{prefix}dataflow_src"], row[f"{prefix}dataflow_dst"], strict=True)))
+
+
+def graph_rows(units: Iterable[dict], language: str, rename: Callable[[str], object], min_nodes: int,
+               max_nodes: int, max_functions: int, heldout_fraction: float) -> tuple[list[dict], Counter, Counter]:
+    """Graph rows of code units (alpha-renamed by ``rename``), skips by reason, and edge counts by type."""
+    from ml.dataset import is_heldout
+
+    rows, skipped, edges = [], Counter(), Counter()
+    for unit in units:
+        try:
+            graph = from_code(rename(unit["code"]).code)
+        except (SyntaxError, ValueError, RecursionError):
+            skipped["unparsable_or_no_body"] += 1
+            continue
+        if not min_nodes <= len(graph) <= max_nodes:
+            skipped["size_out_of_range"] += 1
+            continue
+        rows.append(graph_row(unit["id"], unit["name"], language, graph, is_heldout(unit["id"], heldout_fraction)))
+        edges.update({k: len(v) for k, v in graph.edges().items()})
+        if max_functions and len(rows) >= max_functions:
+            break
+    return rows, skipped, edges
 
 
 def repair_rows(graph_rows: Sequence[dict], corruptions_per_graph: int, seed: int) -> list[dict]:
@@ -168,22 +190,27 @@ class Decoder:
             if s != NONE:
                 self._free[self.vocab.index[s]] = False
 
-    def allowed(self, tree: RepairTree, node: int) -> torch.Tensor:
+    def allowed(self, tree: RepairTree, node: int, unsettled: Container[int] = ()) -> torch.Tensor:
+        """The grammar's mask, and no parameter named like another one that is decided: one before this node
+        (pre-order ids), or any not in ``unsettled`` (a later one may still change: a swapped pair is undone in
+        two steps; if it keeps its name it is the one forced to change)."""
         if self.grammar is None:
             return self._free
         mask = self.grammar.allowed(tree, node, tree.kids).clone()
-        if tree.fields[node] == "arg" and tree.labels.get(tree.parent[node]) == "arg":  # no two parameters alike
+        if tree.fields[node] == "arg" and tree.labels.get(tree.parent[node]) == "arg":
             args = tree.parent[tree.parent[node]]
             for a in tree.kids.get(args, []):
                 for leaf in tree.kids[a]:
-                    if leaf != node and tree.labels[leaf].startswith("id:"):
+                    decided = leaf < node or (unsettled and leaf not in unsettled)
+                    if leaf != node and decided and tree.labels[leaf].startswith("id:"):
                         mask[self.vocab.id(tree.labels[leaf])] = False
         if not bool(mask.any()):
             raise ValueError(f"no label fits node {node} ({self.grammar.context(tree, node, tree.kids)})")
         return mask
 
-    def choose(self, tree: RepairTree, node: int, logits: torch.Tensor, rng: random.Random | None) -> int:
-        scores = logits.masked_fill(~self.allowed(tree, node), float("-inf"))
+    def choose(self, tree: RepairTree, node: int, logits: torch.Tensor, rng: random.Random | None,
+               unsettled: Container[int] = ()) -> int:
+        scores = logits.masked_fill(~self.allowed(tree, node, unsettled), float("-inf"))
         if rng is None:
             return int(scores.argmax())
         probs = torch.softmax(scores, -1)
@@ -266,7 +293,8 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
                 tree.relabel(i, MASK)
         trees.append(tree)
         pending.append(set(suspects))
-    for k in range(steps + 1):
+    for k in range(steps + 3):  # the rounds after `steps` only settle nodes a late relabel made wrong
+        last = k >= steps
         active = [b for b, p in enumerate(pending) if p]
         if not active:
             break
@@ -275,26 +303,33 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
         for b, (_, order), lg in zip(active, views, logits, strict=True):
             tree, at = trees[b], {n: i for i, n in enumerate(order)}
             todo = sorted(pending[b], key=lambda n: at[n])
-            conf = {n: float(torch.softmax(lg[at[n]].masked_fill(~decoder.allowed(tree, n), float("-inf")), -1)
+            conf = {n: float(torch.softmax(lg[at[n]].masked_fill(~decoder.allowed(tree, n, pending[b]),
+                                                                 float("-inf")), -1)
                              .max()) for n in todo}
-            quota = len(todo) if k == steps else math.ceil(len(todo) / (steps - k))
+            quota = len(todo) if last else math.ceil(len(todo) / (steps - k))
             chosen: list[int] = []
-            for n in sorted(todo, key=lambda n: -conf[n]) if k < steps else todo:
+            for n in todo if last else sorted(todo, key=lambda n: -conf[n]):
                 if len(chosen) == quota:
                     break
-                if k < steps and tree.parent[n] in pending[b]:
+                if not last and tree.parent[n] in pending[b]:
                     continue  # top-down: a node is fixed once its parent is, so its context is settled
-                chosen.append(n)  # so never a parent and its child in one step (the last step goes in pre-order)
+                chosen.append(n)  # so never a parent and its child in one step (the last rounds go in pre-order)
             for n in sorted(chosen, key=lambda n: at[n]):
                 was_hole = tree.labels[n] == HOLE
-                tree.relabel(n, decoder.vocab.labels[decoder.choose(tree, n, lg[at[n]], None)])
+                tree.relabel(n, decoder.vocab.labels[decoder.choose(tree, n, lg[at[n]], None, pending[b])])
                 pending[b].discard(n)
                 if was_hole:
                     new = tree.expand(n)
-                    if k == steps:
+                    if last:
                         decoder.fill_holes(tree, new)
                     else:
                         pending[b].update(new)
+                else:  # a kept node below may no longer fit (a target that must be storable): it is redone
+                    for d in tree.subtree(n)[1:]:
+                        if d not in pending[b] and not decoder.allowed(tree, d, pending[b])[
+                                decoder.vocab.id(tree.labels[d])]:
+                            tree.relabel(d, MASK)
+                            pending[b].add(d)
     return trees
 
 

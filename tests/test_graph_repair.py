@@ -1,0 +1,286 @@
+"""The graph repair library on known input: graph construction, corruption round trips, the grammar mask, tree
+edits, the Z3 check, the two models' sizes and a few training steps."""
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ml.graph_repair.asg import HOLE, MASK, Asg, from_code, is_valid, to_code
+from ml.graph_repair.corrupt import NOISE_LEVELS, OPERATIONS, corrupt
+from ml.graph_repair.edits import RepairTree, required_fields
+from ml.graph_repair.grammar import Grammar, Vocabulary
+from ml.graph_repair.logic import violations
+from ml.graph_repair.models import GraphUNet, count_parameters, sequence_batch, transformer_matching
+from ml.graph_repair.recipe import (
+    Decoder,
+    TrainSettings,
+    graph_row,
+    repair_iterative,
+    repair_one_shot,
+    repair_rows,
+    score,
+    slot_priors,
+    train_denoiser,
+)
+
+ADD = "def f(a, b):\n    c = a + b\n    return c * 2\n"
+CORPUS = [
+    ADD,
+    "def g(items, limit):\n    total = 0\n    for item in items:\n        if item > limit:\n"
+    "            total = total + item\n        else:\n            total -= 1\n    return total\n",
+    "def h(values, target):\n    index = 0\n    while index < len(values):\n        if values[index] == target:\n"
+    "            return index\n        index += 1\n    return -1\n",
+    "def k(parts, sep=', '):\n    out = [str(p).strip() for p in parts if p]\n    return sep.join(out) + f'{sep!r}:'\n",
+    "async def m(client, url, *args, retries=3, **kw):\n    async with client.get(url) as resp:\n"
+    "        data = await resp.json()\n    try:\n        x, *rest = data['items']\n    except (KeyError, ValueError):\n"
+    "        return None\n    assert x is not None, 'empty'\n    return {**kw, 'x': x, 'n': len(rest) - retries}\n",
+    "def n(a):\n    global counter\n    counter += 1\n    lam = lambda y=a: y ** 2\n    del a\n"
+    "    return [lam(i) for i in range(10) if i % 2], {i: i for i in range(3)}, a if counter else -a\n",
+]
+GRAPHS = [from_code(code) for code in CORPUS]
+
+
+def test_graph_of_a_known_function():
+    g = from_code(ADD)
+    assert g.labels == ["FunctionDef", "id:f", "arguments", "arg", "id:a", "arg", "id:b", "Assign", "Name", "id:c",
+                        "BinOp", "Name", "id:a", "Add", "Name", "id:b", "Return", "BinOp", "Name", "id:c", "Mult",
+                        "Constant", "lit:2"]
+    assert g.fields[13] == "op" and g.fields[10] == "value" and g.parents[13] == 10
+    edges = g.edges()
+    assert len(edges["child"]) == len(g) - 1 == len(edges["parent"])
+    # siblings: name/args/body x2 under the def, 2 args, targets/value, left/op/right x2
+    assert len(edges["next_sibling"]) == 3 + 1 + 1 + 2 + 2
+    # each parameter and the local flow to their one later load
+    assert sorted((g.labels[d], g.labels[u]) for d, u in g.dataflow) == [("id:a", "id:a"), ("id:b", "id:b"),
+                                                                         ("id:c", "id:c")]
+    assert all(g.labels[g.parents[u]] == "Name" for _, u in g.dataflow)
+
+
+def test_dataflow_follows_a_def_use_chain_in_order():
+    g = from_code("def f(x):\n    y = x + 1\n    z = y * y\n    y = z\n    return y\n")
+    named = sorted((g.labels[d], d, g.labels[u], u) for d, u in g.dataflow)
+    ys = [i for i, label in enumerate(g.labels) if label == "id:y"]  # def, use, use, def, use
+    assert [(d, u) for label, d, _, u in named if label == "id:y"] == [(ys[0], ys[1]), (ys[0], ys[2]),
+                                                                       (ys[0], ys[4]), (ys[3], ys[4])]
+    assert all(d < u for d, u in g.dataflow)  # a binding reaches only later loads
+    assert {g.labels[d] for d, _ in g.dataflow} == {"id:x", "id:y", "id:z"}
+
+
+@pytest.mark.parametrize("code", CORPUS)
+def test_graphs_round_trip_through_source(code):
+    g = from_code(code)
+    assert from_code(to_code(g)).key() == g.key() and is_valid(g)
+
+
+def test_docstrings_are_left_out_and_bad_units_refused():
+    assert "lit:'doc'" not in from_code("def f():\n    'doc'\n    return 1\n").labels
+    with pytest.raises(ValueError, match="only a docstring"):
+        from_code("def f():\n    'doc'\n")
+    with pytest.raises(SyntaxError):
+        from_code("def f(:\n")
+
+
+def _oracle(c, clean: Asg) -> Asg:
+    """Repair with the known answer: relabel every node to its target; a hole is expanded by the grammar and its
+    new nodes take the clean label at their pre-order position (everything before them is repaired already)."""
+    tree = RepairTree.from_asg(c.graph)
+    for i, target in enumerate(c.targets):
+        tree.relabel(i, target)
+        if c.graph.labels[i] == HOLE:
+            queue = tree.expand(i)
+            while queue:
+                n = queue.pop(0)
+                tree.relabel(n, clean.labels[tree.order().index(n)])
+                queue = tree.expand(n) + queue
+    return tree.to_asg()[0]
+
+
+@pytest.mark.parametrize("level", list(NOISE_LEVELS))
+def test_corruptions_round_trip_to_the_clean_tree(level):
+    rng = random.Random(level)
+    for g in GRAPHS:
+        for _ in range(5):
+            c = corrupt(g, NOISE_LEVELS[level], rng)
+            assert len(c.graph) == len(c.targets) == len(c.corrupted)
+            assert sum(c.corrupted) >= 1 and all(op in OPERATIONS for op in c.ops)
+            untouched = [i for i, t in enumerate(c.corrupted) if not t]
+            assert all(c.graph.labels[i] == c.targets[i] for i in untouched)  # what is not corrupted stays
+            assert all(c.graph.labels[d] == c.targets[d] and not c.corrupted[u] for d, u in c.graph.dataflow)
+            assert _oracle(c, g).key() == g.key()
+
+
+def test_noise_levels_grade_the_fraction_of_nodes_touched():
+    rng = random.Random(0)
+    big = GRAPHS[4]
+    touched = {lv: sum(sum(corrupt(big, p, rng).corrupted) for _ in range(20)) for lv, p in NOISE_LEVELS.items()}
+    assert touched["low"] < touched["mid"] < touched["high"]
+
+
+def test_repair_rows_split_by_function_and_keep_the_clean_graph():
+    rows = [graph_row(f"u{i}", f"f{i}", "python", g, heldout=i % 3 == 0) for i, g in enumerate(GRAPHS)]
+    out = repair_rows(rows, 2, seed=0)
+    assert repair_rows(rows, 2, seed=0) == out  # seeded
+    held = [r for r in out if r["split"] == "heldout"]
+    assert {r["unit_id"] for r in held} == {"u0", "u3"} and sorted(r["noise"] for r in held if r["unit_id"] == "u0") \
+        == ["high", "low", "mid"]
+    assert sum(r["split"] == "train" for r in out) == 2 * 4
+    assert all(r["clean_labels"] == rows[int(r["unit_id"][1:])]["labels"] for r in out)
+
+
+def _vocab() -> Vocabulary:
+    return Vocabulary.build([g.labels for g in GRAPHS], min_count=1)
+
+
+def test_the_grammar_allows_the_clean_label_of_any_single_masked_node_or_hole():
+    vocab, grammar = _vocab(), Grammar(_vocab())
+    for g in GRAPHS:
+        kids = g.children()
+        for i in range(len(g)):
+            masked = Asg(g.labels[:i] + [MASK] + g.labels[i + 1:], g.parents, g.fields)
+            assert grammar.allowed(masked, i, kids)[vocab.id(g.labels[i])], (g.labels[i], i)
+            if kids[i] and [g.fields[c] for c in kids[i]] == required_fields(g.labels[i]) \
+                    and not any(kids[c] for c in kids[i]):
+                holed = RepairTree.from_asg(masked)
+                for c in list(kids[i]):
+                    holed.delete(c)
+                holed.relabel(i, HOLE)
+                hg, _ = holed.to_asg()
+                assert grammar.allowed(hg, i)[vocab.id(g.labels[i])], g.labels[i]
+
+
+def test_the_grammar_knows_the_compilers_rules():
+    vocab, grammar = _vocab(), Grammar(_vocab())
+    g = from_code("def f(a):\n    a = 1\n    return a\n")
+    kids = g.children()
+    target = g.labels.index("Name")  # the assignment target
+    kept = grammar.allowed(Asg(g.labels[:target] + [MASK] + g.labels[target + 1:], g.parents, g.fields), target, kids)
+    assert kept[vocab.id("Name")] and not kept[vocab.id("Subscript")]  # its child is an `id`: only a Name has one
+    cut = RepairTree.from_asg(g)
+    cut.delete(target + 1)
+    cut.relabel(target, HOLE)
+    hole, _ = cut.to_asg()
+    allowed = grammar.allowed(hole, target)
+    assert allowed[vocab.id("Name")] and allowed[vocab.id("Subscript")] and allowed[vocab.id("Tuple")]
+    assert not allowed[vocab.id("Call")] and not allowed[vocab.id("Constant")]  # not assignable
+    body_stmt = g.labels.index("Return")
+    hole = Asg(g.labels[:body_stmt] + [HOLE] + g.labels[body_stmt + 1:], g.parents, g.fields)
+    stmt_mask = grammar.allowed(hole, body_stmt, hole.children(), holes=[i == body_stmt for i in range(len(g))])
+    assert stmt_mask[vocab.id("Pass")] and not stmt_mask[vocab.id("Break")]  # no loop around it
+    assert not stmt_mask[vocab.id("If")]  # an `if` needs a body a hole cannot grow
+    assert not stmt_mask[vocab.id("Await")] and not stmt_mask[vocab.id("id:a")]
+
+
+def test_with_the_grammar_mask_any_logits_repair_to_a_valid_tree():
+    """Validity 1.0 with the mask, whatever the model says: random logits on corrupted graphs."""
+    vocab = _vocab()
+    decoder = Decoder(vocab, slot_priors(GRAPHS, vocab), Grammar(vocab))
+    rng = random.Random(1)
+    graphs = [corrupt(g, NOISE_LEVELS["high"], rng).graph for g in GRAPHS for _ in range(6)]
+
+    class Noise(torch.nn.Module):
+        def forward(self, graphs):
+            return torch.randn(sum(len(g) for g in graphs), len(vocab)) * 3
+
+    import ml.graph_repair.recipe as recipe
+
+    torch.manual_seed(0)
+    original = recipe.SlotFrequency
+    recipe.SlotFrequency = Noise  # forward() hands a parameterless module the graphs themselves
+    try:
+        one_shot, _ = repair_one_shot(Noise(), graphs, decoder)
+        iterative = repair_iterative(Noise(), graphs, decoder, steps=2)
+    finally:
+        recipe.SlotFrequency = original
+    for tree in one_shot + iterative:
+        assert tree.is_tree() and MASK not in tree.labels.values() and HOLE not in tree.labels.values()
+        assert is_valid(tree.to_asg()[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, len(GRAPHS) - 1), st.lists(st.tuples(st.sampled_from(["relabel", "insert", "delete",
+                                                                              "expand"]),
+                                                            st.integers(0, 10_000)), max_size=25))
+def test_every_intermediate_state_of_tree_edits_is_a_tree(which, edits):
+    tree = RepairTree.from_asg(GRAPHS[which])
+    for op, pick in edits:
+        nodes = sorted(tree.labels)
+        node = nodes[pick % len(nodes)]
+        if op == "relabel":
+            tree.relabel(node, "Name")
+        elif op == "insert":
+            tree.insert(node, pick % 3, "body")
+        elif op == "delete" and node != tree.root:
+            tree.delete(node)
+        elif op == "expand":
+            tree.relabel(node, "BinOp")
+            tree.expand(node)
+        assert tree.is_tree()
+        g, order = tree.to_asg()
+        assert len(g.edges()["child"]) == len(g) - 1 and len(order) == len(tree.labels)
+        assert all(p < i for i, p in enumerate(g.parents))  # pre-order
+
+
+def test_z3_rejects_inconsistent_literal_types_and_accepts_the_rest():
+    assert violations("def f(a):\n    return a + 1\n") == []
+    assert violations("def f():\n    return 1 + 'x'\n") == ["line 2: Add"]
+    assert violations("def f():\n    x = 'a'\n    return x - 1\n") == ["line 2: binding", "line 3: Sub"]
+    assert violations("def f():\n    for i in range(2.5):\n        pass\n") == ["line 2: range bound"]
+    assert violations("def f(n):\n    return '%s' % n + 'a'\n") == []
+    assert violations("def f():\n    x = 1\n    x = 's'\n    return x + 1\n") == []  # rebound: unknown type
+
+
+def test_the_transformer_is_sized_to_the_graph_model_within_ten_percent():
+    for hidden, vocab in ((32, 300), (128, 1500), (256, 4000)):
+        target = count_parameters(GraphUNet(vocab, hidden=hidden, ff=4 * hidden))
+        assert abs(count_parameters(transformer_matching(target, vocab, hidden)) - target) <= 0.1 * target
+
+
+def test_the_sequence_view_is_the_tree_in_pre_order_with_end_tokens():
+    vocab = _vocab()
+    b = sequence_batch([GRAPHS[0]], vocab)
+    tokens = [vocab.labels[t] for t in b.tokens[0].tolist()]
+    assert [tokens[p] for p in b.node_index.tolist()] == [vocab.normalize(x) for x in GRAPHS[0].labels]
+    internal = sum(1 for kids in GRAPHS[0].children() if kids)
+    assert tokens.count("<end>") == internal and len(tokens) == len(GRAPHS[0]) + internal
+
+
+@pytest.mark.parametrize("kind", ["graph_unet", "transformer"])
+def test_a_few_training_steps_lower_the_loss_and_repairs_are_scored(kind):
+    from ml.graph_repair.recipe import build_model
+
+    rows = [graph_row(f"u{i}", f"f{i}", "python", g, heldout=False) for i, g in enumerate(GRAPHS)]
+    examples = repair_rows(rows, 4, seed=0)
+    vocab = _vocab()
+    torch.manual_seed(0)
+    target = count_parameters(build_model("graph_unet", len(vocab), 32, 2))
+    model = build_model(kind, len(vocab), 32, 2, target)
+    stats = train_denoiser(model, examples, vocab, TrainSettings(steps=30, batch_size=4, lr=3e-3),
+                           log=lambda m: None)
+    curve = stats["loss_curve"]
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5
+    decoder = Decoder(vocab, slot_priors(GRAPHS, vocab), Grammar(vocab))
+    trees, _ = repair_one_shot(model, [Asg(e["labels"], e["parents"], e["fields"]) for e in examples[:6]], decoder)
+    scored = score(trees, examples[:6], vocab)
+    assert all(r["valid"] and r["is_tree"] and 0 <= r["node_accuracy"] <= 1 for r in scored)
+
+
+def test_score_counts_exact_repairs_and_node_accuracy():
+    vocab = _vocab()
+    g = GRAPHS[0]
+    c = corrupt(g, NOISE_LEVELS["mid"], random.Random(3), operations=("mask",))
+    example = {"id": "x", "noise": "mid", "targets": c.targets, "corrupted": c.corrupted,
+               **{f"clean_{k}": v for k, v in graph_row("x", "f", "python", g, False).items()}}
+    right = RepairTree.from_asg(c.graph)
+    for i, t in enumerate(c.targets):
+        right.relabel(i, t)
+    wrong = RepairTree.from_asg(c.graph)
+    first = c.corrupted.index(True)
+    for i, t in enumerate(c.targets):
+        wrong.relabel(i, t if i != first else "Pass")
+    good, bad = score([right, wrong], [example, example], vocab)
+    assert good["exact"] and good["node_accuracy"] == 1.0 and good["valid"]
+    n = sum(c.corrupted)
+    assert not bad["exact"] and bad["node_accuracy"] == pytest.approx((n - 1) / n)
