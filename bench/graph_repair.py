@@ -12,7 +12,8 @@ measured in the same run.
 Last line: ``{"graph_unet_exact_repair", "transformer_exact_repair", "slot_frequency_exact_repair" (mid noise,
 one-shot with the grammar mask), "graph_unet_params", "transformer_params", "graph_unet_train_s",
 "transformer_train_s", "valid_rate_masked", "valid_rate_unmasked" (the Graph U-Net's, mid noise), "iterative": {...},
-"by_noise": {model: {level: {procedure: {node_accuracy, exact, valid}}}}, "z3": {...}, "heldout_rows",
+"by_noise": {model: {level: {procedure: {node_accuracy, exact, valid}}}}, "z3": {...}, "grammar_dead_ends" (nodes
+the grammar left no label for: 0 unless a rule is missing), "heldout_rows",
 "train_rows", "seconds"}``.
 """
 
@@ -109,8 +110,9 @@ def main() -> None:
         "valid_rate_unmasked": results["graph_unet"]["mid"]["one_shot"]["valid"],
         "iterative": {m: results[m]["mid"]["iterative_grammar"]["exact"] for m in ("graph_unet", "transformer")},
         "by_noise": {m: {lv: {p: {k: round(v, 4) for k, v in s.items() if k != "n"} for p, s in by.items()}
-                         for lv, by in r.items() if lv != "z3"} for m, r in results.items()},
+                         for lv, by in r.items() if lv in ("low", "mid", "high")} for m, r in results.items()},
         "z3": {m: r["z3"]["stats"] for m, r in results.items() if m != "slot_frequency"},
+        "grammar_dead_ends": {m: r["grammar"]["dead_ends"] for m, r in results.items()},
         "final_loss": {m: round(s["final_loss"], 4) for m, s in stats.items()},
         "heldout_rows": len(heldout), "train_rows": len(train), "steps": args.steps, "batch_size": args.batch_size,
         "peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - start, 1),

@@ -194,6 +194,7 @@ def test_with_the_grammar_mask_any_logits_repair_to_a_valid_tree():
         iterative = repair_iterative(Noise(), graphs, decoder, steps=2)
     finally:
         recipe.SlotFrequency = original
+    assert decoder.dead_ends == 0  # the grammar always left some label
     for tree in one_shot + iterative:
         assert tree.is_tree() and MASK not in tree.labels.values() and HOLE not in tree.labels.values()
         assert is_valid(tree.to_asg()[0])
@@ -284,3 +285,14 @@ def test_score_counts_exact_repairs_and_node_accuracy():
     assert good["exact"] and good["node_accuracy"] == 1.0 and good["valid"]
     n = sum(c.corrupted)
     assert not bad["exact"] and bad["node_accuracy"] == pytest.approx((n - 1) / n)
+
+
+def test_a_masked_node_with_children_is_never_taken_for_a_literal():
+    """`return <mask>(a)` with the `return` masked too: the parent may not be a Constant, whose `value` is a literal
+    (a dead end the 5M-parameter bench hit before the rule existed)."""
+    vocab, grammar = _vocab(), Grammar(_vocab())
+    g = from_code("def f(a):\n    return g(a)\n")
+    ret, call = g.labels.index("Return"), g.labels.index("Call")
+    labels = [MASK if i in (ret, call) else x for i, x in enumerate(g.labels)]
+    allowed = grammar.allowed(Asg(labels, g.parents, g.fields), ret)
+    assert allowed[vocab.id("Return")] and allowed[vocab.id("Expr")] and not allowed[vocab.id("Constant")]

@@ -104,7 +104,8 @@ class Vocabulary:
 class _Context:
     parent: str | None  # None: unknown (masked) parent
     field: str
-    # (field, what fills it: "identifier" | "constant" | a node category | "none" | "?" unknown) of each child;
+    # (field, what fills it: "identifier" | "constant" | a node category | "node" (some category) | "none" |
+    # "?" unknown) of each child;
     # None: a hole, its children are to be inserted
     child_fields: frozenset[tuple[str, str]] | None
     store: bool
@@ -149,7 +150,8 @@ class Grammar:
         parent = None if p < 0 or g.labels[p] in (MASK, HOLE) else g.labels[p]
         fld = g.fields[i]
         is_hole = bool(holes and holes[i]) or g.labels[i] == HOLE
-        child_fields = None if is_hole else frozenset((g.fields[c], _filler(g.labels[c])) for c in kids[i])
+        child_fields = None if is_hole else frozenset((g.fields[c], _filler(g.labels[c], bool(kids[c])))
+                                                      for c in kids[i])
         store = simple = False
         node, up = i, p
         while up >= 0:  # a target, or an element of a Tuple/List/Starred that is one
@@ -237,6 +239,7 @@ class Grammar:
             for f, filler in ctx.child_fields:
                 want = types[f]
                 if not (filler in ("?", want) or (filler == "constant" and want == "int")
+                        or (filler == "node" and want not in ("identifier", "constant", "int", "string"))
                         or (filler == "none" and (name, f) in _NONE_LISTS)):
                     return False
         if ctx.store and name not in (_STOREABLE - {"Tuple", "List", "Starred"} if ctx.simple_target else _STOREABLE):
@@ -268,7 +271,9 @@ class Grammar:
         return not (name == "Nonlocal" and ctx.outermost)
 
 
-def _filler(label: str) -> str:
+def _filler(label: str, has_children: bool) -> str:
+    if label == MASK and has_children:
+        return "node"  # unknown, but a node: it has children, so no identifier or literal
     if label.startswith("id:"):
         return "identifier"
     if label.startswith("lit:"):

@@ -53,4 +53,7 @@ def graph_repair_report(language: str, results: Mapping[str, Mapping], sizes: Ma
     lines += ["## Z3 (level 2)", "", "Candidates checked (one-shot with the grammar mask, some node changed), rejected "
               "by the constraints, and rejected ones whose resample passed:", "",
               markdown_table(z3_rows, ["model", "z3_checked", "z3_rejected", "z3_resampled_ok"]), ""]
+    dead = {m: int(by["grammar"]["dead_ends"]) for m, by in results.items() if by.get("grammar", {}).get("dead_ends")}
+    if dead:
+        lines += [f"Grammar dead ends (no label allowed; decoded without the mask): {dead}", ""]
     return "\n".join(lines)
