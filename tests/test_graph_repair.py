@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ml.graph_repair.asg import HOLE, MASK, Asg, from_code, is_valid, to_code
+from ml.graph_repair.asg import HOLE, MASK, Asg, dataflow_of, from_code, is_valid, to_code
 from ml.graph_repair.corrupt import NOISE_LEVELS, OPERATIONS, corrupt
 from ml.graph_repair.edits import RepairTree, required_fields
 from ml.graph_repair.grammar import Grammar, Vocabulary
@@ -57,6 +57,19 @@ def test_graph_of_a_known_function():
     assert sorted((g.labels[d], g.labels[u]) for d, u in g.dataflow) == [("id:a", "id:a"), ("id:b", "id:b"),
                                                                          ("id:c", "id:c")]
     assert all(g.labels[g.parents[u]] == "Name" for _, u in g.dataflow)
+
+
+def test_a_substituted_name_gets_the_edges_its_name_implies():
+    """Dataflow is read off the tree's labels: renaming a load moves its edge, masking it removes it."""
+    g = from_code("def f(x, y):\n    return x + y\n")
+    load_x = [i for i, label in enumerate(g.labels) if label == "id:x"][1]
+    renamed = Asg(list(g.labels), g.parents, g.fields)
+    renamed.labels[load_x] = "id:y"
+    edges = dataflow_of(renamed.labels, renamed.parents, renamed.fields)
+    assert (g.labels.index("id:y"), load_x) in edges and not any(u == load_x and renamed.labels[d] == "id:x"
+                                                                 for d, u in edges)
+    renamed.labels[load_x] = MASK
+    assert all(load_x not in e for e in dataflow_of(renamed.labels, renamed.parents, renamed.fields))
 
 
 def test_dataflow_follows_a_def_use_chain_in_order():
@@ -108,7 +121,9 @@ def test_corruptions_round_trip_to_the_clean_tree(level):
             assert sum(c.corrupted) >= 1 and all(op in OPERATIONS for op in c.ops)
             untouched = [i for i, t in enumerate(c.corrupted) if not t]
             assert all(c.graph.labels[i] == c.targets[i] for i in untouched)  # what is not corrupted stays
-            assert all(c.graph.labels[d] == c.targets[d] and not c.corrupted[u] for d, u in c.graph.dataflow)
+            # the edges are the corrupted tree's own (no clean name through them, no corrupted node singled out)
+            assert c.graph.dataflow == dataflow_of(c.graph.labels, c.graph.parents, c.graph.fields)
+            assert all(c.graph.labels[d] == c.graph.labels[u] != MASK for d, u in c.graph.dataflow)
             assert _oracle(c, g).key() == g.key()
 
 
@@ -296,3 +311,23 @@ def test_a_masked_node_with_children_is_never_taken_for_a_literal():
     labels = [MASK if i in (ret, call) else x for i, x in enumerate(g.labels)]
     allowed = grammar.allowed(Asg(labels, g.parents, g.fields), ret)
     assert allowed[vocab.id("Return")] and allowed[vocab.id("Expr")] and not allowed[vocab.id("Constant")]
+
+
+def test_score_keeps_untouched_rare_names_right_and_never_credits_an_unknown_answer():
+    vocab = Vocabulary.build([g.labels for g in GRAPHS[1:]], min_count=1)  # `f`, `b`, `c` of ADD are unknown
+    g = GRAPHS[0]
+    assert vocab.normalize("id:f") == "id:<unk>"
+    example = {"id": "x", "noise": "low", **{f"clean_{k}": v for k, v in graph_row("x", "f", "python", g,
+                                                                                     False).items()}}
+    mult = g.labels.index("Mult")
+    masked = Asg(g.labels[:mult] + [MASK] + g.labels[mult + 1:], g.parents, g.fields)
+    fixed = RepairTree.from_asg(masked)
+    fixed.relabel(mult, "Mult")
+    row = dict(example, targets=list(g.labels), corrupted=[i == mult for i in range(len(g))])
+    assert score([fixed], [row], vocab)[0]["exact"]  # `id:f` was never touched: the raw name is right
+    name = g.labels.index("id:f")
+    unknown = RepairTree.from_asg(Asg(g.labels[:name] + [MASK] + g.labels[name + 1:], g.parents, g.fields))
+    unknown.relabel(name, "id:<unk>")
+    row = dict(example, targets=list(g.labels), corrupted=[i == name for i in range(len(g))])
+    got = score([unknown], [row], vocab)[0]
+    assert not got["exact"] and got["node_accuracy"] == 0.0

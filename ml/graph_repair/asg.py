@@ -26,8 +26,10 @@ from ml.codec.python_ast import asdl_table
 
 __all__ = [
     "EDGE_TYPES",
+    "TARGET_FIELDS",
     "Asg",
     "InvalidTree",
+    "dataflow_of",
     "from_code",
     "is_valid",
     "literal_label",
@@ -44,6 +46,10 @@ _MAX_LITERAL_CHARS = 24
 # Int fields at their usual value are left out (the rebuild fills the default), as the compact codec does.
 _INT_DEFAULTS = {("AnnAssign", "simple"): 1, ("comprehension", "is_async"): 0,
                  ("FormattedValue", "conversion"): -1, ("ImportFrom", "level"): 0}
+# Fields whose expressions are assignment or deletion targets (the parser's Store / Del contexts).
+TARGET_FIELDS = frozenset({("Assign", "targets"), ("AugAssign", "target"), ("AnnAssign", "target"),
+                           ("For", "target"), ("AsyncFor", "target"), ("comprehension", "target"),
+                           ("withitem", "optional_vars"), ("NamedExpr", "target"), ("Delete", "targets")})
 _BINDING_PARENTS = {"arg": "arg", "FunctionDef": "name", "AsyncFunctionDef": "name", "ClassDef": "name",
                     "ExceptHandler": "name", "alias": "asname", "MatchAs": "name", "MatchStar": "name"}
 
@@ -139,8 +145,6 @@ def from_code(code: str) -> Asg:
             raise ValueError("the function is only a docstring")
         root.body = body[1:]  # the docstring is prose, not structure
     g = Asg([], [], [])
-    bindings: dict[str, list[int]] = {}
-    loads: list[tuple[str, int]] = []
 
     def leaf(label: str, parent: int, fld: str) -> int:
         g.labels.append(label)
@@ -160,12 +164,7 @@ def from_code(code: str) -> Asg:
                     leaf(literal_label(value), me, fname)
             elif ftype == "identifier":
                 for ident in value if qual == "*" else [value]:
-                    at = leaf(f"id:{ident}", me, fname)
-                    if name == "Name":
-                        is_load = isinstance(node.ctx, ast.Load)
-                        (loads.append((ident, at)) if is_load else bindings.setdefault(ident, []).append(at))
-                    elif _BINDING_PARENTS.get(name) == fname:
-                        bindings.setdefault(ident, []).append(at)
+                    leaf(f"id:{ident}", me, fname)
             elif ftype == "constant":
                 leaf(literal_label(value), me, fname)
             elif qual == "*":
@@ -178,8 +177,34 @@ def from_code(code: str) -> Asg:
                 walk(value, me, fname)
 
     walk(root, -1, "")
-    g.dataflow = [(d, u) for ident, u in loads for d in bindings.get(ident, ()) if d < u]
+    g.dataflow = dataflow_of(g.labels, g.parents, g.fields)
     return g
+
+
+def dataflow_of(labels: list[str], parents: list[int], fields: list[str]) -> list[tuple[int, int]]:
+    """Binding -> later load edges between identifier leaves, read off the tree itself (so a corrupted tree gets
+    the edges its own names give, and a ``<mask>``ed name none). A ``Name`` binds where the parser would give it a
+    Store/Del context: an assignment, loop, ``with``, walrus or ``del`` target, through Tuple/List/Starred."""
+    bindings: dict[str, list[int]] = {}
+    loads: list[tuple[str, int]] = []
+    for i, label in enumerate(labels):
+        if not label.startswith("id:") or parents[i] < 0:
+            continue
+        p = parents[i]
+        if fields[i] == "id" and labels[p] in ("Name", MASK):
+            node, up = p, parents[p]
+            binds = False
+            while up >= 0:
+                if (labels[up], fields[node]) in TARGET_FIELDS:
+                    binds = True
+                    break
+                if labels[up] not in ("Tuple", "List", "Starred"):
+                    break
+                node, up = up, parents[up]
+            (bindings.setdefault(label, []).append(i) if binds else loads.append((label, i)))
+        elif _BINDING_PARENTS.get(labels[p]) == fields[i]:
+            bindings.setdefault(label, []).append(i)
+    return sorted((d, u) for label, u in loads for d in bindings.get(label, ()) if d < u)
 
 
 def _build(g: Asg, kids: list[list[int]], i: int) -> ast.AST | None:

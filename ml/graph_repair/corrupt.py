@@ -10,8 +10,9 @@ Five operations (each touches nodes no earlier one touched):
 * ``delete_subtree``: a small subtree that has only required fields is cut to a ``<hole>`` (its root's label and
   children gone), or its root is kept and each child subtree cut to a hole.
 
-The noise level is the fraction of nodes touched; operations are drawn until it is reached. Dataflow edges that
-touch a corrupted node are dropped: they are computed from names, and a corrupted name is not known.
+The noise level is the fraction of nodes touched; operations are drawn until it is reached. Dataflow edges are
+computed again from the corrupted tree's own names (``asg.dataflow_of``): a substituted name gets the edges it
+now implies, a masked one none, so the edges never carry a clean label nor mark where the corruption is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ml.graph_repair.asg import HOLE, MASK, Asg, table
+from ml.graph_repair.asg import HOLE, MASK, Asg, dataflow_of, table
 from ml.graph_repair.edits import required_fields
 
 __all__ = ["NOISE_LEVELS", "OPERATIONS", "Corrupted", "corrupt"]
@@ -147,6 +148,6 @@ def corrupt(g: Asg, noise: float, rng: random.Random, operations=OPERATIONS) -> 
         ops.append(op)
     keep = [i for i in range(n) if not removed[i]]
     at = {i: j for j, i in enumerate(keep)}
-    graph = Asg([labels[i] for i in keep], [at.get(g.parents[i], -1) for i in keep], [g.fields[i] for i in keep],
-                [(at[d], at[u]) for d, u in g.dataflow if d in at and u in at and not touched[d] and not touched[u]])
+    graph = Asg([labels[i] for i in keep], [at.get(g.parents[i], -1) for i in keep], [g.fields[i] for i in keep])
+    graph.dataflow = dataflow_of(graph.labels, graph.parents, graph.fields)
     return Corrupted(graph, [g.labels[i] for i in keep], [touched[i] for i in keep], ops)

@@ -8,9 +8,9 @@ required field of a node that has just been given a type where a subtree was del
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ml.graph_repair.asg import HOLE, Asg, table
+from ml.graph_repair.asg import HOLE, Asg, dataflow_of, table
 
 __all__ = ["RepairTree", "required_fields"]
 
@@ -29,7 +29,6 @@ class RepairTree:
     fields: dict[int, str]
     parent: dict[int, int]
     kids: dict[int, list[int]]
-    dataflow: list[tuple[int, int]] = field(default_factory=list)
     root: int = 0
     _next: int = 0
 
@@ -37,7 +36,7 @@ class RepairTree:
     def from_asg(cls, g: Asg) -> RepairTree:
         kids = g.children()
         return cls(dict(enumerate(g.labels)), dict(enumerate(g.fields)), dict(enumerate(g.parents)),
-                   dict(enumerate(kids)), list(g.dataflow), 0, len(g))
+                   dict(enumerate(kids)), 0, len(g))
 
     @property
     def parents(self) -> dict[int, int]:
@@ -68,7 +67,6 @@ class RepairTree:
         for n in gone:
             for table_ in (self.labels, self.fields, self.parent, self.kids):
                 del table_[n]
-        self.dataflow = [(a, b) for a, b in self.dataflow if a not in gone and b not in gone]
 
     def expand(self, node: int) -> list[int]:
         """Insert a hole for each required field of the node's (new) type; returns the holes."""
@@ -92,8 +90,8 @@ class RepairTree:
         order = self.order()
         at = {n: i for i, n in enumerate(order)}
         g = Asg([self.labels[n] for n in order], [at.get(self.parent[n], -1) for n in order],
-                [self.fields[n] for n in order],
-                [(at[a], at[b]) for a, b in self.dataflow if a in at and b in at])
+                [self.fields[n] for n in order])
+        g.dataflow = dataflow_of(g.labels, g.parents, g.fields)  # the names as they stand now
         return g, order
 
     def is_tree(self) -> bool:

@@ -30,13 +30,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ml.graph_repair.asg import HOLE, MASK, NONE, UNK_IDENT, UNK_LITERAL, Asg, table
+from ml.graph_repair.asg import HOLE, MASK, NONE, TARGET_FIELDS, UNK_IDENT, UNK_LITERAL, Asg, table
 
 PAD, END = "<pad>", "<end>"
 SPECIALS = (PAD, MASK, HOLE, END, NONE, UNK_IDENT, UNK_LITERAL)
-_STORE_FIELDS = {("Assign", "targets"), ("AugAssign", "target"), ("AnnAssign", "target"), ("For", "target"),
-                 ("AsyncFor", "target"), ("comprehension", "target"), ("withitem", "optional_vars"),
-                 ("NamedExpr", "target"), ("Delete", "targets")}
+_STORE_FIELDS = TARGET_FIELDS
 _SIMPLE_TARGET = {("AugAssign", "target"), ("AnnAssign", "target")}
 _STOREABLE = frozenset(("Name", "Attribute", "Subscript", "Tuple", "List", "Starred"))
 _CTX_PASSING = frozenset(("Tuple", "List", "Starred"))

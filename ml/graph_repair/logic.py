@@ -46,12 +46,23 @@ def violations(code: str) -> list[str]:
     solver = z3.Solver()
     solver.set("timeout", 2000)
     counter = 0
-    assigned = Counter(t.id for n in ast.walk(tree) for t in getattr(n, "targets", [])
-                       if isinstance(n, ast.Assign) and isinstance(t, ast.Name))
+    # bindings of each name of every kind: a name is typed by its value only when a plain `x = value` is its one
+    # binding (a parameter, loop or `with` target, import, augmented assignment... makes its type unknown)
+    assigned: Counter = Counter()
+    plain = {id(n.targets[0]) for n in ast.walk(tree) if isinstance(n, ast.Assign) and len(n.targets) == 1}
     for n in ast.walk(tree):
-        for t in (n.target,) if isinstance(n, ast.AugAssign | ast.AnnAssign | ast.For | ast.NamedExpr) else ():
-            if isinstance(t, ast.Name):
-                assigned[t.id] += 2  # rebound or typed elsewhere: not single-assignment
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+            assigned[n.id] += 1 if id(n) in plain else 2
+        elif isinstance(n, ast.arg):
+            assigned[n.arg] += 2
+        elif isinstance(n, ast.alias):
+            assigned[(n.asname or n.name).split(".")[0]] += 2
+        elif isinstance(n, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and getattr(n, "name", None):
+            assigned[n.name] += 2
+        elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            assigned[n.name] += 2
+        elif isinstance(n, ast.Global | ast.Nonlocal):
+            assigned.update({name: 2 for name in n.names})
     facts: list[tuple[str, z3.BoolRef]] = []
 
     def var(node: ast.AST) -> z3.ExprRef:

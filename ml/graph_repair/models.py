@@ -6,7 +6,8 @@ see the tree.
 * ``GraphUNet``: node features are the label and the field the node fills; edges are typed (``EDGE_TYPES``: child,
   parent, siblings both ways, dataflow both ways), the type embedded as an edge feature. An encoder of GAT blocks
   (attention over typed edges + a feed-forward layer, pre-norm, residual) pools by ``TopKPooling`` (gPool) to a
-  coarse "concept" graph level by level, a bottleneck block runs there, and the decoder unpools (gUnpool: the kept
+  coarse "concept" graph level by level (the two-hop edges added first, as in gPool, so the coarse graph stays
+  connected), a bottleneck block runs there, and the decoder unpools (gUnpool: the kept
   nodes scatter back to their places) and adds the encoder's skip at each level before its own block.
 * ``TreeTransformer``: the tree as a sequence, one token per node in pre-order and an ``<end>`` token closing each
   node that has children (so the sequence is the tree: it decodes back); each token embeds its label, its field
@@ -18,6 +19,7 @@ within 10% of a given one (the comparison's fairness condition).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -142,7 +144,7 @@ class GraphUNet(nn.Module):
                        "pool_ratio": pool_ratio, "edge_dim": edge_dim, "dropout": dropout}
         self.label = nn.Embedding(vocab_size, hidden)
         self.field = nn.Embedding(len(FIELDS), hidden)
-        self.edge = nn.Embedding(len(EDGE_TYPES), edge_dim)
+        self.edge = nn.Embedding(len(EDGE_TYPES) + 1, edge_dim)  # + the two-hop edges added before each pooling
         block = lambda: _GatBlock(hidden, heads, edge_dim, ff, dropout)  # noqa: E731
         self.down = nn.ModuleList(block() for _ in range(depth))
         self.pools = nn.ModuleList(TopKPooling(hidden, ratio=pool_ratio) for _ in range(depth))
@@ -151,6 +153,18 @@ class GraphUNet(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, vocab_size)
 
+    def _with_two_hop(self, edge_index: torch.Tensor, edge_attr: torch.Tensor, n: int):
+        ones = torch.ones(edge_index.shape[1], device=edge_index.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's "sparse support is in beta" notes
+            adj = torch.sparse_coo_tensor(edge_index, ones, (n, n), check_invariants=False).coalesce()
+            two = torch.sparse.mm(adj, adj).coalesce().indices()
+        codes = two[0] * n + two[1]
+        keep = (two[0] != two[1]) & ~torch.isin(codes, edge_index[0] * n + edge_index[1])
+        extra = two[:, keep]
+        kind = torch.full((extra.shape[1],), len(EDGE_TYPES), dtype=torch.long, device=edge_index.device)
+        return torch.cat([edge_index, extra], 1), torch.cat([edge_attr, self.edge(kind)], 0)
+
     def forward(self, b: GraphBatch) -> torch.Tensor:
         x = self.label(b.labels) + self.field(b.fields)
         edge_index, edge_attr, batch = b.edge_index, self.edge(b.edge_type), b.batch
@@ -158,6 +172,9 @@ class GraphUNet(nn.Module):
         for block, pool in zip(self.down, self.pools, strict=True):
             x = block(x, edge_index, edge_attr)
             skips.append((x, edge_index, edge_attr, batch))
+            # gPool keeps a fraction of the nodes; on a tree most kept nodes would lose every neighbour, so (as
+            # Gao & Ji's Graph U-Net and PyG's GraphUNet do) the graph gains its two-hop edges before pooling
+            edge_index, edge_attr = self._with_two_hop(edge_index, edge_attr, x.shape[0])
             x, edge_index, edge_attr, batch, perm, _ = pool(x, edge_index, edge_attr, batch)
             skips[-1] = (*skips[-1], perm)
         x = self.bottleneck(x, edge_index, edge_attr)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml.graph_repair.asg import HOLE, MASK, NONE, Asg, from_code, is_valid, to_code
+from ml.graph_repair.asg import HOLE, MASK, NONE, UNK_IDENT, UNK_LITERAL, Asg, from_code, is_valid, to_code
 from ml.graph_repair.corrupt import NOISE_LEVELS, corrupt
 from ml.graph_repair.edits import RepairTree
 from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary
@@ -185,10 +185,11 @@ class Decoder:
     relabel_threshold: float = 0.7  # measured: 0.5 relabels 0.29 clean nodes per held-out graph, 0.7 0.09
 
     def __post_init__(self) -> None:
-        self.dead_ends = 0  # nodes for which the grammar allowed nothing (the free mask was used)
+        self.dead_ends = 0  # decisions for which the grammar allowed nothing (the free mask was used)
+        self.prior_settled = 0  # iterative nodes still unresolved when the rounds ran out
         self._free = torch.ones(len(self.vocab), dtype=torch.bool)
-        for s in SPECIALS:
-            if s != NONE:
+        for s in SPECIALS:  # what a node can be: anything but padding, <mask>, <hole>, <end>
+            if s not in (NONE, UNK_IDENT, UNK_LITERAL):
                 self._free[self.vocab.index[s]] = False
 
     def allowed(self, tree: RepairTree, node: int, unsettled: Container[int] = ()) -> torch.Tensor:
@@ -205,14 +206,14 @@ class Decoder:
                     decided = leaf < node or (unsettled and leaf not in unsettled)
                     if leaf != node and decided and tree.labels[leaf].startswith("id:"):
                         mask[self.vocab.id(tree.labels[leaf])] = False
-        if not bool(mask.any()):  # a grammar dead end (a bug): counted, and validity will show what it cost
-            self.dead_ends += 1
-            return self._free
-        return mask
+        return mask if bool(mask.any()) else self._free  # a dead end: ``choose`` counts it
 
     def choose(self, tree: RepairTree, node: int, logits: torch.Tensor, rng: random.Random | None,
                unsettled: Container[int] = ()) -> int:
-        scores = logits.masked_fill(~self.allowed(tree, node, unsettled), float("-inf"))
+        mask = self.allowed(tree, node, unsettled)
+        if self.grammar is not None and mask is self._free:
+            self.dead_ends += 1  # the grammar allowed nothing (a missing rule): decided unmasked, validity shows it
+        scores = logits.masked_fill(~mask, float("-inf"))
         if rng is None:
             return int(scores.argmax())
         probs = torch.softmax(scores, -1)
@@ -220,8 +221,10 @@ class Decoder:
 
     def fill_holes(self, tree: RepairTree, holes: list[int]) -> None:
         """Give inserted holes their slot's most frequent allowed label (expanding further), no model pass."""
-        queue = list(holes)
-        while queue and len(queue) < 200:
+        queue, filled = list(holes), 0
+        while queue:
+            if (filled := filled + 1) > 1000:
+                raise RuntimeError("hole expansion does not end (a recursive prior)")
             h = queue.pop(0)
             mask = self.allowed(tree, h)
             options = self.priors.get((tree.labels[tree.parent[h]], tree.fields[h]), [])
@@ -267,7 +270,7 @@ def repair_one_shot(model: nn.Module, graphs: list[Asg], decoder: Decoder, z3_tr
                 rejected += 1
                 for _ in range(z3_tries):
                     candidate, _ = decoder.one_shot(g, lg, rng)
-                    if not _rejected(candidate):
+                    if is_valid(candidate.to_asg()[0]) and not _rejected(candidate):
                         tree, resampled_ok = candidate, resampled_ok + 1
                         break
         trees.append(tree)
@@ -295,7 +298,7 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
                 tree.relabel(i, MASK)
         trees.append(tree)
         pending.append(set(suspects))
-    for k in range(steps + 3):  # the rounds after `steps` only settle nodes a late relabel made wrong
+    for k in range(steps + 8):  # the rounds after `steps` only settle nodes a late relabel made wrong
         last = k >= steps
         active = [b for b, p in enumerate(pending) if p]
         if not active:
@@ -332,21 +335,34 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
                                 decoder.vocab.id(tree.labels[d])]:
                             tree.relabel(d, MASK)
                             pending[b].add(d)
+    for tree, left in zip(trees, pending, strict=True):  # rounds ran out: the slot's prior settles the rest
+        for n in sorted(left, key=tree.order().index):
+            decoder.prior_settled += 1
+            was_hole = tree.labels[n] == HOLE
+            decoder.fill_holes(tree, [n]) if was_hole else tree.relabel(n, decoder.vocab.labels[
+                next((i for i in decoder.priors.get((tree.labels[tree.parent[n]], tree.fields[n]), [])
+                      if decoder.allowed(tree, n)[i]), int(decoder.allowed(tree, n).nonzero()[0]))])
     return trees
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
 def score(trees: Sequence[RepairTree], examples: Sequence[dict], vocab: Vocabulary) -> list[dict]:
-    """Per example: accuracy on corrupted nodes, exact repair (the whole tree), validity (decodes and compiles)."""
+    """Per example: accuracy on corrupted nodes, exact repair (the whole tree), validity (decodes and compiles).
+
+    Both trees are compared as the vocabulary says them (a rare name the input carried and nobody touched stays
+    right); a corrupted node whose clean label is out of the vocabulary can never be repaired (an ``<unk>``
+    answer is not its name), so it counts wrong and its example is not exact."""
     out = []
     for tree, e in zip(trees, examples, strict=True):
         clean = graph_of(e, "clean_")
         clean = Asg([vocab.normalize(x) for x in clean.labels], clean.parents, clean.fields)
         corrupted = [i for i, c in enumerate(e["corrupted"]) if c]
-        right = sum(tree.labels.get(i) == vocab.normalize(e["targets"][i]) for i in corrupted)
+        sayable = [vocab.normalize(e["targets"][i]) == e["targets"][i] for i in corrupted]
+        right = sum(ok and tree.labels.get(i) == e["targets"][i] for i, ok in zip(corrupted, sayable, strict=True))
         repaired, _ = tree.to_asg()
+        said = Asg([vocab.normalize(x) for x in repaired.labels], repaired.parents, repaired.fields)
         out.append({"id": e["id"], "noise": e["noise"], "node_accuracy": right / max(1, len(corrupted)),
-                    "exact": repaired.key() == clean.key(), "valid": is_valid(repaired),
+                    "exact": all(sayable) and said.key() == clean.key(), "valid": is_valid(repaired),
                     "is_tree": tree.is_tree()})
     return out
 
@@ -362,12 +378,19 @@ def evaluate(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary, prio
     """{noise level: {procedure: summary}} for the procedures one_shot, one_shot_grammar, one_shot_grammar_z3,
     iterative_grammar; z3 rejection counts ride along on one_shot_grammar_z3."""
     graphs = [graph_of(e) for e in examples]
-    free, masked = Decoder(vocab, priors), Decoder(vocab, priors, Grammar(vocab))
+    grammar = Grammar(vocab)
+    decoders = {"one_shot": Decoder(vocab, priors), **{p: Decoder(vocab, priors, grammar) for p in (
+        "one_shot_grammar", "one_shot_grammar_z3", "iterative_grammar")}}
     runs: dict[str, list[RepairTree]] = {}
-    runs["one_shot"], _ = repair_one_shot(model, graphs, free)
-    runs["one_shot_grammar"], _ = repair_one_shot(model, graphs, masked)
-    runs["one_shot_grammar_z3"], z3_stats = repair_one_shot(model, graphs, masked, z3_tries=z3_tries)
-    runs["iterative_grammar"] = repair_iterative(model, graphs, masked, diffusion_steps)
+    runs["one_shot"], _ = repair_one_shot(model, graphs, decoders["one_shot"])
+    runs["one_shot_grammar"], _ = repair_one_shot(model, graphs, decoders["one_shot_grammar"])
+    runs["one_shot_grammar_z3"], z3_stats = repair_one_shot(model, graphs, decoders["one_shot_grammar_z3"],
+                                                            z3_tries=z3_tries)
+    runs["iterative_grammar"] = repair_iterative(model, graphs, decoders["iterative_grammar"], diffusion_steps)
+    if z3_tries:  # how often the constraints flag a correct program (0: they only reject real inconsistencies)
+        clean = {e["unit_id"]: graph_of(e, "clean_") for e in examples}
+        z3_stats["z3_clean_flagged"] = sum(bool(violations(to_code(g))) for g in clean.values())
+        z3_stats["z3_clean_checked"] = len(clean)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for proc, trees in runs.items():
         scored = score(trees, examples, vocab)
@@ -375,7 +398,8 @@ def evaluate(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary, prio
             out.setdefault(level, {})[proc] = summarize([r for r in scored if r["noise"] == level])
         log(f"{proc}: exact " + ", ".join(f"{lv} {out[lv][proc]['exact']:.3f}" for lv in NOISE_LEVELS))
     out["z3"] = {"stats": {k: float(v) for k, v in z3_stats.items()}}
-    out["grammar"] = {"dead_ends": float(masked.dead_ends)}
+    out["grammar"] = {"dead_ends": float(sum(d.dead_ends for d in decoders.values())),
+                      "iterative_prior_settled": float(decoders["iterative_grammar"].prior_settled)}
     return out
 
 
