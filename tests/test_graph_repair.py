@@ -193,7 +193,8 @@ def test_with_the_grammar_mask_any_logits_repair_to_a_valid_tree():
     vocab = _vocab()
     decoder = Decoder(vocab, slot_priors(GRAPHS, vocab), Grammar(vocab))
     rng = random.Random(1)
-    graphs = [corrupt(g, NOISE_LEVELS["high"], rng).graph for g in GRAPHS for _ in range(6)]
+    keywords = from_code("def p(a, b, c):\n    return dict(x=a, y=b, z=c), sorted(a, key=b, reverse=c)\n")
+    graphs = [corrupt(g, NOISE_LEVELS["high"], rng).graph for g in [*GRAPHS, keywords] for _ in range(6)]
 
     class Noise(torch.nn.Module):
         def forward(self, graphs):

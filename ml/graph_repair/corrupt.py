@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ml.graph_repair.asg import HOLE, MASK, Asg, dataflow_of, table
 from ml.graph_repair.edits import required_fields
+from ml.graph_repair.grammar import is_name
 
 __all__ = ["NOISE_LEVELS", "OPERATIONS", "Corrupted", "corrupt"]
 
@@ -57,8 +58,9 @@ def _fits(name: str, like: str, child_fields: set[str]) -> bool:
 def _substitutes(g: Asg, kids: list[list[int]], i: int) -> list[str]:
     label = g.labels[i]
     kind = _kind(label)
-    if kind == "ident":
-        return sorted({x for x in g.labels if x.startswith("id:") and x != label})
+    if kind == "ident":  # another name of the function; a dotted import name only where one may stand
+        dotted_ok = g.labels[g.parents[i]] in ("alias", "ImportFrom")
+        return sorted({x for x in g.labels if x.startswith("id:") and x != label and (dotted_ok or is_name(x))})
     if kind == "literal":
         return sorted(({x for x in g.labels if x.startswith("lit:")} | set(_COMMON_LITERALS)) - {label})
     if label not in table():

@@ -63,7 +63,8 @@ _INT_VALUES = {("FormattedValue", "conversion"): (-1, 97, 114, 115), ("ImportFro
 _INT_FIELD_LITERALS = ("lit:-1", "lit:0", "lit:1", "lit:2", "lit:3", "lit:97", "lit:114", "lit:115")
 
 
-def _is_name(label: str) -> bool:
+def is_name(label: str) -> bool:
+    """An ``id:`` label that Python accepts as a name (not dotted, not a keyword)."""
     text = label[3:]
     return text.isidentifier() and not keyword.iskeyword(text)
 
@@ -124,7 +125,7 @@ class Grammar:
             self._types.setdefault(category, torch.zeros(n, dtype=torch.bool))[vocab.index[name]] = True
         labels = vocab.labels
         self._idents = torch.tensor([label.startswith("id:") for label in labels])
-        self._names = torch.tensor([label.startswith("id:") and (_is_name(label) or label == UNK_IDENT)
+        self._names = torch.tensor([label.startswith("id:") and (is_name(label) or label == UNK_IDENT)
                                     for label in labels])
         self._literals = torch.tensor([label.startswith("lit:") for label in labels])
         strings = ("lit:'", 'lit:"', "lit:<long str>")

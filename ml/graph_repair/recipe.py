@@ -34,7 +34,7 @@ from torch import nn
 from ml.graph_repair.asg import HOLE, MASK, NONE, UNK_IDENT, UNK_LITERAL, Asg, from_code, is_valid, to_code
 from ml.graph_repair.corrupt import NOISE_LEVELS, corrupt
 from ml.graph_repair.edits import RepairTree
-from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary
+from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary, is_name
 from ml.graph_repair.logic import violations
 from ml.graph_repair.models import GraphUNet, TreeTransformer, graph_batch, sequence_batch
 
@@ -193,20 +193,33 @@ class Decoder:
                 self._free[self.vocab.index[s]] = False
 
     def allowed(self, tree: RepairTree, node: int, unsettled: Container[int] = ()) -> torch.Tensor:
-        """The grammar's mask, and no parameter named like another one that is decided: one before this node
-        (pre-order ids), or any not in ``unsettled`` (a later one may still change: a swapped pair is undone in
-        two steps; if it keeps its name it is the one forced to change)."""
+        """The grammar's mask, and the rule that needs the siblings: no two parameters of a def, no two keyword
+        arguments of a call, named alike. Only decided siblings count (not in ``unsettled``: a later one may still
+        change, so a swapped pair is undone in two steps, and one that keeps its name is then forced to change)."""
         if self.grammar is None:
             return self._free
         mask = self.grammar.allowed(tree, node, tree.kids).clone()
-        if tree.fields[node] == "arg" and tree.labels.get(tree.parent[node]) == "arg":
-            args = tree.parent[tree.parent[node]]
-            for a in tree.kids.get(args, []):
-                for leaf in tree.kids[a]:
-                    decided = leaf < node or (unsettled and leaf not in unsettled)
-                    if leaf != node and decided and tree.labels[leaf].startswith("id:"):
-                        mask[self.vocab.id(tree.labels[leaf])] = False
+        parent = tree.parent[node]
+        if tree.fields[node] == "arg" and tree.labels.get(parent) in ("arg", "keyword"):
+            for sibling in tree.kids.get(tree.parent[parent], []):
+                if tree.labels[sibling] != tree.labels[parent]:
+                    continue
+                for leaf in tree.kids[sibling]:
+                    label = tree.labels[leaf]
+                    if leaf != node and leaf not in unsettled and tree.fields[leaf] == "arg" and label.startswith(
+                            "id:"):
+                        mask[self.vocab.id(label)] = False
         return mask if bool(mask.any()) else self._free  # a dead end: ``choose`` counts it
+
+    def keeps(self, tree: RepairTree, node: int, label: str, unsettled: Container[int]) -> bool:
+        """May the node keep its input label? (A name the vocabulary cannot say is checked as the name it is.)"""
+        if self.grammar is None:
+            return True
+        if not self.allowed(tree, node, unsettled)[self.vocab.id(label)]:
+            return False
+        if self.vocab.normalize(label) != label and label.startswith("id:"):
+            return tree.labels.get(tree.parent[node]) in ("alias", "ImportFrom") or is_name(label)
+        return True
 
     def choose(self, tree: RepairTree, node: int, logits: torch.Tensor, rng: random.Random | None,
                unsettled: Container[int] = ()) -> int:
@@ -219,14 +232,14 @@ class Decoder:
         probs = torch.softmax(scores, -1)
         return int(torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))))
 
-    def fill_holes(self, tree: RepairTree, holes: list[int]) -> None:
+    def fill_holes(self, tree: RepairTree, holes: list[int], unsettled: Container[int] = ()) -> None:
         """Give inserted holes their slot's most frequent allowed label (expanding further), no model pass."""
         queue, filled = list(holes), 0
         while queue:
             if (filled := filled + 1) > 1000:
                 raise RuntimeError("hole expansion does not end (a recursive prior)")
             h = queue.pop(0)
-            mask = self.allowed(tree, h)
+            mask = self.allowed(tree, h, unsettled)
             options = self.priors.get((tree.labels[tree.parent[h]], tree.fields[h]), [])
             pick = next((i for i in options if mask[i]), None)
             if pick is None:
@@ -239,20 +252,20 @@ class Decoder:
         probs = torch.softmax(logits, -1)
         changed = set()
         for i in range(len(g)):  # pre-order: a node's parent is settled first
-            label = g.labels[i]
+            label, later = g.labels[i], range(i + 1, len(g))  # the input's nodes not decided yet
             if label in (MASK, HOLE):
-                pick = self.choose(tree, i, logits[i], rng)
+                pick = self.choose(tree, i, logits[i], rng, later)
             else:
-                best = self.choose(tree, i, logits[i], None)
-                allowed_now = self.grammar is None or bool(self.allowed(tree, i)[self.vocab.id(label)])
-                keep = allowed_now and (best == self.vocab.id(label) or probs[i, best] <= self.relabel_threshold)
+                best = self.choose(tree, i, logits[i], None, later)
+                keep = self.keeps(tree, i, label, later) and (
+                    best == self.vocab.id(label) or probs[i, best] <= self.relabel_threshold)
                 if keep:
                     continue
-                pick = self.choose(tree, i, logits[i], rng) if rng is not None else best
+                pick = self.choose(tree, i, logits[i], rng, later) if rng is not None else best
             tree.relabel(i, self.vocab.labels[pick])
             changed.add(i)
             if label == HOLE:
-                self.fill_holes(tree, tree.expand(i))
+                self.fill_holes(tree, tree.expand(i), later)
         return tree, changed
 
 
@@ -286,6 +299,15 @@ def _rejected(tree: RepairTree) -> bool:
     return bool(violations(code))
 
 
+def _has_pending_ancestor(tree: RepairTree, node: int, pending: set[int]) -> bool:
+    up = tree.parent[node]
+    while up >= 0:
+        if up in pending:
+            return True
+        up = tree.parent[up]
+    return False
+
+
 def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, steps: int = 4) -> list[RepairTree]:
     first = predict(model, graphs, decoder.vocab)
     trees, pending = [], []
@@ -316,8 +338,8 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
             for n in todo if last else sorted(todo, key=lambda n: -conf[n]):
                 if len(chosen) == quota:
                     break
-                if not last and tree.parent[n] in pending[b]:
-                    continue  # top-down: a node is fixed once its parent is, so its context is settled
+                if not last and _has_pending_ancestor(tree, n, pending[b]):
+                    continue  # top-down: a node is fixed once its ancestors are, so its context is settled
                 chosen.append(n)  # so never a parent and its child in one step (the last rounds go in pre-order)
             for n in sorted(chosen, key=lambda n: at[n]):
                 was_hole = tree.labels[n] == HOLE
@@ -331,8 +353,7 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
                         pending[b].update(new)
                 else:  # a kept node below may no longer fit (a target that must be storable): it is redone
                     for d in tree.subtree(n)[1:]:
-                        if d not in pending[b] and not decoder.allowed(tree, d, pending[b])[
-                                decoder.vocab.id(tree.labels[d])]:
+                        if d not in pending[b] and not decoder.keeps(tree, d, tree.labels[d], pending[b]):
                             tree.relabel(d, MASK)
                             pending[b].add(d)
     for tree, left in zip(trees, pending, strict=True):  # rounds ran out: the slot's prior settles the rest
