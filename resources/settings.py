@@ -109,8 +109,8 @@ class DslProfile:
 DSL_PROFILES = {
     # The packaged SmolLM2-135M-Instruct on 2 CPU cores: 7-10 s per SFT step of 8 rows (bf16 autocast, LoRA on the
     # top 20 of 30 layers; 10.8 s in fp32 on all layers) and ≈ 2 s per evaluation request. 80 steps and 12 requests
-    # per group put the group at ≈ 20 min (over its 15-min target: fewer steps learn nothing visible; the README's
-    # learning curve says what more steps give).
+    # per group put the group at ≈ 16 min (measured 2026-12-01, the model's own LM head on CPU; fewer steps learn
+    # nothing visible; the README's learning curve says what more steps give).
     "demo": DslProfile(
         base_model="smollm2-135m", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
         sft_max_steps=80, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,

@@ -49,10 +49,12 @@ def graph_repair_report(language: str, results: Mapping[str, Mapping], sizes: Ma
         lines += [f"## noise {level} ({NOISE_LEVELS[level]:.0%} of nodes, {n} held-out functions)", "",
                   markdown_table(rows, ["model", "procedure", "node_accuracy", "exact", "valid"]), ""]
     z3_rows = [{"model": m, **{k: int(v) for k, v in by["z3"]["stats"].items()}} for m, by in results.items()
-               if "z3" in by]
+               if by.get("z3", {}).get("stats", {}).get("z3_checked")]
     lines += ["## Z3 (level 2)", "", "Candidates checked (one-shot with the grammar mask, some node changed), rejected "
-              "by the constraints, and rejected ones whose resample passed:", "",
-              markdown_table(z3_rows, ["model", "z3_checked", "z3_rejected", "z3_resampled_ok"]), ""]
+              "by the constraints, rejected ones whose resample passed, and the clean held-out functions the "
+              "constraints flag (false alarms):", "",
+              markdown_table(z3_rows, ["model", "z3_checked", "z3_rejected", "z3_resampled_ok", "z3_clean_flagged",
+                                       "z3_clean_checked"]), ""]
     dead = {m: int(by["grammar"]["dead_ends"]) for m, by in results.items() if by.get("grammar", {}).get("dead_ends")}
     if dead:
         lines += [f"Grammar dead ends (no label allowed; decoded without the mask): {dead}", ""]
