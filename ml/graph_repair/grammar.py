@@ -143,12 +143,12 @@ class Grammar:
         self._nonempty = {name: {f for f in self._fields[name] if (name, f) in _NONEMPTY_LISTS} for name in table()}
 
     # -- the per-node context ------------------------------------------------------------------------------
-    def context(self, g: Asg, i: int, kids: list[list[int]] | None = None, holes: Sequence[bool] = ()) -> _Context:
+    def context(self, g: Asg, i: int, kids: list[list[int]] | None = None) -> _Context:
         kids = kids if kids is not None else g.children()
         p = g.parents[i]
         parent = None if p < 0 or g.labels[p] in (MASK, HOLE) else g.labels[p]
         fld = g.fields[i]
-        is_hole = bool(holes and holes[i]) or g.labels[i] == HOLE
+        is_hole = g.labels[i] == HOLE
         child_fields = None if is_hole else frozenset((g.fields[c], _filler(g.labels[c], bool(kids[c])))
                                                       for c in kids[i])
         store = simple = False
@@ -182,8 +182,8 @@ class Grammar:
         return _Context(parent, fld, child_fields, store, simple, in_loop, function, in_comp, outermost, under_fstring)
 
     # -- the mask ------------------------------------------------------------------------------------------
-    def allowed(self, g: Asg, i: int, kids: list[list[int]] | None = None, holes: Sequence[bool] = ()) -> torch.Tensor:
-        ctx = self.context(g, i, kids, holes)
+    def allowed(self, g: Asg, i: int, kids: list[list[int]] | None = None) -> torch.Tensor:
+        ctx = self.context(g, i, kids)
         mask = self._cache.get(ctx)
         if mask is None:
             mask = self._cache[ctx] = self._mask(ctx)

@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ml.dataset import is_heldout
 from ml.graph_repair.asg import HOLE, MASK, NONE, UNK_IDENT, UNK_LITERAL, Asg, from_code, is_valid, to_code
 from ml.graph_repair.corrupt import NOISE_LEVELS, corrupt
 from ml.graph_repair.edits import RepairTree
 from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary, is_name
 from ml.graph_repair.logic import violations
-from ml.graph_repair.models import GraphUNet, TreeTransformer, graph_batch, sequence_batch
+from ml.graph_repair.models import GraphUNet, TreeTransformer, graph_batch, sequence_batch, transformer_matching
 
 MODELS = ("graph_unet", "transformer")
 
@@ -56,8 +57,6 @@ def graph_of(row: dict, prefix: str = "") -> Asg:
 def graph_rows(units: Iterable[dict], language: str, rename: Callable[[str], object], min_nodes: int,
                max_nodes: int, max_functions: int, heldout_fraction: float) -> tuple[list[dict], Counter, Counter]:
     """Graph rows of code units (alpha-renamed by ``rename``), skips by reason, and edge counts by type."""
-    from ml.dataset import is_heldout
-
     rows, skipped, edges = [], Counter(), Counter()
     for unit in units:
         try:
@@ -239,13 +238,14 @@ class Decoder:
             if (filled := filled + 1) > 1000:
                 raise RuntimeError("hole expansion does not end (a recursive prior)")
             h = queue.pop(0)
-            mask = self.allowed(tree, h, unsettled)
-            options = self.priors.get((tree.labels[tree.parent[h]], tree.fields[h]), [])
-            pick = next((i for i in options if mask[i]), None)
-            if pick is None:
-                pick = int(mask.nonzero()[0])
-            tree.relabel(h, self.vocab.labels[pick])
+            tree.relabel(h, self.prior_label(tree, h, unsettled))
             queue += tree.expand(h)
+
+    def prior_label(self, tree: RepairTree, node: int, unsettled: Container[int] = ()) -> str:
+        """The node's slot's most frequent label in the training graphs that the mask allows."""
+        mask = self.allowed(tree, node, unsettled)
+        options = self.priors.get((tree.labels[tree.parent[node]], tree.fields[node]), [])
+        return self.vocab.labels[next((i for i in options if mask[i]), int(mask.nonzero()[0]))]
 
     def one_shot(self, g: Asg, logits: torch.Tensor, rng: random.Random | None = None) -> tuple[RepairTree, set]:
         tree = RepairTree.from_asg(g)
@@ -357,12 +357,13 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
                             tree.relabel(d, MASK)
                             pending[b].add(d)
     for tree, left in zip(trees, pending, strict=True):  # rounds ran out: the slot's prior settles the rest
-        for n in sorted(left, key=tree.order().index):
+        position = {n: i for i, n in enumerate(tree.order())}
+        for n in sorted(left, key=position.__getitem__):
             decoder.prior_settled += 1
-            was_hole = tree.labels[n] == HOLE
-            decoder.fill_holes(tree, [n]) if was_hole else tree.relabel(n, decoder.vocab.labels[
-                next((i for i in decoder.priors.get((tree.labels[tree.parent[n]], tree.fields[n]), [])
-                      if decoder.allowed(tree, n)[i]), int(decoder.allowed(tree, n).nonzero()[0]))])
+            if tree.labels[n] == HOLE:
+                decoder.fill_holes(tree, [n])
+            else:
+                tree.relabel(n, decoder.prior_label(tree, n))
     return trees
 
 
@@ -471,8 +472,6 @@ def load_denoiser(folder: Path) -> tuple[nn.Module, Vocabulary, dict, dict]:
 def build_model(kind: str, vocab_size: int, hidden: int, depth: int, target_params: int | None = None) -> nn.Module:
     if kind == "graph_unet":
         return GraphUNet(vocab_size, hidden=hidden, depth=depth, ff=4 * hidden)
-    from ml.graph_repair.models import transformer_matching
-
     if target_params is None:
         raise ValueError("the transformer baseline is sized to the graph model: give target_params")
     return transformer_matching(target_params, vocab_size, hidden)
