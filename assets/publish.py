@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ml.schemas import to_table
+from ml.training.glue import MAX_STEPS
 from resources import ArtifactStore, DuckDBCatalog
 from resources.artifacts import SIDECARS
 
@@ -154,11 +155,13 @@ def skip_metadata(skipped: Mapping[str, int]) -> dict:
 
 
 def log_progress(context: dg.AssetExecutionContext, what: str) -> Callable[[int, dict], None]:
-    """A training ``on_log`` callback that writes each log entry's numbers to the run log."""
+    """A training ``on_log`` callback that writes each log entry's numbers to the run log, as ``step N/MAX`` when
+    the entry says the run's planned steps (the demo's progress bar reads it)."""
 
     def on_log(step: int, logs: dict) -> None:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, int | float))
-        context.log.info(f"{what} step {step}: {shown}")
+        total = logs.get(MAX_STEPS)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, int | float) and k != MAX_STEPS)
+        context.log.info(f"{what} step {step}{f'/{total}' if total else ''}: {shown}")
 
     return on_log
 

@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from tests.conftest import FIXTURES
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_data_only_demo_runs_the_autocomplete_data_and_summarizes(astforge_home, tmp_path, monkeypatch, capsys):
-    import demo
 
+def test_data_only_demo_prints_a_line_per_step_and_logs_everything_to_its_file(astforge_home, tmp_path):
+    """`make demo` as a user runs it: a separate process whose screen is a pipe."""
     dagster_home = tmp_path / "dagster"
     dagster_home.mkdir()
-    shutil.copy(demo.__file__.replace("demo.py", "config/dagster.yaml"), dagster_home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    monkeypatch.setenv("ASTFORGE_SOURCE_PYTHON", f"dir:{FIXTURES / 'python'}")
-    assert demo.main(["--groups", "autocomplete", "--data-only"]) == 0
-    out = capsys.readouterr().out
-    assert "[astforge] ast_data_job [python] ok" in out and "[astforge] autocomplete_data_job [python] ok" in out
-    assert "peak memory so far" in out
+    shutil.copy(ROOT / "config" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), ASTFORGE_HOME=str(astforge_home),
+               ASTFORGE_SOURCE_PYTHON=f"dir:{FIXTURES / 'python'}")
+    log_file = tmp_path / "demo.log"
+    proc = subprocess.run([sys.executable, "demo.py", "--groups", "autocomplete", "--data-only", "--log-file",
+                           str(log_file)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert proc.stderr == ""  # warnings and Dagster's log went to the file
+    lines = out.splitlines()
+    assert lines[0] == f"[astforge] a line per step; the full log: {log_file}"
+    assert "[astforge] ast_data_job [python]" in lines and "[astforge] autocomplete_data_job [python]" in lines
+    step = next(line for line in lines if "✓ fim_samples" in line)
+    assert int(step.split("training_rows ")[1].replace(",", "")) > 0
+    assert "DEBUG" not in out and "STEP_START" not in out
+    assert len(lines) < 60  # a screen
     rows = out[out.index("Rows (from the catalog"):]
     header = rows.splitlines()[1].split()
     assert header == ["python"]  # one column per slice present
     fim = next(line for line in rows.splitlines() if line.strip().startswith("fim_samples"))
     assert int(fim.split()[1]) > 0
     assert "autocomplete_job" not in out  # --data-only trains nothing
+    assert f"the full log: {log_file}" in lines[-1]
+    log = log_file.read_text()
+    assert "STEP_START" in log and "DEBUG" in log and "fim_samples" in log  # every event, DEBUG included
 
 
 def test_pivot_puts_each_slice_in_its_column(capsys):

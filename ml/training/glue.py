@@ -22,14 +22,17 @@ def precision_args(plan: ComputePlan) -> dict:
     }
 
 
+MAX_STEPS = "max_steps"  # added to each log entry: the run's planned steps, for a progress bar
+
+
 def log_callback(on_log: OnLog):
-    """A ``TrainerCallback`` that hands each log entry to ``on_log(step, logs)``."""
+    """A ``TrainerCallback`` that hands each log entry to ``on_log(step, logs)``, with the run's ``max_steps``."""
     from transformers import TrainerCallback
 
     class StreamLogs(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs:
-                on_log(int(state.global_step), dict(logs))
+                on_log(int(state.global_step), {**logs, MAX_STEPS: int(state.max_steps)})
 
     return StreamLogs()
 
