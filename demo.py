@@ -34,6 +34,9 @@ from resources import DuckDBCatalog  # noqa: E402
 from resources.recovery import recover_dead_runs  # noqa: E402
 from resources.settings import astforge_home  # noqa: E402
 
+# The per-row datasets, whose row counts per slice the summary tabulates (models and reports have their step lines).
+DATASETS = ("source_files", "code_units", "ast_corpus", "nl_ast_pairs", "fim_samples", "domain_corpus", "dsl_queries",
+            "dsl_dataset", "dsl_training_corpus", "srl_tasks", "srl_teacher_traces", "asg_corpus", "repair_dataset")
 DSL_HEADLINE = ("schema_valid_rate", "semantic_pass_rate", "exact_match_rate_constrained", "comparison_f1_constrained",
                 "semantic_pass_rate_constrained", "heldout_schema_valid_rate", "heldout_comparison_f1_constrained",
                 "heldout_semantic_pass_rate_constrained")
@@ -208,14 +211,14 @@ class Demo:
             print_gguf(gguf["path"])
         print_srl(catalog)
         print_graph_repair(catalog)
-        print_pivot("Rows (from the catalog; one column per slice, `all` = unpartitioned)",
-                    [(r["asset_key"], r["partition"], r["rows"]) for r in rows])
-        skips = catalog.query(
-            "SELECT asset_key || ' ' || reason AS what, partition, sum(count) AS n FROM skipped_inputs "
-            "GROUP BY ALL HAVING sum(count) > 0 ORDER BY what"
-        )
-        if skips:
-            print_pivot("Skipped inputs (asset and reason)", [(s["what"], s["partition"], s["n"]) for s in skips])
+        datasets = [(r["asset_key"], r["partition"], r["rows"]) for r in rows if r["asset_key"] in DATASETS]
+        if datasets:
+            print_pivot("Datasets (rows from the catalog; one column per slice, `all` = unpartitioned)", datasets)
+        [skips] = catalog.query("SELECT coalesce(sum(count), 0) AS n, count(DISTINCT asset_key) AS assets "
+                                "FROM skipped_inputs WHERE count > 0")
+        if skips["n"]:
+            print(f"  skipped inputs: {int(skips['n']):,} in {skips['assets']} assets, by reason: "
+                  "SELECT * FROM skipped_inputs")
         print(f"\nCatalog: {catalog.db_path}")
         print(f"  query it: .venv/bin/python -c \"import duckdb; print(duckdb.connect('{catalog.db_path}', "
               "read_only=True).sql('SELECT * FROM artifacts'))\"")

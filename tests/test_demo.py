@@ -33,7 +33,7 @@ def test_data_only_demo_prints_a_line_per_step_and_logs_everything_to_its_file(a
     assert int(step.split("training_rows ")[1].replace(",", "")) > 0
     assert "DEBUG" not in out and "STEP_START" not in out
     assert len(lines) < 60  # a screen
-    rows = out[out.index("Rows (from the catalog"):]
+    rows = out[out.index("Datasets (rows from the catalog"):]
     header = rows.splitlines()[1].split()
     assert header == ["python"]  # one column per slice present
     fim = next(line for line in rows.splitlines() if line.strip().startswith("fim_samples"))
