@@ -7,6 +7,7 @@ import statistics
 import dagster as dg
 
 from assets.corpus import code_units
+from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
 from assets.publish import png_markdown, publish_rows, read_upstream, skip_metadata
 from ml.codec.tokens import text_to_tokens
@@ -48,6 +49,7 @@ def _length_metadata(rows: list[dict], title: str, cap: int) -> dict:
     deps=[code_units],
     description="Phase 1 rows: alpha-renamed functions serialized as reversible AST token sequences.",
     kinds={"python", "parquet", "duckdb"},
+    op_tags=DATA_STEP,
     check_specs=[
         dg.AssetCheckSpec("roundtrip_exact", asset="ast_corpus", blocking=True,
                           description="Every stored sequence decodes back to the AST of its function."),
@@ -106,6 +108,7 @@ def ast_corpus(
     deps=[ast_corpus],
     description="Phase 2 rows: docstring text -> AST tokens of the function (docstring removed from the target).",
     kinds={"python", "parquet", "duckdb"},
+    op_tags=DATA_STEP,
 )
 def nl_ast_pairs(
     context: dg.AssetExecutionContext, config: AstCorpusConfig, artifacts: ArtifactStore, catalog: DuckDBCatalog

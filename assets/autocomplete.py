@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from assets.autocomplete_data import GROUP, domain_corpus, domain_rows, fim_samples, rows_of
 from assets.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, Seed, TrainFraction
+from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.publish import UNPARTITIONED as P
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder
@@ -68,7 +69,7 @@ class AutocompleteEvalConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, deps=[fim_samples, domain_corpus, pretrained_base], kinds={"huggingface", "pytorch"},
           description="M0: the pretrained base with the FIM tokens (<|fim_prefix|>, <|fim_suffix|>, <|fim_middle|>) "
-                      "appended to its vocabulary and embedding matrix.")
+                      "appended to its vocabulary and embedding matrix.", op_tags=MODEL_STEP)
 def autocomplete_base_model(context: dg.AssetExecutionContext, config: AutocompleteBaseModelConfig,
                             artifacts: ArtifactStore, catalog: DuckDBCatalog,
                             compute: ComputeResource) -> dg.MaterializeResult:
@@ -147,6 +148,7 @@ def _train(context, config: StageConfig, artifacts, catalog, compute, rows: list
 
 
 @dg.asset(group_name=GROUP, deps=[autocomplete_base_model, fim_samples], pool="gpu", kinds={"pytorch", "huggingface"},
+          op_tags=TRAINING_STEP,
           description="M1: LoRA (and the FIM token rows) on the general FIM + comment-to-code mix, prompt masked.")
 def autocomplete_stage_a_adapter(context: dg.AssetExecutionContext, config: StageAConfig, artifacts: ArtifactStore,
                                  catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
@@ -156,7 +158,7 @@ def autocomplete_stage_a_adapter(context: dg.AssetExecutionContext, config: Stag
 
 
 @dg.asset(group_name=GROUP, deps=[autocomplete_stage_a_adapter, domain_corpus], pool="gpu",
-          kinds={"pytorch", "huggingface"},
+          kinds={"pytorch", "huggingface"}, op_tags=TRAINING_STEP,
           description="M2: Stage A's LoRA continued on the domain rows, with replay_ratio of Stage A rows mixed in.")
 def autocomplete_stage_b_adapter(context: dg.AssetExecutionContext, config: StageBConfig, artifacts: ArtifactStore,
                                  catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
@@ -187,7 +189,7 @@ def _load(catalog: DuckDBCatalog, model: str, plan):
 
 
 @dg.asset(group_name=GROUP, deps=[autocomplete_base_model, autocomplete_stage_a_adapter, autocomplete_stage_b_adapter],
-          pool="gpu", kinds={"pytorch", "markdown"},
+          pool="gpu", kinds={"pytorch", "markdown"}, op_tags=TRAINING_STEP,
           # a new adapter (a re-trained stage) re-runs the comparison when the automation sensor is on
           automation_condition=dg.AutomationCondition.eager(),
           description="M0 vs M1 vs M2 on held-out single-line infilling (generic slices, the domain) and HumanEval "

@@ -8,6 +8,7 @@ from pydantic import model_validator
 
 from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, Seed, TrainFraction
 from assets.corpus import code_units
+from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
 from assets.publish import UNPARTITIONED, publish_rows, read_upstream, skip_metadata
 from ml.autocomplete.fim import FimRates, dataset_rows
@@ -71,6 +72,7 @@ def _row_metadata(rows: list[dict]) -> dict:
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
+          op_tags=DATA_STEP,
           description="Fill-in-the-middle (PSM and SPM; character or AST-node spans) and comment-to-code rows from "
                       "the slice's code units, split by file; held-out files give single-line infilling tasks.")
 def fim_samples(context: dg.AssetExecutionContext, config: FimRowsConfig, artifacts: ArtifactStore,
@@ -87,7 +89,7 @@ def fim_samples(context: dg.AssetExecutionContext, config: FimRowsConfig, artifa
     return dg.MaterializeResult(metadata={"units": len(units), **_row_metadata(rows)})
 
 
-@dg.asset(group_name=GROUP, kinds={"python", "parquet", "duckdb"},
+@dg.asset(group_name=GROUP, kinds={"python", "parquet", "duckdb"}, op_tags=DATA_STEP,
           description="Stage B domain corpus: the code examples in the aws-cdk-lib wheel's docstrings (or dir:/zip: "
                       "sources of your own), parsed, deduplicated, made into FIM / comment-to-code rows and held-out "
                       "infilling tasks like fim_samples.")

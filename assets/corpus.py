@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import dagster as dg
 
+from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
 from assets.publish import publish_rows, read_upstream, skip_metadata
 from ml.corpus.ingest import FileRow, extract_units, read_files
@@ -26,6 +27,7 @@ class CodeUnitsConfig(dg.Config):
     partitions_def=language_slices,
     description="Source files of one language slice, filtered (binary, non-UTF-8, minified, oversized).",
     kinds={"python", "parquet", "duckdb"},
+    op_tags=DATA_STEP,
 )
 def source_files(
     context: dg.AssetExecutionContext, corpus: CorpusResource, artifacts: ArtifactStore, catalog: DuckDBCatalog
@@ -67,6 +69,7 @@ def source_files(
     deps=[source_files],
     description="Function/method-level code units with content-hash ids, exact duplicates removed.",
     kinds={"python", "parquet", "duckdb"},
+    op_tags=DATA_STEP,
 )
 def code_units(
     context: dg.AssetExecutionContext, config: CodeUnitsConfig, artifacts: ArtifactStore, catalog: DuckDBCatalog

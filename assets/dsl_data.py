@@ -11,6 +11,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, SchemaView, Seed, TrainFraction
+from assets.k8s_tags import DATA_STEP
 from assets.publish import UNPARTITIONED, publish_folder, publish_rows, read_upstream, skip_metadata
 from ml import schemas
 from ml.dsl.dataset import mutated_negatives, request_split, row_id
@@ -98,7 +99,7 @@ def teacher_metadata(teacher) -> dict:
 # ---------------------------------------------------------------------------------------------------- data
 
 
-@dg.asset(group_name=GROUP, kinds={"python"},
+@dg.asset(group_name=GROUP, kinds={"python"}, op_tags=DATA_STEP,
           description="Teacher-invented domains: fields, types, enum values and example requests per domain prompt.")
 def dsl_domain_specs(context: dg.AssetExecutionContext, config: DslDomainSpecsConfig, teacher: TeacherResource,
                      artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
@@ -149,7 +150,7 @@ def dsl_domain_specs(context: dg.AssetExecutionContext, config: DslDomainSpecsCo
     })
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_domain_specs], kinds={"json"},
+@dg.asset(group_name=GROUP, deps=[dsl_domain_specs], kinds={"json"}, op_tags=DATA_STEP,
           description="One JSON Schema per domain: its fields and enums plus a seeded operator sample, injected "
                       "into the base query-schema template.")
 def dsl_schemas(context: dg.AssetExecutionContext, config: DslSchemasConfig, artifacts: ArtifactStore,
@@ -185,7 +186,7 @@ def dsl_schemas(context: dg.AssetExecutionContext, config: DslSchemasConfig, art
     })
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_schemas], kinds={"python"},
+@dg.asset(group_name=GROUP, deps=[dsl_schemas], kinds={"python"}, op_tags=DATA_STEP,
           description="Natural-language requests per schema, in English and French, split train / test / held-out "
                       "domain.")
 def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, teacher: TeacherResource,
@@ -219,7 +220,7 @@ def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, tea
     })
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_queries], kinds={"duckdb"},
+@dg.asset(group_name=GROUP, deps=[dsl_queries], kinds={"duckdb"}, op_tags=DATA_STEP,
           description="(schema, request) → AST rows labelled by the teacher and validated with jsonschema, plus "
                       "schema-invalid negatives made by seeded mutations.")
 def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, teacher: TeacherResource,
@@ -258,7 +259,7 @@ def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, tea
     })
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_dataset], kinds={"duckdb"},
+@dg.asset(group_name=GROUP, deps=[dsl_dataset], kinds={"duckdb"}, op_tags=DATA_STEP,
           description="Prompt (instruction + schema + request) and completion (compact JSON AST) rows.")
 def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCorpusConfig,
                         artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:

@@ -22,6 +22,7 @@ from assets.config_checks import (
     TrainFraction,
 )
 from assets.dsl_data import GROUP, P, dsl_training_corpus, specs_and_schemas, teacher_call, teacher_metadata
+from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, publish_rows, read_upstream
 from ml import schemas
@@ -117,7 +118,7 @@ class DslDpoConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, deps=[dsl_training_corpus, pretrained_base], kinds={"huggingface", "pytorch"},
           description="The student's base: Gemma 3 (tiny: built from config with a BPE tokenizer trained on the "
-                      "training prompts; otherwise a hub id or local folder).")
+                      "training prompts; otherwise a hub id or local folder).", op_tags=MODEL_STEP)
 def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig, artifacts: ArtifactStore,
                    catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from ml.training.ast_tokenizer import build_ast_tokenizer
@@ -140,13 +141,12 @@ def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig
                           upstream={"dsl_training_corpus": entry["data_version"], **base_lineage(catalog, base)}).path
     return dg.MaterializeResult(metadata={
         "base_model": config.base_model, "parameters": n_params, "vocab_size": len(tok),
-        "architecture": type(model).__name__, "device": plan.device, "path": dg.MetadataValue.path(str(path)),
-    })
+        "architecture": type(model).__name__, "device": plan.device, "path": dg.MetadataValue.path(str(path))})
 
 
 @dg.asset(group_name=GROUP, deps=[dsl_base_model, dsl_training_corpus], pool="gpu", kinds={"pytorch", "huggingface"},
           description="LoRA SFT of the student on prompt → AST with completion-only loss and early stopping; "
-                      "semantic_pass_rate is probed at each evaluation.")
+                      "semantic_pass_rate is probed at each evaluation.", op_tags=TRAINING_STEP)
 def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, teacher: TeacherResource,
                     artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
@@ -263,7 +263,7 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
     })
 
 
-@dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_base_model], kinds={"pytorch"},
+@dg.asset(group_name=GROUP, pool="gpu", op_tags=TRAINING_STEP, deps=[dsl_base_model], kinds={"pytorch"},
           description="M0: the untrained base, measured like dsl_sft_eval with schema-constrained decoding (seen and "
                       "held-out domains, same metric names), so the report shows what training adds.")
 def dsl_base_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
@@ -271,7 +271,7 @@ def dsl_base_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teac
     return _evaluate(context, config, teacher, artifacts, catalog, compute, "dsl_base_model")
 
 
-@dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_sft_adapter], kinds={"pytorch"},
+@dg.asset(group_name=GROUP, pool="gpu", op_tags=TRAINING_STEP, deps=[dsl_sft_adapter], kinds={"pytorch"},
           description="SFT student: parse, schema validity, exact match, teacher verdict; unconstrained and "
                       "schema-constrained; seen and held-out domains. Per-request rows in eval_results.")
 def dsl_sft_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
@@ -281,7 +281,7 @@ def dsl_sft_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teach
 
 @dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_sft_adapter, dsl_training_corpus], kinds={"duckdb"},
           description="Preference pairs: prompt → chosen (the teacher's AST) / rejected (the SFT student's output) "
-                      "on training requests the teacher rejected.")
+                      "on training requests the teacher rejected.", op_tags=TRAINING_STEP)
 def dsl_dpo_pairs(context: dg.AssetExecutionContext, config: DslDpoPairsConfig, teacher: TeacherResource,
                   artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
@@ -309,11 +309,11 @@ def dsl_dpo_pairs(context: dg.AssetExecutionContext, config: DslDpoPairsConfig, 
     return dg.MaterializeResult(metadata={
         "pairs": len(pairs), "candidates": len(candidates), **{k: v for k, v in stats.items()},
         "sample": dg.MetadataValue.json([{k: p[k] for k in ("chosen", "rejected", "reason")} for p in pairs[:3]]),
-        **teacher_metadata(t),
-    })
+        **teacher_metadata(t)})
 
 
-@dg.asset(group_name=GROUP, deps=[dsl_dpo_pairs, dsl_sft_adapter], pool="gpu", kinds={"pytorch", "huggingface"},
+@dg.asset(group_name=GROUP, deps=[dsl_dpo_pairs, dsl_sft_adapter], pool="gpu", op_tags=TRAINING_STEP,
+          kinds={"pytorch", "huggingface"},
           description="TRL DPO from the SFT adapter; the frozen SFT student is the reference (KL anchor).")
 def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, artifacts: ArtifactStore,
                     catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
@@ -361,7 +361,7 @@ def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, art
     })
 
 
-@dg.asset(group_name=GROUP, pool="gpu", deps=[dsl_dpo_adapter], kinds={"pytorch"},
+@dg.asset(group_name=GROUP, pool="gpu", op_tags=TRAINING_STEP, deps=[dsl_dpo_adapter], kinds={"pytorch"},
           description="DPO student, measured exactly like dsl_sft_eval.")
 def dsl_dpo_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teacher: TeacherResource,
                  artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
@@ -369,7 +369,7 @@ def dsl_dpo_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teach
 
 
 @dg.asset(group_name=GROUP, deps=[dsl_base_eval, dsl_sft_eval, dsl_dpo_eval], kinds={"markdown"},
-          automation_condition=dg.AutomationCondition.eager(),
+          automation_condition=dg.AutomationCondition.eager(), op_tags=DATA_STEP,
           description="Markdown report: base (M0) vs SFT vs DPO table, training curves and rate plots, sample JSON.")
 def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:

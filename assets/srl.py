@@ -14,6 +14,7 @@ from pydantic import model_validator
 
 from assets.config_checks import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Seed
 from assets.corpus import code_units
+from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.partitions import language_slices
 from assets.publish import (
@@ -130,7 +131,7 @@ def _family_table(counts: Counter, extra: dict[str, Counter] | None = None) -> s
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
           description="Rewrite tasks: the slice's code units where a family of the catalog (ml/srl/families.py) "
                       "matches; code, a plain-English instruction and the expected rewrite. Families are split "
-                      "train / held-out.")
+                      "train / held-out.", op_tags=DATA_STEP)
 def srl_tasks(context: dg.AssetExecutionContext, config: SrlTasksConfig, artifacts: ArtifactStore,
               catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.srl.families import families_for
@@ -160,6 +161,7 @@ def srl_tasks(context: dg.AssetExecutionContext, config: SrlTasksConfig, artifac
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_tasks], kinds={"python", "parquet", "duckdb"},
+          op_tags=DATA_STEP,
           description="The teacher's step (think / action / state_update) per task, executed in the sandbox "
                       "(ast-grep rewrite, parse, expected code, Python behaviour on generated inputs); kept when "
                       "trace_quality >= min_quality, at most max_per_family per family. Rejections by reason.")
@@ -200,7 +202,7 @@ def srl_teacher_traces(context: dg.AssetExecutionContext, config: SrlTracesConfi
     })
 
 
-@dg.asset(group_name=GROUP, deps=[pretrained_base], kinds={"huggingface", "pytorch"},
+@dg.asset(group_name=GROUP, deps=[pretrained_base], kinds={"huggingface", "pytorch"}, op_tags=MODEL_STEP,
           description="The pretrained base with <think>, </think>, <action>, </action>, <state_update>, "
                       "</state_update> appended as atomic tokens (embedding rows at the mean of the old ones).")
 def srl_base_model(context: dg.AssetExecutionContext, config: SrlBaseModelConfig, artifacts: ArtifactStore,
@@ -237,7 +239,7 @@ def train_rows(catalog: DuckDBCatalog, language: str) -> tuple[list[dict], str]:
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_base_model, srl_teacher_traces], pool="gpu",
-          kinds={"pytorch", "huggingface"},
+          kinds={"pytorch", "huggingface"}, op_tags=TRAINING_STEP,
           description="The student: a LoRA warm-up on the train families' traces (completion-only loss; the tag "
                       "rows train too) in warmup/, then TRL GRPO with a fresh LoRA on base + warm-up merged, on the "
                       "structured reward (0.5 action + 0.3 state + 0.2 think; malformed = penalty) with beta x KL "
@@ -325,6 +327,7 @@ def heldout_inputs(catalog: DuckDBCatalog, language: str, n: int, seed: int, ass
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
           pool="gpu", kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(),
+          op_tags=TRAINING_STEP,
           description="Base (lower bound), student and teacher (upper bound) on held-out rewrite families: "
                       "trace_parse_rate, action_fidelity, state_faithfulness, think_similarity, brevity_penalty, "
                       "kl_per_token, execution_success (the policy's own action run in the sandbox), think_tokens, "

@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import model_validator
 
 from assets.config_checks import PositiveInt
+from assets.k8s_tags import TRAINING_STEP
 from assets.partitions import language_slices
 from assets.publish import UNPARTITIONED, checkpoint_dir, log_progress, png_markdown, publish_folder
 from assets.srl import (
@@ -63,7 +64,7 @@ class SrlAblationConfig(SrlAdapterConfig):
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
-          pool="gpu", kinds={"pytorch", "markdown"},
+          pool="gpu", kinds={"pytorch", "markdown"}, op_tags=TRAINING_STEP,
           description="Ablations of the GRPO step as configurations of the same recipe: lambda (beta), the malformed "
                       "penalty and the reward weights, one at a time, each continuing srl_adapter's warm-up and "
                       "evaluated on the held-out families. A table and a plot compare them (srl_ablation_job).")

@@ -10,9 +10,10 @@ around pools (``gpu``).
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import dagster as dg
 
@@ -107,4 +108,26 @@ pool_recovering_executor = dg.ExecutorDefinition(
     "whose processes are gone and frees their pool slots, and says at INFO why a step waits for a pool.",
 )
 
-__all__ = ["PoolRecoveringExecutor", "pool_recovering_executor"]
+EXECUTOR_ENV = "ASTFORGE_EXECUTOR"
+
+
+def selected_executor(env: Mapping[str, str] = os.environ) -> dg.ExecutorDefinition:
+    """The executor ``ASTFORGE_EXECUTOR`` names: ``local`` (the default) or ``k8s``.
+
+    ``k8s`` is dagster-k8s's ``k8s_job_executor``: one Kubernetes Job per step, sized by the step's
+    ``dagster-k8s/config`` tag (assets/k8s_tags.py); set in deploy/helm/values.yaml. It is not wrapped in the
+    dead-run check: that judges runs by the pids of this machine, while under the K8sRunLauncher the daemon's run
+    monitoring sees a dead run pod and frees its pool slots. Pools themselves hold across pods (instance storage).
+    """
+    name = (env.get(EXECUTOR_ENV) or "local").strip().lower()
+    if name == "local":
+        return pool_recovering_executor
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"{EXECUTOR_ENV}={env.get(EXECUTOR_ENV)!r} is not an executor: use 'local' (the default, "
+                     "this machine's processes) or 'k8s' (a Kubernetes Job per step; see deploy/README.md)")
+
+
+__all__ = ["EXECUTOR_ENV", "PoolRecoveringExecutor", "pool_recovering_executor", "selected_executor"]
