@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+from pydantic import model_validator
 
 from assets.ast_first import ast_corpus, nl_ast_pairs
 from assets.config_checks import (
@@ -17,8 +18,10 @@ from assets.config_checks import (
     TrainableEmbeddings,
     TrainFraction,
 )
+from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.partitions import language_slices
+from assets.pipes_training import LAUNCH_SETTINGS, Launcher, checkpoint_world, train_phase1_through_pipes
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream
 from ml.languages import get_language
 from resources import ArtifactStore, DuckDBCatalog
@@ -58,6 +61,20 @@ class PhaseTrainingConfig(dg.Config):
     max_eval_rows: NonNegativeInt = 64  # 0 = no held-out loss during training
 
 
+class Phase1TrainingConfig(PhaseTrainingConfig):
+    # "pipes": the trainer runs in `nproc_per_node` torchrun processes (data-parallel: gloo on CPU, NCCL on GPU)
+    # launched through Dagster Pipes; "in_process": in the step's own process, one process.
+    launcher: Launcher = "in_process"
+    nproc_per_node: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _processes_need_a_launcher(self):
+        if self.nproc_per_node > 1 and self.launcher != "pipes":
+            raise ValueError(f"nproc_per_node={self.nproc_per_node} needs launcher: pipes (in_process runs one "
+                             "process)")
+        return self
+
+
 class Phase2TrainingConfig(PhaseTrainingConfig):
     max_steps: PositiveInt = _P.phase2_steps
 
@@ -80,7 +97,7 @@ def _require_rows(rows: list, what: str, language: str) -> None:
 
 @dg.asset(group_name="ast_first", partitions_def=language_slices, deps=[ast_corpus, nl_ast_pairs, pretrained_base],
           description="Base tokenizer (BPE trained on the slice for tiny: bases) + AST tokens in a disjoint id range.",
-          kinds={"huggingface"})
+          kinds={"huggingface"}, op_tags=MODEL_STEP)
 def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig, artifacts: ArtifactStore,
                   catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.codec.tokens import SEP, text_to_tokens
@@ -115,7 +132,7 @@ def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig,
 
 @dg.asset(group_name="ast_first", partitions_def=language_slices, deps=[ast_tokenizer],
           description="The base causal LM with embeddings resized for the AST vocabulary (tiny: built from config).",
-          kinds={"huggingface", "pytorch"})
+          kinds={"huggingface", "pytorch"}, op_tags=MODEL_STEP)
 def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig, artifacts: ArtifactStore,
                    catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
@@ -169,9 +186,9 @@ def _training_result(context, catalog: DuckDBCatalog, result, path: Path, extra:
 
 
 @dg.asset(group_name="ast_first", partitions_def=language_slices, deps=[ast_base_model, ast_corpus],
-          pool="gpu", kinds={"pytorch", "huggingface"},
+          pool="gpu", op_tags=TRAINING_STEP, kinds={"pytorch", "huggingface"},
           description="Phase 1: LoRA (+ trainable AST embedding rows) on AST-only sequences, P(AST).")
-def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingConfig, artifacts: ArtifactStore,
+def ast_phase1_adapter(context: dg.AssetExecutionContext, config: Phase1TrainingConfig, artifacts: ArtifactStore,
                        catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
@@ -188,16 +205,23 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
     _require_rows(texts, "ast_corpus (after the length filter)", language)
     context.log.info(f"phase 1 [{language}]: {len(texts)} sequences ({dropped} longer than "
                      f"{config.max_length} tokens dropped), {len(eval_texts)} held out")
+    settings = config.model_dump(exclude=LAUNCH_SETTINGS)
     work = checkpoint_dir(artifacts, "ast_phase1_adapter", language,
-                     {"base": base["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
+                     {"base": base["data_version"], "data": entry["data_version"], "cfg": settings,
+                      **checkpoint_world(config.nproc_per_node)})
     plan = compute.plan()
     holder = {}
 
     def build(tmp: Path) -> None:
         tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
-        holder["result"] = train_phase1(base["path"], tok, texts, eval_texts, tmp, work,
-                                        phase_config(config.model_dump(), tiny_base=tiny), plan,
-                                        on_log=log_progress(context, f"phase 1 [{language}]"))
+        cfg = phase_config(settings, tiny_base=tiny)
+        if config.launcher == "pipes":
+            holder["result"] = train_phase1_through_pipes(
+                context, staging=tmp, nproc_per_node=config.nproc_per_node, base_dir=base["path"], texts=texts,
+                eval_texts=eval_texts, work_dir=work, phase_config=cfg, plan=plan, what=f"phase 1 [{language}]")
+        else:
+            holder["result"] = train_phase1(base["path"], tok, texts, eval_texts, tmp, work, cfg, plan,
+                                            on_log=log_progress(context, f"phase 1 [{language}]"))
         _save_curve(tmp, holder["result"], f"ast_phase1_adapter[{language}]")
 
     path = publish_folder(
@@ -207,11 +231,12 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: PhaseTrainingC
     return _training_result(context, catalog, holder["result"], path, {
         "train_sequences": len(texts), "dropped_too_long": dropped, "heldout_sequences": len(eval_texts),
         "device": plan.device, "backend": plan.backend, "checkpoints": dg.MetadataValue.path(str(work)),
+        "launcher": config.launcher, "processes": config.nproc_per_node,
     })
 
 
 @dg.asset(group_name="ast_first", partitions_def=language_slices,
-          deps=[ast_phase1_adapter, nl_ast_pairs], pool="gpu", kinds={"pytorch", "huggingface"},
+          deps=[ast_phase1_adapter, nl_ast_pairs], pool="gpu", op_tags=TRAINING_STEP, kinds={"pytorch", "huggingface"},
           description="Phase 2: docstring -> AST from the Phase 1 adapter; base and AST embeddings frozen, "
                       "prompt masked from the loss.")
 def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2TrainingConfig, artifacts: ArtifactStore,
@@ -267,7 +292,7 @@ def _merged_loader(base_path: str, adapter_asset: str, adapter: dict, language: 
 
 
 @dg.asset(group_name="ast_first", partitions_def=language_slices,
-          deps=[ast_phase1_adapter, ast_phase2_adapter], kinds={"pytorch"},
+          deps=[ast_phase1_adapter, ast_phase2_adapter], kinds={"pytorch"}, op_tags=MODEL_STEP,
           automation_condition=dg.AutomationCondition.eager(),
           description="Held-out loss, sampled-AST validity (constrained and not), and docstring->AST quality.")
 def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts: ArtifactStore,

@@ -216,7 +216,12 @@ def _make_trainer_class():
             # the same loss from the model's own head (see PhaseConfig.fused_lm_head); no entropy/accuracy metrics
             keys = ("input_ids", "attention_mask", "position_ids", "labels")
             outputs = model(**{k: inputs[k] for k in keys if k in inputs}, num_items_in_batch=num_items_in_batch)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            loss = outputs.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items_in_batch counts every process's tokens and DDP averages the gradients: scale back as
+                # Trainer.compute_loss does, or N torchrun processes train (and log) with 1/N of the loss.
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
 
         def training_step(self, model, inputs, *args, **kwargs):
             t0 = time.perf_counter()
