@@ -219,9 +219,13 @@ class Demo:
         if skips["n"]:
             print(f"  skipped inputs: {int(skips['n']):,} in {skips['assets']} assets, by reason: "
                   "SELECT * FROM skipped_inputs")
-        print(f"\nCatalog: {catalog.db_path}")
-        print(f"  query it: .venv/bin/python -c \"import duckdb; print(duckdb.connect('{catalog.db_path}', "
-              "read_only=True).sql('SELECT * FROM artifacts'))\"")
+        print(f"\nCatalog: {catalog.location}")
+        if catalog.backend == "duckdb":
+            print(f"  query it: .venv/bin/python -c \"import duckdb; print(duckdb.connect('{catalog.db_path}', "
+                  "read_only=True).sql('SELECT * FROM artifacts'))\"")
+        else:
+            print("  query it with psql, or with DuckDB after: .venv/bin/python -m resources.catalog_export --to "
+                  "catalog.duckdb")
         print(f"Dagster instance: {instance.root_directory}")
         print("Open the UI with: make ui   (http://127.0.0.1:3000)")
         print(f"Took {(time.monotonic() - self.started) / 60:.1f} min, peak memory {peak_memory_gib():.1f} GiB"

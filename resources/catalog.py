@@ -8,6 +8,11 @@ anywhere in the transaction leaves the previous rows in place.
 
 The catalog is an index: every artifact folder carries a manifest (resources/artifacts.py), so a
 damaged catalog is rebuilt from the artifact store (resources/catalog_rebuild.py).
+
+Many writers on many machines: the same tables on PostgreSQL (resources/catalog_postgres.py), chosen by the
+resource's ``url`` (or ``ASTFORGE_CATALOG_URL``): ``duckdb:///path/catalog.duckdb`` or
+``postgresql://user:password@host:port/database``. The public methods below are the same for both; each backend
+gives a session (one transaction) that runs the catalog's SQL and replaces a partition's rows.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +32,17 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from resources.artifacts import TRAINING_METRICS, write_json_atomic
+from resources.artifacts import TRAINING_METRICS, ensure_local, write_json_atomic
+from resources.catalog_errors import CatalogDamaged, CatalogLockTimeout, CatalogUnavailable
+from resources.catalog_postgres import PostgresCatalog
 from resources.settings import astforge_home
+
+__all__ = ["CATALOG_URL_ENV", "Catalog", "CatalogDamaged", "CatalogLockTimeout", "CatalogUnavailable",
+           "DuckDBCatalog"]
+
+# Where backfill subprocesses and `dagster dev` learn the catalog's URL when the resource does not set one.
+CATALOG_URL_ENV = "ASTFORGE_CATALOG_URL"
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS artifacts (
@@ -63,14 +77,6 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class CatalogLockTimeout(RuntimeError):
-    pass
-
-
-class CatalogDamaged(dg.Failure):
-    """The catalog file cannot be read. The artifacts are not affected: the catalog is rebuilt from them."""
-
-
 def _lock_conflict(exc: Exception) -> bool:
     text = str(exc).lower()
     return "could not set lock" in text or "conflicting lock" in text
@@ -99,20 +105,84 @@ def damaged_error(db: Path, exc: Exception) -> CatalogDamaged:
     )
 
 
+class _DuckDBSession:
+    """One transaction on the DuckDB file; the same calls as resources/catalog_postgres.PostgresSession."""
+
+    def __init__(self, catalog: DuckDBCatalog, con: duckdb.DuckDBPyConnection):
+        self.catalog, self.con = catalog, con
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        self.con.execute(sql, list(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        if rows:
+            self.con.executemany(sql, [list(r) for r in rows])
+
+    def fetch(self, sql: str, params: Sequence | None = None) -> list[dict]:
+        cur = self.con.execute(sql, list(params or []))
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def replace_rows(self, table: str, partition: str, parquet: Path, exclude: tuple[str, ...],
+                     asset_key: str | None = None) -> None:
+        self.catalog._replace_rows(self.con, table, partition, parquet, exclude, asset_key)
+
+
 class DuckDBCatalog(dg.ConfigurableResource):
-    path: str = ""  # empty: $ASTFORGE_HOME/catalog.duckdb
+    """The catalog resource. Despite the name (kept: assets and users refer to it), it holds the catalog in a
+    DuckDB file or in a PostgreSQL database, by ``url``."""
+
+    # duckdb:///abs/path/catalog.duckdb | postgresql://user:password@host:port/database. Empty: `path` when set,
+    # else $ASTFORGE_CATALOG_URL, else $ASTFORGE_HOME/catalog.duckdb.
+    url: str = ""
+    path: str = ""  # the DuckDB file (the setting before `url`; `url` wins)
     lock_timeout_s: float = 300.0
     _run_id: str | None = PrivateAttr(default=None)
     _log: object = PrivateAttr(default=None)
 
     @property
+    def resolved_url(self) -> str:
+        if self.url:
+            return self.url
+        if self.path:
+            return f"duckdb://{Path(self.path).expanduser().resolve()}"
+        return os.environ.get(CATALOG_URL_ENV, "").strip() or f"duckdb://{astforge_home() / 'catalog.duckdb'}"
+
+    @property
+    def backend(self) -> str:
+        """``duckdb`` or ``postgresql``."""
+        scheme, sep, _ = self.resolved_url.partition("://")
+        if sep and scheme == "duckdb":
+            return "duckdb"
+        if sep and scheme in _POSTGRES_SCHEMES:
+            return "postgresql"
+        raise ValueError(f"catalog url {self.resolved_url!r}: expected duckdb:///path/to/catalog.duckdb or "
+                         f"postgresql://user:password@host:port/database (the resource's `url` or {CATALOG_URL_ENV})")
+
+    @property
     def db_path(self) -> Path:
-        return Path(self.path).expanduser().resolve() if self.path else astforge_home() / "catalog.duckdb"
+        """The DuckDB file (a PostgreSQL catalog has none: see ``location``)."""
+        if self.backend != "duckdb":
+            raise ValueError(f"the catalog is on PostgreSQL ({self.location}), not in a DuckDB file; export it to "
+                             f"one with `python -m resources.catalog_export --to catalog.duckdb`")
+        return Path(self.resolved_url.removeprefix("duckdb://")).expanduser().resolve()
+
+    @property
+    def location(self) -> str:
+        """Where the catalog is, for messages: the DuckDB file, or the PostgreSQL URL without its password."""
+        return str(self.db_path) if self.backend == "duckdb" else self._postgres().location
+
+    def _postgres(self) -> PostgresCatalog:
+        return PostgresCatalog(self.resolved_url, self.lock_timeout_s, self._logger())
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Open the catalog once before the step's work: a damaged file fails the step now, not after hours of it."""
         self._run_id = context.run_id
         self._log = context.log
+        if self.backend == "postgresql":
+            with self._postgres().transaction():
+                pass
+            return
         with self.connect():
             pass
 
@@ -122,7 +192,12 @@ class DuckDBCatalog(dg.ConfigurableResource):
     @contextmanager
     def locked(self) -> Iterator[None]:
         """The catalog's exclusive file lock (``catalog.lock``), which every connection and the rebuild take.
-        The holder writes who it is into the lock file, so a waiter can say whom it waits for."""
+        The holder writes who it is into the lock file, so a waiter can say whom it waits for.
+        On PostgreSQL: the catalog-wide advisory lock, which every writer shares."""
+        if self.backend == "postgresql":
+            with self._postgres().locked():
+                yield
+            return
         db = self.db_path
         db.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -174,6 +249,11 @@ class DuckDBCatalog(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the catalog under its lock: DuckDB's, or on PostgreSQL a psycopg connection."""
+        if self.backend == "postgresql":
+            with self._postgres().connect() as conn:
+                yield conn
+            return
         db = self.db_path
         with self.locked():
             con = self._open(db, time.monotonic() + self.lock_timeout_s)
@@ -250,32 +330,32 @@ class DuckDBCatalog(dg.ConfigurableResource):
         ``table_asset_key``: the table is shared between assets; replace only the rows whose ``asset_key`` is it.
         ``created_at``: the time the artifact's manifest records (default: now)."""
         now = created_at or _now()
+        with self._transaction() as tx:
+            if table and parquet is not None:
+                tx.replace_rows(_ident(table), partition, parquet, exclude_columns, table_asset_key)
+            tx.execute("DELETE FROM skipped_inputs WHERE asset_key = ? AND partition = ?", [asset_key, partition])
+            tx.executemany(
+                "INSERT INTO skipped_inputs VALUES (?, ?, ?, ?, ?, ?)",
+                [[asset_key, partition, run_id, reason, int(count), now]
+                 for reason, count in sorted((skipped or {}).items())],
+            )
+            tx.execute(
+                "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [asset_key, partition, data_version, str(path), json.dumps(dict(upstream or {}), sort_keys=True),
+                 now, run_id, rows],
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_DuckDBSession]:
+        """A writing session: everything in it commits together or not at all."""
+        if self.backend == "postgresql":
+            with self._postgres().write() as session:
+                yield session
+            return
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                if table and parquet is not None:
-                    self._replace_rows(con, _ident(table), partition, parquet, exclude_columns, table_asset_key)
-                con.execute(
-                    "DELETE FROM skipped_inputs WHERE asset_key = ? AND partition = ?", [asset_key, partition]
-                )
-                for reason, count in sorted((skipped or {}).items()):
-                    con.execute(
-                        "INSERT INTO skipped_inputs VALUES (?, ?, ?, ?, ?, ?)",
-                        [asset_key, partition, run_id, reason, int(count), now],
-                    )
-                con.execute(
-                    "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        asset_key,
-                        partition,
-                        data_version,
-                        str(path),
-                        json.dumps(dict(upstream or {}), sort_keys=True),
-                        now,
-                        run_id,
-                        rows,
-                    ],
-                )
+                yield _DuckDBSession(self, con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -314,15 +394,13 @@ class DuckDBCatalog(dg.ConfigurableResource):
         self, *, asset_key: str, partition: str, run_id: str, metrics: Mapping[str, float]
     ) -> None:
         now = _now()
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            con.execute("DELETE FROM eval_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
-                        [asset_key, partition, run_id])
-            con.executemany(
+        with self._transaction() as tx:
+            tx.execute("DELETE FROM eval_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
+                       [asset_key, partition, run_id])
+            tx.executemany(
                 "INSERT INTO eval_metrics VALUES (?, ?, ?, ?, ?, ?)",
                 [[asset_key, partition, run_id, k, float(v), now] for k, v in sorted(metrics.items())],
             )
-            con.execute("COMMIT")
 
     def write_training_curve(
         self, *, asset_key: str, partition: str, run_id: str, points: list[tuple[int, str, float]]
@@ -330,20 +408,18 @@ class DuckDBCatalog(dg.ConfigurableResource):
         """The curve of the run's training; also kept as ``_training_metrics.json`` in the folder this run
         registered (when it did), so that a rebuilt catalog has it too."""
         rows = [[int(s), m, float(v)] for s, m, v in points]
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            con.execute("DELETE FROM training_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
-                        [asset_key, partition, run_id])
-            con.executemany(
+        with self._transaction() as tx:
+            tx.execute("DELETE FROM training_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
+                       [asset_key, partition, run_id])
+            tx.executemany(
                 "INSERT INTO training_metrics VALUES (?, ?, ?, ?, ?, ?)",
                 [[asset_key, partition, run_id, *r] for r in rows],
             )
-            con.execute("COMMIT")
-            found = con.execute(
+            found = tx.fetch(
                 "SELECT path FROM artifacts WHERE asset_key = ? AND partition = ? AND run_id = ? "
-                "ORDER BY created_at DESC LIMIT 1", [asset_key, partition, run_id]).fetchone()
-        if found and Path(found[0]).is_dir():
-            write_json_atomic(Path(found[0]) / TRAINING_METRICS, {"run_id": run_id, "points": rows})
+                "ORDER BY created_at DESC LIMIT 1", [asset_key, partition, run_id])
+        if found and Path(found[0]["path"]).is_dir():
+            write_json_atomic(Path(found[0]["path"]) / TRAINING_METRICS, {"run_id": run_id, "points": rows})
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -356,12 +432,13 @@ class DuckDBCatalog(dg.ConfigurableResource):
 
     def require_artifact(self, asset_key: str, partition: str) -> dict:
         found = self.latest_artifact(asset_key, partition)
-        if found is None or not Path(found["path"]).exists():
+        # A version this machine lacks comes from the object store when there is one (resources/artifacts.py).
+        if found is None or not ensure_local(Path(found["path"])):
             have = [r["partition"] for r in self.query(
                 "SELECT DISTINCT partition FROM artifacts WHERE asset_key = ? ORDER BY partition", [asset_key])]
             where = f"it has the slices {', '.join(have)}" if have else "it has none yet"
             raise dg.Failure(
-                f"no materialization of {asset_key} for slice {partition!r} in the catalog {self.db_path} "
+                f"no materialization of {asset_key} for slice {partition!r} in the catalog {self.location} "
                 f"({where}); materialize {asset_key} first"
             )
         return found
@@ -376,7 +453,14 @@ class DuckDBCatalog(dg.ConfigurableResource):
         return [(int(r["step"]), r["metric"], float(r["value"])) for r in rows]
 
     def query(self, sql: str, params: list | None = None) -> list[dict]:
+        """Rows as dicts. ``?`` placeholders; DuckDB's SQL (on PostgreSQL: see resources/catalog_dialect.py)."""
+        if self.backend == "postgresql":
+            return self._postgres().query(sql, params)
         with self.connect() as con:
             cur = con.execute(sql, params or [])
             cols = [d[0] for d in cur.description] if cur.description else []
             return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+# The resource by what it is now; DuckDBCatalog stays the name assets and existing configs use.
+Catalog = DuckDBCatalog

@@ -12,7 +12,9 @@ partition, data version, upstream, run, time, rows, and the table its ``rows.par
 - ``eval_metrics``: from each folder's flat ``metrics.json`` (the evaluation assets write the same numbers to both);
 - ``training_metrics``: from each folder's ``_training_metrics.json`` (written with the curve since manifests exist).
 
-The old file is kept beside the new one (``catalog.duckdb.before-rebuild-<time>``), never deleted.
+The old file is kept beside the new one (``catalog.duckdb.before-rebuild-<time>``), never deleted. A catalog on
+PostgreSQL (``--catalog postgresql://...`` or ASTFORGE_CATALOG_URL) is rebuilt in one transaction, its old tables
+moved to the schema ``before_rebuild_<time>``.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from pathlib import Path
 import duckdb
 
 from resources.artifacts import TRAINING_METRICS, ArtifactStore
-from resources.catalog import _SCHEMA, DuckDBCatalog, _ident
+from resources.catalog import _SCHEMA, DuckDBCatalog, _DuckDBSession, _ident
+from resources.catalog_postgres import PostgresSession
 
 
 @dataclass
 class RebuildReport:
-    catalog: Path
+    catalog: Path | str  # the DuckDB file, or the PostgreSQL URL without its password
     artifacts_root: Path
-    kept_old: list[Path] = field(default_factory=list)
+    kept_old: list[Path | str] = field(default_factory=list)  # files, or a PostgreSQL schema
     tables: dict[str, int] = field(default_factory=dict)  # table -> rows in the new catalog
     without_manifest: list[Path] = field(default_factory=list)
     missing_parquet: list[Path] = field(default_factory=list)
@@ -82,15 +85,12 @@ def _training_points(folder: Path, run_id: str) -> list[tuple[int, str, float]]:
     return [(int(s), str(m), float(v)) for s, m, v in found.get("points", [])]
 
 
-def _fill(con: duckdb.DuckDBPyConnection, catalog: DuckDBCatalog, entries: list[tuple[Path, dict]],
-          report: RebuildReport) -> None:
-    for stmt in _SCHEMA:
-        con.execute(stmt)
+def _fill(session: _DuckDBSession | PostgresSession, entries: list[tuple[Path, dict]], report: RebuildReport) -> None:
     entries = sorted(entries, key=lambda e: (_created(e[1]), str(e[0])))
     latest: dict[tuple, tuple[Path, dict]] = {}  # later registrations replace earlier ones, as publishing does
     latest_rows: dict[tuple, tuple[Path, dict]] = {}
     for folder, m in entries:
-        con.execute(
+        session.execute(
             "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [m["asset_key"], m["partition"], m["data_version"], str(folder),
              json.dumps(m.get("upstream") or {}, sort_keys=True), _created(m), m["run_id"], int(m["rows"])],
@@ -99,16 +99,16 @@ def _fill(con: duckdb.DuckDBPyConnection, catalog: DuckDBCatalog, entries: list[
         if m.get("table"):
             latest_rows[(m["table"], m["partition"], m.get("table_asset_key"))] = (folder, m)
         for metric, value in sorted(_flat_metrics(folder).items()):
-            con.execute("INSERT INTO eval_metrics VALUES (?, ?, ?, ?, ?, ?)",
-                        [m["asset_key"], m["partition"], m["run_id"], metric, value, _created(m)])
+            session.execute("INSERT INTO eval_metrics VALUES (?, ?, ?, ?, ?, ?)",
+                            [m["asset_key"], m["partition"], m["run_id"], metric, value, _created(m)])
         points = _training_points(folder, m["run_id"])
         if points:
-            con.executemany("INSERT INTO training_metrics VALUES (?, ?, ?, ?, ?, ?)",
-                            [[m["asset_key"], m["partition"], m["run_id"], s, k, v] for s, k, v in points])
+            session.executemany("INSERT INTO training_metrics VALUES (?, ?, ?, ?, ?, ?)",
+                                [[m["asset_key"], m["partition"], m["run_id"], s, k, v] for s, k, v in points])
     for (asset, partition), (_, m) in sorted(latest.items()):
         for reason, count in sorted((m.get("skipped") or {}).items()):
-            con.execute("INSERT INTO skipped_inputs VALUES (?, ?, ?, ?, ?, ?)",
-                        [asset, partition, m["run_id"], reason, int(count), _created(m)])
+            session.execute("INSERT INTO skipped_inputs VALUES (?, ?, ?, ?, ?, ?)",
+                            [asset, partition, m["run_id"], reason, int(count), _created(m)])
     # Publishing created each table from its first parquet and inserted later ones by name: the same order here.
     for (table, partition, table_asset_key), (folder, m) in sorted(
         latest_rows.items(), key=lambda kv: (_created(kv[1][1]), kv[0][0], kv[0][1])
@@ -117,30 +117,58 @@ def _fill(con: duckdb.DuckDBPyConnection, catalog: DuckDBCatalog, entries: list[
         if not parquet.is_file():
             report.missing_parquet.append(parquet)
             continue
-        catalog._replace_rows(con, _ident(table), partition, parquet, tuple(m.get("exclude_columns") or ()),
-                              table_asset_key)
+        session.replace_rows(_ident(table), partition, parquet, tuple(m.get("exclude_columns") or ()),
+                             table_asset_key)
+
+
+def _read_manifests(store: ArtifactStore, report: RebuildReport) -> list[tuple[Path, dict]]:
+    entries = []
+    for folder, manifest in store.manifests():
+        if manifest is None:
+            report.without_manifest.append(folder)
+        else:
+            entries.append((folder, manifest))
+    return entries
+
+
+def _rebuild_postgres(catalog: DuckDBCatalog, store: ArtifactStore) -> RebuildReport:
+    """One transaction under the catalog-wide lock: writers wait, readers see the old tables until it commits."""
+    report = RebuildReport(catalog.location, store.root_path)
+    with catalog._postgres().transaction(schema=False) as session:
+        session.lock("catalog")
+        entries = _read_manifests(store, report)
+        old = session.tables()
+        if old:
+            kept = f"before_rebuild_{datetime.now(UTC).strftime('%Y%m%dt%H%M%S')}"
+            session.execute(f"CREATE SCHEMA {_ident(kept)}")
+            for table in old:
+                session.execute(f'ALTER TABLE "{_ident(table)}" SET SCHEMA {kept}')
+            report.kept_old.append(f"schema {kept}")
+        session.create_base_tables()
+        _fill(session, entries, report)
+        report.tables = {t: session.count(t) for t in session.tables()}
+    return report
 
 
 def rebuild_catalog(catalog: DuckDBCatalog, store: ArtifactStore) -> RebuildReport:
     """Write a new catalog file from the manifests and put it in place of the old one, under the catalog lock
     (runs that publish meanwhile wait, then write to the new file)."""
+    if catalog.backend == "postgresql":
+        return _rebuild_postgres(catalog, store)
     db = catalog.db_path
     report = RebuildReport(db, store.root_path)
-    entries = []
     with catalog.locked():
         # read under the lock: a run that publishes meanwhile registers in the old file, which is moved aside
-        for folder, manifest in store.manifests():
-            if manifest is None:
-                report.without_manifest.append(folder)
-            else:
-                entries.append((folder, manifest))
+        entries = _read_manifests(store, report)
         fresh = db.with_name(db.name + ".rebuilding")
         for stale in (fresh, fresh.with_name(fresh.name + ".wal")):
             stale.unlink(missing_ok=True)
         con = duckdb.connect(str(fresh))
         try:
             con.execute("BEGIN TRANSACTION")
-            _fill(con, catalog, entries, report)
+            for stmt in _SCHEMA:
+                con.execute(stmt)
+            _fill(_DuckDBSession(catalog, con), entries, report)
             con.execute("COMMIT")
             tables = [r[0] for r in con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()]
@@ -160,6 +188,9 @@ def rebuild_catalog(catalog: DuckDBCatalog, store: ArtifactStore) -> RebuildRepo
 
 def table_counts(catalog: DuckDBCatalog) -> dict[str, int]:
     """Rows per table of a readable catalog (what a rebuild is compared with)."""
+    if catalog.backend == "postgresql":
+        with catalog._postgres().transaction() as session:
+            return {t: session.count(t) for t in session.tables()}
     with catalog.connect() as con:
         tables = [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()]
@@ -168,10 +199,13 @@ def table_counts(catalog: DuckDBCatalog) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resources.catalog_rebuild", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalog", default="", help="catalog file (default: $ASTFORGE_HOME/catalog.duckdb)")
+    parser.add_argument("--catalog", default="", help="catalog file or URL (duckdb:///path, postgresql://...; "
+                        "default: $ASTFORGE_CATALOG_URL, else $ASTFORGE_HOME/catalog.duckdb)")
     parser.add_argument("--artifacts", default="", help="artifact store root (default: $ASTFORGE_HOME/artifacts)")
     args = parser.parse_args(argv)
-    report = rebuild_catalog(DuckDBCatalog(path=args.catalog), ArtifactStore(root=args.artifacts))
+    target = args.catalog
+    catalog = DuckDBCatalog(url=target) if "://" in target else DuckDBCatalog(path=target)
+    report = rebuild_catalog(catalog, ArtifactStore(root=args.artifacts))
     print(report.summary())
     return 0
 

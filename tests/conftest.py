@@ -35,3 +35,34 @@ def resources(astforge_home):
     from resources import CorpusResource
 
     return build_resources(corpus=CorpusResource(sources=fixture_sources()))
+
+
+# -- PostgreSQL (tests/pg_server.py): one throwaway server per test session, a fresh database per test -----------
+
+
+@pytest.fixture(autouse=True)
+def _no_catalog_url_from_the_shell(monkeypatch):
+    # A developer's ASTFORGE_CATALOG_URL must not send tests' writes to their real catalog.
+    monkeypatch.delenv("ASTFORGE_CATALOG_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server on 127.0.0.1 (``.url``, ``.host``, ``.port``, ``.user``, ``.password``, ``.dbname``).
+    Skips when the server binaries are missing, fails instead where ASTFORGE_REQUIRE_SERVICES=1 (CI)."""
+    from tests.pg_server import postgres_server, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("ASTFORGE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"ASTFORGE_REQUIRE_SERVICES=1 but {reason}")
+        pytest.skip(reason)
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_database(pg_server) -> str:
+    """The URL of a new, empty database on the session's server, dropped after the test."""
+    with pg_server.fresh_database() as url:
+        yield url

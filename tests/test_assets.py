@@ -132,7 +132,12 @@ def _run_slice(home: Path, partition: str) -> bool:
     return True
 
 
-def test_concurrent_backfill_of_all_slices_loses_and_duplicates_nothing(astforge_home, resources):
+@pytest.mark.parametrize("backend", ["duckdb", "postgresql"])
+def test_concurrent_backfill_of_all_slices_loses_and_duplicates_nothing(astforge_home, resources, backend, request,
+                                                                         monkeypatch):
+    if backend == "postgresql":
+        # the run processes and this test's catalog find the database through the environment, as runs do
+        monkeypatch.setenv("ASTFORGE_CATALOG_URL", request.getfixturevalue("pg_database"))
     slices = ["python", "javascript", "java"]
     procs = [_start_slice(astforge_home, s) for s in slices]
     for proc in procs:
@@ -140,6 +145,7 @@ def test_concurrent_backfill_of_all_slices_loses_and_duplicates_nothing(astforge
         assert proc.returncode == 0, out[-3000:]
         assert "Could not set lock" not in out  # DuckDB's own lock error never reaches a run
     catalog = resources["catalog"]
+    assert catalog.backend == backend
     for s in slices:
         for table in ("code_units", "ast_corpus"):
             entry = catalog.latest_artifact(table, s)
