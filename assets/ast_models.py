@@ -22,7 +22,7 @@ from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.partitions import language_slices
 from assets.pipes_training import LAUNCH_SETTINGS, Launcher, checkpoint_world, train_phase1_through_pipes
-from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream
+from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream, report_markdown
 from ml.languages import get_language
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
@@ -341,7 +341,7 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
     context.log.info(f"ast_eval[{language}] in {time.monotonic() - started:.0f}s: {metrics}")
     return dg.MaterializeResult(metadata={
         **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
-        "report": dg.MetadataValue.md(report),
+        "report": report_markdown(report, path),
         "phase1_curve": png_markdown((Path(p1_entry["path"]) / "training_curve.png").read_bytes(), "phase 1"),
         "phase2_curve": png_markdown((Path(p2_entry["path"]) / "training_curve.png").read_bytes(), "phase 2"),
         "path": dg.MetadataValue.path(str(path)),

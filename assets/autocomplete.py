@@ -14,7 +14,7 @@ from assets.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, See
 from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.publish import UNPARTITIONED as P
-from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder
+from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, report_markdown
 from ml.schemas import AUTOCOMPLETE_RESULTS, to_table
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
@@ -245,7 +245,7 @@ def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEva
     headline = {k: dg.MetadataValue.float(v) for k, v in metrics.items()
                 if k.endswith(("_exact_match", "_pass_at_1", "_syntax_valid_rate_truncated", "_latency_ms_p50"))}
     return dg.MaterializeResult(metadata={
-        **headline, "report": dg.MetadataValue.md(report), "exact_match": png_markdown(plot, "exact match"),
+        **headline, "report": report_markdown(report, path), "exact_match": png_markdown(plot, "exact match"),
         "path": dg.MetadataValue.path(str(path / "report.md")),
     })
 

@@ -15,7 +15,7 @@ from assets.config_checks import Fraction, NonNegativeInt, PositiveFloat, Positi
 from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.partitions import language_slices
-from assets.publish import png_markdown, publish_folder, publish_rows, read_upstream, skip_metadata
+from assets.publish import png_markdown, publish_folder, publish_rows, read_upstream, report_markdown, skip_metadata
 from ml.schemas import ASG_CORPUS, GRAPH_REPAIR_RESULTS, REPAIR_DATASET, to_table
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
@@ -226,7 +226,7 @@ def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEval
                 for m in results for lv in ("low", "mid", "high")}
     return dg.MaterializeResult(metadata={
         **headline, "valid_rate_masked": dg.MetadataValue.float(results["graph_unet"]["mid"][HEADLINE]["valid"]),
-        "heldout_rows": len(heldout), "report": dg.MetadataValue.md(report),
+        "heldout_rows": len(heldout), "report": report_markdown(report, path),
         "exact_vs_noise": png_markdown(plot, "exact repair against noise"),
         "path": dg.MetadataValue.path(str(path / "report.md")),
     })

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -146,6 +147,22 @@ def read_upstream(catalog: DuckDBCatalog, asset: str, partition: str) -> tuple[l
 
 def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+_LOCAL_IMAGE = re.compile(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)")
+
+
+def report_markdown(report: str, folder: Path) -> dg.MetadataValue:
+    """A report as UI metadata: the UI sees only the text, so the images it links beside ``report.md`` in the
+    artifact folder (``![alt](name.png)``) are embedded as data URLs."""
+
+    def embed(match: re.Match) -> str:
+        image = folder / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()})"
+
+    return dg.MetadataValue.md(_LOCAL_IMAGE.sub(embed, report))
 
 
 def skip_metadata(skipped: Mapping[str, int]) -> dict:

@@ -25,6 +25,7 @@ from assets.publish import (
     publish_folder,
     publish_rows,
     read_upstream,
+    report_markdown,
     skip_metadata,
 )
 from ml.schemas import SRL_EVAL_RESULTS, SRL_TASKS, SRL_TRACES, to_table
@@ -385,7 +386,7 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
                                     "srl_teacher_traces": traces_version}).path
     return dg.MaterializeResult(metadata={
         **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
-        "heldout_tasks": len(tasks), "report": dg.MetadataValue.md(report),
+        "heldout_tasks": len(tasks), "report": report_markdown(report, path),
         "policies": png_markdown(plot, "policies"), "path": dg.MetadataValue.path(str(path / "report.md")),
     })
 
