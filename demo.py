@@ -34,12 +34,8 @@ from resources import DuckDBCatalog  # noqa: E402
 from resources.recovery import recover_dead_runs  # noqa: E402
 from resources.settings import astforge_home  # noqa: E402
 
-# The per-row datasets, whose row counts per slice the summary tabulates (models and reports have their step lines).
-DATASETS = ("source_files", "code_units", "ast_corpus", "nl_ast_pairs", "fim_samples", "domain_corpus", "dsl_queries",
-            "dsl_dataset", "dsl_training_corpus", "srl_tasks", "srl_teacher_traces", "asg_corpus", "repair_dataset")
-DSL_HEADLINE = ("schema_valid_rate", "semantic_pass_rate", "exact_match_rate_constrained", "comparison_f1_constrained",
-                "semantic_pass_rate_constrained", "heldout_schema_valid_rate", "heldout_comparison_f1_constrained",
-                "heldout_semantic_pass_rate_constrained")
+# The slices' datasets, whose rows per slice the summary tabulates (the others: their step lines, the UI).
+DATASETS = ("source_files", "code_units", "ast_corpus", "nl_ast_pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +111,14 @@ class Demo:
         if not quiet:
             self.say(f"[astforge] {label} {'ok' if result.success else 'FAILED'} in {took:.0f}s, peak memory so "
                      f"far {peak_memory_gib():.1f} GiB (run {run_id})")
-        elif not result.success:
+        elif result.success:
+            # On a terminal a finished job keeps one line (its steps were shown while it ran): the screen ends
+            # with the summary, not with a scroll of steps. A pipe or a CI log keeps every step line.
+            last = next(((step, figures) for step, figures in reversed(lines.done) if figures), None)
+            shown = f"  {last[0]}: {last[1]}" if last else ""
+            steps = f"{len(lines.done)} step{'s' if len(lines.done) != 1 else ''}"
+            lines.fold(f"[astforge] ✓ {label:<30} {took:>4.0f}s {steps:>8}{shown}", rows_above=1)
+        else:
             self.say(f"[astforge] {label} FAILED in {took:.0f}s (run {run_id}; its log: the UI, or {self.log_file})")
         if not result.success:
             self.failed.append(label)
@@ -174,60 +177,49 @@ class Demo:
             return self.summary(instance, catalog)
 
     def summary(self, instance: dg.DagsterInstance, catalog: DuckDBCatalog) -> int:
-        rows = catalog.query(
-            """SELECT asset_key, partition, arg_max(rows, created_at) AS rows
-               FROM artifacts GROUP BY ALL ORDER BY asset_key, partition"""
-        )
-        if any(r["asset_key"] == "ast_eval" for r in rows):
-            evals = catalog.query(
-                """SELECT metric, partition, arg_max(value, created_at) AS value FROM eval_metrics
-                   WHERE asset_key = 'ast_eval' GROUP BY ALL ORDER BY metric"""
-            )
-            print_pivot("Evaluation (ast_eval, latest per slice)",
-                        [(e["metric"], e["partition"], e["value"]) for e in evals])
-        dsl_metrics = catalog.query(
-            """SELECT asset_key, metric, arg_max(value, created_at) AS value FROM eval_metrics
-               WHERE asset_key IN ('dsl_base_eval', 'dsl_sft_eval', 'dsl_dpo_eval')
-               GROUP BY ALL ORDER BY metric, asset_key"""
-        )
-        if dsl_metrics:
-            print("\nDSL student (seen domains; heldout_ = domains never trained on; every metric in the report):")
-            table: dict[str, dict[str, float]] = {}
-            for m in (m for m in dsl_metrics if m["metric"] in DSL_HEADLINE):
-                table.setdefault(m["metric"], {})[m["asset_key"]] = m["value"]
-            print(f"  {'metric':<44} {'base':>7} {'SFT':>7} {'DPO':>7}")
-            for metric, v in table.items():
-                cells = [f"{v[a]:>7.3f}" if a in v else f"{'–':>7}"
-                         for a in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval")]
-                print(f"  {metric:<44} {' '.join(cells)}")
-            report = catalog.latest_artifact("dsl_report", "all")
-            if report:
-                print(f"  report: {report['path']}/report.md")
-        autocomplete = catalog.latest_artifact("autocomplete_eval", "all")
-        if autocomplete:
-            print_autocomplete(catalog, autocomplete["path"])
-        gguf = catalog.latest_artifact("autocomplete_stage_b_gguf", "all")
-        if gguf:
-            print_gguf(gguf["path"])
-        print_srl(catalog)
+        """Each group's base against its trained models on a few headline metrics (every metric: the reports, the
+        UI, ``eval_metrics``), the datasets' rows per slice, and where everything is: about half a screen."""
+        latest = """SELECT asset_key, partition, metric, arg_max(value, created_at) AS value FROM eval_metrics
+                    WHERE asset_key IN ({}) GROUP BY ALL"""
+        metrics: dict[tuple[str, str, str], float] = {}
+        assets = {a for _, columns, _ in HEADLINES.values() for a, _ in columns.values()} | {"ast_eval"}
+        for r in catalog.query(latest.format(", ".join(f"'{a}'" for a in sorted(assets)))):
+            metrics[(r["asset_key"], r["partition"], r["metric"])] = r["value"]
+        print("\nSummary (headline metrics; every metric: each evaluation's report, the UI, eval_metrics)")
+        print_ast_eval(metrics)
+        for title, (partition, columns, rows) in HEADLINES.items():
+            table = {label: [metrics.get((asset, partition, f"{prefix}{metric}")) for asset, prefix in columns.values()]
+                     for label, metric in rows.items()}
+            if any(v is not None for values in table.values() for v in values):
+                print_table(title, list(columns), table)
         print_graph_repair(catalog)
-        datasets = [(r["asset_key"], r["partition"], r["rows"]) for r in rows if r["asset_key"] in DATASETS]
+        print_gguf(catalog)
+        datasets = catalog.query(
+            """SELECT asset_key, partition, arg_max(rows, created_at) AS rows FROM artifacts
+               WHERE partition <> 'all' GROUP BY ALL ORDER BY asset_key, partition""")
+        datasets = [(d["asset_key"], d["partition"], d["rows"]) for d in datasets if d["asset_key"] in DATASETS]
         if datasets:
-            print_pivot("Datasets (rows from the catalog; one column per slice, `all` = unpartitioned)", datasets)
+            print_pivot("Datasets (rows per slice)", datasets)
         [skips] = catalog.query("SELECT coalesce(sum(count), 0) AS n, count(DISTINCT asset_key) AS assets "
                                 "FROM skipped_inputs WHERE count > 0")
         if skips["n"]:
-            print(f"  skipped inputs: {int(skips['n']):,} in {skips['assets']} assets, by reason: "
-                  "SELECT * FROM skipped_inputs")
-        print(f"\nCatalog: {catalog.location}")
+            print(f"  skipped inputs: {int(skips['n']):,} in {skips['assets']} assets (SELECT * FROM skipped_inputs)")
+        reports = catalog.query(
+            """SELECT asset_key, partition, arg_max(path, created_at) AS path FROM artifacts
+               WHERE asset_key IN ('ast_eval', 'dsl_report', 'autocomplete_eval', 'srl_eval', 'graph_repair_eval')
+               GROUP BY ALL ORDER BY asset_key, partition""")
+        if reports:
+            print(f"Reports (report.md in each folder; in the UI, each asset's `report`): "
+                  f"{astforge_home() / 'artifacts'}/<asset>/<slice>/<version>/ for "
+                  + ", ".join(sorted({r["asset_key"] for r in reports})))
+        print(f"Catalog: {catalog.location}")
         if catalog.backend == "duckdb":
             print(f"  query it: .venv/bin/python -c \"import duckdb; print(duckdb.connect('{catalog.db_path}', "
                   "read_only=True).sql('SELECT * FROM artifacts'))\"")
         else:
             print("  query it with psql, or with DuckDB after: .venv/bin/python -m resources.catalog_export --to "
                   "catalog.duckdb")
-        print(f"Dagster instance: {instance.root_directory}")
-        print("Open the UI with: make ui   (http://127.0.0.1:3000)")
+        print(f"Dagster instance: {instance.root_directory}; open the UI with: make ui   (http://127.0.0.1:3000)")
         print(f"Took {(time.monotonic() - self.started) / 60:.1f} min, peak memory {peak_memory_gib():.1f} GiB"
               + (f"; the full log: {self.log_file}" if self.log_file else ""))
         if self.failed:
@@ -236,18 +228,59 @@ class Demo:
         return 0
 
 
+# title -> (partition, {column: (eval asset, metric prefix)}, {row label: metric}): the base and the trained models
+HEADLINES: dict[str, tuple[str, dict[str, tuple[str, str]], dict[str, str]]] = {
+    "DSL student (dsl_*_eval; schema-constrained decoding; held-out = domains never trained on)": (
+        "all", {"base": ("dsl_base_eval", ""), "SFT": ("dsl_sft_eval", ""), "DPO": ("dsl_dpo_eval", "")}, {
+            "semantic pass rate": "semantic_pass_rate_constrained",
+            "comparison F1": "comparison_f1_constrained",
+            "held-out semantic pass rate": "heldout_semantic_pass_rate_constrained",
+            "held-out comparison F1": "heldout_comparison_f1_constrained"}),
+    "Autocomplete (autocomplete_eval; M0 base, M1 stage A, M2 stage B; single-line infilling)": (
+        "all", {m.upper(): ("autocomplete_eval", f"{m}_") for m in ("m0", "m1", "m2")}, {
+            "generic edit similarity": "generic_edit_similarity",
+            "domain (AWS CDK) exact match": "domain_exact_match",
+            "domain edit similarity": "domain_edit_similarity",
+            "HumanEval edit similarity": "humaneval_edit_similarity",
+            "HumanEval pass@1": "humaneval_pass_at_1"}),
+    "SRL ast-grep rewrites (srl_eval, python; held-out rewrite families)": (
+        "python", {p: ("srl_eval", f"{p}_") for p in ("base", "student", "teacher")}, {
+            "trace parse rate": "trace_parse_rate", "action fidelity": "action_fidelity",
+            "execution success": "execution_success", "reward": "reward"}),
+}
+# ast_eval per slice: the held-out loss before and after training, and the Phase 2 model's docstring -> AST
+AST_HEADLINE = {"held-out loss, base": "heldout_loss_initial", "held-out loss, trained": "heldout_loss_final",
+                "docstring -> AST valid": "nl2ast_valid_rate", "docstring -> AST tree similarity":
+                "nl2ast_tree_similarity"}
+
+
 def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def print_table(title: str, columns: list[str], table: dict[str, list[float | None]]) -> None:
+    width = max(len(label) for label in table)
+    print(f"{title}:")
+    print(f"  {'':<{width}} " + " ".join(f"{c:>8}" for c in columns))
+    for label, values in table.items():
+        print(f"  {label:<{width}} " + " ".join(f"{v:>8.3f}" if v is not None else f"{'–':>8}" for v in values))
+
+
+def print_ast_eval(metrics: dict[tuple[str, str, str], float]) -> None:
+    slices = [s for s in SLICES if any(k[:2] == ("ast_eval", s) for k in metrics)]
+    if slices:
+        print_table("AST-first (ast_eval, per slice)", slices,
+                    {label: [metrics.get(("ast_eval", s, m)) for s in slices] for label, m in AST_HEADLINE.items()})
+
+
 def print_pivot(title: str, cells: list[tuple[str, str, float]]) -> None:
-    """One line per row key, one column per slice: a summary that fits a screen."""
+    """One line per row key, one column per slice."""
     columns = [c for c in (*SLICES, "all") if any(p == c for _, p, _ in cells)]
     table: dict[str, dict[str, int]] = {}
     for key, partition, n in cells:
         table.setdefault(key, {})[partition] = n
     width = max((len(k) for k in table), default=10)
-    print(f"\n{title}:")
+    print(f"{title}:")
     print(f"  {'':<{width}} " + " ".join(f"{c:>10}" for c in columns))
     for key, values in table.items():
         print(f"  {key:<{width}} " + " ".join(_cell(values.get(c)) for c in columns))
@@ -269,76 +302,38 @@ def quiet_progress_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
-def print_autocomplete(catalog: DuckDBCatalog, report_path: str) -> None:
-    values = {m["metric"]: m["value"] for m in catalog.query(
-        """SELECT metric, arg_max(value, created_at) AS value FROM eval_metrics
-           WHERE asset_key = 'autocomplete_eval' GROUP BY ALL""")}
-    print("\nAutocomplete (single-line infilling; M0 base, M1 stage A, M2 stage B):")
-    print(f"  {'set / metric':<40} {'M0':>8} {'M1':>8} {'M2':>8}")
-    for s in ("generic", "domain", "humaneval"):
-        for metric in ("exact_match", "edit_similarity", "syntax_valid_rate_truncated", "pass_at_1", "latency_ms_p50"):
-            cells = [values.get(f"{m}_{s}_{metric}") for m in ("m0", "m1", "m2")]
-            if all(c is None for c in cells):
-                continue
-            shown = " ".join(f"{c:>8.3f}" if c is not None else f"{'–':>8}" for c in cells)
-            print(f"  {s + ' ' + metric:<40} {shown}")
-    print(f"  report: {report_path}/report.md")
-
-
-def print_srl(catalog: DuckDBCatalog) -> None:
-    from ml.srl.recipe import METRICS, POLICIES
-
-    rows = catalog.query(
-        """SELECT partition, metric, arg_max(value, created_at) AS value FROM eval_metrics
-           WHERE asset_key = 'srl_eval' GROUP BY ALL""")
-    for language in sorted({r["partition"] for r in rows}):
-        values = {r["metric"]: r["value"] for r in rows if r["partition"] == language}
-        print(f"\nSRL ast-grep rewrites ({language}; held-out rewrite families, never trained on):")
-        print(f"  {'metric':<28} " + " ".join(f"{p:>8}" for p in POLICIES))
-        for metric in METRICS:
-            cells = [values.get(f"{p}_{metric}") for p in POLICIES]
-            if all(c is None for c in cells):
-                continue
-            print(f"  {metric:<28} " + " ".join(f"{c:>8.3f}" if c is not None else f"{'–':>8}" for c in cells))
-        report = catalog.latest_artifact("srl_eval", language)
-        if report:
-            print(f"  report: {report['path']}/report.md")
-
-
 def print_graph_repair(catalog: DuckDBCatalog) -> None:
     rows = catalog.query(
-        """SELECT partition, model, noise, procedure, exact, valid FROM graph_repair_results
-           WHERE procedure IN ('one_shot_grammar', 'iterative_grammar')""") if catalog.query(
+        """SELECT partition, model, noise, exact, valid FROM graph_repair_results
+           WHERE procedure = 'one_shot_grammar'""") if catalog.query(
         "SELECT 1 FROM information_schema.tables WHERE table_name = 'graph_repair_results'") else []
     for language in sorted({r["partition"] for r in rows}):
-        cell = {(r["model"], r["noise"], r["procedure"]): r for r in rows if r["partition"] == language}
-        print(f"\nGraph repair ({language}; exact repair of held-out functions, grammar mask; valid = compiles):")
-        print(f"  {'model':<30} {'low':>7} {'mid':>7} {'high':>7} {'valid':>7}")
-        for model in ("slot_frequency", "transformer", "graph_unet"):
-            for proc, tag in (("one_shot_grammar", "one-shot"), ("iterative_grammar", "iterative")):
-                got = [cell.get((model, lv, proc)) for lv in ("low", "mid", "high")]
-                if all(g is None for g in got):
-                    continue
-                shown = " ".join(f"{g['exact']:>7.3f}" if g else f"{'–':>7}" for g in got)
-                print(f"  {model + ' ' + tag:<30} {shown} {min(g['valid'] for g in got if g):>7.3f}")
-        report = catalog.latest_artifact("graph_repair_eval", language)
-        if report:
-            print(f"  report: {report['path']}/report.md")
+        cell = {(r["model"], r["noise"]): r for r in rows if r["partition"] == language}
+        table = {f"exact repair, {lv} noise": [cell[(m, lv)]["exact"] if (m, lv) in cell else None
+                                               for m in ("slot_frequency", "transformer", "graph_unet")]
+                 for lv in ("low", "mid", "high")}
+        table["valid (compiles)"] = [min((r["valid"] for (m, _), r in cell.items() if m == model), default=None)
+                                     for model in ("slot_frequency", "transformer", "graph_unet")]
+        print_table(f"Graph repair (graph_repair_eval, {language}; one-shot, grammar mask; same-size models)",
+                    ["slotfreq", "transf.", "g-unet"], table)
 
 
-def print_gguf(path: str) -> None:
+def print_gguf(catalog: DuckDBCatalog) -> None:
     from ml.models.gguf_export import GgufExport
 
-    export = GgufExport.load(path)
+    entry = catalog.latest_artifact("autocomplete_stage_b_gguf", "all")
+    if not entry:
+        return
+    export = GgufExport.load(entry["path"])
     event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("autocomplete_stage_b_gguf"))
     meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    print("\nM2 exported as GGUF (llama.cpp, Ollama). agreement: the check's prompts answered as transformers does;\n"
-          "  speed: transformers' time / llama.cpp's on them (cold, prefill-bound; bench/serve.py: decode, typing)")
+    shown = []
     for variant, file in export.files.items():
-        agree, speed = meta.get(f"{variant}_agreement"), meta.get(f"{variant}_speedup_vs_hf")
-        print(f"  {file:<22} {export.sizes_mb[variant]:>7.1f} MB   agreement {agree.value if agree else '–'}   "
-              f"speed {speed.value if speed else '–'}x")
-    print(f"  serve: .venv/bin/astforge-serve --backend llama_cpp   ollama: cd {path} && ollama create "
+        agree = meta.get(f"{variant}_agreement")
+        shown.append(f"{file} {export.sizes_mb[variant]:.0f} MB, agreement {agree.value if agree else '–'}")
+    print(f"M2 as GGUF (llama.cpp, Ollama; agreement: the check's prompts answered as transformers does): "
+          f"{'; '.join(shown)}")
+    print(f"  serve: .venv/bin/astforge-serve --backend llama_cpp   ollama: cd {entry['path']} && ollama create "
           "astforge-autocomplete -f Modelfile")
 
 

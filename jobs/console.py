@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 from collections.abc import Mapping
 from typing import TextIO
@@ -77,8 +78,9 @@ def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
 class StepLines:
     """Follows one run's event log from a thread and writes its step lines to ``screen``.
 
-    On a terminal the running step's bar redraws in place; elsewhere (a CI log, a pipe) a long step prints a line at
-    each quarter instead, so a captured log stays a log.
+    On a terminal the running step's bar redraws in place, lines are cut to the terminal's width, and ``fold``
+    replaces a finished run's lines with one; elsewhere (a CI log, a pipe) a long step prints a line at each quarter
+    instead and nothing is folded, so a captured log stays a log.
     """
 
     def __init__(self, instance: dg.DagsterInstance, run_id: str, screen: TextIO, *, poll_s: float = 0.5,
@@ -87,6 +89,8 @@ class StepLines:
         self.poll_s, self.indent = poll_s, indent
         self.tty = screen.isatty()
         self.failures: list[str] = []  # "step: first line of its error", in order
+        self.done: list[tuple[str, str]] = []  # (step, key figures) of each step that succeeded, in order
+        self.lines = 0  # lines written (what ``fold`` erases)
         self._cursor: str | None = None
         self._started: dict[str, float] = {}
         self._figures: dict[str, list[str]] = {}
@@ -140,7 +144,9 @@ class StepLines:
             if figures:
                 self._figures.setdefault(step, []).append(figures)
         elif kind == dg.DagsterEventType.STEP_SUCCESS:
-            self._line("✓", step, entry.timestamp, "; ".join(self._figures.get(step, [])))
+            figures = "; ".join(self._figures.get(step, []))
+            self.done.append((step, figures))
+            self._line("✓", step, entry.timestamp, figures)
         elif kind == dg.DagsterEventType.STEP_FAILURE:
             error = event.step_failure_data.error if event.step_failure_data else None
             why = _first_line(error.message) if error else "failed"
@@ -152,8 +158,7 @@ class StepLines:
     def _line(self, mark: str, step: str, at: float, text: str) -> None:
         self._clear_bar()
         took = at - self._started.get(step, at)
-        self.screen.write(f"{self.indent}{mark} {step:<30} {took:>5.0f}s  {text}".rstrip() + "\n")
-        self.screen.flush()
+        self._write(f"{self.indent}{mark} {step:<30} {took:>5.0f}s  {text}".rstrip())
 
     def _progress(self, step: str, done: int, total: int, at: float) -> None:
         elapsed = at - self._started.get(step, at)
@@ -167,8 +172,24 @@ class StepLines:
             if quarter <= self._quarters.get(step, 0):
                 return
             self._quarters[step] = quarter
-            self.screen.write(f"{self.indent}  {step:<30} {bar(done, total)}  {elapsed:.0f}s\n")
+            self._write(f"{self.indent}  {step:<30} {bar(done, total)}  {elapsed:.0f}s")
         self.screen.flush()
+
+    def _write(self, line: str) -> None:
+        if self.tty:  # a wrapped line would take two rows and fold would erase one row too few
+            line = line[:shutil.get_terminal_size().columns - 1]
+        self.screen.write(line + "\n")
+        self.screen.flush()
+        self.lines += 1
+
+    def fold(self, summary: str, rows_above: int = 0) -> None:
+        """On a terminal, replace this run's lines (and ``rows_above`` rows written before them) with ``summary``;
+        elsewhere write ``summary`` after them."""
+        self._clear_bar()
+        if self.tty and self.lines + rows_above:
+            self.screen.write(f"\x1b[{self.lines + rows_above}F\x1b[J")  # up to the first row, clear below
+            self.lines = 0
+        self._write(summary)
 
     def _clear_bar(self) -> None:
         if self._bar_shown:

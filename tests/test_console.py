@@ -73,3 +73,22 @@ def test_an_errors_first_line_is_short():
     assert _first_line("builtins.ValueError: bad\n") == "ValueError: bad"
     assert _first_line("KeyError: 'x'") == "KeyError: 'x'"
     assert len(_first_line("x" * 500)) == 160
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_finished_run_folds_into_one_line(tmp_path):
+    screen = _Terminal()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job = dg.define_asset_job("j").resolve(asset_graph=dg.Definitions(assets=[counted]).resolve_asset_graph())
+        with StepLines(instance, run_id := "6c1f5d1c-0000-4000-8000-000000000002", screen, poll_s=0.1) as lines:
+            assert job.execute_in_process(instance=instance, run_id=run_id).success
+    drawn = screen.getvalue()
+    assert "\r" in drawn and "█" in drawn  # the bar redrawn in place
+    assert lines.lines == 1 and lines.done == [("counted", "rows 42")]
+    lines.fold("[astforge] ✓ j  1 steps", rows_above=1)
+    # up two rows (the step line and the job's header), clear to the end of the screen, then the one line
+    assert screen.getvalue()[len(drawn):] == "\x1b[2F\x1b[J[astforge] ✓ j  1 steps\n"

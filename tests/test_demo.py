@@ -33,11 +33,14 @@ def test_data_only_demo_prints_a_line_per_step_and_logs_everything_to_its_file(a
     assert int(step.split("training_rows ")[1].replace(",", "")) > 0
     assert "DEBUG" not in out and "STEP_START" not in out
     assert len(lines) < 60  # a screen
-    rows = out[out.index("Datasets (rows from the catalog"):]
+    rows = out[out.index("Datasets (rows per slice)"):]
     header = rows.splitlines()[1].split()
     assert header == ["python"]  # one column per slice present
-    fim = next(line for line in rows.splitlines() if line.strip().startswith("fim_samples"))
-    assert int(fim.split()[1]) > 0
+    units = next(line for line in rows.splitlines() if line.strip().startswith("code_units"))
+    assert int(units.split()[1]) > 0
+    # not a terminal: every step line stays, and each job ends with its line
+    assert any(line.startswith("[astforge] ✓ autocomplete_data_job [python]") and "fim_samples: units" in line
+               for line in lines)
     assert "autocomplete_job" not in out  # --data-only trains nothing
     assert f"the full log: {log_file}" in lines[-1]
     log = log_file.read_text()
