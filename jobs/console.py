@@ -9,7 +9,9 @@ do nothing for the console.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import re
 import shutil
 import threading
@@ -177,10 +179,17 @@ class StepLines:
 
     def _write(self, line: str) -> None:
         if self.tty:  # a wrapped line would take two rows and fold would erase one row too few
-            line = line[:shutil.get_terminal_size().columns - 1]
+            line = line[:self._columns() - 1]
         self.screen.write(line + "\n")
         self.screen.flush()
         self.lines += 1
+
+    def _columns(self) -> int:
+        """The terminal's width: asked of the screen itself, since the demo points stdout at its log file."""
+        try:
+            return os.get_terminal_size(self.screen.fileno()).columns
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return shutil.get_terminal_size().columns
 
     def fold(self, summary: str, rows_above: int = 0) -> None:
         """On a terminal, replace this run's lines (and ``rows_above`` rows written before them) with ``summary``;
