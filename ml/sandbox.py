@@ -11,43 +11,49 @@ Layers, outermost first (what `sandbox_layers()` reports for the current machine
 1. A child process in its own session (`start_new_session=True`). When the wall-clock timeout passes,
    and also when the program ends by itself, SIGKILL goes to the whole process group: nothing the
    program started outlives it.
-2. Resource limits, set by a small trusted launcher (`python -I -S`) before it execs the program:
-   RLIMIT_AS (memory per process), RLIMIT_CPU (CPU seconds; soft limit → SIGXCPU), RLIMIT_FSIZE
-   (64 MiB per file, stdout and stderr included), RLIMIT_NOFILE, RLIMIT_CORE = 0, and RLIMIT_NPROC
-   inside the namespaces of layer 3 (where, since Linux 5.14, it counts the sandbox's own processes
-   rather than every process of the caller's uid). The launcher, not a `preexec_fn`, sets them:
-   `run_many` starts processes from threads, and Python documents `preexec_fn` as unsafe in a threaded
-   parent (the forked child can deadlock before exec).
-3. Linux namespaces, when an unprivileged user namespace can be created (probed once per process with a
-   trivial program; on the development machine it can): a new user namespace (uid mapped to itself, or
-   to 65534 inside when the caller is root, so the program holds no capabilities after exec), a new
-   **network** namespace (only a loopback interface, and it is down: nothing is reachable, not even
-   127.0.0.1 of the host), a new **PID** namespace whose PID 1 is a minimal reaper in the launcher
-   (the program is PID 2, so its signals behave as usual; when it ends, PID 1 exits and the kernel kills
-   every process left in the namespace, including those that escaped the process group with setsid),
-   and a mount namespace with a private /proc (other processes' command lines and environments are not
-   visible). Python 3.11 has no `os.unshare`, so the launcher calls libc's `unshare` through ctypes.
-   If the probe fails, a user + network namespace alone is tried, then none; without a network
-   namespace layer 4 is the only network guard.
-4. A prelude run before the program replaces `socket.socket` (inet families), `socket.create_connection`
+2. Resource limits, set by a small trusted launcher (`ml/sandbox_boot.py`, run as `python -I -S`) before it
+   execs the program: RLIMIT_AS (memory per process), RLIMIT_CPU (CPU seconds; soft limit → SIGXCPU),
+   RLIMIT_FSIZE (64 MiB per file, stdout and stderr included), RLIMIT_NOFILE, RLIMIT_CORE = 0, and
+   RLIMIT_NPROC = `PROCESS_LIMIT` (64) inside the user namespace of layer 3. The launcher, not a `preexec_fn`,
+   sets them: `run_many` starts processes from threads, and Python documents `preexec_fn` as unsafe in a
+   threaded parent.
+3. Linux namespaces, when an unprivileged user namespace can be created (probed once per process): a new user
+   namespace, a new **network** namespace (only a loopback interface, down: nothing is reachable, not even
+   127.0.0.1 of the host), a new **PID** namespace whose PID 1 is a minimal reaper (the program is PID 2; when
+   it ends, the kernel kills every process left in the namespace, also those that escaped with setsid), and a
+   mount namespace with a private /proc (other processes' command lines and environments are not visible).
+   Nested user namespaces are disabled inside (`user.max_user_namespaces` = 0 in the sandbox's namespace).
+4. **A read-only host.** Every mount is made read-only (`mount_setattr(AT_RECURSIVE)`); the program gets
+   fresh, size-capped tmpfs mounts on /tmp, /dev/shm (32 MiB each) and its working directory (128 MiB,
+   `WORKDIR_SIZE_LIMIT`): it cannot change a file outside them, and filling them fills memory it was given,
+   not the host's disk (ENOSPC: status "output_limit").
+5. **An unprivileged uid.** When the caller is root, the program's kernel uid is 65534 (`nobody`): file
+   permissions apply (/etc/shadow, root's 0700 folders are unreadable) and so does RLIMIT_NPROC, which the
+   kernel never applies to uid 0 — also not to uid 0 mapped to another uid inside a user namespace, so
+   the launcher's parent writes the map and init drops to the uid. A fork loop stops at `PROCESS_LIMIT`
+   processes (status "process_limit"). Folders that hide the interpreter from that uid (a Python under
+   /root) are masked with an empty read-only tmpfs into which only the interpreter's prefixes are bound:
+   the rest of such a folder (keys, histories) is not visible. A non-root caller keeps its own uid (the
+   read-only host still applies; it can read what the caller can).
+6. A prelude run before the program replaces `socket.socket` (inet families), `socket.create_connection`
    and `socket.getaddrinfo` with functions that raise
-   `PermissionError("network is disabled in the sandbox")`. Always on: with the network namespace it
-   turns an opaque "network unreachable" into a clear message; without it, it is the only (weak,
-   bypassable through `_socket`) network guard.
-5. A fresh temporary working directory (also HOME and TMPDIR), removed afterwards, and an environment
-   built from scratch (PATH, locale, PYTHONHASHSEED=0, single-threaded BLAS): nothing of the caller's
-   environment, secrets included, is inherited.
+   `PermissionError("network is disabled in the sandbox")`: with the network namespace it turns an opaque
+   "network unreachable" into a clear message; without it, it is the only (weak) network guard.
+7. A fresh temporary working directory (also HOME and TMPDIR), and an environment built from scratch
+   (PATH, locale, PYTHONHASHSEED=0, single-threaded BLAS): nothing of the caller's environment, secrets
+   included, is inherited.
 
-Known gaps, on purpose or by necessity:
-- RLIMIT_NPROC does not bind root: the kernel exempts uid 0 (outside the namespace) from it, so when
-  astforge runs as root (as on the development machine) a loop of forks is bounded only by the
-  wall-clock timeout, RLIMIT_AS per process, and the PID namespace that reaps everything afterwards.
-  A pids cgroup (systemd `TasksMax`, a Kubernetes pod pids limit) is the real cap there.
-- No filesystem isolation beyond the working directory: the program runs with the caller's uid on the
-  host filesystem and can read (and write) what the caller can.
-- The program's interpreter is `sys.executable` started with `-s -B -u` rather than `-I`: `-I` implies
-  `-E`, which would ignore PYTHONHASHSEED; the environment is already built from scratch, so `-E` would
-  add nothing, and the working directory must stay importable for the `files` a caller adds.
+Where the kernel refuses the namespaces (a container without user namespaces), layers 3-5 are missing and
+`sandbox_layers()["readonly_filesystem"]` is False: `run_python` and `run_many` then raise
+`SandboxUnavailable` rather than run generated code, unless the user sets
+`ASTFORGE_SANDBOX_ALLOW_HOST_WRITES=1`, accepting that a model's code can write and read what they can.
+
+Known gaps:
+- A non-root caller's own files stay readable (only writes are prevented); run astforge as its own user.
+- The interpreter is `sys.executable` started with `-s -B -u` rather than `-I`: `-I` implies `-E`, which
+  would ignore PYTHONHASHSEED; the environment is already built from scratch, so `-E` would add nothing, and
+  the working directory must stay importable for the `files` a caller adds.
+- Needs Linux 5.12 or later for `mount_setattr`; older kernels fail the probe and fall back as above.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ from ml.sandbox_launcher import (
     OPEN_FILES_LIMIT,
     PROCESS_LIMIT,
     STATUSES,
+    UNPRIVILEGED_UID,
+    WORKDIR_SIZE_LIMIT,
     SandboxResult,
     _Isolation,
     _run,
@@ -85,19 +93,42 @@ __all__ = [
     "OPEN_FILES_LIMIT",
     "PROCESS_LIMIT",
     "STATUSES",
+    "ALLOW_HOST_WRITES_ENV",
+    "UNPRIVILEGED_UID",
+    "WORKDIR_SIZE_LIMIT",
     "SandboxResult",
+    "SandboxUnavailable",
     "run_many",
     "run_python",
     "sandbox_layers",
 ]
 
 
+#: Set to 1 to run generated code where the read-only filesystem layer is unavailable (it can then write every
+#: file the caller can, and read what the caller can read). Off by default: `run_python` refuses instead.
+ALLOW_HOST_WRITES_ENV = "ASTFORGE_SANDBOX_ALLOW_HOST_WRITES"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The machine cannot isolate the filesystem, and the user has not accepted running generated code without it."""
+
+
+def _candidates() -> list[_Isolation]:
+    drop = UNPRIVILEGED_UID if os.geteuid() == 0 else None
+    full = _Isolation(NAMESPACE_FLAGS, True, readonly_root=True, drop_uid=drop)
+    candidates = [full]
+    if drop is not None:  # e.g. an interpreter that uid 65534 cannot read (a venv under /root)
+        candidates.append(_Isolation(NAMESPACE_FLAGS, True, readonly_root=True))
+    candidates.append(_Isolation(_CLONE_NEWUSER | _CLONE_NEWNET, False))
+    return candidates
+
+
 @functools.cache
 def _isolation() -> _Isolation:
-    """The strongest namespace set that works here, found by running `pass` under each candidate."""
+    """The strongest isolation that works here, found by running `pass` under each candidate."""
     if sys.platform != "linux":
         return _Isolation(0, False)
-    for candidate in (_Isolation(NAMESPACE_FLAGS, True), _Isolation(_CLONE_NEWUSER | _CLONE_NEWNET, False)):
+    for candidate in _candidates():
         probe = _run(
             "pass\n",
             timeout_s=10.0,
@@ -108,8 +139,11 @@ def _isolation() -> _Isolation:
             isolation=candidate,
         )
         if probe.ok:
+            if not candidate.readonly_root:
+                log.warning("sandbox: no read-only filesystem here; generated code runs only with %s=1",
+                            ALLOW_HOST_WRITES_ENV)
             return candidate
-        log.warning("sandbox: namespaces %#x unavailable (%s)", candidate.unshare, probe.stderr.strip()[-200:])
+        log.warning("sandbox: %s unavailable (%s)", candidate, probe.stderr.strip()[-200:])
     log.warning("sandbox: running without namespaces; the socket prelude is the only network guard")
     return _Isolation(0, False)
 
@@ -117,18 +151,40 @@ def _isolation() -> _Isolation:
 def sandbox_layers() -> dict[str, bool]:
     """Which layers are active on this machine (see the module docstring)."""
     iso = _isolation()
+    user_ns = bool(iso.unshare & _CLONE_NEWUSER)
+    unprivileged = os.geteuid() != 0 or iso.drop_uid is not None
     return {
         "process_group_timeout": True,
         "rlimits": True,
-        "rlimit_nproc_enforced": os.geteuid() != 0 and bool(iso.unshare & _CLONE_NEWUSER),
-        "user_namespace": bool(iso.unshare & _CLONE_NEWUSER),
+        "rlimit_nproc_enforced": unprivileged and user_ns,
+        "unprivileged_uid": unprivileged,
+        "user_namespace": user_ns,
         "network_namespace": bool(iso.unshare & _CLONE_NEWNET),
         "pid_namespace": bool(iso.unshare & _CLONE_NEWPID),
         "private_proc": iso.mount_proc,
+        "readonly_filesystem": iso.readonly_root,
+        "private_tmp": iso.readonly_root,
+        "no_nested_user_namespaces": iso.readonly_root,
         "socket_prelude": True,
         "temp_workdir": True,
         "clean_environment": True,
+        "host_writes_allowed_by_user": not iso.readonly_root and _host_writes_allowed(),
     }
+
+
+def _host_writes_allowed() -> bool:
+    return os.environ.get(ALLOW_HOST_WRITES_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _require_isolation() -> _Isolation:
+    iso = _isolation()
+    if not iso.readonly_root and not _host_writes_allowed():
+        raise SandboxUnavailable(
+            "this machine cannot give generated code a read-only filesystem (no user and mount namespaces: see "
+            "the warnings logged by ml.sandbox), so a model's code could delete or read any file you can. "
+            f"Run where namespaces are allowed, or accept the risk with {ALLOW_HOST_WRITES_ENV}=1."
+        )
+    return iso
 
 
 def run_python(
@@ -153,7 +209,7 @@ def run_python(
         cpu_s=cpu_s,
         files=files,
         max_output=max_output,
-        isolation=_isolation(),
+        isolation=_require_isolation(),
     )
 
 
@@ -171,7 +227,7 @@ def run_many(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     sources = list(sources)
-    _isolation()  # probe once, before the threads start
+    _require_isolation()  # probe once, before the threads start; refuse before running any
 
     def one(source: str) -> SandboxResult:
         return run_python(

@@ -20,12 +20,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-STATUSES = ("passed", "failed", "timeout", "memory", "output_limit", "killed", "error")
+STATUSES = ("passed", "failed", "timeout", "memory", "output_limit", "process_limit", "killed", "error")
 
 DEFAULT_MAX_OUTPUT = 4096  # characters kept per stream (head and tail)
 FILE_SIZE_LIMIT = 64 * 1024 * 1024  # RLIMIT_FSIZE, bytes: bounds stdout/stderr files and files written
 OPEN_FILES_LIMIT = 256
-PROCESS_LIMIT = 64  # RLIMIT_NPROC, with namespaces only; the kernel ignores it for root (ml.sandbox's docstring)
+PROCESS_LIMIT = 64  # RLIMIT_NPROC: processes in one sandbox (its launcher and init included); binds a non-root uid
+UNPRIVILEGED_UID = 65534  # "nobody": a root caller's program runs as this uid, so file permissions and NPROC apply
+WORKDIR_SIZE_LIMIT = 128 * 1024 * 1024  # bytes: the working directory is a tmpfs of this size (a full one: ENOSPC)
+PRIVATE_TMP_SIZE_LIMIT = 32 * 1024 * 1024  # bytes: each of the private /tmp and /dev/shm
 LAUNCHER_FAILED = 125  # exit code of the launcher when it could not set a layer up
 
 _CLONE_NEWNS = 0x00020000
@@ -34,105 +37,8 @@ _CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
 NAMESPACE_FLAGS = _CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWNS
 
-# Trusted code: runs in the child before the program, with -I -S (nothing from site-packages).
-# argv[1] is a JSON config; the remaining argv is the program's command line.
-_LAUNCHER = r"""
-import ctypes, json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
-argv = sys.argv[2:]
-# Signal state survives exec: a parent that ignores or blocks SIGTERM (a test runner, a server thread) would hand
-# that to the program, which then could not be stopped by it. Start from the defaults, nothing blocked.
-signal.pthread_sigmask(signal.SIG_SETMASK, ())
-for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGALRM):
-    signal.signal(_sig, signal.SIG_DFL)
-
-def fail(msg):
-    os.write(2, ("astforge-sandbox: " + msg + "\n").encode())
-    os._exit(125)
-
-def limit(name, soft, hard):
-    kind = getattr(resource, name)
-    _, cur_hard = resource.getrlimit(kind)
-    if cur_hard != resource.RLIM_INFINITY:
-        soft, hard = min(soft, cur_hard), min(hard, cur_hard)
-    try:
-        resource.setrlimit(kind, (soft, hard))
-    except (OSError, ValueError) as exc:
-        fail("setrlimit %s: %s" % (name, exc))
-
-def run_program():
-    try:
-        os.execve(argv[0], argv, os.environ)
-    except OSError as exc:
-        fail("exec %s: %s" % (argv[0], exc))
-
-for name, soft, hard in cfg["rlimits"]:
-    limit(name, soft, hard)
-
-flags = cfg["unshare"]
-if not flags:
-    run_program()
-
-libc = ctypes.CDLL(None, use_errno=True)
-uid, gid = os.geteuid(), os.getegid()
-if libc.unshare(flags) != 0:
-    fail("unshare: " + os.strerror(ctypes.get_errno()))
-
-def write(path, text):
-    with open(path, "w") as fh:
-        fh.write(text)
-
-try:
-    write("/proc/self/setgroups", "deny")
-except FileNotFoundError:
-    pass
-write("/proc/self/uid_map", "%d %d 1" % (uid or 65534, uid))
-write("/proc/self/gid_map", "%d %d 1" % (gid or 65534, gid))
-# Set after unshare: since Linux 5.14 the count is then per user namespace (the sandbox's own
-# processes); before it, it would count every process of the caller's uid on the machine.
-limit("RLIMIT_NPROC", cfg["nproc"], cfg["nproc"])
-
-# The launcher stays outside the new PID namespace; its first child is PID 1 there, a minimal init
-# that reaps orphans and reports the program's wait status through a pipe. The program runs as PID 2,
-# so signals behave as usual (PID 1 ignores signals it has no handler for).
-rfd, wfd = os.pipe()
-init = os.fork()
-if init == 0:
-    os.close(rfd)
-    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG: die with the launcher
-        fail("prctl: " + os.strerror(ctypes.get_errno()))
-    if cfg["mount_proc"]:
-        MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x4000, 0x40000, 2, 4, 8
-        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-            fail("mount --make-rprivate /: " + os.strerror(ctypes.get_errno()))
-        if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
-            fail("mount proc: " + os.strerror(ctypes.get_errno()))
-    program = os.fork()
-    if program == 0:
-        os.close(wfd)
-        run_program()
-    while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == program:
-            os.write(wfd, str(status).encode())
-            os._exit(0)  # the kernel now kills whatever the program left running
-
-os.close(wfd)
-_, init_status = os.waitpid(init, 0)
-report = b""
-while chunk := os.read(rfd, 64):
-    report += chunk
-if not report:
-    fail("the namespace init ended without a report (wait status %d)" % init_status)
-status = int(report)
-if os.WIFSIGNALED(status):
-    sig = os.WTERMSIG(status)
-    signal.signal(sig, signal.SIG_DFL)
-    os.kill(os.getpid(), sig)
-    os._exit(128 + sig)
-os._exit(os.waitstatus_to_exitcode(status))
-"""
+# Trusted code, run as a script with -I -S before the program: the limits, namespaces and mounts (see its docstring).
+_BOOT = Path(__file__).with_name("sandbox_boot.py")
 
 # Runs in the program's interpreter (`python -c _PRELUDE main.py`): blocks the network, then runs main.py.
 _PRELUDE = r"""
@@ -180,6 +86,8 @@ class SandboxResult:
 class _Isolation:
     unshare: int
     mount_proc: bool
+    readonly_root: bool = False  # needs a user + mount namespace (and mount_proc, for the nested-userns limit)
+    drop_uid: int | None = None  # the kernel uid the program runs as (a root caller only)
 
 
 
@@ -270,8 +178,10 @@ def _classify(returncode: int, timed_out: bool, last_stderr: str) -> tuple[str, 
         return "error", "SandboxError"
     if exception == "MemoryError":
         return "memory", exception
-    if exception == "OSError" and "File too large" in last_stderr:
-        return "output_limit", exception
+    if exception == "OSError" and ("File too large" in last_stderr or "No space left" in last_stderr):
+        return "output_limit", exception  # RLIMIT_FSIZE, or the working directory's tmpfs is full
+    if exception == "BlockingIOError" and "Resource temporarily unavailable" in last_stderr:
+        return "process_limit", exception  # fork/clone refused by RLIMIT_NPROC
     return "failed", exception
 
 
@@ -327,9 +237,17 @@ def _run(
             "nproc": PROCESS_LIMIT,
             "unshare": isolation.unshare,
             "mount_proc": isolation.mount_proc,
+            "readonly_root": isolation.readonly_root,
+            "drop_uid": isolation.drop_uid,
+            "workdir": str(workdir),
+            "workdir_size": WORKDIR_SIZE_LIMIT,
+            "tmp_size": PRIVATE_TMP_SIZE_LIMIT,
+            # what the unprivileged uid must still reach: the interpreter, its standard library, the venv
+            "expose": sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
+                              os.path.dirname(os.path.realpath(sys.executable))}),
         }
         program = [sys.executable, "-s", "-B", "-u", "-c", _PRELUDE, _PROGRAM_NAME]
-        command = [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(config), *program]
+        command = [sys.executable, "-I", "-S", str(_BOOT), json.dumps(config), *program]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.monotonic()
             try:

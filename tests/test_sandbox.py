@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.sandbox import run_many, run_python, sandbox_layers
+from ml.sandbox import ALLOW_HOST_WRITES_ENV, PROCESS_LIMIT, run_many, run_python, sandbox_layers
 
 LAYERS = sandbox_layers()
 
@@ -233,10 +233,13 @@ def test_fork_loop_hits_the_process_limit():
                     os._exit(0)
                 n += 1
         except OSError as exc:
-            print('refused after', n, type(exc).__name__)
+            print('refused after', n, type(exc).__name__, flush=True)
+            raise
     """)
     result = run_python(program, timeout_s=10)
-    assert "refused after" in result.stdout
+    assert result.status == "process_limit" and result.error_type == "BlockingIOError"
+    refused_after = int(result.stdout.split()[2])
+    assert 0 < refused_after < PROCESS_LIMIT  # the launcher's processes count too
 
 
 def test_output_is_truncated_keeping_head_and_tail():
@@ -275,6 +278,12 @@ def test_weaker_isolation_levels_still_work(monkeypatch, listener, level):
         "no_namespaces": sandbox._Isolation(0, False),
     }[level]
     monkeypatch.setattr(sandbox, "_isolation", lambda: weaker)
+    with pytest.raises(sandbox.SandboxUnavailable, match=ALLOW_HOST_WRITES_ENV):
+        sandbox.run_python("print(6 * 7)\n", timeout_s=10)
+    with pytest.raises(sandbox.SandboxUnavailable):
+        sandbox.run_many(["print(1)\n", "print(2)\n"], timeout_s=10)
+    monkeypatch.setenv(ALLOW_HOST_WRITES_ENV, "1")  # the user accepts the risk
+    assert sandbox.sandbox_layers()["host_writes_allowed_by_user"]
     assert sandbox.run_python("print(6 * 7)\n", timeout_s=10).stdout == "42\n"
     assert sandbox.run_python("assert False\n", timeout_s=10).status == "failed"
     assert sandbox.run_python("while True:\n    pass\n", timeout_s=1.0).status == "timeout"

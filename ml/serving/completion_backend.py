@@ -18,13 +18,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ml.autocomplete.fim import FIM_TOKENS
+from ml.autocomplete.fim import FIM_PREFIX, FIM_TOKENS
 from ml.serving.completion_jobs import Event, Job, SamplingParams, build_completion_prompt, chat_prompt
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "astforge-autocomplete"
 MAX_TOKENS_CAP = 512
+MAX_QUEUED = 64  # requests waiting for the worker; more are refused (HTTP 429) rather than held in memory
+
+
+class QueueFull(RuntimeError):
+    """The backend's queue holds ``max_queued`` requests already."""
 # Ends of a completion besides the tokenizer's eos and its special tokens: Qwen2.5-Coder's control tokens (a FIM
 # model that emits one has finished the middle) and the FIM markers themselves, which astforge's FIM tokenizer adds
 # as ordinary (non-special) tokens.
@@ -148,7 +153,7 @@ class QueuedCompletionBackend:
     Subclasses set their model up, then call ``super().__init__`` (which starts the worker)."""
 
     def __init__(self, *, model_name: str | None, max_batch: int, max_tokens_cap: int, context_length: int,
-                 stop_ids: frozenset[int], bos_id: int | None, pad_id: int) -> None:
+                 stop_ids: frozenset[int], bos_id: int | None, pad_id: int, max_queued: int = MAX_QUEUED) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.model_name = model_name or DEFAULT_MODEL_ID
@@ -158,6 +163,10 @@ class QueuedCompletionBackend:
         self.stop_ids = stop_ids
         self.bos_id, self.pad_id = bos_id, pad_id
         self.cancelled = 0  # requests whose client went away mid-generation (a counter for logs and tests)
+        self.max_queued = int(max_queued)
+        # Kept in front of a prompt clipped to the context: BOS and the FIM prefix token (when it is one token).
+        fim_prefix = self._tokenize(FIM_PREFIX)
+        self.marker_ids = frozenset([i for i in (bos_id, *fim_prefix[: len(fim_prefix) == 1]) if i is not None])
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -182,6 +191,8 @@ class QueuedCompletionBackend:
         with self._cv:
             if self._closed:
                 raise RuntimeError("the completion backend is closed")
+            if len(self._pending) >= self.max_queued:
+                raise QueueFull(f"{len(self._pending)} requests are already waiting; retry shortly")
             self._pending.append(job)
             self._cv.notify()
         return job
@@ -259,8 +270,13 @@ class QueuedCompletionBackend:
         ids = self._tokenize(job.prompt)
         if not ids:  # an empty prompt: the model starts a document, as after OpenAI's <|endoftext|>
             ids = [self.bos_id if self.bos_id is not None else self.pad_id]
-        # Too long for the context: keep the end of the prompt, next to where the completion goes.
-        return list(ids[-(self.context_length - job.params.max_tokens):])
+        # Too long for the context: keep the end of the prompt, next to where the completion goes, and its first
+        # token when that is a FIM or BOS marker (the model was trained with it in front).
+        budget = self.context_length - job.params.max_tokens
+        if len(ids) <= budget:
+            return list(ids)
+        head = ids[:1] if ids[0] in self.marker_ids else []
+        return head + list(ids[len(ids) - (budget - len(head)):])
 
     def _rows(self, jobs: list[Job]) -> list[_Row]:
         return [_Row(job, self._decode, self.stop_ids) for job in jobs]

@@ -21,12 +21,28 @@ _GREEDY_BELOW = 1e-5
 # ---------------------------------------------------------------------------------------------------- prompts
 
 
+# Characters of prompt (and of suffix) a request keeps before tokenizing: far more than any context holds (a
+# token is rarely over 8 characters), so only the cost of tokenizing a huge prompt is cut, never what the model sees.
+MAX_PROMPT_CHARS = 64 * 1024
+
+
+def clip_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """The end of a too-long ``prompt`` (the code next to the cursor, as editors truncate), keeping a leading FIM
+    marker of an editor-rendered template so that the prompt stays a FIM prompt."""
+    if len(prompt) <= max_chars:
+        return prompt
+    head = FIM_PREFIX if prompt.startswith(FIM_PREFIX) else ""
+    return head + prompt[len(prompt) - (max_chars - len(head)):]
+
+
 def build_completion_prompt(prompt: str, suffix: str | None) -> str:
     """The text the model continues: ``prompt`` as is when there is no suffix or when it is already a FIM prompt
-    (an editor rendered its own template), else the PSM fill-in-the-middle prompt of ``prompt`` and ``suffix``."""
+    (an editor rendered its own template), else the PSM fill-in-the-middle prompt of ``prompt`` and ``suffix``.
+    A huge prompt keeps its end and a huge suffix its start (:func:`clip_prompt`)."""
+    prompt = clip_prompt(prompt)
     if suffix is None or FIM_PREFIX in prompt:
         return prompt
-    return fim_prompt(prompt, suffix)
+    return fim_prompt(prompt, suffix[:MAX_PROMPT_CHARS])
 
 
 def _content_text(content: Any) -> str:

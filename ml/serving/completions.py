@@ -11,6 +11,12 @@ Routes (FastAPI, served by uvicorn):
   has one, else their contents are joined by blank lines. Also streams.
 - ``GET /v1/models`` (the served model's id), ``GET /health``.
 
+Hostile or careless requests get a 4xx and leave the server as it was: a body over 8 MiB is a 413, a model id
+other than the served one a 404 ``model_not_found``, more than 32 stop strings, a lone surrogate or a bad type a
+400, a full queue (64 waiting requests) a 429 with ``Retry-After``; ``max_tokens`` above the cap is served up to
+the cap. A prompt longer than the context is truncated from the left, as editors expect (the code next to the
+cursor matters most), keeping a leading ``<|fim_prefix|>``/BOS token; a suffix keeps its start.
+
 Generation always ends at the tokenizer's end-of-sequence token, at every special token and at the FIM / Qwen
 control tokens (``<|endoftext|>``, ``<|fim_pad|>``, ``<|file_sep|>``...): none of them is ever part of a text.
 Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status.
@@ -50,6 +56,7 @@ from ml.serving.completion_backend import (
     MAX_TOKENS_CAP,
     CompletionBackend,
     HFCompletionBackend,
+    QueueFull,
     ensure_fim_tokens,
 )
 from ml.serving.completion_jobs import (
@@ -64,6 +71,8 @@ from ml.serving.completion_jobs import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CHAT_MAX_TOKENS = 256  # /v1/chat/completions: a function from a comment
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body above this is refused (413) before it is parsed
+MAX_STOP_STRINGS = 32  # OpenAI allows 4; editors send a handful (Continue: 5)
 
 __all__ = [
     "serve_in_background",
@@ -101,7 +110,7 @@ class _Sampling(BaseModel):
     max_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
     seed: StrictInt | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] | None = None
     stream: StrictBool | None = False
@@ -139,6 +148,61 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+def _check_unicode(param: str, value: Any) -> None:
+    """A lone surrogate (JSON allows "\\ud800") is no text a tokenizer can take: refuse it as a 400."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(f"{param}.{key}" if param else str(key), item)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(f"{param}.{i}", item)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _APIError(400, f"{param}: not valid Unicode (a lone surrogate at character {exc.start})",
+                            code="invalid_value", param=param) from exc
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _LimitBody:
+    """ASGI middleware: a body over ``limit`` bytes (by Content-Length, or as it arrives) is a 413."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = json.dumps(_error_body(f"the request body is over {self.limit} bytes", "invalid_request_error",
+                                      "request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class _APIError(Exception):
@@ -297,6 +361,12 @@ def create_app(backend: CompletionBackend) -> FastAPI:
     async def api_error(request: Request, exc: _APIError) -> JSONResponse:
         return _error(exc.status, exc.message, exc.kind, exc.code, exc.param)
 
+    @app.exception_handler(QueueFull)
+    async def busy(request: Request, exc: QueueFull) -> JSONResponse:
+        response = _error(429, f"the server is busy: {exc}", "rate_limit_error", "queue_full")
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
@@ -311,8 +381,16 @@ def create_app(backend: CompletionBackend) -> FastAPI:
         return {"object": "list", "data": [{"id": backend.model_name, "object": "model", "created": 0,
                                             "owned_by": "astforge"}]}
 
+    def check(body: _Sampling) -> None:
+        if body.model is not None and body.model != backend.model_name:
+            raise _APIError(404, f"the model {body.model!r} does not exist here; this server serves "
+                                 f"{backend.model_name!r} (GET /v1/models)", "invalid_request_error",
+                            "model_not_found", "model")
+        _check_unicode("", body.model_dump(exclude_none=True))
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
+        check(body)
         prompt = build_completion_prompt(body.text, body.suffix)
         shape = _Shape(chat=False, model=backend.model_name)
         return await _answer(backend, prompt, body.params(DEFAULT_MAX_TOKENS), shape, bool(body.stream),
@@ -320,6 +398,7 @@ def create_app(backend: CompletionBackend) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
+        check(body)
         try:
             prompt = backend.chat_prompt([m.model_dump() for m in body.messages])
         except Exception as exc:  # a chat template that rejects the roles (e.g. two user turns in a row)
@@ -328,6 +407,7 @@ def create_app(backend: CompletionBackend) -> FastAPI:
         return await _answer(backend, prompt, body.params(DEFAULT_CHAT_MAX_TOKENS), shape,
                              bool(body.stream), body.include_usage)
 
+    app.add_middleware(_LimitBody, limit=MAX_BODY_BYTES)
     return app
 
 
