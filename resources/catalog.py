@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -32,6 +33,7 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
+from ml.stats import Estimate
 from resources.artifacts import TRAINING_METRICS, ensure_local, write_json_atomic
 from resources.catalog_errors import CatalogDamaged, CatalogLockTimeout, CatalogUnavailable
 from resources.catalog_postgres import PostgresCatalog
@@ -53,10 +55,29 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS eval_metrics (
         asset_key VARCHAR, partition VARCHAR, run_id VARCHAR, metric VARCHAR, value DOUBLE,
         created_at TIMESTAMP)""",
+    # Each figure's evidence (ml/stats.py): n, the 95% interval and the split; columns added to older catalogs too.
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS n BIGINT",
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS ci_low DOUBLE",
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS ci_high DOUBLE",
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS split VARCHAR",
     """CREATE TABLE IF NOT EXISTS skipped_inputs (
         asset_key VARCHAR, partition VARCHAR, run_id VARCHAR, reason VARCHAR, count BIGINT,
         created_at TIMESTAMP)""",
 ]
+
+EVAL_METRIC_COLUMNS = "asset_key, partition, run_id, metric, value, n, ci_low, ci_high, split, created_at"
+
+
+def _metric_row(value: float | Estimate) -> list:
+    """[value, n, ci_low, ci_high, split] of one metric."""
+    if isinstance(value, Estimate):
+        return [_finite(value.value), int(value.n), _finite(value.ci_low), _finite(value.ci_high), value.split]
+    return [float(value), None, None, None, None]
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
 
 _IDENT_OK = set("abcdefghijklmnopqrstuvwxyz_0123456789")
 REBUILD_COMMAND = "make catalog-rebuild"
@@ -391,15 +412,17 @@ class DuckDBCatalog(dg.ConfigurableResource):
         )
 
     def write_metrics(
-        self, *, asset_key: str, partition: str, run_id: str, metrics: Mapping[str, float]
+        self, *, asset_key: str, partition: str, run_id: str, metrics: Mapping[str, float | Estimate]
     ) -> None:
+        """One row per metric; an :class:`ml.stats.Estimate` also fills ``n``, ``ci_low``, ``ci_high`` and ``split``
+        (a plain number leaves them NULL: a figure without its evidence, such as a latency or a step count)."""
         now = _now()
         with self._transaction() as tx:
             tx.execute("DELETE FROM eval_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
                        [asset_key, partition, run_id])
             tx.executemany(
-                "INSERT INTO eval_metrics VALUES (?, ?, ?, ?, ?, ?)",
-                [[asset_key, partition, run_id, k, float(v), now] for k, v in sorted(metrics.items())],
+                f"INSERT INTO eval_metrics ({EVAL_METRIC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [[asset_key, partition, run_id, k, *_metric_row(v), now] for k, v in sorted(metrics.items())],
             )
 
     def write_training_curve(

@@ -39,6 +39,10 @@ SCHEMA = [
         asset_key TEXT, partition TEXT, run_id TEXT, step BIGINT, metric TEXT, value DOUBLE PRECISION)""",
     """CREATE TABLE IF NOT EXISTS eval_metrics (
         asset_key TEXT, partition TEXT, run_id TEXT, metric TEXT, value DOUBLE PRECISION, created_at TIMESTAMP)""",
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS n BIGINT",
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS ci_low DOUBLE PRECISION",
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS ci_high DOUBLE PRECISION",
+    "ALTER TABLE eval_metrics ADD COLUMN IF NOT EXISTS split TEXT",
     """CREATE TABLE IF NOT EXISTS skipped_inputs (
         asset_key TEXT, partition TEXT, run_id TEXT, reason TEXT, count BIGINT, created_at TIMESTAMP)""",
 ]

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import duckdb
 
+from ml.stats import EVIDENCE_FILE
 from resources.artifacts import TRAINING_METRICS, ArtifactStore
-from resources.catalog import _SCHEMA, DuckDBCatalog, _DuckDBSession, _ident
+from resources.catalog import _SCHEMA, EVAL_METRIC_COLUMNS, DuckDBCatalog, _DuckDBSession, _ident
 from resources.catalog_postgres import PostgresSession
 
 
@@ -75,6 +76,14 @@ def _flat_metrics(folder: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in found.items()}
 
 
+def _evidence(folder: Path) -> dict[str, dict]:
+    try:
+        found = json.loads((folder / EVIDENCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _training_points(folder: Path, run_id: str) -> list[tuple[int, str, float]]:
     try:
         found = json.loads((folder / TRAINING_METRICS).read_text())
@@ -98,9 +107,12 @@ def _fill(session: _DuckDBSession | PostgresSession, entries: list[tuple[Path, d
         latest[(m["asset_key"], m["partition"])] = (folder, m)
         if m.get("table"):
             latest_rows[(m["table"], m["partition"], m.get("table_asset_key"))] = (folder, m)
+        evidence = _evidence(folder)
         for metric, value in sorted(_flat_metrics(folder).items()):
-            session.execute("INSERT INTO eval_metrics VALUES (?, ?, ?, ?, ?, ?)",
-                            [m["asset_key"], m["partition"], m["run_id"], metric, value, _created(m)])
+            known = evidence.get(metric) or {}
+            session.execute(f"INSERT INTO eval_metrics ({EVAL_METRIC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [m["asset_key"], m["partition"], m["run_id"], metric, value, known.get("n"),
+                             known.get("ci_low"), known.get("ci_high"), known.get("split"), _created(m)])
         points = _training_points(folder, m["run_id"])
         if points:
             session.executemany("INSERT INTO training_metrics VALUES (?, ?, ?, ?, ?, ?)",

@@ -15,6 +15,7 @@ from assets.corpus import code_units, source_files
 from assets.publish import publish_folder
 from resources import ArtifactStore, DuckDBCatalog
 from resources.artifacts import MANIFEST, read_manifest
+from ml.stats import EVIDENCE_FILE, rate, write_metrics_files
 from resources.catalog_rebuild import table_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +25,11 @@ CURVE = [(1, "loss", 2.0), (1, "eval_loss", 2.5), (2, "loss", 1.5)]
 @dg.asset
 def tiny_trained(context: dg.AssetExecutionContext, artifacts: ArtifactStore, catalog: DuckDBCatalog) -> None:
     """Writes what a training and an evaluation asset write: a folder with metrics.json, eval metrics, a curve."""
-    metrics = {"accuracy": 0.5, "loss": 1.25}
+    metrics = {"accuracy": rate([1, 0, 1, 0]), "loss": 1.25}  # an estimate with its evidence, and a plain number
     catalog.write_metrics(asset_key="tiny_trained", partition="all", run_id=context.run_id, metrics=metrics)
 
     def build(tmp: Path) -> None:
-        (tmp / "metrics.json").write_text(json.dumps(metrics))
+        write_metrics_files(tmp, metrics)
         (tmp / "adapter.bin").write_bytes(b"weights")
 
     publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=2)
@@ -41,12 +42,35 @@ def _latest(catalog: DuckDBCatalog) -> dict:
                                    "(PARTITION BY asset_key, partition ORDER BY created_at DESC) = 1")}
 
 
+def _evidence(catalog: DuckDBCatalog) -> dict:
+    return {r["metric"]: (r["value"], r["n"], r["ci_low"], r["ci_high"], r["split"])
+            for r in catalog.query("SELECT * FROM eval_metrics")}
+
+
+def test_an_older_catalog_gains_the_evidence_columns(astforge_home):
+    import duckdb
+
+    db = astforge_home / "catalog.duckdb"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(db)) as con:  # the eval_metrics table as catalogs before the evidence columns had it
+        con.execute("CREATE TABLE eval_metrics (asset_key VARCHAR, partition VARCHAR, run_id VARCHAR, "
+                    "metric VARCHAR, value DOUBLE, created_at TIMESTAMP)")
+        con.execute("INSERT INTO eval_metrics VALUES ('a', 'all', 'r0', 'old', 1.0, now())")
+    catalog = DuckDBCatalog()
+    catalog.write_metrics(asset_key="a", partition="all", run_id="r1", metrics={"new": rate([1, 1, 0])})
+    assert _evidence(catalog) == {"old": (1.0, None, None, None, None),
+                                  "new": (pytest.approx(2 / 3), 3, pytest.approx(0.208, abs=1e-3),
+                                          pytest.approx(0.939, abs=1e-3), "test")}
+
+
 def test_a_truncated_catalog_fails_at_open_and_is_rebuilt_from_the_manifests(resources, astforge_home):
     for lang in ("python", "java"):
         assert dg.materialize([source_files, code_units], resources=resources, partition_key=lang).success
     assert dg.materialize([tiny_trained], resources=resources).success
     catalog: DuckDBCatalog = resources["catalog"]
-    counts, latest = table_counts(catalog), _latest(catalog)
+    counts, latest, evidence = table_counts(catalog), _latest(catalog), _evidence(catalog)
+    assert evidence == {"accuracy": (0.5, 4, pytest.approx(0.15, abs=0.01), pytest.approx(0.85, abs=0.01), "test"),
+                        "loss": (1.25, None, None, None, None)}
     assert counts["code_units"] > 0 and counts["training_metrics"] == 3 and counts["eval_metrics"] == 2
     entry = catalog.latest_artifact("code_units", "python")
     manifest = read_manifest(Path(entry["path"]))
@@ -77,6 +101,7 @@ def test_a_truncated_catalog_fails_at_open_and_is_rebuilt_from_the_manifests(res
     assert f"rebuilt {db}" in cli.stdout and ".before-rebuild-" in cli.stdout
     assert table_counts(catalog) == counts
     assert _latest(catalog) == latest
+    assert _evidence(catalog) == evidence  # n, interval and split come back from metrics_evidence.json
     curve = catalog.query("SELECT step, metric, value FROM training_metrics")
     assert sorted(tuple(p.values()) for p in curve) == sorted(CURVE)
 
@@ -90,7 +115,8 @@ def test_same_content_again_keeps_one_folder_whose_manifest_names_the_latest_run
     second = dg.materialize([tiny_trained], resources=resources)
     [folder] = (astforge_home / "artifacts" / "tiny_trained" / "all").iterdir()
     assert read_manifest(folder)["run_id"] == second.run_id != first.run_id
-    assert {p.name for p in folder.iterdir()} == {"metrics.json", "adapter.bin", MANIFEST, "_training_metrics.json"}
+    assert {p.name for p in folder.iterdir()} == {"metrics.json", EVIDENCE_FILE, "adapter.bin", MANIFEST,
+                                                  "_training_metrics.json"}
 
 
 def test_latest_training_curve_is_the_run_of_the_latest_artifact(astforge_home):
