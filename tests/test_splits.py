@@ -64,9 +64,10 @@ def test_planted_near_duplicates_land_in_one_split():
     for i in range(60):
         body = f"def f(a):\n    return a * {i} + {i * 7}\n"
         for name in ("f", "g", "compute"):  # renamed copies
-            rows.append({"kind": "code", "family": f"code-{i}", "group_key": code_key(rename(body.replace("f(", name + "(")).code)})
+            renamed = rename(body.replace("f(", name + "(")).code
+            rows.append({"kind": "code", "family": f"code-{i}", "group_key": code_key(renamed)})
     examples = [CDK_EXAMPLE.replace("30", str(n)).replace("MyBucket", f"Bucket{n}") for n in range(40)]
-    unrelated = [f"x{n} = service_{n}.call_{n}(alpha_{n}, beta_{n}, gamma_{n}, delta_{n}, epsilon_{n})" for n in range(40)]
+    unrelated = [f"x{n} = service_{n}.call_{n}(alpha_{n}, beta_{n}, gamma_{n}, delta_{n})" for n in range(40)]
     for text, key in zip(examples + unrelated, near_duplicate_keys(examples + unrelated), strict=True):
         rows.append({"kind": "cdk", "family": "cdk-bucket" if text in examples else text, "group_key": key})
     for i in range(50):  # EN/FR twins keyed by the request's AST
@@ -85,7 +86,8 @@ def test_planted_near_duplicates_land_in_one_split():
 
 def test_a_planted_leak_is_counted():
     rows = [{"group_key": "a", "split": "train"}, {"group_key": "a", "split": "test"},
-            {"group_key": "b", "split": "dev"}, {"group_key": "b", "split": "train"}, {"group_key": "c", "split": "test"}]
+            {"group_key": "b", "split": "dev"}, {"group_key": "b", "split": "train"},
+            {"group_key": "c", "split": "test"}]
     assert leaked_groups(rows) == {"test": ["a"], "dev": ["b"]}
     with pytest.raises(ValueError):
         leaked_groups([{"group_key": "a", "split": "heldout"}])
