@@ -10,12 +10,14 @@ from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
 from assets.publish import png_markdown, publish_rows, read_upstream, skip_metadata
+from assets.split_checks import leak_check, leak_check_spec
 from ml.codec.tokens import text_to_tokens
 from ml.dataset import AstRowConfig, build_ast_rows, build_nl_ast_pairs
 from ml.languages import get_language
 from ml.plots import length_histogram
 from ml.reports import markdown_table
 from ml.schemas import AST_CORPUS, NL_AST_PAIRS
+from ml.splits import split_counts
 from resources import ArtifactStore, DuckDBCatalog
 from resources.settings import active_profile
 
@@ -47,7 +49,8 @@ def _length_metadata(rows: list[dict], title: str, cap: int) -> dict:
     group_name="ast_first",
     partitions_def=language_slices,
     deps=[code_units],
-    description="Phase 1 rows: alpha-renamed functions serialized as reversible AST token sequences.",
+    description="Phase 1 rows: alpha-renamed functions without docstrings or comments, serialized as reversible "
+                "AST token sequences; split train/dev/test by the renamed code's group key.",
     kinds={"python", "parquet", "duckdb"},
     op_tags=DATA_STEP,
     check_specs=[
@@ -56,6 +59,7 @@ def _length_metadata(rows: list[dict], title: str, cap: int) -> dict:
         dg.AssetCheckSpec("no_duplicate_ids", asset="ast_corpus", blocking=True),
         dg.AssetCheckSpec("non_empty_slice", asset="ast_corpus",
                           description="Warns when a slice has no rows (its default source is missing)."),
+        leak_check_spec("ast_corpus"),
     ],
 )
 def ast_corpus(
@@ -75,6 +79,7 @@ def ast_corpus(
             "rows": len(rows),
             "mode": config.mode,
             "token_cap": config.token_cap,
+            **{f"rows_{name}": n for name, n in split_counts(r["split"] for r in rows).items()},
             "path": dg.MetadataValue.path(str(pub.path)),
             "sample": dg.MetadataValue.md(
                 markdown_table(rows[:: max(1, len(rows) // 6)][:6], ["name", "n_tokens", "ast_text"], 100)
@@ -100,15 +105,18 @@ def ast_corpus(
                               metadata={"duplicates": len(ids) - len(set(ids))})
     yield dg.AssetCheckResult(check_name="non_empty_slice", passed=bool(rows),
                               severity=dg.AssetCheckSeverity.WARN, metadata={"rows": len(rows)})
+    yield leak_check("ast_corpus", rows)
 
 
 @dg.asset(
     group_name="ast_first",
     partitions_def=language_slices,
     deps=[ast_corpus],
-    description="Phase 2 rows: docstring text -> AST tokens of the function (docstring removed from the target).",
+    description="Phase 2 rows: docstring text -> AST tokens of the function (docstring removed from the target); "
+                "each pair keeps its ast_corpus row's group key and split.",
     kinds={"python", "parquet", "duckdb"},
     op_tags=DATA_STEP,
+    check_specs=[leak_check_spec("nl_ast_pairs")],
 )
 def nl_ast_pairs(
     context: dg.AssetExecutionContext, config: AstCorpusConfig, artifacts: ArtifactStore, catalog: DuckDBCatalog
@@ -124,6 +132,7 @@ def nl_ast_pairs(
     return dg.MaterializeResult(
         metadata={
             "rows": len(pairs),
+            **{f"rows_{name}": n for name, n in split_counts(p["split"] for p in pairs).items()},
             "path": dg.MetadataValue.path(str(pub.path)),
             "sample": dg.MetadataValue.md(
                 markdown_table(pairs[:: max(1, len(pairs) // 6)][:6], ["name", "nl", "n_tokens"], 100)
@@ -132,4 +141,5 @@ def nl_ast_pairs(
             **skip_metadata(skipped),
         },
         data_version=dg.DataVersion(pub.data_version),
+        check_results=[leak_check("nl_ast_pairs", pairs)],
     )

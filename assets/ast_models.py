@@ -1,6 +1,5 @@
 """`ast_first` group, model half: tokenizer, base model, Phase 1 and Phase 2 adapters, evaluation."""
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -10,13 +9,11 @@ from pydantic import model_validator
 
 from assets.ast_first import ast_corpus, nl_ast_pairs
 from assets.config_checks import (
-    EvalFraction,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Seed,
     TrainableEmbeddings,
-    TrainFraction,
 )
 from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
@@ -24,6 +21,7 @@ from assets.partitions import language_slices
 from assets.pipes_training import LAUNCH_SETTINGS, Launcher, checkpoint_world, train_phase1_through_pipes
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream, report_markdown
 from ml.languages import get_language
+from ml.stats import metadata_text, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.settings import active_profile
@@ -57,8 +55,8 @@ class PhaseTrainingConfig(dg.Config):
     eval_steps: PositiveInt = 50
     save_steps: PositiveInt = 50
     logging_steps: PositiveInt = 10
-    heldout_fraction: TrainFraction = 0.05
-    max_eval_rows: NonNegativeInt = 64  # 0 = no held-out loss during training
+    # Rows come by their `split` column (decided once by ast_corpus): train on "train", validation loss on "dev".
+    max_eval_rows: NonNegativeInt = 64  # dev rows in the validation loss; 0 = none during training
 
 
 class Phase1TrainingConfig(PhaseTrainingConfig):
@@ -80,10 +78,11 @@ class Phase2TrainingConfig(PhaseTrainingConfig):
 
 
 class AstEvalConfig(dg.Config):
+    # Scores the "test" rows of ast_corpus / nl_ast_pairs (their split column): no fraction to agree on.
     samples: PositiveInt = _P.eval_samples
     max_new_tokens: PositiveInt = 256
-    heldout_fraction: EvalFraction = 0.05  # the training's: the held-out rows it never saw
     max_length: PositiveInt = _P.max_length
+    max_test_texts: PositiveInt = 64  # test functions in the loss comparison
     seed: Seed = 0
 
 
@@ -200,11 +199,13 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: Phase1Training
     rows, entry = read_upstream(catalog, "ast_corpus", language)
     _require_rows(rows, "ast_corpus", language)
     tok = AutoTokenizer.from_pretrained(base["path"])
-    texts, eval_texts, dropped = phase1_split(tok, rows, config.heldout_fraction, config.max_length,
-                                              config.max_eval_rows)
-    _require_rows(texts, "ast_corpus (after the length filter)", language)
-    context.log.info(f"phase 1 [{language}]: {len(texts)} sequences ({dropped} longer than "
-                     f"{config.max_length} tokens dropped), {len(eval_texts)} held out")
+    try:
+        texts, eval_texts, dropped = phase1_split(tok, rows, config.max_length, config.max_eval_rows)
+    except ValueError as exc:  # rows made before the split was a column
+        raise dg.Failure(f"phase 1 [{language}]: {exc}") from exc
+    _require_rows(texts, "ast_corpus (train split, after the length filter)", language)
+    context.log.info(f"phase 1 [{language}]: {len(texts)} train sequences ({dropped} longer than "
+                     f"{config.max_length} tokens dropped), {len(eval_texts)} dev")
     settings = config.model_dump(exclude=LAUNCH_SETTINGS)
     work = checkpoint_dir(artifacts, "ast_phase1_adapter", language,
                      {"base": base["data_version"], "data": entry["data_version"], "cfg": settings,
@@ -229,7 +230,7 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: Phase1Training
         upstream={"ast_base_model": base["data_version"], "ast_corpus": entry["data_version"]},
     ).path
     return _training_result(context, catalog, holder["result"], path, {
-        "train_sequences": len(texts), "dropped_too_long": dropped, "heldout_sequences": len(eval_texts),
+        "train_sequences": len(texts), "dropped_too_long": dropped, "dev_sequences": len(eval_texts),
         "device": plan.device, "backend": plan.backend, "checkpoints": dg.MetadataValue.path(str(work)),
         "launcher": config.launcher, "processes": config.nproc_per_node,
     })
@@ -252,7 +253,11 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     rows, entry = read_upstream(catalog, "nl_ast_pairs", language)
     _require_rows(rows, "nl_ast_pairs", language)
     tok = AutoTokenizer.from_pretrained(phase1["path"])
-    pairs, eval_pairs = phase2_pairs(rows, config.heldout_fraction, config.max_eval_rows)
+    try:
+        pairs, eval_pairs = phase2_pairs(rows, config.max_eval_rows)
+    except ValueError as exc:  # rows made before the split was a column
+        raise dg.Failure(f"phase 2 [{language}]: {exc}") from exc
+    _require_rows(pairs, "nl_ast_pairs (train split)", language)
     work = checkpoint_dir(artifacts, "ast_phase2_adapter", language,
                      {"phase1": phase1["data_version"], "data": entry["data_version"], "cfg": config.model_dump()})
     plan = compute.plan()
@@ -274,7 +279,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     result = holder["result"]
     return _training_result(context, catalog, result, path, {
         "train_pairs": len(pairs) - result.dropped_truncated, "dropped_truncated": result.dropped_truncated,
-        "heldout_pairs": len(eval_pairs), "device": plan.device, "backend": plan.backend,
+        "dev_pairs": len(eval_pairs), "device": plan.device, "backend": plan.backend,
     })
 
 
@@ -294,7 +299,8 @@ def _merged_loader(base_path: str, adapter_asset: str, adapter: dict, language: 
 @dg.asset(group_name="ast_first", partitions_def=language_slices,
           deps=[ast_phase1_adapter, ast_phase2_adapter], kinds={"pytorch"}, op_tags=MODEL_STEP,
           automation_condition=dg.AutomationCondition.eager(),
-          description="Held-out loss, sampled-AST validity (constrained and not), and docstring->AST quality.")
+          description="On the test split, with n and 95% intervals: base vs Phase 1 loss (paired), sampled-AST "
+                      "validity (constrained and not), and docstring->AST quality.")
 def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts: ArtifactStore,
              catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -317,7 +323,7 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
             AutoTokenizer.from_pretrained(base["path"]), rows, pairs, get_language(language),
             AstEvalSettings(**config.model_dump()), on_log=lambda msg: context.log.info(f"ast_eval[{language}]: {msg}"),
         )
-    except ValueError as exc:  # the recipe refuses (nothing held out to evaluate, ...): a clear step failure
+    except ValueError as exc:  # the recipe refuses (nothing in the test split, ...): a clear step failure
         raise dg.Failure(f"ast_eval[{language}]: {exc}") from exc
     metrics = result.metrics
     catalog.write_metrics(asset_key="ast_eval", partition=language, run_id=context.run_id, metrics=metrics)
@@ -328,7 +334,7 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
 
     def build(tmp: Path) -> None:
         (tmp / "report.md").write_text(report)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_metrics_files(tmp, metrics)  # metrics.json (values) + metrics_evidence.json (n, interval, split)
         for name, png in curves.items():
             if png.exists():
                 shutil.copy(png, tmp / name)
@@ -338,9 +344,12 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
         upstream={"ast_phase1_adapter": p1_entry["data_version"], "ast_phase2_adapter": p2_entry["data_version"],
                   "ast_corpus": corpus_entry["data_version"]},
     ).path
-    context.log.info(f"ast_eval[{language}] in {time.monotonic() - started:.0f}s: {metrics}")
+    context.log.info(f"ast_eval[{language}] in {time.monotonic() - started:.0f}s: "
+                     + ", ".join(f"{k} {v}" for k, v in metrics.items()))
     return dg.MaterializeResult(metadata={
-        **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
+        **{k: dg.MetadataValue.float(v.value) for k, v in metrics.items()},  # numbers: the UI plots them over runs
+        **{f"{k}_evidence": text for k, text in metadata_text(metrics).items()},  # "0.167 [0.047, 0.448] n=12"
+        **{f"{k}_verdict": text for k, text in result.verdicts.items()},
         "report": report_markdown(report, path),
         "phase1_curve": png_markdown((Path(p1_entry["path"]) / "training_curve.png").read_bytes(), "phase 1"),
         "phase2_curve": png_markdown((Path(p2_entry["path"]) / "training_curve.png").read_bytes(), "phase 2"),

@@ -60,7 +60,12 @@ class StageBConfig(StageConfig):
 
 
 class AutocompleteEvalConfig(dg.Config):
-    tasks_per_set: PositiveInt = _A.eval_tasks  # generic, domain and HumanEval single-line tasks per model
+    tasks_per_set: PositiveInt = _A.eval_tasks  # generic and domain single-line tasks per model (a seeded sample)
+    # a seeded sample of HumanEval's 164 problems, one masked line each (0: all of them); not the first N
+    humaneval_problems: NonNegativeInt = _A.humaneval_problems
+    # the split the generic and domain tasks come from: test to report, dev to tune a knob (HumanEval is skipped
+    # on dev, so that nothing is tuned on the benchmark)
+    split: Literal["dev", "test"] = "test"
     max_new_tokens: PositiveInt = 48
     languages: list[str] = ["python"]  # slices of the generic set
     sandbox_timeout_s: PositiveFloat = 10.0  # per HumanEval program
@@ -192,30 +197,39 @@ def _load(catalog: DuckDBCatalog, model: str, plan):
           pool="gpu", kinds={"pytorch", "markdown"}, op_tags=TRAINING_STEP,
           # a new adapter (a re-trained stage) re-runs the comparison when the automation sensor is on
           automation_condition=dg.AutomationCondition.eager(),
-          description="M0 vs M1 vs M2 on held-out single-line infilling (generic slices, the domain) and HumanEval "
-                      "(tests run in the sandbox): exact match, edit similarity, syntax validity with and without "
-                      "syntax-aware truncation, pass@1, latency. Metrics {model}_{set}_{metric}; a Markdown report.")
+          description="M0 vs M1 vs M2 on single-line infilling of the test split (generic slices, the domain) and "
+                      "a seeded sample of HumanEval (tests run in the sandbox): exact match, edit similarity, syntax "
+                      "validity with and without syntax-aware truncation, pass@1 (each with n and 95% interval), "
+                      "latency; paired differences diff_{a}_vs_{b}_{set}_{metric}. Metrics {model}_{set}_{metric}; "
+                      "a Markdown report.")
 def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEvalConfig, artifacts: ArtifactStore,
                       catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
     from ml.autocomplete import humaneval
-    from ml.autocomplete.recipe import evaluate_set, sample_tasks
-    from ml.autocomplete.report import autocomplete_report, exact_match_plot
+    from ml.autocomplete.recipe import evaluate_set, paired_differences, sample_tasks
+    from ml.autocomplete.report import autocomplete_report, differences_table, exact_match_plot
+    from ml.stats import Estimate, metadata_text, write_metrics_files
 
     plan = compute.plan()
     generic, gversions = rows_of(catalog, config.languages)
     domain, dversions = domain_rows(catalog)
-    problems = humaneval.load_problems()
-    sets = {"generic": sample_tasks(generic, config.tasks_per_set, config.seed),
-            "domain": sample_tasks(domain, config.tasks_per_set, config.seed),
-            "humaneval": humaneval.single_line_tasks(problems, seed=config.seed)[: config.tasks_per_set]}
+    split = config.split
+    sets = {"generic": sample_tasks(generic, config.tasks_per_set, config.seed, split=split),
+            "domain": sample_tasks(domain, config.tasks_per_set, config.seed, split=split)}
+    if split == "test":
+        problems = humaneval.sample_problems(humaneval.load_problems(), config.humaneval_problems, config.seed)
+        sets["humaneval"] = humaneval.single_line_tasks(problems, seed=config.seed)
+    for set_name, tasks in sets.items():
+        if not tasks:
+            raise dg.Failure(f"autocomplete_eval: no {split} task in the {set_name} set (its data has no {split} "
+                             "group: more data, or a larger fraction for that split)")
 
     def run_tests(tasks, middles):
         _, rows = humaneval.score_completions(tasks, middles, timeout_s=config.sandbox_timeout_s)
         return [bool(r["passed"]) for r in rows]
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | Estimate] = {}
     results: list[dict] = []
     versions = {**gversions, **dversions}
     for model, asset in MODELS.items():
@@ -224,28 +238,34 @@ def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEva
         tok = AutoTokenizer.from_pretrained(entry["path"])
         for set_name, tasks in sets.items():
             m, rows = evaluate_set(loaded, tok, tasks, set_name, max_new_tokens=config.max_new_tokens,
-                                   score=run_tests if set_name == "humaneval" else None)
+                                   score=run_tests if set_name == "humaneval" else None,
+                                   split="test" if set_name == "humaneval" else split)
             metrics |= {f"{model}_{k}": v for k, v in m.items()}
             results += [{"model": model, **r} for r in rows]
             context.log.info(f"autocomplete_eval {model} {set_name}: " + ", ".join(
-                f"{k}={v:.3f}" for k, v in m.items() if not k.endswith(("_p95", "_truncated"))))
+                f"{k}={v}" for k, v in metadata_text(m).items() if not k.endswith(("_p95", "_truncated"))))
         del loaded
+    metrics |= paired_differences(results, split=split)
     catalog.write_metrics(asset_key="autocomplete_eval", partition=P, run_id=context.run_id, metrics=metrics)
     plot = exact_match_plot(metrics)
-    report = autocomplete_report(metrics, results, {s: len(t) for s, t in sets.items()})
+    report = autocomplete_report(metrics, results, {s: len(t) for s, t in sets.items()}, split=split)
 
     def build(tmp: Path) -> None:
         pq.write_table(to_table(results, AUTOCOMPLETE_RESULTS), tmp / "rows.parquet", compression="zstd")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_metrics_files(tmp, metrics)
         (tmp / "report.md").write_text(report)
         (tmp / "exact_match.png").write_bytes(plot)
 
     path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(results),
                           table="autocomplete_results", upstream=versions).path
-    headline = {k: dg.MetadataValue.float(v) for k, v in metrics.items()
-                if k.endswith(("_exact_match", "_pass_at_1", "_syntax_valid_rate_truncated", "_latency_ms_p50"))}
+    # numbers stay numbers (the UI plots them, the console prints them); their n and intervals, and the paired
+    # differences with their verdicts, are in the report and in eval_metrics
+    headline = {k: dg.MetadataValue.float(v.value if isinstance(v, Estimate) else v) for k, v in metrics.items()
+                if not k.startswith("diff_") and k.endswith(("_exact_match", "_edit_similarity", "_pass_at_1",
+                                                             "_syntax_valid_rate_truncated", "_latency_ms_p50"))}
     return dg.MaterializeResult(metadata={
-        **headline, "report": report_markdown(report, path), "exact_match": png_markdown(plot, "exact match"),
+        **headline, "paired_differences": dg.MetadataValue.md(differences_table(metrics)),
+        "report": report_markdown(report, path), "exact_match": png_markdown(plot, "exact match"),
         "path": dg.MetadataValue.path(str(path / "report.md")),
     })
 

@@ -1,19 +1,23 @@
 """`autocomplete` group, data half: FIM and comment-to-code rows per language slice (`fim_samples`) and the Stage B
-domain corpus (`domain_corpus`, AWS CDK by default), each with its held-out single-line infilling tasks."""
+domain corpus (`domain_corpus`, AWS CDK by default), each with a `split` column (train / dev / test, decided by a
+group key: the file, or the domain's near-duplicate cluster) and a blocking check that no group is on two sides."""
 
 from collections import Counter
+from typing import Annotated
 
 import dagster as dg
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, Seed, TrainFraction
 from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
 from assets.publish import UNPARTITIONED, publish_rows, read_upstream, skip_metadata
+from assets.split_checks import leak_check, leak_check_spec
 from ml.autocomplete.fim import FimRates, dataset_rows
 from ml.languages import get_language
 from ml.schemas import FIM_SAMPLES
+from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION
 from resources import ArtifactStore, DuckDBCatalog
 from resources.settings import active_autocomplete_profile
 
@@ -28,7 +32,10 @@ class FimRowsConfig(dg.Config):
     line_span_rate: Fraction = 0.5  # of the FIM rows: one to three whole lines; the rest: two random characters
     max_context_chars: PositiveInt = 400  # prefix and suffix, each, cut at line boundaries
     max_middle_chars: PositiveInt = 240
-    heldout_fraction: TrainFraction = 0.1  # of the files: their units become single-line infilling tasks only
+    # of the split groups (files; the domain's near-duplicate clusters), by a stable hash of the group key: dev and
+    # test groups give single-line infilling tasks only (tune on dev, report on test), train groups the training rows
+    dev_fraction: TrainFraction = DEFAULT_DEV_FRACTION
+    test_fraction: TrainFraction = DEFAULT_TEST_FRACTION
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -36,7 +43,13 @@ class FimRowsConfig(dg.Config):
         if self.ast_span_rate + self.line_span_rate > 1:
             raise ValueError(f"ast_span_rate + line_span_rate must be at most 1, not "
                              f"{self.ast_span_rate} + {self.line_span_rate}")
+        if self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError(f"dev_fraction + test_fraction must leave room for train, not "
+                             f"{self.dev_fraction} + {self.test_fraction}")
         return self
+
+    def split_fractions(self) -> dict[str, float]:
+        return {"dev_fraction": self.dev_fraction, "test_fraction": self.test_fraction}
 
     def rates(self) -> FimRates:
         return FimRates(fim_rate=self.fim_rate, spm_rate=self.spm_rate, ast_span_rate=self.ast_span_rate,
@@ -50,19 +63,23 @@ class DomainCorpusConfig(FimRowsConfig):
     max_examples: NonNegativeInt = _A.domain_max_examples  # 0 = all
     min_chars: PositiveInt = 40
     max_chars: PositiveInt = 2000
+    # examples whose token-shingle Jaccard similarity reaches this (directly or through a chain) share a split;
+    # MinHash LSH (128 permutations) has no banding above 0.98
+    near_duplicate_threshold: Annotated[float, Field(gt=0, le=0.98)] = 0.8
 
 
 def _row_metadata(rows: list[dict]) -> dict:
     train = [r for r in rows if r["split"] == "train"]
-    tasks = [r for r in rows if r["kind"] == "infill_task"]
+    tasks = {s: [r for r in rows if r["split"] == s] for s in ("dev", "test")}
     kinds = Counter(r["kind"] for r in train)
     fim = [r for r in train if r["kind"] == "fim"]
     sample = next((r for r in fim if r["span"] == "ast"), fim[0] if fim else None)
     meta = {
         "training_rows": len(train), "fim_rows": kinds["fim"], "comment_to_code_rows": kinds["comment_to_code"],
         "spm_rows": sum(r["order"] == "spm" for r in fim), "ast_span_rows": sum(r["span"] == "ast" for r in fim),
-        "heldout_tasks": len(tasks),
-        "heldout_files": len({r["path"] for r in tasks}),
+        "train_groups": len({r["group_key"] for r in train}),
+        **{f"{s}_tasks": len(t) for s, t in tasks.items()},
+        **{f"{s}_groups": len({r["group_key"] for r in t}) for s, t in tasks.items()},
     }
     if sample is not None:
         meta["sample_fim_row"] = dg.MetadataValue.md(
@@ -72,26 +89,33 @@ def _row_metadata(rows: list[dict]) -> dict:
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
-          op_tags=DATA_STEP,
+          op_tags=DATA_STEP, check_specs=[leak_check_spec("fim_samples")],
           description="Fill-in-the-middle (PSM and SPM; character or AST-node spans) and comment-to-code rows from "
-                      "the slice's code units, split by file; held-out files give single-line infilling tasks.")
+                      "the slice's code units, split train/dev/test by file; dev and test files give single-line "
+                      "infilling tasks.")
 def fim_samples(context: dg.AssetExecutionContext, config: FimRowsConfig, artifacts: ArtifactStore,
                 catalog: DuckDBCatalog) -> dg.MaterializeResult:
     language = context.partition_key
     units, entry = read_upstream(catalog, "code_units", language)
     if not units:
         raise dg.Failure(f"fim_samples: code_units[{language}] has no units (is the slice's source installed?)")
-    rows = dataset_rows(units, language, config.rates(), seed=config.seed, heldout_fraction=config.heldout_fraction,
+    rows = dataset_rows(units, language, config.rates(), seed=config.seed, **config.split_fractions(),
                         nl_target=get_language(language).nl_target)
     skipped = {"no_span": len(units) - len(rows)} if len(rows) < len(units) else {}
     publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=FIM_SAMPLES, skipped=skipped,
                  upstream={"code_units": entry["data_version"]})
-    return dg.MaterializeResult(metadata={"units": len(units), **_row_metadata(rows)})
+    return dg.MaterializeResult(metadata={"units": len(units), **_row_metadata(rows)},
+                                check_results=[leak_check("fim_samples", rows)])
+
+
+_DOMAIN_LEAK_CHECK = leak_check_spec("domain_corpus", partitions_def=None)  # domain_corpus is not partitioned
 
 
 @dg.asset(group_name=GROUP, kinds={"python", "parquet", "duckdb"}, op_tags=DATA_STEP,
+          check_specs=[_DOMAIN_LEAK_CHECK],
           description="Stage B domain corpus: the code examples in the aws-cdk-lib wheel's docstrings (or dir:/zip: "
-                      "sources of your own), parsed, deduplicated, made into FIM / comment-to-code rows and held-out "
+                      "sources of your own), parsed, deduplicated, split train/dev/test by near-duplicate cluster "
+                      "(edited copies of one example share a split), made into FIM / comment-to-code rows and "
                       "infilling tasks like fim_samples.")
 def domain_corpus(context: dg.AssetExecutionContext, config: DomainCorpusConfig, artifacts: ArtifactStore,
                   catalog: DuckDBCatalog) -> dg.MaterializeResult:
@@ -106,14 +130,16 @@ def domain_corpus(context: dg.AssetExecutionContext, config: DomainCorpusConfig,
         raise dg.Failure(f"domain_corpus: no usable example in {config.source!r} ({dict(found.skipped)})")
     context.log.info(f"domain_corpus: {len(found.examples)} examples from {found.files_read} files "
                      f"({dict(found.skipped)} skipped)")
-    rows = dataset_rows(domain_units(found.examples), "python", config.rates(), seed=config.seed,
-                        heldout_fraction=config.heldout_fraction, nl_target=without_leading_comment)
+    units = domain_units(found.examples, threshold=config.near_duplicate_threshold)
+    rows = dataset_rows(units, "python", config.rates(), seed=config.seed, **config.split_fractions(),
+                        nl_target=without_leading_comment)
     publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=FIM_SAMPLES,
                  skipped=dict(found.skipped), upstream={"source": config.source})
     return dg.MaterializeResult(metadata={
         "source": config.source, "examples": len(found.examples), "files_read": found.files_read,
+        "near_duplicate_clusters": len({u["group_key"] for u in units}),
         **skip_metadata(found.skipped), **_row_metadata(rows),
-    })
+    }, check_results=[leak_check("domain_corpus", rows)])
 
 
 def rows_of(catalog: DuckDBCatalog, languages: list[str]) -> tuple[list[dict], dict[str, str]]:

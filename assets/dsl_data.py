@@ -9,14 +9,17 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
+from pydantic import model_validator
 
 from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, SchemaView, Seed, TrainFraction
 from assets.k8s_tags import DATA_STEP
 from assets.publish import UNPARTITIONED, publish_folder, publish_rows, read_upstream, skip_metadata
+from assets.split_checks import leak_check, leak_check_spec
 from ml import schemas
-from ml.dsl.dataset import mutated_negatives, request_split, row_id
+from ml.dsl.dataset import mutated_negatives, row_id
 from ml.dsl.domains import DOMAIN_NAMES, build_schema, sample_operators, spec_from_dict, spec_to_dict
 from ml.dsl.format import ast_to_text
+from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION, split_counts
 from resources import ArtifactStore, DuckDBCatalog
 from resources.settings import active_dsl_profile
 from resources.teacher import TeacherResource
@@ -48,14 +51,24 @@ class DslSchemasConfig(dg.Config):
 
 class DslQueriesConfig(dg.Config):
     per_schema_queries: PositiveInt = _D.per_schema_queries
-    test_fraction: TrainFraction = 0.1  # requests of the training domains kept for evaluation
     seed: Seed = 11
 
 
 class DslDatasetConfig(dg.Config):
     positives_per_schema: PositiveInt = _D.positives_per_schema
     negative_ratio: Fraction = 0.6  # schema-invalid mutations per kept positive (1: every positive once)
+    # Shares of the training domains' requests (by group key: the canonical label AST) in dev (SFT validation)
+    # and test (evaluation); held-out domains are all test.
+    dev_fraction: TrainFraction = DEFAULT_DEV_FRACTION
+    test_fraction: TrainFraction = DEFAULT_TEST_FRACTION
     seed: Seed = 11
+
+    @model_validator(mode="after")
+    def _room_for_train(self):
+        if self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError(f"dev_fraction ({self.dev_fraction}) + test_fraction ({self.test_fraction}) must leave "
+                             "room for train (< 1)")
+        return self
 
 
 class DslTrainingCorpusConfig(dg.Config):
@@ -187,8 +200,8 @@ def dsl_schemas(context: dg.AssetExecutionContext, config: DslSchemasConfig, art
 
 
 @dg.asset(group_name=GROUP, deps=[dsl_schemas], kinds={"python"}, op_tags=DATA_STEP,
-          description="Natural-language requests per schema, in English and French, split train / test / held-out "
-                      "domain.")
+          description="Natural-language requests per schema, in English and French, with their domain's role "
+                      "(train | heldout_domain); dsl_dataset splits them by their label.")
 def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, teacher: TeacherResource,
                 artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
     specs, schemas_, splits, entry = specs_and_schemas(catalog)
@@ -198,31 +211,30 @@ def dsl_queries(context: dg.AssetExecutionContext, config: DslQueriesConfig, tea
         queries = teacher_call("dsl_queries", t.queries, spec, schemas_[domain], config.per_schema_queries,
                                seed=config.seed)
         for q in queries:
-            # Both languages of one request share a split (the AST, when known, names the request).
-            key = ast_to_text(q.ast) if q.ast is not None else q.text
-            split = request_split(splits[domain], domain, key, config.test_fraction, config.seed)
             rid = row_id(domain, q.lang, q.text)
             if rid in seen:
                 continue
             seen.add(rid)
-            rows.append({"id": rid, "domain": domain, "split": split, "lang": q.lang, "text": q.text,
+            rows.append({"id": rid, "domain": domain, "domain_split": splits[domain], "lang": q.lang, "text": q.text,
                          "teacher_ast_json": ast_to_text(q.ast) if q.ast is not None else None})
         context.log.info(f"dsl_queries: {domain}: {len(queries)} requests")
     if not rows:
         raise dg.Failure("dsl_queries: the teacher produced no requests")
     publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_QUERIES,
                  skipped={"teacher_dropped": t.stats.dropped}, upstream={"dsl_schemas": entry["data_version"]})
-    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "test", "heldout_domain")}
+    counts = {s: sum(r["domain_split"] == s for r in rows) for s in ("train", "heldout_domain")}
     return dg.MaterializeResult(metadata={
-        "requests": len(rows), **{f"split_{k}": v for k, v in counts.items()},
+        "requests": len(rows), **{f"domain_{k}": v for k, v in counts.items()},
         "english": sum(r["lang"] == "en" for r in rows), "french": sum(r["lang"] == "fr" for r in rows),
         "sample": dg.MetadataValue.json(rows[:4]), **teacher_metadata(t),
     })
 
 
 @dg.asset(group_name=GROUP, deps=[dsl_queries], kinds={"duckdb"}, op_tags=DATA_STEP,
+          check_specs=[leak_check_spec("dsl_dataset", partitions_def=None)],
           description="(schema, request) → AST rows labelled by the teacher and validated with jsonschema, plus "
-                      "schema-invalid negatives made by seeded mutations.")
+                      "schema-invalid negatives made by seeded mutations; split train/dev/test by the canonical "
+                      "label AST (both languages of a request together), held-out domains all test.")
 def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, teacher: TeacherResource,
                 artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.dsl.recipe import label_requests
@@ -236,7 +248,8 @@ def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, tea
         context.log.info(f"dsl_dataset: {done}/{total} requests labelled")
 
     rows, skipped = teacher_call("dsl_dataset", label_requests, queries, specs, schemas_, t,
-                                 config.positives_per_schema, on_progress=progress)
+                                 config.positives_per_schema, on_progress=progress, dev_fraction=config.dev_fraction,
+                                 test_fraction=config.test_fraction)
     if not rows:
         raise dg.Failure(f"dsl_dataset: no request got a valid label from the teacher ({skipped})")
     positives = list(rows)
@@ -250,8 +263,10 @@ def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, tea
         kinds[r["mutation"]] = kinds.get(r["mutation"], 0) + 1
     for r in positives:
         kept[r["domain"]] = kept.get(r["domain"], 0) + 1
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(check_results=[leak_check("dsl_dataset", rows)], metadata={
         "positives": len(positives), "negatives": len(negatives), "positives_per_domain": kept,
+        **{f"split_{k}": v for k, v in split_counts(r["split"] for r in positives).items()},
+        "groups": len({r["group_key"] for r in positives}),
         "mutations": kinds, "seconds": round(time.monotonic() - started, 1),
         "sample": dg.MetadataValue.json([{k: r[k] for k in ("domain", "lang", "query", "ast_json")}
                                          for r in positives[:3]]),
@@ -260,7 +275,9 @@ def dsl_dataset(context: dg.AssetExecutionContext, config: DslDatasetConfig, tea
 
 
 @dg.asset(group_name=GROUP, deps=[dsl_dataset], kinds={"duckdb"}, op_tags=DATA_STEP,
-          description="Prompt (instruction + schema + request) and completion (compact JSON AST) rows.")
+          check_specs=[leak_check_spec("dsl_training_corpus", partitions_def=None)],
+          description="Prompt (instruction + schema + request) and completion (compact JSON AST) rows, with the "
+                      "dataset's group key and train/dev/test split.")
 def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCorpusConfig,
                         artifacts: ArtifactStore, catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.dsl.recipe import training_rows
@@ -276,9 +293,10 @@ def dsl_training_corpus(context: dg.AssetExecutionContext, config: DslTrainingCo
     publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=schemas.DSL_TRAINING_CORPUS,
                  skipped={"over_max_samples": capped},
                  upstream={"dsl_dataset": dentry["data_version"], "dsl_schemas": sentry["data_version"]})
-    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "test", "heldout_domain")}
-    return dg.MaterializeResult(metadata={
+    counts = split_counts(r["split"] for r in rows)
+    return dg.MaterializeResult(check_results=[leak_check("dsl_training_corpus", rows)], metadata={
         "rows": len(rows), "schema_view": config.schema_view, **{f"split_{k}": v for k, v in counts.items()},
+        "heldout_domain_rows": sum(r["group"] == "heldout" for r in rows),
         "invalid_rows": sum(not r["valid"] for r in rows), "capped": capped,
         "prompt_chars_mean": round(sum(len(r["prompt"]) for r in rows) / max(1, len(rows)), 1),
         "example_prompt": dg.MetadataValue.md(f"```\n{rows[0]['prompt']}{rows[0]['completion']}\n```"),

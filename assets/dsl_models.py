@@ -1,7 +1,6 @@
 """`dsl` group, models: the student's base, LoRA SFT, teacher evaluation (M0, SFT, DPO), preference pairs from the
 teacher's verdicts, DPO, and the report. Unpartitioned: the catalog keys its rows by ``all``."""
 
-import json
 import random
 import time
 from pathlib import Path
@@ -19,13 +18,13 @@ from assets.config_checks import (
     PositiveFloat,
     PositiveInt,
     Seed,
-    TrainFraction,
 )
 from assets.dsl_data import GROUP, P, dsl_training_corpus, specs_and_schemas, teacher_call, teacher_metadata
 from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, publish_rows, read_upstream
 from ml import schemas
+from ml.stats import metadata_text, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.settings import active_dsl_profile
@@ -56,8 +55,9 @@ class DslSftConfig(dg.Config):
     weight_decay: NonNegativeFloat = 0.01
     warmup_steps: NonNegativeInt = _D.sft_warmup_steps
     max_length: PositiveInt = _D.max_length
-    val_split: TrainFraction = 0.05
-    eval_max_samples: NonNegativeInt = _D.eval_max_samples  # 0 = no validation rows (no early stopping, no probes)
+    # validation rows: a seeded sample of the dataset's dev split (dsl_dataset.dev_fraction); 0 = none (no early
+    # stopping, no probes)
+    eval_max_samples: NonNegativeInt = _D.eval_max_samples
     eval_steps: PositiveInt = _D.sft_eval_steps
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt = _D.sft_save_steps
@@ -77,7 +77,7 @@ class DslSftConfig(dg.Config):
     def _save_on_evaluations(self):
         # Early stopping restores the best checkpoint, so Hugging Face wants a save at evaluations; it would say so
         # only after the data and the model are loaded.
-        stops = self.early_stopping_patience and self.val_split and self.eval_max_samples
+        stops = self.early_stopping_patience and self.eval_max_samples
         if stops and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
                              "while early_stopping_patience > 0 (set it to 0 to turn early stopping off)")
@@ -152,15 +152,14 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
     from transformers import AutoTokenizer
 
     from ml.dsl.probe import make_probe_callback
-    from ml.dsl.recipe import model_inputs, sft_phase_config, split_validation
+    from ml.dsl.recipe import model_inputs, sft_phase_config, sft_rows
     from ml.training.sft import train_lora_sft
 
     base = catalog.require_artifact("dsl_base_model", P)
     rows, entry = read_upstream(catalog, "dsl_training_corpus", P)
     specs, schemas_, _, _ = specs_and_schemas(catalog)
     tok = AutoTokenizer.from_pretrained(base["path"])
-    train, val = split_validation([r for r in rows if r["split"] == "train"], config.val_split,
-                                  config.eval_max_samples, config.seed)
+    train, val = sft_rows(rows, config.eval_max_samples, config.seed)  # the train split; dev for validation
     if not train:
         raise dg.Failure("dsl_sft_adapter: no training rows")
     tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
@@ -249,7 +248,7 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
         from ml.dsl.report import rates_plot
 
         pq.write_table(schemas.to_table(results, schemas.EVAL_RESULTS), tmp / "rows.parquet", compression="zstd")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_metrics_files(tmp, metrics)
         (tmp / "rates.png").write_bytes(rates_plot({asset: metrics}, title=asset))
 
     path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(results),
@@ -257,7 +256,10 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
                           upstream={model_asset: entry["data_version"],
                                     "dsl_training_corpus": centry["data_version"]}).path
     return dg.MaterializeResult(metadata={
-        **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
+        # numbers stay numbers (the console's key figures, the UI's plots); each with its interval and n beside them
+        **{k: dg.MetadataValue.float(v.value) for k, v in metrics.items()},
+        "estimates": dg.MetadataValue.md("| metric | test split |\n|---|---|\n" + "\n".join(
+            f"| `{k}` | {v} |" for k, v in metadata_text(metrics).items())),
         "requests": len(rows), "rates": png_markdown((path / "rates.png").read_bytes(), "rates"),
         **teacher_metadata(t), "path": dg.MetadataValue.path(str(path)),
     })
@@ -373,6 +375,8 @@ def dsl_dpo_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teach
           description="Markdown report: base (M0) vs SFT vs DPO table, training curves and rate plots, sample JSON.")
 def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:
+    # Every figure is recomputed from the evaluations' per-request rows; the paired differences (SFT − base,
+    # DPO − SFT over the same requests) go to eval_metrics with their n and interval.
     from ml.dsl.recipe import build_report
 
     entries = {a: catalog.require_artifact(a, P) for a in
@@ -383,17 +387,22 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                            for a in ("dsl_sft_adapter", "dsl_dpo_adapter")},
                           dataset_rows=entries["dsl_dataset"]["rows"])
 
+    flat = report.flat_metrics()
+
     def build(tmp: Path) -> None:
         (tmp / "report.md").write_text(report.markdown)
         for name, png in report.images.items():
             (tmp / f"{name}.png").write_bytes(png)
-        (tmp / "metrics.json").write_text(json.dumps(report.metrics, indent=2))
+        write_metrics_files(tmp, flat)
 
     path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=0,
                           upstream={a: e["data_version"] for a, e in entries.items()}).path
+    catalog.write_metrics(asset_key="dsl_report", partition=P, run_id=context.run_id,
+                          metrics={k: v for k, v in flat.items() if k.startswith(("sft_vs_base_", "dpo_vs_sft_"))})
+    headline = [f"{owner}_semantic_pass_rate_constrained" for owner in ("base", "sft", "dpo", "sft_vs_base",
+                                                                         "dpo_vs_sft")]
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(report.inline_markdown()),
-        **{f"{k}_semantic_pass_rate_constrained": report.metrics[k].get("semantic_pass_rate_constrained", float("nan"))
-           for k in ("base", "sft", "dpo")},
+        **metadata_text({k: flat[k] for k in headline if k in flat}),
         "path": dg.MetadataValue.path(str(path / "report.md")),
     })

@@ -1,7 +1,10 @@
 """`graph_repair` group: abstract syntax graphs of a slice's functions, graded corruptions of them, a Graph U-Net
 denoiser and a Transformer of the same size trained on the same rows for the same steps, and both (with the
-slot-frequency baseline) repairing held-out functions: one-shot and iterative, with and without the grammar mask,
-with the Z3 check. Partitioned by language slice; graphs are built for Python (the tree-sitter slices are refused
+slot-frequency baseline) repairing test functions: one-shot and iterative, with and without the grammar mask,
+with the Z3 check. The split is data: each function's ``split`` comes from the group key of its alpha-renamed code
+(renamed copies share it), decided in ``asg_corpus`` and inherited by ``repair_dataset``; both carry the blocking
+``no_split_leak`` check. Training reads train, the relabel threshold is chosen on dev, the report shows test.
+Partitioned by language slice; graphs are built for Python (the tree-sitter slices are refused
 with a clear error until their graph builder exists)."""
 
 import json
@@ -16,7 +19,9 @@ from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.partitions import language_slices
 from assets.publish import png_markdown, publish_folder, publish_rows, read_upstream, report_markdown, skip_metadata
+from assets.split_checks import leak_check, leak_check_spec
 from ml.schemas import ASG_CORPUS, GRAPH_REPAIR_RESULTS, REPAIR_DATASET, to_table
+from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.settings import active_graph_repair_profile
@@ -29,11 +34,13 @@ class AsgCorpusConfig(dg.Config):
     max_functions: NonNegativeInt = _P.max_functions  # 0: every function that fits
     min_nodes: PositiveInt = 20
     max_nodes: PositiveInt = _P.max_nodes
-    heldout_fraction: Fraction = 0.1  # split by function (content hash): the same functions in every run
+    # split_of(group key of the alpha-renamed code): the same functions in every run, renamed copies together
+    dev_fraction: Fraction = DEFAULT_DEV_FRACTION
+    test_fraction: Fraction = DEFAULT_TEST_FRACTION
 
 
 class RepairDatasetConfig(dg.Config):
-    corruptions_per_graph: PositiveInt = _P.corruptions_per_graph  # held-out functions get one per noise level
+    corruptions_per_graph: PositiveInt = _P.corruptions_per_graph  # dev and test functions get one per noise level
     seed: Seed = 0
 
 
@@ -51,6 +58,8 @@ class DenoiserConfig(dg.Config):
 class GraphRepairEvalConfig(dg.Config):
     diffusion_steps: PositiveInt = 4
     z3_tries: NonNegativeInt = 4
+    # candidates for each model's relabel threshold, chosen on dev (never on test); one value: fixed, no sweep
+    relabel_thresholds: list[float] = [0.5, 0.7, 0.9]
 
 
 def _unsupported(language: str) -> None:
@@ -60,9 +69,11 @@ def _unsupported(language: str) -> None:
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
+          check_specs=[leak_check_spec("asg_corpus")],
           description="Abstract syntax graphs of the slice's functions (alpha-renamed): node labels (types, "
                       "identifiers, operators, literals), child edges with the parent's field, sibling and dataflow "
-                      "edges; Parquet edge lists, built once so training never parses text.", op_tags=DATA_STEP)
+                      "edges; Parquet edge lists, built once so training never parses text. Each function's split "
+                      "(train/dev/test) comes from the group key of its alpha-renamed code.", op_tags=DATA_STEP)
 def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.graph_repair.plots import sample_graph_png
@@ -73,26 +84,32 @@ def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artif
     _unsupported(language)
     units, entry = read_upstream(catalog, "code_units", language)
     rows, skipped, edges = graph_rows(units, language, get_language(language).renamer, config.min_nodes,
-                                      config.max_nodes, config.max_functions, config.heldout_fraction)
+                                      config.max_nodes, config.max_functions, config.dev_fraction,
+                                      config.test_fraction)
     context.log.info(f"asg_corpus[{language}]: {len(rows)} graphs from {len(units)} units")
     pub = publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=ASG_CORPUS, skipped=skipped,
                        upstream={"code_units": entry["data_version"]})
-    heldout = sum(r["heldout"] for r in rows)
+    splits = Counter(r["split"] for r in rows)
     sample = next((r for r in rows if 25 <= r["n_nodes"] <= 45), rows[0] if rows else None)
     return dg.MaterializeResult(metadata={
-        "graphs": len(rows), "heldout_graphs": heldout, "nodes_total": sum(r["n_nodes"] for r in rows),
+        "graphs": len(rows), **{f"graphs_{s}": dg.MetadataValue.int(splits[s]) for s in ("train", "dev", "test")},
+        # functions whose alpha-renamed graph another function already has (kept, in the same split as it)
+        "duplicate_graphs": len(rows) - len({r["group_key"] for r in rows}),
+        "nodes_total": sum(r["n_nodes"] for r in rows),
         **{f"edges_{k}": dg.MetadataValue.int(v) for k, v in sorted(edges.items())},
         "edge_type_histogram": dg.MetadataValue.md("\n".join(["| edge type | count |", "|---|---:|",
                                                               *(f"| {k} | {v} |" for k, v in sorted(edges.items()))])),
         **({"sample_graph": png_markdown(sample_graph_png(sample), sample["name"])} if sample else {}),
         "path": dg.MetadataValue.path(str(pub.path)), **skip_metadata(skipped),
-    }, data_version=dg.DataVersion(pub.data_version))
+    }, data_version=dg.DataVersion(pub.data_version), check_results=[leak_check("asg_corpus", rows)])
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[asg_corpus], kinds={"python", "parquet", "duckdb"},
+          check_specs=[leak_check_spec("repair_dataset")],
           description="Corruptions graded by noise (low 5%, mid 15%, high 30% of nodes): substitution, masking, "
-                      "masked conditions, sibling swaps, subtree deletion. Held-in functions train, held-out ones "
-                      "get one row per level; the clean graph is kept on every row.", op_tags=DATA_STEP)
+                      "masked conditions, sibling swaps, subtree deletion. Rows inherit their function's split and "
+                      "group key: train functions get several rows, dev and test ones one row per level; the clean "
+                      "graph is kept on every row.", op_tags=DATA_STEP)
 def repair_dataset(context: dg.AssetExecutionContext, config: RepairDatasetConfig, artifacts: ArtifactStore,
                    catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.graph_repair.recipe import repair_rows
@@ -109,7 +126,7 @@ def repair_dataset(context: dg.AssetExecutionContext, config: RepairDatasetConfi
         **{f"ops_{k}": dg.MetadataValue.int(v) for k, v in sorted(ops.items())},
         "corrupted_fraction_mean": sum(r["n_corrupted"] / r["n_nodes"] for r in rows) / max(1, len(rows)),
         "path": dg.MetadataValue.path(str(pub.path)),
-    }, data_version=dg.DataVersion(pub.data_version))
+    }, data_version=dg.DataVersion(pub.data_version), check_results=[leak_check("repair_dataset", rows)])
 
 
 def _train(context: dg.AssetExecutionContext, kind: str, config: DenoiserConfig, artifacts: ArtifactStore,
@@ -181,18 +198,32 @@ def transformer_baseline(context: dg.AssetExecutionContext, config: DenoiserConf
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[graph_unet_model, transformer_baseline],
           kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(), op_tags=MODEL_STEP,
-          description="Held-out repair per noise level: node accuracy on corrupted nodes, exact repair, validity "
-                      "(decodes and compiles) for the Graph U-Net, the Transformer and the slot-frequency baseline; "
-                      "one-shot and iterative, grammar mask on and off, the Z3 check; report and plot.")
+          description="Test-split repair per noise level, every figure with its n and 95% interval: node "
+                      "accuracy on corrupted nodes, exact repair, validity (decodes and compiles) for the Graph "
+                      "U-Net, the Transformer and the slot-frequency baseline; one-shot and iterative, grammar mask "
+                      "on and off, the Z3 check; Graph U-Net minus Transformer as paired differences; the relabel "
+                      "threshold chosen on dev; report and plot.")
 def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEvalConfig, artifacts: ArtifactStore,
                       catalog: DuckDBCatalog) -> dg.MaterializeResult:
-    from ml.graph_repair.recipe import SlotFrequency, evaluate, load_denoiser
+    import pyarrow as pa
+
+    from ml.graph_repair.recipe import (
+        evaluate_models,
+        example_rows,
+        graph_repair_metrics,
+        load_denoiser,
+        paired_differences,
+    )
     from ml.graph_repair.report import HEADLINE, exact_plot, graph_repair_report, result_rows
+    from ml.splits import split_counts
+    from ml.stats import metadata_text, write_metrics_files
 
     language = context.partition_key
     rows, entry = read_upstream(catalog, "repair_dataset", language)
-    heldout = [r for r in rows if r["split"] == "heldout"]
-    results, sizes, upstream = {}, {}, {"repair_dataset": entry["data_version"]}
+    dev, test = [r for r in rows if r["split"] == "dev"], [r for r in rows if r["split"] == "test"]
+    if not test:
+        raise dg.Failure(f"graph_repair_eval[{language}]: repair_dataset has no test rows")
+    models, sizes, upstream = {}, {}, {"repair_dataset": entry["data_version"]}
     for asset, kind in (("graph_unet_model", "graph_unet"), ("transformer_baseline", "transformer")):
         art = catalog.require_artifact(asset, language)
         upstream[asset] = art["data_version"]
@@ -200,33 +231,36 @@ def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEval
             model, vocab, priors, meta = load_denoiser(Path(art["path"]))
         except ValueError as exc:
             raise dg.Failure(f"graph_repair_eval[{language}]: {asset}: {exc}") from exc
-        context.log.info(f"graph_repair_eval[{language}]: {kind} on {len(heldout)} held-out rows")
-        results[kind] = evaluate(model, heldout, vocab, priors, config.diffusion_steps, config.z3_tries,
-                                 log=lambda m, k=kind: context.log.info(f"{k}: {m}"))
+        models[kind] = (model, vocab, priors)
         sizes[kind] = {"params": meta["params"], "steps": meta["steps"], "train_s": meta["train_s"]}
-        if kind == "graph_unet":
-            results["slot_frequency"] = evaluate(SlotFrequency(vocab, priors), heldout, vocab, priors,
-                                                 config.diffusion_steps, 0, log=lambda m: None)
-    flat = result_rows(results)
-    metrics = {f"{r['model']}_{r['procedure']}_{k}_{r['noise']}": float(r[k]) for r in flat
-               for k in ("node_accuracy", "exact", "valid")}
+    results, tuning = evaluate_models(models, dev, test, thresholds=config.relabel_thresholds,
+                                      diffusion_steps=config.diffusion_steps, z3_tries=config.z3_tries,
+                                      log=context.log.info)
+    differences = paired_differences(results)
+    metrics = graph_repair_metrics(results, differences, tuning)
     catalog.write_metrics(asset_key="graph_repair_eval", partition=language, run_id=context.run_id, metrics=metrics)
-    report = graph_repair_report(language, results, sizes)
+    functions = split_counts(r["split"] for r in {r["unit_id"]: r for r in rows}.values())
+    report = graph_repair_report(language, results, sizes, differences, tuning, functions)
     plot = exact_plot({k: v for k, v in results.items() if k != "slot_frequency"})
+    flat = result_rows(results)
 
     def build(tmp: Path) -> None:
         pq.write_table(to_table(flat, GRAPH_REPAIR_RESULTS), tmp / "rows.parquet", compression="zstd")
+        pq.write_table(pa.Table.from_pylist(example_rows(results)), tmp / "examples.parquet", compression="zstd")
         (tmp / "report.md").write_text(report)
         (tmp / "exact_vs_noise.png").write_bytes(plot)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        write_metrics_files(tmp, metrics)
 
     path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(flat),
                           table="graph_repair_results", upstream=upstream).path
-    headline = {f"{m}_exact_{lv}": dg.MetadataValue.float(results[m][lv][HEADLINE]["exact"])
-                for m in results for lv in ("low", "mid", "high")}
+    headline = metadata_text({f"{m}_exact_{lv}": results[m][lv][HEADLINE]["exact"]
+                              for m in results for lv in ("low", "mid", "high")})
+    headline |= metadata_text({f"diff_graph_unet_vs_transformer_exact_{lv}": differences[(HEADLINE, lv)]
+                               for lv in ("low", "mid", "high")})
     return dg.MaterializeResult(metadata={
-        **headline, "valid_rate_masked": dg.MetadataValue.float(results["graph_unet"]["mid"][HEADLINE]["valid"]),
-        "heldout_rows": len(heldout), "report": report_markdown(report, path),
+        **headline, "valid_rate_masked": str(results["graph_unet"]["mid"][HEADLINE]["valid"]),
+        **{f"{m}_relabel_threshold": float(t["threshold"]) for m, t in tuning.items()},
+        "test_rows": len(test), "dev_rows": len(dev), "report": report_markdown(report, path),
         "exact_vs_noise": png_markdown(plot, "exact repair against noise"),
         "path": dg.MetadataValue.path(str(path / "report.md")),
     })

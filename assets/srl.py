@@ -1,7 +1,9 @@
 """`srl` group: supervised RL for ast-grep rewrites. Rewrite tasks mined from a slice's code units, the teacher's
 steps executed in the sandbox and kept when they did the task, a base with the step tags, a LoRA student (supervised
-warm-up on the traces, then GRPO on the structured reward with a KL anchor), and base / student / teacher on
-rewrite families never trained on. Partitioned by language slice, except the base model."""
+warm-up on the traces, then GRPO on the structured reward with a KL anchor), and base / warm-up only / student on
+the test rewrite families (never trained on, nor tuned on: srl_ablation tunes on dev), each figure with its n and
+95% interval and the comparisons as paired differences. The split is the family's (ml/srl/families.py), checked
+for leaks by a blocking check on the tasks and the traces. Partitioned by language slice, except the base model."""
 
 import json
 from collections import Counter
@@ -28,7 +30,9 @@ from assets.publish import (
     report_markdown,
     skip_metadata,
 )
+from assets.split_checks import leak_check, leak_check_spec
 from ml.schemas import SRL_EVAL_RESULTS, SRL_TASKS, SRL_TRACES, to_table
+from ml.stats import write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.settings import active_srl_profile
@@ -76,7 +80,8 @@ class SrlAdapterConfig(dg.Config):
     reward_action: NonNegativeFloat = 0.5
     reward_state: NonNegativeFloat = 0.3
     reward_think: NonNegativeFloat = 0.2
-    reward_execution: NonNegativeFloat = 0.0  # > 0 adds the sandboxed execution result as a reward term
+    # > 0: each sampled step's action runs in the sandbox and this weight x (1 if it did the task else 0) is added
+    reward_execution: NonNegativeFloat = 0.0
     malformed_penalty: float = -0.2
     lora_r: PositiveInt = 16
     lora_alpha: PositiveInt = 32
@@ -112,7 +117,7 @@ class SrlAdapterConfig(dg.Config):
 
 
 class SrlEvalConfig(dg.Config):
-    eval_tasks: PositiveInt = _S.eval_tasks  # held-out tasks (families never trained on) per policy
+    eval_tasks: PositiveInt = _S.eval_tasks  # test tasks (families never trained on) per policy
     max_new_tokens: PositiveInt = 96
     batch_size: PositiveInt = 8
     # the student also decodes held to the step grammar (llguidance): metrics with a _constrained suffix. (The base
@@ -130,9 +135,11 @@ def _family_table(counts: Counter, extra: dict[str, Counter] | None = None) -> s
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
+          check_specs=[leak_check_spec("srl_tasks")],
           description="Rewrite tasks: the slice's code units where a family of the catalog (ml/srl/families.py) "
-                      "matches; code, a plain-English instruction and the expected rewrite. Families are split "
-                      "train / held-out.", op_tags=DATA_STEP)
+                      "matches; code, a plain-English instruction and the expected rewrite. The split (train / dev / "
+                      "test) is the family's; the blocking no_split_leak check finds no family in two splits.",
+          op_tags=DATA_STEP)
 def srl_tasks(context: dg.AssetExecutionContext, config: SrlTasksConfig, artifacts: ArtifactStore,
               catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.srl.families import families_for
@@ -154,22 +161,24 @@ def srl_tasks(context: dg.AssetExecutionContext, config: SrlTasksConfig, artifac
     splits = Counter(t["split"] for t in mined.tasks)
     context.log.info(f"srl_tasks[{language}]: {len(mined.tasks)} tasks from {len(per_family)} of {len(families)} "
                      f"families ({dict(splits)})")
-    return dg.MaterializeResult(metadata={
-        "tasks": len(mined.tasks), "train_tasks": splits["train"], "heldout_tasks": splits["heldout"],
+    return dg.MaterializeResult(check_results=[leak_check("srl_tasks", mined.tasks, key="family")], metadata={
+        "tasks": len(mined.tasks), "train_tasks": splits["train"], "dev_tasks": splits["dev"],
+        "test_tasks": splits["test"],
         "families_matched": len(per_family), "families": len(families),
         "tasks_per_family": dg.MetadataValue.md(_family_table(per_family)), **skip_metadata(mined.skipped),
     })
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_tasks], kinds={"python", "parquet", "duckdb"},
-          op_tags=DATA_STEP,
+          op_tags=DATA_STEP, check_specs=[leak_check_spec("srl_teacher_traces")],
           description="The teacher's step (think / action / state_update) per task, executed in the sandbox "
                       "(ast-grep rewrite, parse, expected code, Python behaviour on generated inputs); kept when "
-                      "trace_quality >= min_quality, at most max_per_family per family. Rejections by reason.")
+                      "trace_quality >= min_quality, at most max_per_family per family. Rejections by reason; the "
+                      "teacher's own rates on the test tasks before that filter in eval_metrics.")
 def srl_teacher_traces(context: dg.AssetExecutionContext, config: SrlTracesConfig, artifacts: ArtifactStore,
                        catalog: DuckDBCatalog, teacher: TeacherResource) -> dg.MaterializeResult:
     from ml.dsl.teachers import TeacherUnavailable
-    from ml.srl.teacher import teacher_traces
+    from ml.srl.teacher import teacher_success, teacher_traces
 
     language = context.partition_key
     tasks, entry = read_upstream(catalog, "srl_tasks", language)
@@ -191,10 +200,16 @@ def srl_teacher_traces(context: dg.AssetExecutionContext, config: SrlTracesConfi
                  skipped=dict(batch.rejected), upstream={"srl_tasks": entry["data_version"]})
     kept = Counter(t["family"] for t in batch.traces)
     sample = batch.traces[0]
-    return dg.MaterializeResult(metadata={
+    # the kept traces parse and execute by construction; this is how often the teacher does on the test tasks
+    unfiltered = {f"teacher_{k}": v for k, v in teacher_success(batch.outcomes, "test").items() if v.n}
+    if unfiltered:
+        catalog.write_metrics(asset_key="srl_teacher_traces", partition=language, run_id=context.run_id,
+                              metrics=unfiltered)
+    return dg.MaterializeResult(check_results=[leak_check("srl_teacher_traces", batch.traces, key="family")],
+                                metadata={
         "traces": len(batch.traces), "tasks": len(tasks), "teacher": json.dumps(srl_teacher.describe()),
-        "train_traces": sum(t["split"] == "train" for t in batch.traces),
-        "heldout_traces": sum(t["split"] == "heldout" for t in batch.traces),
+        **{f"{split}_traces": sum(t["split"] == split for t in batch.traces) for split in ("train", "dev", "test")},
+        **{f"{k}_test_unfiltered": str(v) for k, v in unfiltered.items()},
         "mean_trace_quality": round(sum(t["trace_quality"] for t in batch.traces) / len(batch.traces), 4),
         "traces_per_family": dg.MetadataValue.md(_family_table(kept)),
         "sample_trace": dg.MetadataValue.md(f"task: {sample['instruction']}\n\n```\n{sample['step']}\n```\n\n"
@@ -250,7 +265,8 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
-    from ml.srl.recipe import StructuredReward, task_prompt, train_grpo, warmup_pairs
+    from ml.srl.environment import execute_actions
+    from ml.srl.recipe import StructuredReward, grpo_rows, train_grpo, warmup_pairs
     from ml.srl.report import reward_histograms
     from ml.srl.reward import MiniLMEmbedder
     from ml.training.sft import PhaseConfig, train_lora_sft
@@ -285,8 +301,9 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
             holder["sft"] = train_lora_sft(base["path"], tok, warmup_pairs(tok, traces), [], tmp / "warmup",
                                            work / "warmup", cfg, plan, on_log=on_log)
             start = tmp / "warmup"
-        reward = StructuredReward(MiniLMEmbedder(), config.weights())
-        rows = [{"prompt": task_prompt(tok, t), "teacher_step": t["step"]} for t in traces]
+        reward = StructuredReward(MiniLMEmbedder(), config.weights(),
+                                  execute_actions if config.reward_execution else None)
+        rows = grpo_rows(tok, traces)
         holder["grpo"] = train_grpo(base["path"], start, tok, rows, tmp, work / "grpo", settings, plan, reward,
                                     on_log=on_log)
         (tmp / "reward_components.png").write_bytes(reward_histograms(holder["grpo"].components))
@@ -314,69 +331,92 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
     })
 
 
-def heldout_inputs(catalog: DuckDBCatalog, language: str, n: int, seed: int, asset: str):
-    """Up to ``n`` held-out tasks with the teacher's steps (ml.srl.recipe.heldout_inputs), and the traces' version."""
-    from ml.srl.recipe import heldout_inputs as pick
+def eval_inputs(catalog: DuckDBCatalog, language: str, split: str, n: int, seed: int, asset: str):
+    """Up to ``n`` tasks of ``split``'s families with the teacher's steps (ml.srl.recipe.split_inputs), and the
+    traces' version."""
+    from ml.srl.recipe import split_inputs
 
     traces, entry = read_upstream(catalog, "srl_teacher_traces", language)
-    inputs = pick(traces, n, seed)
+    inputs = split_inputs(traces, split, n, seed)
     if not inputs.tasks:
-        raise dg.Failure(f"{asset}[{language}]: no held-out trace to evaluate on (srl_teacher_traces kept none of "
-                         "the held-out families)")
+        raise dg.Failure(f"{asset}[{language}]: no {split} trace to evaluate on (srl_teacher_traces kept none of "
+                         f"the {split} families)")
     return inputs, entry["data_version"]
+
+
+def _figures(metrics) -> str:
+    from ml.stats import Estimate
+
+    lines = ["| metric | value [95% interval] n |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in metrics.items() if isinstance(v, Estimate)]
+    return "\n".join(lines)
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
           pool="gpu", kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(),
           op_tags=TRAINING_STEP,
-          description="Base (lower bound), student and teacher (upper bound) on held-out rewrite families: "
+          description="Base, warm-up-only student and student (warm-up + GRPO) on the test rewrite families: "
                       "trace_parse_rate, action_fidelity, state_faithfulness, think_similarity, brevity_penalty, "
                       "kl_per_token, execution_success (the policy's own action run in the sandbox), think_tokens, "
-                      "state_tokens. eval_metrics as {policy}_{metric}; per-row results; a Markdown report.")
+                      "state_tokens, each with n and a 95% interval; paired differences student - base, student - "
+                      "warmup, warmup - base. eval_metrics as {policy}_{metric}; per-row results; a Markdown report.")
 def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts: ArtifactStore,
              catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
     from ml.srl.environment import execute_actions
-    from ml.srl.recipe import evaluate_policy, load_student, metric_rows, score_steps
+    from ml.srl.recipe import (
+        COMPARISONS,
+        evaluate_policy,
+        load_student,
+        load_warmup,
+        metric_rows,
+        paired_differences,
+        score_steps,
+    )
     from ml.srl.report import policy_plot, srl_report
     from ml.srl.reward import MiniLMEmbedder
     from ml.training.sft import load_base
 
     language = context.partition_key
-    inputs, traces_version = heldout_inputs(catalog, language, config.eval_tasks, config.seed, "srl_eval")
+    inputs, traces_version = eval_inputs(catalog, language, "test", config.eval_tasks, config.seed, "srl_eval")
     tasks = inputs.tasks
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
     adapter = catalog.require_artifact("srl_adapter", language)
     plan = compute.plan()
     tok = AutoTokenizer.from_pretrained(adapter["path"])
     embed = MiniLMEmbedder()
-    metrics: dict[str, float] = {}
+    metrics: dict = {}
     rows: list[dict] = []
     base_model = load_base(base["path"], plan)
     try:
         student = load_student(base["path"], adapter["path"], plan)
+        warmup = load_warmup(base["path"], adapter["path"], plan)  # None when the student had no warm-up
     except ValueError as exc:
         raise dg.Failure(f"srl_eval[{language}]: srl_adapter: {exc}") from exc
-    for policy, model in (("base", base_model), ("student", student)):
+    policies = [("base", base_model), *([("warmup", warmup)] if warmup is not None else []), ("student", student)]
+    for policy, model in policies:
         scored = evaluate_policy(policy, model, tok, inputs, embed, execute_actions,
-                                 reference=base_model if policy == "student" else None,
+                                 reference=base_model if policy != "base" else None,
                                  max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                  constrained=config.constrained and policy == "student")
         metrics |= metric_rows(policy, scored.metrics)
         rows += scored.rows
-        context.log.info(f"srl_eval[{language}] {policy}: " + ", ".join(
-            f"{k}={v:.3f}" for k, v in scored.metrics.items()))
+        context.log.info(f"srl_eval[{language}] {policy}: " + ", ".join(f"{k}={v}" for k, v in scored.metrics.items()))
+    for better, worse in COMPARISONS:
+        if {better, worse} <= {p for p, _ in policies}:
+            metrics |= paired_differences(rows, better, worse, "test")
     teacher = score_steps("teacher", inputs, inputs.teacher_steps, embed, tok, execute_actions)
     metrics |= metric_rows("teacher", teacher.metrics)
     rows += teacher.rows
     catalog.write_metrics(asset_key="srl_eval", partition=language, run_id=context.run_id, metrics=metrics)
     report = srl_report(language, metrics, rows, len(tasks))
     plot = policy_plot(metrics)
+    holder: dict = {}
 
     def build(tmp: Path) -> None:
         pq.write_table(to_table(rows, SRL_EVAL_RESULTS), tmp / "rows.parquet", compression="zstd")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        holder["flat"] = write_metrics_files(tmp, metrics)
         (tmp / "report.md").write_text(report)
         (tmp / "policies.png").write_bytes(plot)
 
@@ -385,8 +425,11 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
                           upstream={"srl_adapter": adapter["data_version"], "srl_base_model": base["data_version"],
                                     "srl_teacher_traces": traces_version}).path
     return dg.MaterializeResult(metadata={
-        **{k: dg.MetadataValue.float(v) for k, v in metrics.items()},
-        "heldout_tasks": len(tasks), "report": report_markdown(report, path),
+        # the values as numbers (plots over runs), and each with its n and interval in `figures`
+        **{k: dg.MetadataValue.float(v) for k, v in holder["flat"].items()},
+        "figures": dg.MetadataValue.md(_figures(metrics)),
+        # heldout_tasks (the test tasks scored): bench/srl_learning_curve.py reads this name
+        "heldout_tasks": len(tasks), "split": "test", "report": report_markdown(report, path),
         "policies": png_markdown(plot, "policies"), "path": dg.MetadataValue.path(str(path / "report.md")),
     })
 

@@ -1,6 +1,9 @@
 """`srl` group, the ablation sweep: the GRPO step of `srl_adapter` under other settings (lambda, the malformed
-penalty, the reward weights), one factor at a time, each continuing the same warm-up and evaluated like the student.
-Configurations of the same recipe (ml.srl.recipe), not copies of assets; `srl_ablation_job` runs it."""
+penalty, the reward weights), one factor at a time, each continuing the same warm-up and evaluated like the student
+on the **dev** families: the knobs are tuned there, so that srl_eval's test families stay unseen by the tuning.
+Each variant's figures carry their n and interval, and its paired difference against the reference variant (same
+dev tasks) says whether a setting measurably changes anything. Configurations of the same recipe (ml.srl.recipe),
+not copies of assets; `srl_ablation_job` runs it."""
 
 import json
 import shutil
@@ -16,12 +19,13 @@ from assets.publish import UNPARTITIONED, checkpoint_dir, log_progress, png_mark
 from assets.srl import (
     GROUP,
     SrlAdapterConfig,
-    heldout_inputs,
+    eval_inputs,
     srl_adapter,
     srl_base_model,
     srl_teacher_traces,
     train_rows,
 )
+from ml.stats import Estimate
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 
@@ -29,7 +33,7 @@ from resources.compute import ComputeResource
 class SrlAblationConfig(SrlAdapterConfig):
     """One factor at a time around the GRPO settings above (the first value of each list is the reference): every
     variant continues srl_adapter's warm-up adapter (the sft_* settings are not used) for max_steps GRPO steps and
-    is evaluated like srl_eval's student."""
+    is evaluated like srl_eval's student, on the dev families (up to eval_tasks of their tasks)."""
 
     betas: list[float] = [0.05, 0.01, 0.1]  # the KL coefficient lambda
     malformed_penalties: list[float] = [-0.2, -0.1]
@@ -67,29 +71,40 @@ class SrlAblationConfig(SrlAdapterConfig):
           pool="gpu", kinds={"pytorch", "markdown"}, op_tags=TRAINING_STEP,
           description="Ablations of the GRPO step as configurations of the same recipe: lambda (beta), the malformed "
                       "penalty and the reward weights, one at a time, each continuing srl_adapter's warm-up and "
-                      "evaluated on the held-out families. A table and a plot compare them (srl_ablation_job).")
+                      "evaluated on the dev families (tuning never sees srl_eval's test families). A table "
+                      "(n, intervals, paired differences to the reference) and a plot compare them "
+                      "(srl_ablation_job).")
 def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, artifacts: ArtifactStore,
                  catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
     from ml.srl.environment import execute_actions
-    from ml.srl.recipe import StructuredReward, evaluate_policy, load_student, task_prompt, train_grpo
+    from ml.srl.recipe import StructuredReward, evaluate_policy, grpo_rows, load_student, paired_differences, train_grpo
     from ml.srl.report import ablation_plot, ablation_table
     from ml.srl.reward import MiniLMEmbedder
+    from ml.stats import write_metrics_files
 
     language = context.partition_key
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
     adapter = catalog.require_artifact("srl_adapter", language)
     traces, traces_version = train_rows(catalog, language)
-    inputs, _ = heldout_inputs(catalog, language, config.eval_tasks, config.seed, "srl_ablation")
+    inputs, _ = eval_inputs(catalog, language, "dev", config.eval_tasks, config.seed, "srl_ablation")
     warmup = Path(adapter["path"]) / "warmup"
     start = warmup if (warmup / "adapter_config.json").is_file() else None
     tok = AutoTokenizer.from_pretrained(adapter["path"])
     plan = compute.plan(config.precision)
     embed = MiniLMEmbedder()
-    prompts = [{"prompt": task_prompt(tok, t), "teacher_step": t["step"]} for t in traces]
+    prompts = grpo_rows(tok, traces)
     variants = config.variants()
+    reference_weights = variants[0][1].weights()
     results: list[dict] = []
+    rows_by_variant: dict[str, list[dict]] = {}
+
+    def metrics_of(results: list[dict]) -> dict:
+        return {f"{r['variant']}_{m}": r[m] for r in results
+                for m in ("execution_success", "trace_parse_rate", "reward", "action_fidelity",
+                          "vs_reference_execution_success", "vs_reference_reward") if m in r}
+
     versions = {"srl_adapter": adapter["data_version"], "srl_teacher_traces": traces_version}
 
     def build(tmp: Path) -> None:
@@ -97,31 +112,40 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
             context.log.info(f"srl_ablation[{language}] {i + 1}/{len(variants)} {name}: beta {variant.beta}, "
                              f"weights {variant.reward_action}/{variant.reward_state}/{variant.reward_think}, "
                              f"malformed {variant.malformed_penalty}")
-            reward = StructuredReward(embed, variant.weights())
+            reward = StructuredReward(embed, variant.weights(), execute_actions if variant.reward_execution else None)
             work = checkpoint_dir(artifacts, "srl_ablation", language, {**versions, name: variant.model_dump()})
             grpo = train_grpo(base["path"], start, tok, prompts, tmp / name, work, variant.grpo_settings(), plan,
                               reward, on_log=log_progress(context, f"srl_ablation {name}"))
             if start is not None:  # the variant's folder: its GRPO adapter, on the same warm-up
                 shutil.copytree(start, tmp / name / "warmup")
             student = load_student(base["path"], tmp / name, plan)
+            # scored with the reference's weights, so that a variant's weights cannot move its own yardstick
             scored = evaluate_policy("student", student, tok, inputs, embed, execute_actions,
-                                     max_new_tokens=config.max_new_tokens, weights=variant.weights())
+                                     max_new_tokens=config.max_new_tokens, weights=reference_weights)
             kl = [v for _, m, v in grpo.curve if m == "kl"]
+            rows = [dict(r, policy=name) for r in scored.rows]
+            if results:
+                diffs = paired_differences(rows_by_variant["reference"] + rows, name, "reference", "dev",
+                                           ("execution_success", "reward"))
+                scored.metrics |= {f"vs_reference_{m}": diffs[f"{name}_minus_reference_{m}"]
+                                   for m in ("execution_success", "reward")}
+            rows_by_variant[name] = rows
             results.append({"variant": name, "beta": variant.beta, "malformed_penalty": variant.malformed_penalty,
                             "weights": f"{variant.reward_action:g}/{variant.reward_state:g}/{variant.reward_think:g}",
                             "train_kl_last": kl[-1] if kl else float("nan"), "grpo_seconds": grpo.seconds,
                             **scored.metrics})
             del student
-        (tmp / "ablation.json").write_text(json.dumps(results, indent=1))
+        write_metrics_files(tmp, metrics_of(results))
+        (tmp / "ablation.json").write_text(json.dumps([{k: (str(v) if isinstance(v, Estimate) else v)
+                                                        for k, v in r.items()} for r in results], indent=1))
         (tmp / "report.md").write_text(f"# SRL ablations ({language})\n\n{ablation_table(results)}\n\n"
                                        "![ablation](ablation.png)\n")
         (tmp / "ablation.png").write_bytes(ablation_plot(results))
 
     path = publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=len(variants),
                           upstream=versions).path
-    metrics = {f"{r['variant']}_{m}": float(r[m]) for r in results
-               for m in ("execution_success", "trace_parse_rate", "reward", "action_fidelity") if m in r}
-    catalog.write_metrics(asset_key="srl_ablation", partition=language, run_id=context.run_id, metrics=metrics)
+    catalog.write_metrics(asset_key="srl_ablation", partition=language, run_id=context.run_id,
+                          metrics=metrics_of(results))
     return dg.MaterializeResult(metadata={
         "variants": len(variants), "table": dg.MetadataValue.md(ablation_table(results)),
         "plot": png_markdown((path / "ablation.png").read_bytes(), "ablation"),

@@ -1,20 +1,23 @@
-"""Graph U-Net against a Transformer of the same size on syntax repair of held-out Python functions.
+"""Graph U-Net against a Transformer of the same size on syntax repair of test-split Python functions.
 
 The graph_repair recipe end to end, outside Dagster: functions of the standard library (sorted files, the corpus's
 own extractor and alpha-renaming) -> graphs -> graded corruptions -> both models trained on the same rows for the
-same steps and batch size -> held-out repair at every noise level (one-shot and iterative, grammar mask on and off,
-the Z3 check). Parameters are matched within 10% (``transformer_matching``); the slot-frequency baseline is
-measured in the same run.
+same steps and batch size -> each model's relabel threshold chosen on dev -> test repair at every noise level
+(one-shot and iterative, grammar mask on and off, the Z3 check). The split is the asset's: ``split_of`` the group
+key of each function's alpha-renamed code. Parameters are matched within 10% (``transformer_matching``); the
+slot-frequency baseline is measured in the same run. The same ``ml.graph_repair.recipe`` functions as the assets.
 
     python bench/graph_repair.py                       # ~5M parameters: hidden 256
     python bench/graph_repair.py --hidden 128 --steps 400 --functions 1500 --max-nodes 80   # the demo's sizes
 
 Last line: ``{"graph_unet_exact_repair", "transformer_exact_repair", "slot_frequency_exact_repair" (mid noise,
-one-shot with the grammar mask), "graph_unet_params", "transformer_params", "graph_unet_train_s",
-"transformer_train_s", "valid_rate_masked", "valid_rate_unmasked" (the Graph U-Net's, mid noise), "iterative": {...},
-"by_noise": {model: {level: {procedure: {node_accuracy, exact, valid}}}}, "z3": {...}, "grammar_dead_ends" (nodes
-the grammar left no label for: 0 unless a rule is missing), "heldout_rows",
-"train_rows", "seconds"}``.
+one-shot with the grammar mask, test), "exact_repair_evidence" ({model: "0.333 [0.2, 0.5] n=41"}),
+"diff_graph_unet_vs_transformer" ({procedure: {level: {value, n, ci_low, ci_high, verdict}}}, paired over the same
+test examples), "relabel_threshold" ({model: chosen on dev}), "graph_unet_params", "transformer_params",
+"graph_unet_train_s", "transformer_train_s", "valid_rate_masked", "valid_rate_unmasked" (the Graph U-Net's, mid
+noise), "iterative": {...}, "by_noise": {model: {level: {procedure: {node_accuracy, exact, valid}}}}, "z3": {...},
+"grammar_dead_ends" (nodes the grammar left no label for: 0 unless a rule is missing), "test_rows", "dev_rows",
+"train_rows", "test_functions", "seconds"}``.
 """
 
 from __future__ import annotations
@@ -64,57 +67,69 @@ def main() -> None:
     from ml.graph_repair.grammar import Vocabulary
     from ml.graph_repair.models import count_parameters
     from ml.graph_repair.recipe import (
-        SlotFrequency,
         TrainSettings,
         build_model,
-        evaluate,
+        evaluate_models,
         graph_of,
         graph_rows,
+        paired_differences,
         repair_rows,
         slot_priors,
         train_denoiser,
     )
     from ml.languages import get_language
+    from ml.splits import split_counts
+    from ml.stats import verdict
 
     start = time.perf_counter()
     units = stdlib_units(args.max_files)
-    rows, _, _ = graph_rows(units, "python", get_language("python").renamer, 20, args.max_nodes, args.functions, 0.1)
+    rows, _, _ = graph_rows(units, "python", get_language("python").renamer, 20, args.max_nodes, args.functions)
     examples = repair_rows(rows, args.corruptions, args.seed)
     train = [e for e in examples if e["split"] == "train"]
-    heldout = [e for e in examples if e["split"] == "heldout"]
-    clean = [graph_of(r) for r in rows if not r["heldout"]]
+    dev = [e for e in examples if e["split"] == "dev"]
+    test = [e for e in examples if e["split"] == "test"]
+    clean = [graph_of(r) for r in rows if r["split"] == "train"]
     vocab = Vocabulary.build([g.labels for g in clean])
     priors = slot_priors(clean, vocab)
-    print(f"{len(rows)} functions, {len(train)} training rows, {len(heldout)} held-out rows, vocabulary {len(vocab)}",
-          flush=True)
+    functions = split_counts(r["split"] for r in rows)
+    print(f"{len(rows)} functions {functions}, {len(train)} training rows, {len(dev)} dev rows, {len(test)} test "
+          f"rows, vocabulary {len(vocab)}", flush=True)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    results, stats, params = {}, {}, {}
+    models, stats, params = {}, {}, {}
     for kind in ("graph_unet", "transformer"):
         torch.manual_seed(args.seed)
         model = build_model(kind, len(vocab), args.hidden, 2, params.get("graph_unet"))
         params[kind] = count_parameters(model)
         print(f"{kind}: {params[kind]:,} parameters", flush=True)
         stats[kind] = train_denoiser(model, train, vocab, settings, log=lambda m, k=kind: print(f"{k} {m}", flush=True))
-        results[kind] = evaluate(model, heldout, vocab, priors, log=lambda m, k=kind: print(f"{k} {m}", flush=True))
-    results["slot_frequency"] = evaluate(SlotFrequency(vocab, priors), heldout, vocab, priors, z3_tries=0,
-                                         log=lambda m: None)
+        models[kind] = (model, vocab, priors)
+    results, tuning = evaluate_models(models, dev, test, log=lambda m: print(m, flush=True))
+    differences = paired_differences(results)
     head = "one_shot_grammar"
     emit({
-        "graph_unet_exact_repair": results["graph_unet"]["mid"][head]["exact"],
-        "transformer_exact_repair": results["transformer"]["mid"][head]["exact"],
-        "slot_frequency_exact_repair": results["slot_frequency"]["mid"][head]["exact"],
+        "graph_unet_exact_repair": results["graph_unet"]["mid"][head]["exact"].value,
+        "transformer_exact_repair": results["transformer"]["mid"][head]["exact"].value,
+        "slot_frequency_exact_repair": results["slot_frequency"]["mid"][head]["exact"].value,
+        "exact_repair_evidence": {m: str(r["mid"][head]["exact"]) for m, r in results.items()},
+        "diff_graph_unet_vs_transformer": {
+            p: {lv: {"value": round(d.value, 4), "n": d.n, "ci_low": round(d.ci_low, 4), "ci_high": round(d.ci_high, 4),
+                     "verdict": verdict(d, "graph_unet", "transformer")}
+                for (p2, lv), d in differences.items() if p2 == p}
+            for p in dict.fromkeys(p for p, _ in differences)},
+        "relabel_threshold": {m: t["threshold"] for m, t in tuning.items()},
         "graph_unet_params": params["graph_unet"], "transformer_params": params["transformer"],
         "graph_unet_train_s": round(stats["graph_unet"]["train_s"], 1),
         "transformer_train_s": round(stats["transformer"]["train_s"], 1),
-        "valid_rate_masked": results["graph_unet"]["mid"][head]["valid"],
-        "valid_rate_unmasked": results["graph_unet"]["mid"]["one_shot"]["valid"],
-        "iterative": {m: results[m]["mid"]["iterative_grammar"]["exact"] for m in ("graph_unet", "transformer")},
-        "by_noise": {m: {lv: {p: {k: round(v, 4) for k, v in s.items() if k != "n"} for p, s in by.items()}
+        "valid_rate_masked": results["graph_unet"]["mid"][head]["valid"].value,
+        "valid_rate_unmasked": results["graph_unet"]["mid"]["one_shot"]["valid"].value,
+        "iterative": {m: str(results[m]["mid"]["iterative_grammar"]["exact"]) for m in ("graph_unet", "transformer")},
+        "by_noise": {m: {lv: {p: {k: str(v) for k, v in s.items() if k != "n"} for p, s in by.items()}
                          for lv, by in r.items() if lv in ("low", "mid", "high")} for m, r in results.items()},
         "z3": {m: r["z3"]["stats"] for m, r in results.items() if m != "slot_frequency"},
         "grammar_dead_ends": {m: r["grammar"]["dead_ends"] for m, r in results.items()},
         "final_loss": {m: round(s["final_loss"], 4) for m, s in stats.items()},
-        "heldout_rows": len(heldout), "train_rows": len(train), "steps": args.steps, "batch_size": args.batch_size,
+        "test_rows": len(test), "dev_rows": len(dev), "train_rows": len(train), "test_functions": functions["test"],
+        "steps": args.steps, "batch_size": args.batch_size,
         "peak_rss_mb": peak_rss_mb(), "seconds": round(time.perf_counter() - start, 1),
     })
 

@@ -43,6 +43,8 @@ AST_CORPUS = pa.schema(
         ("mode", pa.string()),
         ("ast_text", pa.large_string()),
         ("n_tokens", pa.int64()),
+        ("group_key", pa.string()),  # ml.splits.code_key of renamed_code: renamed copies share it
+        ("split", pa.string()),  # train | dev | test, from group_key
     ]
 )
 
@@ -56,6 +58,8 @@ NL_AST_PAIRS = pa.schema(
         ("mode", pa.string()),
         ("ast_text", pa.large_string()),
         ("n_tokens", pa.int64()),
+        ("group_key", pa.string()),  # the ast_corpus row's: one split per function in both phases
+        ("split", pa.string()),
     ]
 )
 
@@ -72,19 +76,25 @@ DSL_SCHEMAS = pa.schema(
      ("operators", pa.string())]
 )
 
+# domain_split: the request's domain is trained on (train) or held out (heldout_domain); the request's own
+# train/dev/test split is decided in dsl_dataset, from its label (the group key).
 DSL_QUERIES = pa.schema(
-    [("id", pa.string()), ("domain", pa.string()), ("split", pa.string()), ("lang", pa.string()),
+    [("id", pa.string()), ("domain", pa.string()), ("domain_split", pa.string()), ("lang", pa.string()),
      ("text", pa.string()), ("teacher_ast_json", pa.string())]
 )
 
+# group_key: domain + canonical target AST (both languages of a request share it); split: train/dev/test from it
+# (held-out domains: all test); group: seen | heldout (the evaluation groups).
 DSL_DATASET = pa.schema(
-    [("id", pa.string()), ("domain", pa.string()), ("split", pa.string()), ("lang", pa.string()),
+    [("id", pa.string()), ("domain", pa.string()), ("group_key", pa.string()), ("split", pa.string()),
+     ("group", pa.string()), ("lang", pa.string()),
      ("query", pa.string()), ("ast_json", pa.string()), ("valid", pa.bool_()), ("mutation", pa.string()),
      ("errors", pa.string())]
 )
 
 DSL_TRAINING_CORPUS = pa.schema(
-    [("id", pa.string()), ("domain", pa.string()), ("split", pa.string()), ("group", pa.string()),
+    [("id", pa.string()), ("domain", pa.string()), ("group_key", pa.string()), ("split", pa.string()),
+     ("group", pa.string()),
      ("lang", pa.string()), ("query", pa.string()), ("prompt", pa.large_string()), ("completion", pa.string()),
      ("valid", pa.bool_())]
 )
@@ -102,18 +112,20 @@ DSL_DPO_PAIRS = pa.schema(
      ("rejected", pa.string()), ("reason", pa.string())]
 )
 
-# Autocomplete rows: FIM / comment-to-code training rows and single-line infilling tasks (kind = infill_task), split
-# by file (a file's rows are all train or all heldout). fim_samples per slice; domain_corpus for the Stage B domain.
+# Autocomplete rows: FIM / comment-to-code training rows (split train) and single-line infilling tasks (kind =
+# infill_task; split dev or test), the split decided by group_key (the file; the domain's near-duplicate cluster).
+# fim_samples per slice; domain_corpus for the Stage B domain.
 FIM_SAMPLES = pa.schema(
     [("id", pa.string()), ("language", pa.string()), ("path", pa.string()), ("split", pa.string()),
-     ("kind", pa.string()), ("order", pa.string()), ("span", pa.string()), ("prefix", pa.large_string()),
-     ("middle", pa.large_string()), ("suffix", pa.large_string()), ("prompt", pa.large_string()),
-     ("completion", pa.large_string())]
+     ("group_key", pa.string()), ("kind", pa.string()), ("order", pa.string()), ("span", pa.string()),
+     ("prefix", pa.large_string()), ("middle", pa.large_string()), ("suffix", pa.large_string()),
+     ("prompt", pa.large_string()), ("completion", pa.large_string())]
 )
 
+# One row per completion of autocomplete_eval; split: the split of the tasks (test; dev when tuning; HumanEval: test)
 AUTOCOMPLETE_RESULTS = pa.schema(
-    [("model", pa.string()), ("set", pa.string()), ("id", pa.string()), ("expected", pa.string()),
-     ("generated", pa.string()), ("truncated", pa.string()), ("exact_match", pa.bool_()),
+    [("model", pa.string()), ("set", pa.string()), ("split", pa.string()), ("id", pa.string()),
+     ("expected", pa.string()), ("generated", pa.string()), ("truncated", pa.string()), ("exact_match", pa.bool_()),
      ("edit_similarity", pa.float64()), ("syntax_valid", pa.bool_()), ("syntax_valid_truncated", pa.bool_()),
      ("passed", pa.bool_()), ("latency_ms", pa.float64()), ("new_tokens", pa.int64())]
 )
@@ -146,16 +158,19 @@ _GRAPH_COLUMNS = [("labels", pa.list_(pa.string())), ("parents", pa.list_(pa.int
                   ("fields", pa.list_(pa.string())),
                   ("dataflow_src", pa.list_(pa.int32())), ("dataflow_dst", pa.list_(pa.int32()))]
 ASG_CORPUS = pa.schema(
-    [("id", pa.string()), ("language", pa.string()), ("name", pa.string()), ("heldout", pa.bool_()),
-     ("n_nodes", pa.int64()), *_GRAPH_COLUMNS]
+    [("id", pa.string()), ("language", pa.string()), ("name", pa.string()), ("group_key", pa.string()),
+     ("split", pa.string()), ("n_nodes", pa.int64()), *_GRAPH_COLUMNS]
 )
 REPAIR_DATASET = pa.schema(
-    [("id", pa.string()), ("unit_id", pa.string()), ("split", pa.string()), ("noise", pa.string()),
-     ("ops", pa.list_(pa.string())), ("n_corrupted", pa.int64()), ("n_nodes", pa.int64()), *_GRAPH_COLUMNS,
+    [("id", pa.string()), ("unit_id", pa.string()), ("group_key", pa.string()), ("split", pa.string()),
+     ("noise", pa.string()), ("ops", pa.list_(pa.string())), ("n_corrupted", pa.int64()), ("n_nodes", pa.int64()),
+     *_GRAPH_COLUMNS,
      ("targets", pa.list_(pa.string())), ("corrupted", pa.list_(pa.bool_())),
      *[(f"clean_{name}", typ) for name, typ in _GRAPH_COLUMNS]]
 )
 GRAPH_REPAIR_RESULTS = pa.schema(
-    [("model", pa.string()), ("noise", pa.string()), ("procedure", pa.string()), ("node_accuracy", pa.float64()),
-     ("exact", pa.float64()), ("valid", pa.float64()), ("n", pa.int64())]
+    [("model", pa.string()), ("noise", pa.string()), ("procedure", pa.string()), ("split", pa.string()),
+     ("n", pa.int64()),
+     *[(f"{m}{suffix}", pa.float64()) for m in ("node_accuracy", "exact", "valid") for suffix in ("", "_ci_low",
+                                                                                                   "_ci_high")]]
 )

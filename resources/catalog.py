@@ -397,11 +397,21 @@ class DuckDBCatalog(dg.ConfigurableResource):
             f"SELECT ''::VARCHAR AS partition, {star} FROM read_parquet(?) LIMIT 0",
             [str(parquet)],
         )
+        self._add_new_columns(con, table, parquet, star)
         if asset_key is None:
             con.execute(f"DELETE FROM {table} WHERE partition = ?", [partition])
         else:
             con.execute(f"DELETE FROM {table} WHERE partition = ? AND asset_key = ?", [partition, asset_key])
         self._insert_rows(con, table, partition, parquet, star)
+
+    @staticmethod
+    def _add_new_columns(con: duckdb.DuckDBPyConnection, table: str, parquet: Path, star: str) -> None:
+        """Columns the rows gained since the table was made (e.g. ``split``, ``group_key``) are added to it, so a
+        catalog made by an older version takes new rows; older rows read NULL there."""
+        have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        for name, kind, *_ in con.execute(f"DESCRIBE SELECT {star} FROM read_parquet(?)", [str(parquet)]).fetchall():
+            if name not in have:
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{_ident(name)}" {kind}')
 
     def _insert_rows(
         self, con: duckdb.DuckDBPyConnection, table: str, partition: str, parquet: Path, star: str

@@ -189,6 +189,13 @@ class PostgresSession:
             self.conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
                 sql.Identifier(table), sql.SQL(", ").join(columns)))
             self._mark(table)
+        else:  # columns the rows gained since the table was made: added, older rows read NULL there
+            have = {r[0] for r in self.conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s", [table]).fetchall()}
+            for f in fields:
+                if f.name not in have:
+                    self.conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        sql.Identifier(table), sql.Identifier(f.name), sql.SQL(pg_type(f.type))))
         if asset_key is None:
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE partition = %s").format(sql.Identifier(table)),
                               [partition])

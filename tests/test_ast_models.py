@@ -12,8 +12,7 @@ from assets import AST_ASSETS
 
 pytestmark = pytest.mark.slow
 
-FAST = {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 2,
-        "heldout_fraction": 0.3}
+FAST = {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 2}
 
 
 def _run_config(**eval_cfg):
@@ -21,7 +20,7 @@ def _run_config(**eval_cfg):
         "ast_tokenizer": {"config": {"vocab_size": 400}},
         "ast_phase1_adapter": {"config": FAST},
         "ast_phase2_adapter": {"config": FAST},
-        "ast_eval": {"config": {"samples": 3, "max_new_tokens": 40, "heldout_fraction": 0.3, **eval_cfg}},
+        "ast_eval": {"config": {"samples": 3, "max_new_tokens": 40, **eval_cfg}},
     }}
 
 
@@ -34,11 +33,30 @@ def test_python_slice_trains_both_phases_and_evaluates(resources):
     catalog = resources["catalog"]
     metrics = {r["metric"]: r["value"] for r in catalog.query(
         "SELECT metric, value FROM eval_metrics WHERE asset_key = 'ast_eval' AND partition = 'python'")}
-    expected = {"heldout_loss_initial", "heldout_loss_final", "valid_rate_unconstrained", "valid_rate_constrained",
-                "nl2ast_valid_rate", "nl2ast_exact_match", "nl2ast_tree_similarity"}
+    expected = {"heldout_loss_initial", "heldout_loss_final", "heldout_loss_reduction", "valid_rate_unconstrained",
+                "valid_rate_constrained", "nl2ast_valid_rate", "nl2ast_exact_match", "nl2ast_tree_similarity"}
     assert expected <= set(metrics)
     assert metrics["valid_rate_constrained"] == 1.0  # the grammar admits only decodable, compilable trees
     assert all(0.0 <= metrics[k] <= 1.0 for k in expected if "loss" not in k)
+    # Every figure carries its n, interval and split: the test rows of the split column, which training never read.
+    evidence = {r["metric"]: r for r in catalog.query(
+        "SELECT metric, value, n, ci_low, ci_high, split FROM eval_metrics WHERE asset_key = 'ast_eval' "
+        "AND partition = 'python'")}
+    test_rows = catalog.query("SELECT count(DISTINCT group_key) AS n FROM ast_corpus WHERE partition = 'python' "
+                              "AND split = 'test'")[0]["n"]
+    test_pairs = catalog.query("SELECT count(*) AS n FROM nl_ast_pairs WHERE partition = 'python' "
+                               "AND split = 'test'")[0]["n"]
+    assert evidence["heldout_loss_final"]["n"] == evidence["heldout_loss_reduction"]["n"] == test_rows > 0
+    assert evidence["nl2ast_exact_match"]["n"] == min(3, test_pairs) > 0
+    assert all(r["split"] == "test" and r["ci_low"] <= r["value"] <= r["ci_high"] for r in evidence.values())
+    meta = mats["ast_eval"]
+    assert meta["heldout_loss_reduction_verdict"].value.startswith(("Phase 1 beats", "the base beats", "no measur"))
+    assert meta["nl2ast_exact_match_evidence"].value.endswith(f"n={evidence['nl2ast_exact_match']['n']}")
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks[("ast_corpus", "no_split_leak")] and checks[("nl_ast_pairs", "no_split_leak")]
+    phase1 = mats["ast_phase1_adapter"]
+    assert phase1["train_sequences"].value + phase1["dropped_too_long"].value == catalog.query(
+        "SELECT count(*) AS n FROM ast_corpus WHERE partition = 'python' AND split = 'train'")[0]["n"]
     curve = catalog.query("SELECT DISTINCT metric FROM training_metrics WHERE asset_key = 'ast_phase1_adapter'")
     assert {"loss", "eval_loss"} <= {r["metric"] for r in curve}
     # Anyone with transformers + peft loads what astforge produced.
@@ -49,6 +67,8 @@ def test_python_slice_trains_both_phases_and_evaluates(resources):
     report = Path(catalog.latest_artifact("ast_eval", "python")["path"]) / "report.md"
     assert "heldout_loss_final" in report.read_text()
     assert json.loads((report.parent / "metrics.json").read_text()) == pytest.approx(metrics, abs=1e-4)
+    assert json.loads((report.parent / "metrics_evidence.json").read_text())["nl2ast_exact_match"]["split"] == "test"
+    assert "n=" in report.read_text() and "heldout_loss_reduction" in report.read_text()
 
 
 def test_wrong_adapter_fails_clearly_and_keeps_the_good_one(resources):
@@ -63,8 +83,7 @@ def test_wrong_adapter_fails_clearly_and_keeps_the_good_one(resources):
                               path=bogus, run_id="test", rows=0)
     eval_asset = [a for a in AST_ASSETS if a.key.to_user_string() == "ast_eval"]
     result = dg.materialize(eval_asset, resources=resources, partition_key="python",
-                            run_config={"ops": {"ast_eval": {"config": {"samples": 2, "max_new_tokens": 8,
-                                                                       "heldout_fraction": 0.3}}}},
+                            run_config={"ops": {"ast_eval": {"config": {"samples": 2, "max_new_tokens": 8}}}},
                             raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]

@@ -1,5 +1,7 @@
-"""The autocomplete recipe: FIM formatting and span policies, file split, comment-to-code rows, the domain extractor,
-completion metrics, the Stage B mix, prompt masking; and the group end to end on tiny models."""
+"""The autocomplete recipe: FIM formatting and span policies, the train/dev/test split by file and by near-duplicate
+cluster (with the blocking leak check), comment-to-code rows, the domain extractor, completion metrics as estimates
+with n and interval, paired differences in the report, the Stage B mix, prompt masking; and the group end to end on
+tiny models."""
 
 from __future__ import annotations
 
@@ -14,7 +16,17 @@ import pytest
 
 from ml.autocomplete import fim, metrics
 from ml.autocomplete.domain import domain_examples, domain_units, literal_blocks, without_leading_comment
-from ml.autocomplete.recipe import phase_config, stage_b_rows, training_pairs
+from ml.autocomplete.recipe import (
+    paired_differences,
+    phase_config,
+    sample_tasks,
+    set_metrics,
+    stage_b_rows,
+    training_pairs,
+)
+from ml.autocomplete.report import autocomplete_report, differences_table
+from ml.splits import leaked_groups
+from ml.stats import Estimate
 
 PY = '''def scale(values, factor=2):
     """Multiply every value."""
@@ -79,7 +91,7 @@ def test_rates_shape_the_mix():
     units = [{"id": f"u{i}", "path": f"f{i}.py", "code": PY, "docstring": "Multiply every value."}
              for i in range(400)]
     rows = list(fim.training_rows(units, "python", fim.FimRates(fim_rate=0.75, spm_rate=0.25, ast_span_rate=1.0),
-                                  seed=0, heldout_fraction=0.0, nl_target=lambda c: c.split('"""\n', 2)[-1]))
+                                  seed=0, nl_target=lambda c: c.split('"""\n', 2)[-1]))
     kinds = [r["kind"] for r in rows]
     assert 0.65 < kinds.count("fim") / len(rows) < 0.85
     fims = [r for r in rows if r["kind"] == "fim"]
@@ -89,16 +101,32 @@ def test_rates_shape_the_mix():
     assert c2c["prompt"] == "# Multiply every value.\n" and c2c["completion"].startswith("    out = []")
 
 
-def test_split_is_by_file_and_heldout_files_only_give_tasks():
+def test_split_is_by_file_and_dev_test_files_only_give_tasks():
     units = [{"id": f"u{i}.{j}", "path": f"f{i}.py", "code": PY, "docstring": None}
-             for i in range(40) for j in range(3)]
-    rows = fim.dataset_rows(units, "python", fim.FimRates(), seed=3, heldout_fraction=0.3)
+             for i in range(60) for j in range(3)]
+    rows = fim.dataset_rows(units, "python", fim.FimRates(), seed=3)
     sides = {}
     for r in rows:
+        assert r["group_key"] == r["path"]
         sides.setdefault(r["path"], set()).add(r["split"])
-    assert all(len(s) == 1 for s in sides.values())
-    assert {r["kind"] for r in rows if r["split"] == "heldout"} == {"infill_task"}
+    assert all(len(s) == 1 for s in sides.values())  # same file, same split
+    assert {s for (s,) in sides.values()} == {"train", "dev", "test"}
+    assert leaked_groups(rows) == {"test": [], "dev": []}
+    for split in ("dev", "test"):
+        assert {r["kind"] for r in rows if r["split"] == split} == {"infill_task"}
     assert {r["kind"] for r in rows if r["split"] == "train"} <= {"fim", "comment_to_code"}
+    # the evaluation reads test only, training reads train only
+    assert {t["split"] for t in sample_tasks(rows, 1000, seed=0)} == {"test"}
+    assert {t["split"] for t in sample_tasks(rows, 1000, seed=0, split="dev")} == {"dev"}
+    assert all(r["split"] == "train" for r in rows if r["kind"] in ("fim", "comment_to_code"))
+    # the fractions move files between splits (the same hash, other cut points)
+    more_test = fim.dataset_rows(units, "python", fim.FimRates(), seed=3, dev_fraction=0.0, test_fraction=0.6)
+    assert sum(r["split"] == "test" for r in more_test) > sum(r["split"] == "test" for r in rows)
+    assert not any(r["split"] == "dev" for r in more_test)
+    from assets.autocomplete_data import FimRowsConfig
+
+    with pytest.raises(ValueError, match="leave room for train"):
+        FimRowsConfig(dev_fraction=0.5, test_fraction=0.5)
     task = next(r for r in rows if r["kind"] == "infill_task")
     assert task["prefix"] + task["middle"] + task["suffix"] == PY and task["middle"].endswith("\n")
     assert task["middle"].count("\n") == 1 and task["middle"].strip()
@@ -142,6 +170,191 @@ def test_literal_blocks_and_the_domain_extractor(tmp_path):
         domain_examples(f"dir:{tmp_path / 'missing'}")
     unit = domain_units([{"source": "x", "code": "# make a queue\nqueue = Queue()\n"}])[0]
     assert unit["docstring"] == "make a queue" and without_leading_comment(unit["code"]) == "queue = Queue()\n"
+
+
+CDK_BASES = [
+    """# a bucket for the build artifacts
+bucket = s3.Bucket(self, "ArtifactBucket",
+    versioned=True,
+    encryption=s3.BucketEncryption.S3_MANAGED,
+    removal_policy=RemovalPolicy.RETAIN,
+    lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days({n}))]
+)
+bucket.grant_read(role)
+""",
+    """# a queue with a dead-letter queue
+dlq = sqs.Queue(self, "DeadLetters", retention_period=Duration.days(14))
+queue = sqs.Queue(self, "Jobs",
+    visibility_timeout=Duration.seconds({n}),
+    dead_letter_queue=sqs.DeadLetterQueue(max_receive_count=5, queue=dlq)
+)
+queue.grant_consume_messages(worker)
+""",
+    """# a function behind an API
+handler = lambda_.Function(self, "Handler",
+    runtime=lambda_.Runtime.PYTHON_3_12,
+    handler="index.main",
+    code=lambda_.Code.from_asset("lambda"),
+    memory_size={n}
+)
+api = apigateway.LambdaRestApi(self, "Api", handler=handler)
+""",
+    """# a table with a stream
+table = dynamodb.TableV2(self, "Orders",
+    partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+    dynamo_stream=dynamodb.StreamViewType.NEW_IMAGE,
+    billing=dynamodb.Billing.on_demand(max_read_request_units={n})
+)
+table.grant_read_write_data(service)
+""",
+]
+
+
+def planted_cdk_examples(copies: int = 4) -> list[dict]:
+    """Each base example and edited copies of it (another number; the last copy also renames a variable), as the
+    CDK READMEs repeat one snippet per construct variant; plus examples that share nothing."""
+    examples = []
+    for b, base in enumerate(CDK_BASES):
+        for k in range(copies):
+            code = base.format(n=10 * (k + 1))
+            if k == copies - 1:
+                code = code.replace("self,", "scope,", 1)
+            examples.append({"source": f"cdk:base{b}", "code": code})
+    rng = random.Random(7)
+    words = ["topic", "vpc", "role", "alarm", "cluster", "bucket", "key", "stream", "rule", "secret", "table", "zone",
+             "queue", "graph", "pipe", "fleet", "cache", "mesh", "trail", "vault"]
+    for i in range(30):
+        w = rng.sample(words, 8)
+        examples.append({"source": "cdk:other", "code": f"{w[0]}_{w[1]} = {w[2]}.{w[3].title()}(self, '{w[4]}', "
+                                                        f"{w[5]}={i})\n{w[0]}_{w[1]}.grant_{w[6]}({w[7]})\n"})
+    return examples
+
+
+def test_planted_near_duplicate_cdk_examples_land_in_one_split():
+    examples = planted_cdk_examples()
+    units = domain_units(examples)
+    planted = {}
+    for ex, unit in zip(examples, units):
+        planted.setdefault(ex["source"], set()).add(unit["group_key"])
+    for b in range(len(CDK_BASES)):  # every edited copy shares its base's group key
+        assert len(planted[f"cdk:base{b}"]) == 1
+    assert len({next(iter(planted[f"cdk:base{b}"])) for b in range(len(CDK_BASES))}) == len(CDK_BASES)
+    assert len(planted["cdk:other"]) == 30  # unrelated examples stay apart
+    # the threshold is what decides: at 0.95 the edited copies (Jaccard ≈ 0.9) are examples of their own
+    assert len({u["group_key"] for u in domain_units(examples[:16], threshold=0.95)}) == 16
+    rows = fim.dataset_rows(units, "python", fim.FimRates(), seed=0, nl_target=without_leading_comment)
+    by_key = {}
+    for r in rows:
+        by_key.setdefault(r["group_key"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_key.values())
+    assert leaked_groups(rows) == {"test": [], "dev": []}
+    assert {s for (s,) in by_key.values()} == {"train", "dev", "test"}
+    # with exact dedup only (each example its own group, the old split) the copies scatter: the planted leak is real
+    source_of = {u["path"]: ex["source"] for ex, u in zip(examples, units)}
+    sides = {}
+    for r in fim.dataset_rows([{**u, "group_key": None} for u in units], "python", fim.FimRates(), seed=0):
+        sides.setdefault(source_of[r["path"]], set()).add(r["split"])
+    assert any(len(sides[f"cdk:base{b}"]) > 1 for b in range(len(CDK_BASES)))
+    # the key is the content of the cluster's first example, not its position: other examples coming or going
+    # leave a cluster's key (so its split) as it was
+    fewer = domain_units(examples[len(CDK_BASES) * 4 + 10:] + examples[: len(CDK_BASES) * 4])
+    assert {u["id"]: u["group_key"] for u in fewer}.items() >= {u["id"]: u["group_key"]
+                                                                 for u in units[: len(CDK_BASES) * 4]}.items()
+
+
+def test_domain_corpus_asset_splits_by_cluster_and_passes_the_leak_check(resources, tmp_path):
+    import pyarrow.parquet as pq
+
+    from assets import AUTOCOMPLETE_ASSETS
+    from resources import DuckDBCatalog
+
+    source = tmp_path / "cdk"
+    source.mkdir()
+    examples = planted_cdk_examples()
+    for i, ex in enumerate(examples):
+        (source / f"{ex['source'].replace(':', '_')}_{i:03d}.py").write_text(ex["code"])
+    domain = [a for a in AUTOCOMPLETE_ASSETS if a.key.to_user_string() == "domain_corpus"]
+    result = dg.materialize(domain, resources=resources,
+                            run_config={"ops": {"domain_corpus": {"config": {"source": f"dir:{source}"}}}})
+    assert result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "no_split_leak" and check.passed
+    assert check.metadata["leaked_rows"].value == 0
+    meta = _has(result, "domain_corpus")
+    assert meta["near_duplicate_clusters"].value == len(CDK_BASES) + 30
+    entry = DuckDBCatalog().latest_artifact("domain_corpus", "all")
+    rows = pq.read_table(Path(entry["path"]) / "rows.parquet").to_pylist()
+    by_base = {}
+    for r in rows:
+        if r["path"].startswith("cdk_base"):
+            by_base.setdefault(r["path"][: len("cdk_baseN")], set()).add((r["group_key"], r["split"]))
+    assert len(by_base) == len(CDK_BASES) and all(len(v) == 1 for v in by_base.values())
+
+
+def _result_rows(model: str, set_name: str, scores: list[float], passed: list[bool] | None = None) -> list[dict]:
+    return [{"model": model, "set": set_name, "split": "test", "id": f"{set_name}/{i}", "expected": "x\n",
+             "generated": "x\n", "truncated": "x\n", "exact_match": s == 1.0, "edit_similarity": s,
+             "syntax_valid": True, "syntax_valid_truncated": s > 0.5, "passed": None if passed is None else passed[i],
+             "latency_ms": 100.0 + i, "new_tokens": 4} for i, s in enumerate(scores)]
+
+
+def test_set_metrics_are_estimates_with_n_and_interval(tmp_path):
+    from ml.stats import write_metrics_files
+
+    rows = _result_rows("m1", "generic", [1.0, 0.5, 0.0, 1.0] * 6)
+    m = set_metrics(rows, "generic")
+    exact = m["generic_exact_match"]
+    assert isinstance(exact, Estimate) and exact.n == 24 and exact.split == "test" and exact.method == "wilson"
+    assert exact.value == pytest.approx(0.5) and 0.25 < exact.ci_low < 0.5 < exact.ci_high < 0.75
+    similarity = m["generic_edit_similarity"]
+    assert similarity.method == "bootstrap" and similarity.value == pytest.approx(0.625)
+    assert similarity.ci_low < 0.625 < similarity.ci_high
+    assert m["generic_syntax_valid_rate_truncated"].value == pytest.approx(0.5)
+    assert "generic_pass_at_1" not in m  # only scored sets have pass@1
+    assert isinstance(m["generic_latency_ms_p50"], float)  # measurements stay plain numbers
+    assert str(exact).endswith("n=24") and str(exact).startswith("0.500 [")
+    scored = set_metrics(_result_rows("m1", "humaneval", [0.0] * 3, passed=[True, False, False]), "humaneval")
+    assert scored["humaneval_pass_at_1"].value == pytest.approx(1 / 3) and scored["humaneval_pass_at_1"].n == 3
+    assert set_metrics([], "generic")["generic_exact_match"].n == 0
+    flat = write_metrics_files(tmp_path, m)
+    evidence = json.loads((tmp_path / "metrics_evidence.json").read_text())
+    assert flat["generic_exact_match"] == pytest.approx(0.5)
+    assert evidence["generic_exact_match"]["n"] == 24 and evidence["generic_exact_match"]["split"] == "test"
+    assert "generic_latency_ms_p50" not in evidence
+
+
+def test_report_shows_paired_differences_and_claims_only_what_they_allow():
+    rng = random.Random(0)
+    base = [rng.random() * 0.3 for _ in range(30)]
+    results = (_result_rows("m0", "generic", base)
+               + _result_rows("m1", "generic", [min(1.0, s + 0.4) for s in base])  # clearly better on every task
+               + _result_rows("m2", "generic", [min(1.0, s + 0.4) for s in base[:15]] + [min(1.0, s + 0.4 + (
+                   0.05 if i % 2 else -0.05)) for i, s in enumerate(base[15:])])
+               + _result_rows("m0", "humaneval", [0.0] * 10, passed=[False] * 10)
+               + _result_rows("m1", "humaneval", [0.0] * 10, passed=[i == 0 for i in range(10)]))
+    rng.shuffle(results)  # pairing is by (set, id), not by position
+    diffs = paired_differences(results)
+    d = diffs["diff_m1_vs_m0_generic_edit_similarity"]
+    assert d.method == "paired_bootstrap" and d.n == 30 and d.ci_low > 0
+    assert d.value == pytest.approx(sum(min(1.0, s + 0.4) - s for s in base) / 30)
+    assert "diff_m2_vs_m1_generic_edit_similarity" in diffs and "diff_m2_vs_m0_generic_exact_match" in diffs
+    assert "diff_m1_vs_m0_humaneval_pass_at_1" in diffs and "diff_m1_vs_m0_generic_pass_at_1" not in diffs
+    assert "diff_m2_vs_m0_humaneval_pass_at_1" not in diffs  # M2 has no HumanEval rows here
+    table = differences_table(diffs)
+    lines = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip() + "/" + line.split("|")[3].strip():
+             line for line in table.splitlines()[2:]}
+    assert "M1 stage A beats M0 base" in lines["generic/edit_similarity/M1 stage A − M0 base"]
+    assert str(d) in lines["generic/edit_similarity/M1 stage A − M0 base"]
+    assert "no measurable difference at n=30" in lines["generic/edit_similarity/M2 stage B − M1 stage A"]
+    assert "no measurable difference at n=10" in lines["humaneval/pass_at_1/M1 stage A − M0 base"]
+    metrics = {**set_metrics([r for r in results if r["model"] == "m1" and r["set"] == "generic"], "generic"),
+               **diffs}
+    report = autocomplete_report({f"m1_{k}" if not k.startswith("diff_") else k: v for k, v in metrics.items()},
+                                 results, {"generic": 30, "humaneval": 10})
+    assert "## Paired differences" in report and "M1 stage A beats M0 base" in report
+    assert f"| {metrics['generic_exact_match']} |" in report  # the table cell is the estimate with n and interval
+    with pytest.raises(ValueError, match="cannot pair"):
+        paired_differences(results + results[:1])
 
 
 def test_completion_metrics_on_known_inputs():
@@ -221,16 +434,19 @@ def test_group_end_to_end_on_tiny_models(resources, tmp_path):
         (domain / f"ex{i}.py").write_text(f"# make queue {i}\nqueue_{i} = sqs.Queue(self, 'Q{i}',\n"
                                           f"    visibility_timeout=Duration.seconds({i * 10}))\n")
     corpus = [a for a in DATA_ASSETS if a.key.to_user_string() in ("source_files", "code_units")]
-    assert dg.materialize(corpus + AUTOCOMPLETE_ASSETS[:1], resources=resources, partition_key="python",
-                          run_config={"ops": {"fim_samples": {"config": {"heldout_fraction": 0.5, "seed": 1}}}}).success
+    data = dg.materialize(corpus + AUTOCOMPLETE_ASSETS[:1], resources=resources, partition_key="python",
+                          run_config={"ops": {"fim_samples": {"config": {"seed": 1}}}})
+    assert data.success
+    (check,) = [c for c in data.get_asset_check_evaluations() if c.asset_key == dg.AssetKey("fim_samples")]
+    assert check.check_name == "no_split_leak" and check.passed and check.metadata["rows_test"].value > 0
     stage = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 512, "save_steps": 2,
              "logging_steps": 1, "precision": "fp32"}
     run_config = {"ops": {
-        "domain_corpus": {"config": {"source": f"dir:{domain}", "heldout_fraction": 0.2}},
+        "domain_corpus": {"config": {"source": f"dir:{domain}"}},
         "autocomplete_base_model": {"config": {"base_model": "tiny:qwen2", "vocab_size": 400}},
         "autocomplete_stage_a_adapter": {"config": stage},
         "autocomplete_stage_b_adapter": {"config": stage},
-        "autocomplete_eval": {"config": {"tasks_per_set": 2, "max_new_tokens": 6}},
+        "autocomplete_eval": {"config": {"tasks_per_set": 2, "humaneval_problems": 2, "max_new_tokens": 6}},
     }}
     result = dg.materialize(AUTOCOMPLETE_ASSETS[1:], resources=resources, run_config=run_config,
                             selection=AUTOCOMPLETE_ASSETS[1:])
@@ -244,13 +460,22 @@ def test_group_end_to_end_on_tiny_models(resources, tmp_path):
         for s in ("generic", "domain", "humaneval"):
             assert {f"{model}_{s}_exact_match", f"{model}_{s}_latency_ms_p50"} <= names
         assert f"{model}_humaneval_pass_at_1" in names
+    exact = catalog.query("SELECT n, ci_low, ci_high, split FROM eval_metrics WHERE asset_key = 'autocomplete_eval' "
+                          "AND metric = 'm1_generic_exact_match'")[0]
+    assert exact["n"] >= 1 and exact["split"] == "test" and 0 <= exact["ci_low"] <= exact["ci_high"] <= 1
+    for diff in ("diff_m1_vs_m0_generic_exact_match", "diff_m2_vs_m1_domain_edit_similarity",
+                 "diff_m2_vs_m0_humaneval_pass_at_1"):
+        assert diff in names
     rows = catalog.query("SELECT model, \"set\", count(*) AS n FROM autocomplete_results GROUP BY ALL")
     assert {(r["model"], r["set"]) for r in rows} == {(m, s) for m in ("m0", "m1", "m2")
                                                       for s in ("generic", "domain", "humaneval")}
     report = _has(result, "autocomplete_eval")["report"].value
-    assert "M2 stage B" in report and "| humaneval | pass_at_1 |" in report
+    assert "M2 stage B" in report and "| humaneval | pass_at_1 |" in report and "## Paired differences" in report
+    evidence = json.loads((Path(catalog.latest_artifact("autocomplete_eval", "all")["path"])
+                           / "metrics_evidence.json").read_text())
+    assert evidence["m0_humaneval_pass_at_1"]["n"] == 2
     generic = catalog.query("SELECT count(*) AS n FROM autocomplete_results WHERE \"set\" = 'generic'")[0]["n"]
-    assert generic and generic % 3 == 0  # the fixture slice has a held-out file: its tasks, for each model
+    assert generic and generic % 3 == 0  # the fixture slice has a test file: its tasks, for each model
 
     # M1 and M2 exported as GGUF through the serving group: lineage to the adapter and base, the agreement check
     from assets import GGUF_ASSETS

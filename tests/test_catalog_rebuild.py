@@ -165,3 +165,20 @@ def test_a_wait_for_the_catalog_lock_says_for_whom(astforge_home, caplog):
     waits = [r.getMessage() for r in caplog.records if r.name == "astforge.catalog"]
     assert any(f"held by pid {holder.pid} on " in m and "run run-that-holds" in m for m in waits), waits
     assert any(m.startswith("got the catalog lock on ") for m in waits), waits
+
+
+def test_rows_that_gained_columns_go_into_a_table_made_before(astforge_home, tmp_path):
+    """A catalog from before the split columns: the next publish adds them, older rows read NULL there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    catalog = DuckDBCatalog()
+    old, new = tmp_path / "old.parquet", tmp_path / "new.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "n_tokens": [3, 4]}), old)
+    pq.write_table(pa.table({"id": ["c"], "n_tokens": [5], "split": ["test"], "group_key": ["code-1"]}), new)
+    for partition, parquet in (("java", old), ("python", new)):
+        catalog.publish_partition(asset_key="rows_asset", partition=partition, data_version=partition, path=tmp_path,
+                                  run_id="r", rows=1, table="rows_table", parquet=parquet)
+    rows = catalog.query("SELECT partition, id, split, group_key FROM rows_table ORDER BY id")
+    assert [tuple(r.values()) for r in rows] == [("java", "a", None, None), ("java", "b", None, None),
+                                                 ("python", "c", "test", "code-1")]

@@ -41,15 +41,12 @@ BAD = [
     (PhaseTrainingConfig, "gradient_accumulation_steps", 0),
     (PhaseTrainingConfig, "lora_r", 0),
     (PhaseTrainingConfig, "save_steps", 0),
-    (PhaseTrainingConfig, "heldout_fraction", 1.0),  # nothing left to train on
-    (PhaseTrainingConfig, "heldout_fraction", -0.1),
     (PhaseTrainingConfig, "max_eval_rows", -1),
     (PhaseTrainingConfig, "trainable_embeddings", "some"),
     (AstTokenizerConfig, "vocab_size", 0),
     (AstEvalConfig, "samples", 0),
-    (AstEvalConfig, "heldout_fraction", 0.0),  # nothing left to evaluate
     (AstEvalConfig, "seed", -1),
-    (DslQueriesConfig, "test_fraction", 1.5),
+    (DslDatasetConfig, "test_fraction", 1.5),
     (DslQueriesConfig, "per_schema_queries", 0),
     (DslDatasetConfig, "negative_ratio", -0.2),
     (DslDatasetConfig, "negative_ratio", 1.2),
@@ -62,7 +59,7 @@ BAD = [
     (DslSftConfig, "max_length", 0),
     (DslSftConfig, "early_stopping_threshold", -0.1),
     (DslSftConfig, "learning_rate", 0.0),
-    (DslSftConfig, "val_split", 1.0),
+    (DslDatasetConfig, "dev_fraction", 1.0),
     (DslSftConfig, "lora_r", 0),
     (DslSftConfig, "lora_dropout", 1.0),
     (DslSftConfig, "early_stopping_patience", -1),
@@ -96,7 +93,7 @@ def test_zero_keeps_its_documented_meaning():
     DslSftConfig(early_stopping_patience=0, probe_samples=0, lora_top_layers=0, max_grad_norm=0.0, warmup_steps=0)
     DslBaseModelConfig(bpe_max_token_length=0)
     DslDpoConfig(sft_weight=0.0)
-    PhaseTrainingConfig(heldout_fraction=0.0, max_eval_rows=0)
+    PhaseTrainingConfig(max_eval_rows=0)
     DslDatasetConfig(negative_ratio=1.0)
 
 

@@ -8,9 +8,10 @@ import dagster as dg
 import pytest
 
 from ml.dsl import build_domain, build_schema, generate_queries
-from ml.dsl.evaluation import METRICS, SampleScore, grouped_rates, rates, score_sample
+from ml.dsl.evaluation import METRICS, metrics_from_results, score_sample
 from ml.dsl.format import ast_to_text, parse_completion, prompt_text
 from ml.dsl.programmatic_teacher import same_meaning
+from ml.dsl.teachers import Teacher, Verdict
 
 # ---------------------------------------------------------------------------------------------------- metrics
 
@@ -63,77 +64,77 @@ def test_prompt_views_and_their_errors(library):
 
 
 def test_score_sample_on_known_outputs(library):
-    _, schema, query = library
+    spec, schema, query = library
     target = query.ast
-    always, never = (lambda _: True), (lambda _: False)
 
-    exact = score_sample(ast_to_text(target), schema, target, always)
+    exact = score_sample(ast_to_text(target), schema, target, spec)
     assert (exact.parsed, exact.schema_valid, exact.exact_match, exact.teacher_accept, exact.semantic_pass) == (
-        True, True, True, True, True)
+        True, True, True, None, True)
+    assert exact.comparison_f1 == 1.0 and exact.error is None
 
-    assert exact.comparison_f1 == 1.0
-    rejected = score_sample(ast_to_text(target), schema, target, never)
-    assert rejected.schema_valid and rejected.exact_match and not rejected.semantic_pass
-    assert rejected.error == "teacher rejected"
-
-    unparsed = score_sample('{"filter": ', schema, target, always)
+    unparsed = score_sample('{"filter": ', schema, target, spec)
     assert not unparsed.parsed and not unparsed.schema_valid and not unparsed.semantic_pass
 
     invalid = {"filter": {"op": "eq", "field": "no_such_field", "value": 1}}
-    bad = score_sample(json.dumps(invalid), schema, target, always)
-    assert bad.parsed and not bad.schema_valid and bad.teacher_accept and not bad.semantic_pass
+    bad = score_sample(json.dumps(invalid), schema, target, spec)
+    assert bad.parsed and not bad.schema_valid and not bad.semantic_pass
     assert bad.error.startswith("schema:")
 
-    # Same meaning, different spelling: not an exact match, but it passes when the teacher accepts it.
     spaced = json.dumps(target, indent=2)
-    assert score_sample(spaced, schema, target, always).exact_match  # whitespace does not matter
-
-    no_verdict = score_sample(ast_to_text(target), schema, target, lambda _: None)
-    assert not no_verdict.teacher_accept
+    assert score_sample(spaced, schema, target, spec).exact_match  # whitespace does not matter
 
 
-def test_programmatic_judge_rules_on_meaning_so_accept_and_semantic_pass_rates_differ(library):
-    """A schema-invalid answer that means the target (its filter in a one-argument ``and``, which the schema's
-    ``minItems: 2`` forbids) is teacher-accepted but does not pass; so the two rates are different numbers."""
+class _Llm(Teacher):
+    """A teacher whose verdicts are its own (as an LLM teacher's): it accepts what ``accepts`` says."""
+
+    name = "llm"
+
+    def __init__(self, accepts):
+        super().__init__()
+        self.accepts = accepts
+
+    def judge(self, spec, schema, query, candidate, reference):
+        verdict = self.accepts(candidate)
+        return None if verdict is None else Verdict(verdict)
+
+
+def test_semantic_pass_is_the_judge_and_teacher_accept_an_llm_teachers_own_verdict(library):
+    """semantic_pass = schema-valid and the same records selected; teacher_accept = an LLM teacher's verdict (None
+    for the programmatic teacher, whose verdict would repeat the judge). Each can differ from the others."""
     from ml.dsl.probe import score_rows
-    from ml.dsl.teachers import ProgrammaticTeacher, TeacherQuery
+    from ml.dsl.teachers import ProgrammaticTeacher
 
     spec, schema, query = library
     target = query.ast
-    same_but_invalid = {**target, "filter": {"op": "and", "args": [target["filter"]]}}
+    same_but_invalid = {**target, "filter": {"op": "and", "args": [target["filter"]]}}  # minItems: 2
     other = next(q.ast for q in generate_queries(spec, 20, seed=1) if not same_meaning(q.ast, target))
-    unknown_field = {**target, "filter": {"op": "eq", "field": "no_such_field", "value": 1}}
-    outputs = [ast_to_text(target), json.dumps(same_but_invalid), ast_to_text(other), json.dumps(unknown_field)]
+    outputs = [ast_to_text(target), json.dumps(same_but_invalid), ast_to_text(other)]
     row = {"domain": spec.name, "lang": "en", "query": query.text_en, "completion": ast_to_text(target),
            "group": "seen"}
-    scores = score_rows(outputs, [row] * len(outputs), {spec.name: schema}, {spec.name: spec}, ProgrammaticTeacher())
+    rows, specs, schemas = [row] * len(outputs), {spec.name: spec}, {spec.name: schema}
+    scores = score_rows(outputs, rows, schemas, specs, ProgrammaticTeacher())
     assert [(s.schema_valid, s.teacher_accept, s.semantic_pass) for s in scores] == [
-        (True, True, True), (False, True, False), (True, False, False), (False, False, False)]
-    r = rates(scores)
-    assert r["teacher_accept_rate"] == 0.5 and r["semantic_pass_rate"] == 0.25
-    # malformed candidates get a rejection, not an exception
-    teacher = ProgrammaticTeacher()
-    tq = TeacherQuery(spec.name, "en", query.text_en, target)
-    for broken in ({"filter": {"op": "not"}}, {"filter": 3}, {"filter": {"op": "and", "args": "ab"}}, [1]):
-        assert teacher.judge(spec, schema, tq, broken, target).accept is False
+        (True, None, True), (False, None, False), (True, None, False)]
+    # an LLM teacher that accepts everything: its rate differs from the judge's
+    llm = score_rows(outputs, rows, schemas, specs, _Llm(lambda _: True))
+    assert [s.teacher_accept for s in llm] == [True, True, True]
+    assert [s.semantic_pass for s in llm] == [s.semantic_pass for s in scores]
+    assert not any(s.teacher_accept for s in score_rows(outputs, rows, schemas, specs, _Llm(lambda _: None)))
 
 
-def test_rates_and_group_names():
-    def s(p, v, e, a):
-        return SampleScore(p, v, e, a, v and a, None, None)
+def test_metric_names_per_group_and_mode():
+    def r(group, mode, passed):
+        return {"id": f"{group}{mode}{passed}", "group": group, "mode": mode, "parsed": True, "schema_valid": True,
+                "exact_match": False, "teacher_accept": None, "semantic_pass": passed, "comparison_f1": 0.0}
 
-    scores = [s(True, True, True, True), s(True, True, False, False), s(True, False, False, True),
-              s(False, False, False, False)]
-    r = rates(scores)
-    assert r == {"parsed_rate": 0.75, "schema_valid_rate": 0.5, "exact_match_rate": 0.25,
-                 "teacher_accept_rate": 0.5, "semantic_pass_rate": 0.25, "comparison_f1": 0.0}
-    rows = [{"group": "seen"}, {"group": "seen"}, {"group": "heldout"}, {"group": "heldout"}]
-    g = grouped_rates(rows, scores, constrained=True)
-    assert g["semantic_pass_rate_constrained"] == 0.5
-    assert g["heldout_semantic_pass_rate_constrained"] == 0.0
-    assert g["heldout_parsed_rate_constrained"] == 0.5
-    assert set(g) == {f"{p}{m}_constrained" for p in ("", "heldout_") for m in (*METRICS, "comparison_f1")}
-    assert rates([]) == {}
+    rows = [r("seen", "constrained", True), r("seen", "constrained", False), r("heldout", "constrained", False),
+            r("heldout", "unconstrained", True)]
+    m = metrics_from_results(rows)
+    assert m["semantic_pass_rate_constrained"].value == 0.5 and m["semantic_pass_rate_constrained"].n == 2
+    assert m["heldout_semantic_pass_rate"].value == 1.0
+    names = {f"{p}{metric}{s}" for p, s in (("", "_constrained"), ("heldout_", "_constrained"), ("heldout_", ""))
+             for metric in (*METRICS, "comparison_f1") if metric != "teacher_accept_rate"}
+    assert set(m) == names
 
 
 def test_comparison_f1_gives_partial_credit():
@@ -152,12 +153,14 @@ def test_comparison_f1_gives_partial_credit():
 
 
 def test_negatives_break_the_schema_and_are_reproducible():
-    from ml.dsl.dataset import mutated_negatives, request_split, row_id
+    from ml.dsl.dataset import group_key, mutated_negatives, row_id
     from ml.dsl.domains import schema_errors
+    from ml.splits import split_of
 
     specs = {d: build_domain(d, 11) for d in ("library", "orders")}
     schemas = {d: build_schema(s) for d, s in specs.items()}
-    positives = [{"id": row_id(d, i), "domain": d, "ast_json": ast_to_text(q.ast), "valid": True}
+    positives = [{"id": row_id(d, i), "domain": d, "ast_json": ast_to_text(q.ast), "valid": True,
+                  "group_key": group_key(d, q.ast), "split": split_of(group_key(d, q.ast))}
                  for d, spec in specs.items() for i, q in enumerate(generate_queries(spec, 20, seed=1))]
     rows, still_valid = mutated_negatives(positives, specs, schemas, 0.6, seed=11)
     assert still_valid == 0 and len(rows) == 2 * round(20 * 0.6)
@@ -165,10 +168,55 @@ def test_negatives_break_the_schema_and_are_reproducible():
     assert len({r["id"] for r in rows}) == len(rows)
     assert mutated_negatives(positives, specs, schemas, 0.6, seed=11)[0] == rows  # same seed, same rows
     assert mutated_negatives(positives, specs, schemas, 0.6, seed=12)[0] != rows
-    # A held-out domain keeps its split; a training domain's requests go to test at about the asked fraction.
-    assert request_split("heldout_domain", "weather", "x", 0.5, 0) == "heldout_domain"
-    splits = [request_split("train", "library", str(i), 0.1, 0) for i in range(2000)]
-    assert 0.07 < splits.count("test") / len(splits) < 0.13
+    # a negative keeps its positive's group key and split (a mutated test request stays in test)
+    positive_split = {p["group_key"]: p["split"] for p in positives}
+    assert all(positive_split[r["group_key"]] == r["split"] for r in rows)
+    assert len({r["split"] for r in rows}) > 1
+
+
+def test_group_keys_keep_twins_and_reorderings_together_and_split_by_fraction():
+    from ml.dsl.dataset import group_key, request_split
+
+    a = {"op": "eq", "field": "author", "value": "Hugo"}
+    b = {"op": "gt", "field": "year", "value": 1900}
+    key = group_key("library", {"filter": {"op": "and", "args": [a, b]}})
+    assert key == group_key("library", {"filter": {"op": "and", "args": [b, a]}})  # operand order
+    assert key == group_key("library", {"filter": {"op": "and", "args": [a, dict(b, value=1900.0)]}})
+    assert key != group_key("movies", {"filter": {"op": "and", "args": [a, b]}})  # a domain is part of the key
+    assert key != group_key("library", {"filter": {"op": "or", "args": [a, b]}})
+    # A held-out domain is all test; a training domain's requests spread at about the asked fractions.
+    assert request_split("heldout_domain", "weather:x") == "test"
+    splits = [request_split("train", f"library:{i}", dev=0.1, test=0.2) for i in range(3000)]
+    assert 0.17 < splits.count("test") / len(splits) < 0.23 and 0.08 < splits.count("dev") / len(splits) < 0.12
+    assert splits == [request_split("train", f"library:{i}", dev=0.1, test=0.2) for i in range(3000)]
+
+
+def test_both_languages_of_a_request_share_a_split_even_with_a_planted_near_duplicate():
+    """EN/FR twins get one group key from their label; a request that differs only in operand order joins them."""
+    from ml.dsl.recipe import label_requests
+    from ml.dsl.teachers import ProgrammaticTeacher
+    from ml.splits import leaked_groups
+
+    teacher = ProgrammaticTeacher()
+    spec, _ = teacher.domain_spec("library", seed=3, examples=0)
+    schema = build_schema(spec)
+    queries = [{"id": f"q{i}", "domain": "library", "domain_split": "train", "lang": q.lang, "text": q.text,
+                "teacher_ast_json": json.dumps(q.ast)} for i, q in enumerate(teacher.queries(spec, schema, 80, seed=3))]
+    twin = next(q for q in queries if json.loads(q["teacher_ast_json"])["filter"]["op"] == "and")
+    ast = json.loads(twin["teacher_ast_json"])
+    ast["filter"]["args"].reverse()
+    queries.append({**twin, "id": "planted", "text": twin["text"] + " (reordered)",
+                    "teacher_ast_json": json.dumps(ast)})
+    rows, _ = label_requests(queries, {"library": spec}, {"library": schema}, teacher, 1000)
+    by_key: dict[str, set[str]] = {}
+    for r in rows:
+        by_key.setdefault(r["group_key"], set()).add(r["split"])
+    assert all(len(splits) == 1 for splits in by_key.values())
+    assert leaked_groups(rows) == {"test": [], "dev": []}
+    planted = next(r for r in rows if r["id"] == "planted")
+    family = [r for r in rows if r["group_key"] == planted["group_key"]]
+    assert {r["lang"] for r in family} == {"en", "fr"} and len(family) == 3
+    assert {r["split"] for r in rows} == {"train", "dev", "test"}
 
 
 # ---------------------------------------------------------------------------------------------------- loss masks
@@ -232,8 +280,8 @@ def test_too_long_rows_are_dropped_and_empty_completions_refused(tiny_student, t
 TINY_RUN = {
     "dsl_domain_specs": {"domains": ["library", "orders", "flights"], "heldout_domains": ["flights"],
                          "examples_per_schema": 3},
-    "dsl_queries": {"per_schema_queries": 40, "test_fraction": 0.2},
-    "dsl_dataset": {"positives_per_schema": 30},
+    "dsl_queries": {"per_schema_queries": 40},
+    "dsl_dataset": {"positives_per_schema": 30, "dev_fraction": 0.2, "test_fraction": 0.3},
     "dsl_base_model": {"base_model": "tiny:gemma3_text", "vocab_size": 800},
     "dsl_base_eval": {"samples": 3},
     "dsl_sft_adapter": {"max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 2, "save_steps": 2,
@@ -261,8 +309,18 @@ def test_dsl_group_materializes_end_to_end(resources, astforge_home):
     catalog = resources["catalog"]
 
     # Datasets: every positive validates, every negative does not, and the catalog tables hold them.
-    data = catalog.query("SELECT split, valid, count(*) AS n FROM dsl_dataset GROUP BY ALL")
-    assert {(r["split"], r["valid"]) for r in data} >= {("train", True), ("heldout_domain", True), ("train", False)}
+    data = catalog.query("SELECT split, \"group\", valid, count(*) AS n FROM dsl_dataset GROUP BY ALL")
+    assert {(r["split"], r["group"], r["valid"]) for r in data} >= {
+        ("train", "seen", True), ("dev", "seen", True), ("test", "seen", True), ("test", "heldout", True),
+        ("train", "seen", False)}
+    assert not [r for r in data if r["group"] == "heldout" and r["split"] != "test"]
+    # one split per group key (EN/FR twins together), and the blocking leak checks passed
+    assert catalog.query("SELECT count(*) AS n FROM (SELECT group_key FROM dsl_training_corpus GROUP BY group_key "
+                         "HAVING count(DISTINCT split) > 1)")[0]["n"] == 0
+    checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert {e.event_specific_data.asset_key.to_user_string() for e in checks} >= {"dsl_dataset",
+                                                                                 "dsl_training_corpus"}
+    assert all(e.event_specific_data.passed for e in checks)
     negatives = catalog.query("SELECT count(*) AS n FROM dsl_dataset WHERE NOT valid")[0]["n"]
     positives = catalog.query("SELECT count(*) AS n FROM dsl_dataset WHERE valid")[0]["n"]
     assert negatives == pytest.approx(positives * 0.6, abs=3)
@@ -273,10 +331,15 @@ def test_dsl_group_materializes_end_to_end(resources, astforge_home):
                          ("dsl_dpo_eval", ("constrained", "unconstrained"))):
         names = {r["metric"] for r in catalog.query(
             "SELECT DISTINCT metric FROM eval_metrics WHERE asset_key = ?", [asset])}
-        for metric in METRICS:
+        assert not [n for n in names if "teacher_accept" in n]  # the programmatic teacher's would repeat the judge
+        for metric in (m for m in METRICS if m != "teacher_accept_rate"):
             for name in (f"{metric}_constrained", f"heldout_{metric}_constrained"):
                 assert name in names, (asset, name)
             assert (metric in names) == ("unconstrained" in modes), (asset, metric)
+        evidence = catalog.query("SELECT n, ci_low, ci_high, split FROM eval_metrics WHERE asset_key = ? AND "
+                                 "metric = 'semantic_pass_rate_constrained'", [asset])
+        assert evidence and all(r["n"] == 3 and r["split"] == "test" and r["ci_low"] <= r["ci_high"]
+                                for r in evidence)
         rows = catalog.query("SELECT mode, \"group\", count(*) AS n FROM eval_results WHERE asset_key = ? "
                              "GROUP BY ALL", [asset])
         assert {(r["mode"], r["group"]) for r in rows} == {(m, g) for m in modes for g in ("seen", "heldout")}
@@ -294,6 +357,9 @@ def test_dsl_group_materializes_end_to_end(resources, astforge_home):
 
     text = (Path(report) / "report.md").read_text()
     assert "SFT" in text and "DPO" in text and "base constrained" in text and "semantic_pass_rate" in text
+    assert "## Paired differences (test split)" in text and "n=3" in text
+    diffs = {r["metric"] for r in catalog.query("SELECT metric FROM eval_metrics WHERE asset_key = 'dsl_report'")}
+    assert {"sft_vs_base_semantic_pass_rate_constrained", "dpo_vs_sft_semantic_pass_rate"} <= diffs
     for png in ("rates.png", "sft_curve.png", "dpo_curve.png"):
         assert (Path(report) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     probe = catalog.query("SELECT count(*) AS n FROM training_metrics WHERE asset_key = 'dsl_sft_adapter' "

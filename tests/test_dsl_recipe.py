@@ -18,7 +18,7 @@ from ml.dsl.recipe import (
     label_requests,
     model_inputs,
     sft_phase_config,
-    split_validation,
+    sft_rows,
     training_rows,
 )
 from ml.dsl.teachers import ProgrammaticTeacher, TeacherUnavailable
@@ -30,9 +30,9 @@ def _data(n: int = 40):
     schema = build_schema(spec)
     rows = []
     for i, q in enumerate(teacher.queries(spec, schema, n, seed=3)):
-        split = ("train", "test", "heldout_domain")[i % 3]
-        rows.append({"id": f"r{i}", "domain": "library", "split": split, "lang": q.lang, "query": q.text,
-                     "ast_json": json.dumps(q.ast), "valid": i % 7 != 0})
+        split, group = (("train", "seen"), ("dev", "seen"), ("test", "seen"), ("test", "heldout"))[i % 4]
+        rows.append({"id": f"r{i}", "domain": "library", "group_key": f"k{i // 2}", "split": split, "group": group,
+                     "lang": q.lang, "query": q.text, "ast_json": json.dumps(q.ast), "valid": i % 7 != 0})
     return rows, {"library": schema}
 
 
@@ -57,15 +57,17 @@ def test_max_samples_caps_the_training_split_with_the_configured_seed():
     assert [r for r in a if r["split"] != "train"] == [r for r in b if r["split"] != "train"]
 
 
-def test_validation_split_and_evaluation_rows():
-    rows = [{"id": str(i)} for i in range(100)]
-    train, val = split_validation(rows, 0.05, cap=3, seed=0)
-    assert len(val) == 3 and len(train) == 97 and not {r["id"] for r in val} & {r["id"] for r in train}
-    assert split_validation(rows, 0.0, cap=3, seed=0)[1] == []
-    data, schemas = _data(60)
+def test_sft_reads_train_validates_on_dev_and_evaluation_reads_test():
+    data, schemas = _data(80)
     corpus, _ = training_rows(data, schemas, schema_view="digest")
+    assert all(r["group_key"] and r["split"] in ("train", "dev", "test") for r in corpus)
+    train, val = sft_rows(corpus, cap=3, seed=0)
+    assert train and {r["split"] for r in train} == {"train"} and {r["group"] for r in train} == {"seen"}
+    assert len(val) == 3 and {r["split"] for r in val} == {"dev"}
+    assert val != sft_rows(corpus, cap=3, seed=1)[1] and val == sft_rows(corpus, cap=3, seed=0)[1]
+    assert sft_rows(corpus, cap=0, seed=0)[1] == []
     picked = evaluation_rows(corpus, samples=4, seed=0)
-    assert [r["split"] for r in picked] == ["test"] * 4 + ["heldout_domain"] * 4
+    assert [(r["split"], r["group"]) for r in picked] == [("test", "seen")] * 4 + [("test", "heldout")] * 4
     assert picked == evaluation_rows(corpus, samples=4, seed=0)
 
 
@@ -82,7 +84,7 @@ def _requests(n: int) -> tuple[list[dict], dict, dict]:
     teacher = ProgrammaticTeacher()
     spec, _ = teacher.domain_spec("library", seed=3, examples=0)
     schema = build_schema(spec)
-    rows = [{"id": f"q{i}", "domain": "library", "split": "train", "lang": q.lang, "text": q.text,
+    rows = [{"id": f"q{i}", "domain": "library", "domain_split": "train", "lang": q.lang, "text": q.text,
              "teacher_ast_json": json.dumps(q.ast)} for i, q in enumerate(teacher.queries(spec, schema, n, seed=3))]
     return rows, {"library": spec}, {"library": schema}
 
@@ -105,9 +107,13 @@ def test_label_requests_keeps_schema_valid_labels_up_to_the_cap_and_counts_the_r
                                    on_progress=lambda done, total: progress.append((done, total)), every=4)
     assert [r["id"] for r in rows] == ["q0", "q3", "q4", "q5", "q6"]
     assert skipped == {"teacher_no_label": 1, "schema_invalid_label": 1, "over_positive_cap": 5}
-    assert rows[0] == {"id": "q0", "domain": "library", "split": "train", "lang": queries[0]["lang"],
-                       "query": queries[0]["text"], "ast_json": rows[0]["ast_json"], "valid": True, "mutation": None,
-                       "errors": None}
+    from ml.dsl.dataset import group_key
+    from ml.splits import split_of
+
+    key = group_key("library", json.loads(queries[0]["teacher_ast_json"]))
+    assert rows[0] == {"id": "q0", "domain": "library", "group_key": key, "split": split_of(key), "group": "seen",
+                       "lang": queries[0]["lang"], "query": queries[0]["text"], "ast_json": rows[0]["ast_json"],
+                       "valid": True, "mutation": None, "errors": None}
     assert json.loads(rows[0]["ast_json"]) == json.loads(queries[0]["teacher_ast_json"])
     assert progress == [(4, 12), (8, 12)]
 

@@ -13,11 +13,13 @@ from ml.dsl.report import (
     dpo_verdict,
     dsl_report_markdown,
     language_rates,
+    paired_table,
     pretty_samples,
     rates_plot,
     sft_curve_plot,
     target_statement,
 )
+from ml.stats import Estimate, paired_difference, rate
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -89,22 +91,50 @@ def test_plots_are_png(make):
     assert isinstance(data, bytes) and data.startswith(PNG) and len(data) > 1000
 
 
-def test_comparison_table_numbers_and_delta():
+def test_comparison_table_numbers():
     table = comparison_table(SFT, DPO)
-    assert "DPO − SFT (constrained)" in table.splitlines()[0]
-    assert _table_row(table, "seen domains", "semantic_pass_rate") == ["0.550", "0.600", "0.600", "0.725", "+0.125"]
-    assert _table_row(table, "seen domains", "parsed_rate") == ["0.900", "1.000", "0.950", "1.000", "+0.000"]
-    # DPO lacks the key: dash, and no delta
-    assert _table_row(table, "seen domains", "exact_match_rate") == ["0.300", "0.400", "–", "–", "–"]
-    assert _table_row(table, "held-out domains", "semantic_pass_rate") == ["–", "0.250", "–", "0.200", "-0.050"]
+    assert table.splitlines()[0] == "| domains | metric | SFT | SFT constrained | DPO | DPO constrained |"
+    assert _table_row(table, "seen domains", "semantic_pass_rate") == ["0.550", "0.600", "0.600", "0.725"]
+    assert _table_row(table, "seen domains", "exact_match_rate") == ["0.300", "0.400", "–", "–"]  # DPO lacks it
+    assert _table_row(table, "held-out domains", "semantic_pass_rate") == ["–", "0.250", "–", "0.200"]
     assert len([line for line in table.splitlines() if line.startswith("| seen")]) == len(METRICS)
+
+
+def test_comparison_table_prints_estimates_with_interval_and_n():
+    sft = {"semantic_pass_rate_constrained": rate([1, 1] + [0] * 10)}
+    table = comparison_table(sft, {}, base={"semantic_pass_rate_constrained": rate([0] * 12)})
+    cells = _table_row(table, "seen domains", "semantic_pass_rate")
+    assert cells[1] == "0.000 [0.000, 0.242] n=12" and cells[3] == "0.167 [0.047, 0.448] n=12"
 
 
 def test_comparison_table_without_heldout_or_metrics():
     table = comparison_table({"parsed_rate": 1.0}, {})
     assert "held-out" not in table
-    assert _table_row(table, "seen domains", "parsed_rate") == ["1.000", "–", "–", "–", "–"]
+    assert _table_row(table, "seen domains", "parsed_rate") == ["1.000", "–", "–", "–"]
     assert "–" in comparison_table({}, {})
+
+
+def _differences(sft_gain: list[float], dpo_gain: list[float]) -> dict[str, dict[str, Estimate]]:
+    zeros = [0.0] * len(sft_gain)
+    return {"sft_vs_base": {"semantic_pass_rate_constrained": paired_difference(sft_gain, zeros)},
+            "dpo_vs_sft": {"semantic_pass_rate_constrained": paired_difference(dpo_gain, zeros[:len(dpo_gain)])}}
+
+
+def test_paired_table_says_beats_only_when_the_interval_excludes_zero():
+    diffs = _differences([1.0] * 10 + [0.0] * 2, [1.0, 0.0, -1.0, 0.0] * 3)
+    table = paired_table(diffs)
+    row = next(line for line in table.splitlines() if "`semantic_pass_rate`" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["seen domains", "constrained", "`semantic_pass_rate`"]
+    assert cells[3].startswith("0.833 [") and cells[3].endswith("n=12") and cells[4] == "SFT beats base"
+    assert cells[5].startswith("0.000 [") and cells[6] == "no measurable difference at n=12"
+    worse = paired_table(_differences([-1.0] * 12, [0.0] * 12))
+    assert "base beats SFT" in worse
+    assert paired_table({}) == "_no paired requests_"
+    text = dpo_verdict(diffs)
+    assert "SFT − base on seen domains" in text and "SFT beats base" in text
+    assert "DPO − SFT on seen domains" in text and "no measurable difference at n=12" in text
+    assert "DPO vs SFT on seen domains: not measured" in dpo_verdict({"sft_vs_base": {}})
 
 
 def test_language_rates_from_rows():
@@ -120,6 +150,11 @@ def test_language_rates_from_rows():
 
 def test_target_statement_flips_with_value():
     assert target_statement({"semantic_pass_rate_constrained": 0.5}).endswith("— reached (0.500)")
+    assert "— reached (0.917 [0.646, 0.985] n=12)" in target_statement(
+        {"semantic_pass_rate_constrained": rate([1] * 11 + [0])})
+    assert "— not reached (0.000" in target_statement({"semantic_pass_rate_constrained": rate([0] * 12)})
+    assert "— not established at n=12 (0.500" in target_statement(
+        {"semantic_pass_rate_constrained": rate([1, 0] * 6)})
     assert target_statement({"semantic_pass_rate_constrained": 0.49}).endswith("— not reached (0.490)")
     assert target_statement({}).endswith("not measured")
     assert "≥ 0.7" in target_statement({"semantic_pass_rate_constrained": 0.6}, target=0.7)
@@ -130,6 +165,7 @@ def _report(sft=SFT, dpo=DPO):
     dpo_rows = [_row(0, "en"), _row(1, "fr"), _row(2, "en", passed=False), _row(3, "en", mode="unconstrained")]
     return dsl_report_markdown(
         sft_metrics=sft, dpo_metrics=dpo, sft_rows=sft_rows, dpo_rows=dpo_rows,
+        differences=_differences([1.0] * 10 + [0.0] * 2, [0.0] * 12),
         images={"rates": "rates.png", "sft curve": "sft_curve.png"},
         summary={"teacher_backend": "programmatic", "base_model": "tiny-gpt", "train_domains": ["shop", "hr"],
                  "heldout_domains": ["fleet"], "dataset_sizes": {"sft": 400, "dpo": 120}, "sft_steps": 300},
@@ -142,17 +178,17 @@ def test_report_sections():
     assert "- **teacher backend**: programmatic" in md and "- **training domains**: shop, hr" in md
     assert "- **dataset sizes**: sft=400, dpo=120" in md
     assert "— reached (0.600)" in md
-    assert "DPO is not worse than SFT on seen domains" in md and "+0.125" in md
-    assert "DPO is worse than SFT on held-out domains" in md
-    assert "| en | 1.000 (n=1) | 0.500 (n=2) |" in md and "| fr | 0.000 (n=1) | 1.000 (n=1) |" in md
+    assert "## Paired differences (test split)" in md and "SFT beats base" in md
+    assert "no measurable difference at n=12" in md
+    assert "| en | 1.000 [0.207, 1.000] n=1 | 0.500 [0.095, 0.905] n=2 |" in md
     assert "![rates](rates.png)" in md and "![sft curve](sft_curve.png)" in md
-    assert "`semantic_pass` = schema-valid and teacher-accepted" in md
+    assert "`semantic_pass` = schema-valid and selecting the same records" in md
     assert "## Samples (DPO)" in md
 
 
-def test_report_target_not_reached_and_dpo_worse():
+def test_report_target_not_reached():
     md = _report(sft={"semantic_pass_rate_constrained": 0.3}, dpo={"semantic_pass_rate_constrained": 0.2})
-    assert "— not reached (0.300)" in md and "DPO is worse than SFT on seen domains" in md
+    assert "— not reached (0.300)" in md
 
 
 def test_pretty_samples_json_blocks():
@@ -169,13 +205,3 @@ def test_pretty_samples_json_blocks():
     assert "````text\ndésolé ``` pas de JSON\n````" in md  # raw output fallback, fence not broken
     assert "> les clients à Paris" in md and "semantic_pass=✗" in md and "error: `no JSON object`" in md
     assert pretty_samples([]) == "_no samples_\n"
-
-
-def test_verdict_names_the_seen_rates_dpo_lowers():
-    assert "Lower after DPO" not in dpo_verdict(SFT, DPO)  # DPO's seen-domain rates are all ≥ SFT's there
-    sft = {"semantic_pass_rate_constrained": 0.0, "schema_valid_rate": 0.812, "parsed_rate": 0.812}
-    dpo = {"semantic_pass_rate_constrained": 0.0, "schema_valid_rate": 0.625, "parsed_rate": 0.9}
-    verdict = dpo_verdict(sft, dpo)
-    assert "DPO is not worse than SFT on seen domains" in verdict  # the target metric ties at 0
-    assert "Lower after DPO on seen domains: `schema_valid_rate` 0.625 vs 0.812." in verdict
-    assert "parsed_rate`" not in verdict.split("Lower after DPO")[1]

@@ -1,6 +1,9 @@
 """The graph repair library on known input: graph construction, corruption round trips, the grammar mask, tree
-edits, the Z3 check, the two models' sizes and a few training steps."""
+edits, the Z3 check, the two models' sizes and a few training steps; the split by group key, the estimates with
+their n and interval, the paired differences and the report that states them."""
 
+import copy
+import math
 import random
 
 import pytest
@@ -16,15 +19,24 @@ from ml.graph_repair.logic import violations
 from ml.graph_repair.models import GraphUNet, count_parameters, sequence_batch, transformer_matching
 from ml.graph_repair.recipe import (
     Decoder,
+    SlotFrequency,
     TrainSettings,
+    evaluate_models,
+    graph_repair_metrics,
     graph_row,
+    graph_rows,
+    paired_differences,
     repair_iterative,
     repair_one_shot,
     repair_rows,
     score,
     slot_priors,
     train_denoiser,
+    tune_relabel_threshold,
 )
+from ml.graph_repair.report import graph_repair_report
+from ml.splits import leaked_groups, split_of
+from ml.stats import Estimate
 
 ADD = "def f(a, b):\n    c = a + b\n    return c * 2\n"
 CORPUS = [
@@ -134,15 +146,53 @@ def test_noise_levels_grade_the_fraction_of_nodes_touched():
     assert touched["low"] < touched["mid"] < touched["high"]
 
 
-def test_repair_rows_split_by_function_and_keep_the_clean_graph():
-    rows = [graph_row(f"u{i}", f"f{i}", "python", g, heldout=i % 3 == 0) for i, g in enumerate(GRAPHS)]
+def test_repair_rows_inherit_the_split_and_group_key_and_keep_the_clean_graph():
+    splits = ["test", "train", "dev", "test", "train", "train"]
+    rows = [graph_row(f"u{i}", f"f{i}", "python", g, splits[i]) for i, g in enumerate(GRAPHS)]
     out = repair_rows(rows, 2, seed=0)
     assert repair_rows(rows, 2, seed=0) == out  # seeded
-    held = [r for r in out if r["split"] == "heldout"]
-    assert {r["unit_id"] for r in held} == {"u0", "u3"} and sorted(r["noise"] for r in held if r["unit_id"] == "u0") \
-        == ["high", "low", "mid"]
-    assert sum(r["split"] == "train" for r in out) == 2 * 4
+    assert all(r["split"] == splits[int(r["unit_id"][1:])] and r["group_key"] == rows[int(r["unit_id"][1:])][
+        "group_key"] for r in out)
+    for split, units in (("test", {"u0", "u3"}), ("dev", {"u2"})):  # one row per noise level
+        held = [r for r in out if r["split"] == split]
+        assert {r["unit_id"] for r in held} == units
+        assert all(sorted(r["noise"] for r in held if r["unit_id"] == u) == ["high", "low", "mid"] for u in units)
+    assert sum(r["split"] == "train" for r in out) == 2 * 3
     assert all(r["clean_labels"] == rows[int(r["unit_id"][1:])]["labels"] for r in out)
+
+
+RENAMED_COPIES = [  # one function four times: other names, a docstring, other formatting
+    "def total(items, limit):\n    acc = 0\n    for it in items:\n        if it > limit:\n            acc = acc + it\n"
+    "    return acc\n",
+    "def summe(xs, lim):\n    \"\"\"Sum of the large ones.\"\"\"\n    s = 0\n    for x in xs:\n        if x > lim:\n"
+    "            s = s + x\n    return s\n",
+    "def agg(a,b):\n    t=0\n    for v in a:\n        if v>b:\n            t=t+v\n    return t\n",
+    "def q(values, floor):\n    out = 0\n    for value in values:\n        if value > floor:\n"
+    "            out = out + value\n    return out\n",
+]
+
+
+def _units(codes: list[str]) -> list[dict]:
+    return [{"id": f"{i:08x}" + "0" * 32, "name": f"f{i}", "code": code} for i, code in enumerate(codes)]
+
+
+def test_renamed_copies_share_a_group_key_and_a_split_and_nothing_leaks():
+    from ml.languages import get_language
+
+    codes = RENAMED_COPIES + CORPUS[1:]
+    rows, skipped, _ = graph_rows(_units(codes), "python", get_language("python").renamer, 5, 500, 0,
+                                  dev_fraction=0.3, test_fraction=0.3)
+    assert not skipped and len(rows) == len(codes)
+    copies = rows[:len(RENAMED_COPIES)]
+    assert len({r["group_key"] for r in copies}) == 1 and len({r["split"] for r in copies}) == 1
+    assert len({r["group_key"] for r in rows}) == len(CORPUS)  # the other functions each have their own key
+    assert all(r["split"] == split_of(r["group_key"], dev=0.3, test=0.3) for r in rows)
+    assert leaked_groups(rows) == {"test": [], "dev": []}
+    assert leaked_groups(repair_rows(rows, 2, seed=0)) == {"test": [], "dev": []}
+    # every split is reachable and the fractions are what decide it
+    many = [{"group_key": f"k{i}"} for i in range(400)]
+    assert {split_of(r["group_key"], dev=0.3, test=0.3) for r in many} == {"train", "dev", "test"}
+    assert sum(split_of(r["group_key"], dev=0.0, test=0.5) == "test" for r in many) > 150
 
 
 def _vocab() -> Vocabulary:
@@ -268,7 +318,7 @@ def test_the_sequence_view_is_the_tree_in_pre_order_with_end_tokens():
 def test_a_few_training_steps_lower_the_loss_and_repairs_are_scored(kind):
     from ml.graph_repair.recipe import build_model
 
-    rows = [graph_row(f"u{i}", f"f{i}", "python", g, heldout=False) for i, g in enumerate(GRAPHS)]
+    rows = [graph_row(f"u{i}", f"f{i}", "python", g) for i, g in enumerate(GRAPHS)]
     examples = repair_rows(rows, 4, seed=0)
     vocab = _vocab()
     torch.manual_seed(0)
@@ -289,7 +339,7 @@ def test_score_counts_exact_repairs_and_node_accuracy():
     g = GRAPHS[0]
     c = corrupt(g, NOISE_LEVELS["mid"], random.Random(3), operations=("mask",))
     example = {"id": "x", "noise": "mid", "targets": c.targets, "corrupted": c.corrupted,
-               **{f"clean_{k}": v for k, v in graph_row("x", "f", "python", g, False).items()}}
+               **{f"clean_{k}": v for k, v in graph_row("x", "f", "python", g).items()}}
     right = RepairTree.from_asg(c.graph)
     for i, t in enumerate(c.targets):
         right.relabel(i, t)
@@ -318,8 +368,7 @@ def test_score_keeps_untouched_rare_names_right_and_never_credits_an_unknown_ans
     vocab = Vocabulary.build([g.labels for g in GRAPHS[1:]], min_count=1)  # `f`, `b`, `c` of ADD are unknown
     g = GRAPHS[0]
     assert vocab.normalize("id:f") == "id:<unk>"
-    example = {"id": "x", "noise": "low", **{f"clean_{k}": v for k, v in graph_row("x", "f", "python", g,
-                                                                                     False).items()}}
+    example = {"id": "x", "noise": "low", **{f"clean_{k}": v for k, v in graph_row("x", "f", "python", g).items()}}
     mult = g.labels.index("Mult")
     masked = Asg(g.labels[:mult] + [MASK] + g.labels[mult + 1:], g.parents, g.fields)
     fixed = RepairTree.from_asg(masked)
@@ -332,3 +381,111 @@ def test_score_keeps_untouched_rare_names_right_and_never_credits_an_unknown_ans
     row = dict(example, targets=list(g.labels), corrupted=[i == name for i in range(len(g))])
     got = score([unknown], [row], vocab)[0]
     assert not got["exact"] and got["node_accuracy"] == 0.0
+
+
+def _substituted(unit: str, g: Asg, node: int, label: str, noise: str = "mid") -> dict:
+    """A repair example: ``g`` with ``node`` relabelled ``label`` (the only corrupted node)."""
+    bad = Asg(g.labels[:node] + [label] + g.labels[node + 1:], g.parents, g.fields, g.dataflow)
+    return {**graph_row(unit, "f", "python", bad, "dev"), "id": f"{unit}:{noise}:0", "unit_id": unit,
+            "noise": noise,
+            "targets": list(g.labels), "corrupted": [i == node for i in range(len(g))],
+            **{f"clean_{k}": v for k, v in graph_row(unit, "f", "python", g).items()}}
+
+
+class _PrefersAdd(SlotFrequency):
+    """Slot frequencies, except that a kept ``Sub`` is an ``Add`` with probability ~0.8."""
+
+    def forward(self, graphs):
+        logits = super().forward(graphs)
+        labels = [x for g in graphs for x in g.labels]
+        for row, label in enumerate(labels):
+            if label == "Sub":
+                logits[row] = 0.0
+                logits[row, self.vocab.id("Add")] = 10.0
+                logits[row, self.vocab.id("Sub")] = 10.0 - math.log(4)
+        return logits
+
+
+def test_the_relabel_threshold_is_chosen_on_dev_and_changes_the_repair():
+    vocab = Vocabulary.build([g.labels for g in GRAPHS] + [["Sub"]], min_count=1)
+    priors = slot_priors(GRAPHS, vocab)
+    g = GRAPHS[0]
+    dev = [_substituted(f"u{k}", g, g.labels.index("Add"), "Sub") for k in range(3)]
+    chosen, sweep = tune_relabel_threshold(_PrefersAdd(vocab, priors), dev, vocab, priors, (0.5, 0.7, 0.9))
+    assert sweep[0.9].value == 0.0 and sweep[0.7].value == 1.0 == sweep[0.5].value  # p(Add) ~0.8 sits between
+    assert chosen == 0.7 and all(e.split == "dev" and e.n == 3 for e in sweep.values())  # a tie: the higher one
+    assert tune_relabel_threshold(_PrefersAdd(vocab, priors), [], vocab, priors) == (0.5, {})  # nothing to tune on
+
+
+class _Misreads(SlotFrequency):
+    """Slot frequencies, except that every ``Add`` is read as a ``Sub`` (a worse model)."""
+
+    def forward(self, graphs):
+        logits = super().forward(graphs)
+        for row, label in enumerate(x for g in graphs for x in g.labels):
+            if label == "Add":
+                logits[row, self.vocab.id("Sub")] = 20.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    """The slot-frequency baseline as 'graph_unet' and a worse copy of it as 'transformer', on a tiny test set."""
+    vocab = Vocabulary.build([g.labels for g in GRAPHS] + [["Sub"]], min_count=1)
+    priors = slot_priors(GRAPHS, vocab)
+    rows = [graph_row(f"u{i}", f"f{i}", "python", g, "test") for i, g in enumerate(GRAPHS)]
+    test = repair_rows(rows, 1, seed=1)
+    models = {"graph_unet": (SlotFrequency(vocab, priors), vocab, priors),
+              "transformer": (_Misreads(vocab, priors), vocab, priors)}
+    results, tuning = evaluate_models(models, [], test, thresholds=(0.7,), diffusion_steps=2, z3_tries=0,
+                                      log=lambda m: None)
+    return test, results, tuning
+
+
+def test_metrics_carry_n_interval_and_split_and_the_differences_are_paired(tiny_results):
+    test, results, tuning = copy.deepcopy(tiny_results)
+    assert tuning["graph_unet"]["threshold"] == 0.7
+    n = len(GRAPHS)  # one row per function and noise level
+    est = results["graph_unet"]["mid"]["one_shot_grammar"]
+    assert est["n"] == n and all(isinstance(est[k], Estimate) and est[k].n == n and est[k].split == "test"
+                                 for k in ("node_accuracy", "exact", "valid"))
+    assert est["exact"].method == "wilson" and est["node_accuracy"].method == "bootstrap"
+    assert est["exact"].ci_low <= est["exact"].value <= est["exact"].ci_high and est["exact"].ci_high > 0
+    assert len(results["graph_unet"]["scored"]["one_shot"]) == len(test)
+    # aligned by id, not by position: the same difference with one side's rows reversed
+    diffs = paired_differences(results)
+    for proc, rows in results["transformer"]["scored"].items():
+        results["transformer"]["scored"][proc] = rows[::-1]
+    assert paired_differences(results) == diffs
+    for (proc, level), d in diffs.items():
+        mine = {r["id"]: r["exact"] for r in results["graph_unet"]["scored"][proc] if r["noise"] == level}
+        other = {r["id"]: r["exact"] for r in results["transformer"]["scored"][proc]}
+        assert d.n == n and d.method == "paired_bootstrap"
+        assert d.value == pytest.approx(sum(mine[i] - other[i] for i in mine) / n)
+    metrics = graph_repair_metrics(results, diffs, tuning)
+    assert metrics["graph_unet_one_shot_grammar_exact_mid"] is est["exact"]
+    assert metrics["diff_graph_unet_vs_transformer_one_shot_grammar_exact_mid"] is diffs[("one_shot_grammar", "mid")]
+    assert metrics["transformer_relabel_threshold"] == 0.7
+    with pytest.raises(ValueError, match="not scored"):
+        results["transformer"]["scored"]["one_shot"] = results["transformer"]["scored"]["one_shot"][1:]
+        paired_differences(results)
+
+
+def test_the_report_says_beats_only_when_the_interval_excludes_zero(tiny_results):
+    _, results, tuning = tiny_results
+    sizes = {m: {"params": 1, "steps": 1, "train_s": 0.0} for m in ("graph_unet", "transformer")}
+    head = results["graph_unet"]["mid"]["one_shot_grammar"]["exact"]
+    unclear = {("one_shot_grammar", lv): Estimate(0.1, 6, -0.2, 0.4, "test", "paired_bootstrap")
+               for lv in ("low", "mid", "high")}
+    report = graph_repair_report("python", results, sizes, unclear, tuning, {"train": 0, "dev": 0, "test": 6})
+    assert f"{head}" in report and "n=6" in report  # figures as 0.333 [0.1, 0.6] n=6
+    assert "paired difference 0.100 [-0.200, 0.400] n=6: no measurable difference at n=6" in report
+    assert " beats " not in report
+    measured = paired_differences(results)
+    report = graph_repair_report("python", results, sizes, measured, tuning)
+    assert f"paired difference {measured[('one_shot_grammar', 'mid')]}: " in report
+    assert f"| iterative_grammar | high | {measured[('iterative_grammar', 'high')]} |" in report
+    clear = unclear | {("one_shot_grammar", "mid"): Estimate(0.3, 6, 0.1, 0.5, "test", "paired_bootstrap")}
+    report = graph_repair_report("python", results, sizes, clear, tuning)
+    assert "paired difference 0.300 [0.100, 0.500] n=6: the Graph U-Net beats the Transformer" in report
+    assert "| one_shot_grammar | low | 0.100 [-0.200, 0.400] n=6 | no measurable difference at n=6 |" in report

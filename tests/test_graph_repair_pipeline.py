@@ -1,5 +1,6 @@
 """The graph_repair group through Dagster on tiny models: code units -> graphs -> corruptions -> Graph U-Net and the
-same-size Transformer (a few steps each) -> held-out evaluation and report; the tree-sitter slices are refused."""
+same-size Transformer (a few steps each) -> dev-tuned, test-split evaluation and report; renamed copies of a function
+stay in one split and the leak checks pass; the tree-sitter slices are refused."""
 
 import json
 from pathlib import Path
@@ -16,6 +17,13 @@ FUNCTIONS = [
     "def join_{i}(parts, sep):\n    out = []\n    for part in parts:\n        out.append(str(part).strip())\n"
     "    return sep.join(out) + '{i}'\n",
 ]
+RENAMED_COPIES = [  # one function under other names (and a docstring): one group key, one split
+    "def scale(xs, k):\n    res = []\n    for x in xs:\n        if x:\n"
+    "            res.append(x * k + 7)\n    return res\n",
+    "def grow(values, factor):\n    \"\"\"Grow them.\"\"\"\n    out = []\n    for v in values:\n        if v:\n"
+    "            out.append(v * factor + 7)\n    return out\n",
+    "def mul(a, b):\n    c = []\n    for d in a:\n        if d:\n            c.append(d * b + 7)\n    return c\n",
+]
 
 
 @pytest.fixture
@@ -27,6 +35,7 @@ def graph_resources(tmp_path, astforge_home):
     src.mkdir()
     for k in range(12):
         (src / f"mod{k}.py").write_text("\n\n".join(f.format(i=k * 3 + j) for j, f in enumerate(FUNCTIONS)) + "\n")
+    (src / "copies.py").write_text("\n\n".join(RENAMED_COPIES) + "\n")
     (src / "broken.py").write_text("def broken(:\n    pass\n")
     return build_resources(corpus=CorpusResource(sources={"python": f"dir:{src}", "javascript": f"dir:{src}"}))
 
@@ -39,7 +48,7 @@ def test_group_end_to_end_on_tiny_models(graph_resources):
     assert dg.materialize([source_files, code_units], resources=graph_resources, partition_key="python").success
     model = {"hidden": 32, "steps": 4, "batch_size": 4, "max_vocab": 300}
     run_config = {"ops": {
-        "asg_corpus": {"config": {"heldout_fraction": 0.3, "min_nodes": 10}},
+        "asg_corpus": {"config": {"dev_fraction": 0.2, "test_fraction": 0.3, "min_nodes": 10}},
         "repair_dataset": {"config": {"corruptions_per_graph": 2}},
         "graph_unet_model": {"config": model}, "transformer_baseline": {"config": model},
         "graph_repair_eval": {"config": {"diffusion_steps": 2, "z3_tries": 2}},
@@ -47,13 +56,22 @@ def test_group_end_to_end_on_tiny_models(graph_resources):
     result = dg.materialize(GRAPH_REPAIR_ASSETS, resources=graph_resources, partition_key="python",
                             run_config=run_config)
     assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert {(c.asset_key.to_user_string(), c.check_name) for c in checks} == {
+        ("asg_corpus", "no_split_leak"), ("repair_dataset", "no_split_leak")} and all(c.passed for c in checks)
     catalog = DuckDBCatalog()
     graphs = catalog.query("SELECT * FROM asg_corpus WHERE partition = 'python'")
-    assert len(graphs) == 36 and any(g["heldout"] for g in graphs) and not all(g["heldout"] for g in graphs)
+    assert len(graphs) == 36 + len(RENAMED_COPIES) and {g["split"] for g in graphs} == {"train", "dev", "test"}
+    copies = [g for g in graphs if g["name"] in ("scale", "grow", "mul")]
+    assert len(copies) == 3 and len({g["group_key"] for g in copies}) == 1 and len({g["split"] for g in copies}) == 1
     rows = catalog.query("SELECT split, noise, count(*) AS n FROM repair_dataset GROUP BY ALL")
-    heldout = sum(g["heldout"] for g in graphs)
-    assert {(r["split"], r["noise"]): r["n"] for r in rows if r["split"] == "heldout"} == {
-        ("heldout", lv): heldout for lv in ("low", "mid", "high")}
+    for split in ("dev", "test"):  # one row per function and noise level
+        functions = sum(g["split"] == split for g in graphs)
+        assert {(r["split"], r["noise"]): r["n"] for r in rows if r["split"] == split} == {
+            (split, lv): functions for lv in ("low", "mid", "high")}
+    inherited = catalog.query("SELECT DISTINCT r.split = g.split AND r.group_key = g.group_key AS same "
+                              "FROM repair_dataset r JOIN asg_corpus g ON r.unit_id = g.id")
+    assert [r["same"] for r in inherited] == [True]
     sizes = {}
     for asset in ("graph_unet_model", "transformer_baseline"):
         meta = json.loads((Path(catalog.require_artifact(asset, "python")["path"]) / "model.json").read_text())
@@ -66,11 +84,22 @@ def test_group_end_to_end_on_tiny_models(graph_resources):
     assert {r["model"] for r in results} == {"graph_unet", "transformer", "slot_frequency"}
     masked = [r for r in results if r["procedure"] in ("one_shot_grammar", "iterative_grammar")]
     assert masked and all(r["valid"] == 1.0 for r in masked)  # the grammar mask: every repaired tree compiles
-    metrics = {r["metric"] for r in catalog.query(
-        "SELECT metric FROM eval_metrics WHERE asset_key = 'graph_repair_eval' AND partition = 'python'")}
-    assert "graph_unet_one_shot_grammar_exact_mid" in metrics
-    report = (Path(catalog.require_artifact("graph_repair_eval", "python")["path"]) / "report.md").read_text()
+    assert all(r["split"] == "test" and r["exact_ci_low"] <= r["exact"] <= r["exact_ci_high"] for r in results)
+    test_functions = sum(g["split"] == "test" for g in graphs)
+    metrics = {r["metric"]: r for r in catalog.query(
+        "SELECT * FROM eval_metrics WHERE asset_key = 'graph_repair_eval' AND partition = 'python'")}
+    head = metrics["graph_unet_one_shot_grammar_exact_mid"]
+    assert head["n"] == test_functions and head["split"] == "test" and head["ci_low"] <= head["value"] <= head[
+        "ci_high"]
+    diff = metrics["diff_graph_unet_vs_transformer_one_shot_grammar_exact_mid"]
+    assert diff["n"] == test_functions and diff["ci_low"] <= diff["value"] <= diff["ci_high"]
+    assert metrics["graph_unet_relabel_threshold"]["value"] in (0.5, 0.7, 0.9)
+    folder = Path(catalog.require_artifact("graph_repair_eval", "python")["path"])
+    evidence = json.loads((folder / "metrics_evidence.json").read_text())
+    assert evidence["graph_unet_one_shot_grammar_exact_mid"]["n"] == test_functions
+    report = (folder / "report.md").read_text()
     assert "same-size Transformer at the middle noise level" in report and "## Z3" in report
+    assert f"n={test_functions}" in report and "paired difference" in report and "chosen on dev" in report
 
 
 def test_a_tree_sitter_slice_is_refused_with_a_clear_error(graph_resources):
@@ -83,3 +112,18 @@ def test_a_tree_sitter_slice_is_refused_with_a_clear_error(graph_resources):
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "python slice only" in failure.event_specific_data.error.message
+
+
+def test_the_leak_check_fails_on_a_planted_leak_and_passes_without_it():
+    from assets.split_checks import leak_check
+    from ml.graph_repair.recipe import graph_rows, repair_rows
+    from ml.languages import get_language
+
+    units = [{"id": f"{i:040x}", "name": f"f{i}", "code": code} for i, code in enumerate(RENAMED_COPIES + [
+        f.format(i=i) for i in range(4) for f in FUNCTIONS])]
+    rows, _, _ = graph_rows(units, "python", get_language("python").renamer, 5, 500, 0, 0.3, 0.3)
+    assert leak_check("asg_corpus", rows).passed and leak_check("repair_dataset", repair_rows(rows, 1, 0)).passed
+    copy = rows[0]  # a renamed copy moved to another split: its group is on both sides
+    leaked = [dict(r, split="train" if copy["split"] != "train" else "test") if r is copy else r for r in rows]
+    check = leak_check("asg_corpus", leaked)
+    assert not check.passed and check.metadata["leaked_rows"].value >= 1

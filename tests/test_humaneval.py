@@ -8,7 +8,14 @@ import math
 
 import pytest
 
-from ml.autocomplete.humaneval import load_problems, maskable_lines, program, score_completions, single_line_tasks
+from ml.autocomplete.humaneval import (
+    load_problems,
+    maskable_lines,
+    program,
+    sample_problems,
+    score_completions,
+    single_line_tasks,
+)
 
 PROBLEMS = load_problems()
 SAMPLE = PROBLEMS[::16]  # 11 problems spread over the set, to keep the sandbox runs short
@@ -78,6 +85,17 @@ def test_seeded_determinism():
     assert [t["line"] for t in first] != [t["line"] for t in other]
     # A problem's task does not depend on which other problems are listed.
     assert single_line_tasks(PROBLEMS[40:50], seed=7) == first[40:50]
+
+
+def test_problems_are_a_seeded_sample_not_the_first_n():
+    chosen = sample_problems(PROBLEMS, 40, seed=0)
+    assert len(chosen) == 40 == len({p["task_id"] for p in chosen})
+    assert chosen != PROBLEMS[:40]
+    assert max(PROBLEMS.index(p) for p in chosen) > 120  # drawn from the whole benchmark
+    assert [PROBLEMS.index(p) for p in chosen] == sorted(PROBLEMS.index(p) for p in chosen)  # file order
+    assert chosen == sample_problems(PROBLEMS, 40, seed=0)
+    assert chosen != sample_problems(PROBLEMS, 40, seed=1)
+    assert sample_problems(PROBLEMS, 0, seed=0) == PROBLEMS == sample_problems(PROBLEMS, 500, seed=3)
 
 
 def test_canonical_middles_pass_in_the_sandbox():

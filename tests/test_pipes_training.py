@@ -16,8 +16,7 @@ from assets.pipes_training import crash_message
 from resources.pipes_phase1 import FAULT_RANK_ENV
 
 UPSTREAM = ["source_files", "code_units", "ast_corpus", "nl_ast_pairs", "ast_tokenizer", "ast_base_model"]
-FAST = {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 2,
-        "heldout_fraction": 0.3}
+FAST = {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 2}
 PHASE1 = [a for a in AST_ASSETS if a.key.to_user_string() == "ast_phase1_adapter"]
 
 

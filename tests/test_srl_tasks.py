@@ -1,9 +1,12 @@
 """The rewrite-family catalog and the task miner: every family rewrites a hand-written example exactly as
-expected, near misses stay untouched, and mining is deterministic and counts what it skips."""
+expected, near misses stay untouched, the split is the family's (train / dev / test, at least one dev and one test
+family per language, no family in two splits, dev and test instructions that do not give the answer away), and
+mining is deterministic and counts what it skips."""
 
 from __future__ import annotations
 
 import collections
+import re
 
 import jsonschema
 import pytest
@@ -150,10 +153,34 @@ def test_family_leaves_near_misses_alone(name, code):
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_catalog_size_per_language(language):
     assert len(families_for(language)) >= 14
-    assert len(families_for(language, "heldout")) >= 4
-    assert len(families_for(language, "train")) >= 10
-    assert len(families_for(language, "train")) + len(families_for(language, "heldout")) == len(
-        families_for(language))
+    assert len(families_for(language, "test")) >= 4
+    assert len(families_for(language, "dev")) >= 2  # the explicit assignment guarantees a dev split to tune on
+    assert len(families_for(language, "train")) >= 7
+    assert sum(len(families_for(language, s)) for s in SPLITS) == len(families_for(language))
+
+
+def _fix_template(fix: str) -> re.Pattern:
+    """The fix as a pattern over code in an instruction: a metavariable stands for any identifier or list of them."""
+    parts = re.split(r"(\$\$\$[A-Z_]+|\$[A-Z_]+)", fix)
+    body = "".join(r"[\w\s,.'\"]*" if p.startswith("$$$") else r"[A-Za-z_]\w*" if p.startswith("$") else re.escape(p)
+                   for p in parts)
+    return re.compile(body)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.split != "train"], ids=lambda f: f.name)
+def test_dev_and_test_instructions_do_not_quote_the_answer(family):
+    """An instruction may show the code to change, not the code it becomes: that would put the answer (the fix) in
+    the prompt of a task that measures whether the student finds it."""
+    for quoted in re.findall(r"`([^`]+)`", family.instruction):
+        assert not _fix_template(family.fix).fullmatch(quoted), (family.name, quoted)
+    assert "becomes" not in family.instruction, family.name
+
+
+def test_the_answer_check_catches_a_quoted_fix():
+    leaky = "Replace emptiness checks written as `not len(x)` with `not x`."
+    assert any(_fix_template("not $A").fullmatch(q) for q in re.findall(r"`([^`]+)`", leaky))
+    assert _fix_template("$A.replaceAll($R, $B)").fullmatch("s.replaceAll(r, b)")
+    assert not _fix_template("$A ?? []").fullmatch("a || []")
 
 
 def test_catalog_fields():
@@ -188,7 +215,7 @@ def test_action_is_a_copy():
 
 def test_lookup():
     assert get_family("java_diamond").language == "java"
-    assert {f.name for f in families_for("python", "heldout")} <= {f.name for f in families_for("python")}
+    assert {f.name for f in families_for("python", "test")} <= {f.name for f in families_for("python")}
     assert families_for("cobol") == []
     with pytest.raises(KeyError, match="unknown rewrite family 'nope'"):
         get_family("nope")
@@ -270,9 +297,25 @@ def test_mine_defaults_to_the_language_catalog():
     js = [_unit("j1", "function f(x) {\n  return !!x\n}", "javascript"),
           _unit("j2", "function g(a) {\n  return a.length === 0\n}", "javascript")]
     mined = mine_tasks(js, "javascript")
-    assert {(t["family"], t["split"]) for t in mined.tasks} == {("js_double_neg", "heldout"),
+    assert {(t["family"], t["split"]) for t in mined.tasks} == {("js_double_neg", "test"),
                                                                  ("js_length_eq_zero", "train")}
-    assert split_counts(mined.tasks) == {"heldout": 1, "train": 1}
+    assert split_counts(mined.tasks) == {"test": 1, "train": 1}
+
+
+def test_a_family_is_one_split_so_the_leak_check_passes_and_catches_a_planted_leak():
+    """The group key is the family: mined tasks never put a family in two splits; a row that did is reported."""
+    from assets.split_checks import leak_check
+    from ml.splits import leaked_groups
+
+    units = [_unit("a1", "def f(xs, n):\n    if not len(xs):\n        n = n - 1\n    return len(xs) == 0, xs[0:n]\n")]
+    mined = mine_tasks(units, "python")
+    assert {t["split"] for t in mined.tasks} == {"train", "dev", "test"}
+    assert leaked_groups(mined.tasks, key="family") == {"test": [], "dev": []}
+    assert leak_check("srl_tasks", mined.tasks, key="family").passed
+    test_row = next(t for t in mined.tasks if t["split"] == "test")
+    planted = [*mined.tasks, dict(test_row, id="copy", split="train")]
+    assert leaked_groups(planted, key="family")["test"] == [test_row["family"]]
+    assert not leak_check("srl_tasks", planted, key="family").passed
 
 
 @pytest.mark.parametrize(("language", "family", "code", "expected"), [

@@ -4,7 +4,8 @@ The default domain is AWS CDK. The ``aws-cdk-lib`` wheel on PyPI is mostly gener
 docstrings carry the library's README examples: ```` ```python ```` fences in module docstrings and about 20,000
 ``Example::`` blocks (reStructuredText literal blocks) in class and method docstrings. They are read as text
 (the package is never imported; its runtime, jsii and Node.js, is not needed), filtered like the corpus group's
-files (parse, size, duplicates; every skip counted by reason) and deduplicated.
+files (parse, size, duplicates; every skip counted by reason) and deduplicated. Examples repeat with small
+edits (one README snippet per construct variant), so the split is by near-duplicate cluster (:func:`domain_units`).
 
 A user's own domain is ``dir:PATH`` or ``zip:PATH``: every ``*.py`` file there is one example.
 """
@@ -146,15 +147,33 @@ def _leading_comment(code: str) -> tuple[str, str]:
     return comment, "".join(lines[k:]).lstrip("\n")
 
 
-def domain_units(examples: list[dict]) -> list[dict]:
-    """Examples as code units (``id path code docstring``): each example its own "file" (so the train / held-out
-    split is by example), its leading comment as the docstring of a comment-to-code row."""
+NEAR_DUPLICATE_THRESHOLD = 0.8  # token-shingle Jaccard: the CDK README examples repeat with a changed name or value
+
+
+def domain_group_keys(codes: list[str], *, threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[str]:
+    """One split group key per example: examples that are near-duplicates (``ml.splits.near_duplicate_keys``,
+    directly or through a chain) share one. The key is the hash of the cluster's first example's code, not its
+    position, so a cluster keeps its split when examples elsewhere in the corpus come or go."""
+    from ml.splits import near_duplicate_keys
+
+    clusters = near_duplicate_keys(codes, threshold=threshold)
+    first: dict[str, str] = {}
+    for cluster, code in zip(clusters, codes):
+        first.setdefault(cluster, code)
+    return [f"domain-{hashlib.sha256(first[c].encode()).hexdigest()[:16]}" for c in clusters]
+
+
+def domain_units(examples: list[dict], *, threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[dict]:
+    """Examples as code units (``id path code docstring group_key``): each example its own "file", its leading
+    comment as the docstring of a comment-to-code row; ``group_key`` (the split's key) is shared by near-duplicate
+    examples, so an edited copy of a test example is never trained on."""
+    keys = domain_group_keys([ex["code"] for ex in examples], threshold=threshold)
     units = []
-    for ex in examples:
+    for ex, key in zip(examples, keys):
         digest = hashlib.sha256(ex["code"].encode()).hexdigest()[:16]
         comment, _ = _leading_comment(ex["code"])
         units.append({"id": f"domain:{digest}", "path": f"{ex['source']}/{digest}", "code": ex["code"],
-                      "docstring": comment or None})
+                      "docstring": comment or None, "group_key": key})
     return units
 
 

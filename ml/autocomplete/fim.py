@@ -16,10 +16,11 @@ masked from the loss) and its code as the completion.
 from __future__ import annotations
 
 import ast
-import hashlib
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION, split_of
 
 FIM_PREFIX = "<|fim_prefix|>"
 FIM_SUFFIX = "<|fim_suffix|>"
@@ -158,12 +159,6 @@ def comment_block(text: str, language: str) -> str:
     return "".join(f"{mark} {line}".rstrip() + "\n" for line in text.strip().splitlines())
 
 
-def file_split(path: str, heldout_fraction: float, seed: int) -> str:
-    """``train`` or ``heldout`` for a whole file (hash of the path and seed), so no file has rows on both sides."""
-    h = int(hashlib.sha256(f"{seed}:{path}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "heldout" if h < heldout_fraction else "train"
-
-
 def lines_span(code: str, rng: random.Random, max_lines: int = 3) -> tuple[int, int] | None:
     """One to ``max_lines`` whole lines from a non-blank one, with their indentation and final newline."""
     first = line_span(code, rng)
@@ -200,10 +195,16 @@ def comment_to_code_row(comment: str, code: str, language: str) -> dict:
             "suffix": "", "prompt": prompt, "completion": code}
 
 
+def group_key(unit: Mapping) -> str:
+    """The key a unit's split is decided by: its own ``group_key`` where it has one (the domain's near-duplicate
+    clusters), else its file's path, so every unit of a file lands in the same split."""
+    return str(unit.get("group_key") or unit["path"])
+
+
 def training_rows(units: Iterable[Mapping], language: str, rates: FimRates, *, seed: int,
-                  heldout_fraction: float, nl_target=lambda code: code) -> Iterator[dict]:
+                  nl_target=lambda code: code) -> Iterator[dict]:
     """Per code unit (``id path code docstring``): a comment-to-code row with probability 1 - ``fim_rate`` when it
-    has a docstring/comment and :func:`nl_target` leaves code, else a FIM row. Each row carries ``split`` by file."""
+    has a docstring/comment and :func:`nl_target` leaves code, else a FIM row (``split`` = train, ``group_key``)."""
     for unit in units:
         rng = random.Random(f"{seed}:{unit['id']}")
         code = unit["code"]
@@ -213,8 +214,8 @@ def training_rows(units: Iterable[Mapping], language: str, rates: FimRates, *, s
         else:
             row = fim_row(code, language, rng, rates)
         if row is not None:
-            yield {"id": unit["id"], "language": language, "path": unit["path"],
-                   "split": file_split(unit["path"], heldout_fraction, seed), **row}
+            yield {"id": unit["id"], "language": language, "path": unit["path"], "split": "train",
+                   "group_key": group_key(unit), **row}
 
 
 def single_line_tasks(units: Sequence[Mapping], language: str, *, seed: int, max_context_chars: int = 600,
@@ -234,17 +235,21 @@ def single_line_tasks(units: Sequence[Mapping], language: str, *, seed: int, max
     return tasks
 
 
-def dataset_rows(units: Sequence[Mapping], language: str, rates: FimRates, *, seed: int, heldout_fraction: float,
+def dataset_rows(units: Sequence[Mapping], language: str, rates: FimRates, *, seed: int,
+                 dev_fraction: float = DEFAULT_DEV_FRACTION, test_fraction: float = DEFAULT_TEST_FRACTION,
                  nl_target=lambda code: code) -> list[dict]:
-    """The rows of one slice (or the domain): FIM / comment-to-code training rows of the training files, and one
-    single-line infilling task (``kind`` = ``infill_task``) per unit of the held-out files. No file is on both
-    sides."""
-    train_units, heldout_units = [], []
+    """The rows of one slice (or the domain), each with its ``split`` (``ml.splits.split_of`` of the unit's
+    :func:`group_key`: the file path, or the domain's near-duplicate cluster) and that ``group_key``: FIM /
+    comment-to-code training rows of the ``train`` groups, and one single-line infilling task (``kind`` =
+    ``infill_task``) per unit of the ``dev`` and ``test`` groups. No group is on two sides."""
+    by_split: dict[str, list[Mapping]] = {"train": [], "dev": [], "test": []}
     for u in units:
-        (heldout_units if file_split(u["path"], heldout_fraction, seed) == "heldout" else train_units).append(u)
-    rows = [r for r in training_rows(train_units, language, rates, seed=seed, heldout_fraction=0.0,
-                                     nl_target=nl_target)]
-    for task in single_line_tasks(heldout_units, language, seed=seed, max_context_chars=rates.max_context_chars):
-        rows.append({**task, "split": "heldout", "kind": "infill_task", "order": "psm", "span": "line",
-                     "prompt": fim_prompt(task["prefix"], task["suffix"]), "completion": task["middle"]})
+        by_split[split_of(group_key(u), dev=dev_fraction, test=test_fraction)].append(u)
+    rows = list(training_rows(by_split["train"], language, rates, seed=seed, nl_target=nl_target))
+    for split in ("dev", "test"):
+        keys = {u["id"]: group_key(u) for u in by_split[split]}
+        for task in single_line_tasks(by_split[split], language, seed=seed, max_context_chars=rates.max_context_chars):
+            rows.append({**task, "split": split, "group_key": keys[task["id"]], "kind": "infill_task", "order": "psm",
+                         "span": "line", "prompt": fim_prompt(task["prefix"], task["suffix"]),
+                         "completion": task["middle"]})
     return rows

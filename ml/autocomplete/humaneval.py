@@ -65,6 +65,17 @@ def _parse(text: str, origin: str) -> list[dict]:
     return problems
 
 
+def sample_problems(problems: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[Mapping[str, Any]]:
+    """A seeded sample of ``n`` problems (all of them for ``n`` = 0 or ``n`` >= their count), in file order.
+
+    Not the first ``n``: HumanEval's order is not random (early problems are shorter list and string exercises),
+    so a prefix would measure an easier set than the benchmark."""
+    if n <= 0 or n >= len(problems):
+        return list(problems)
+    chosen = set(random.Random(f"humaneval:{seed}").sample(range(len(problems)), n))
+    return [p for i, p in enumerate(problems) if i in chosen]
+
+
 def maskable_lines(solution: str) -> list[int]:
     """Indices (in ``solution.splitlines(keepends=True)``) of the lines a task may mask (rule: module docstring)."""
     keep = []

@@ -3,20 +3,22 @@ Stage A / Stage B training pairs, completion with latency, and the M0/M1/M2 eval
 
 Sets: ``generic`` (single-line infilling of held-out files of the training slices), ``domain`` (the same on
 held-out domain examples), ``humaneval`` (one masked line of each HumanEval canonical solution, scored by running
-the problem's tests in :mod:`ml.sandbox`). Metric names: ``{set}_{metric}``; the asset prefixes the model
-(``m0``, ``m1``, ``m2``).
+the problem's tests in :mod:`ml.sandbox`). Generic and domain tasks are the ``test`` split's (``dev`` when tuning);
+HumanEval is evaluation-only, all of it test. Metric names: ``{set}_{metric}``, the rates and means as
+:class:`ml.stats.Estimate` (n and 95% interval); the asset prefixes the model (``m0``, ``m1``, ``m2``). Models are
+compared by :func:`paired_differences` on the same tasks: ``diff_{a}_vs_{b}_{set}_{metric}``.
 """
 
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ml.autocomplete.fim import FIM_TOKENS, fim_prompt
 from ml.autocomplete.metrics import edit_similarity, exact_match, percentile, syntax_valid, truncate_syntax_aware
+from ml.stats import Estimate, mean, paired_difference, rate
 
 TRAINING_KINDS = ("fim", "comment_to_code")
 
@@ -77,18 +79,20 @@ def complete(model, tokenizer, prompt: str, *, max_new_tokens: int = 48, single_
 
 def evaluate_set(model, tokenizer, tasks: Sequence[Mapping[str, Any]], set_name: str, *, language: str = "python",
                  max_new_tokens: int = 48, score: Callable[[Sequence[Mapping], list[str]], list[bool]] | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> tuple[dict[str, float], list[dict]]:
-    """Single-line infilling of ``tasks`` (``id prefix middle suffix``, PSM prompts), greedy: metrics
-    ``{set}_exact_match``, ``_edit_similarity``, ``_syntax_valid_rate`` (and ``_truncated``: after syntax-aware
-    truncation), ``_latency_ms_p50/_p95``, ``_tokens_per_s``; with ``score`` (HumanEval: run the tests),
-    ``{set}_pass_at_1`` from the truncated middles. Returns the metrics and one row per task."""
+                 on_progress: Callable[[str], None] | None = None,
+                 split: str = "test") -> tuple[dict[str, float | Estimate], list[dict]]:
+    """Single-line infilling of ``tasks`` (``id prefix middle suffix``, PSM prompts; of ``split``), greedy:
+    metrics ``{set}_exact_match``, ``_edit_similarity``, ``_syntax_valid_rate`` (and ``_truncated``: after
+    syntax-aware truncation), ``_latency_ms_p50/_p95``, ``_tokens_per_s``; with ``score`` (HumanEval: run the
+    tests), ``{set}_pass_at_1`` from the truncated middles. Returns the metrics (:func:`set_metrics`) and one row
+    per task."""
     rows = []
     for i, task in enumerate(tasks):
         lang = task.get("language") or language
         text, seconds, n_new = complete(model, tokenizer, fim_prompt(task["prefix"], task["suffix"]),
                                         max_new_tokens=max_new_tokens)
         truncated = truncate_syntax_aware(task["prefix"], text, task["suffix"], lang)
-        rows.append({"set": set_name, "id": task["id"], "expected": task["middle"], "generated": text,
+        rows.append({"set": set_name, "split": split, "id": task["id"], "expected": task["middle"], "generated": text,
                      "truncated": truncated, "exact_match": exact_match(truncated, task["middle"]),
                      "edit_similarity": edit_similarity(truncated, task["middle"]),
                      "syntax_valid": syntax_valid(task["prefix"] + text + task["suffix"], lang),
@@ -99,36 +103,73 @@ def evaluate_set(model, tokenizer, tasks: Sequence[Mapping[str, Any]], set_name:
     if score is not None and rows:
         for row, passed in zip(rows, score(tasks, [r["truncated"] for r in rows])):
             row["passed"] = passed
-    return set_metrics(rows, set_name), rows
+    return set_metrics(rows, set_name, split=split), rows
 
 
-def set_metrics(rows: Sequence[Mapping[str, Any]], set_name: str) -> dict[str, float]:
-    """The ``{set}_*`` metrics of per-task result rows (NaN where there are none)."""
+# metric name -> the per-task result column it is the rate or mean of
+RATES = {"exact_match": "exact_match", "syntax_valid_rate": "syntax_valid",
+         "syntax_valid_rate_truncated": "syntax_valid_truncated", "pass_at_1": "passed"}
+MEANS = {"edit_similarity": "edit_similarity"}
+# the comparisons the report makes (better-hoped, baseline) and the metrics it compares them on
+COMPARISONS = (("m1", "m0"), ("m2", "m1"), ("m2", "m0"))
+PAIRED_METRICS = ("exact_match", "edit_similarity", "pass_at_1")
+
+
+def set_metrics(rows: Sequence[Mapping[str, Any]], set_name: str, *,
+                split: str = "test") -> dict[str, float | Estimate]:
+    """The ``{set}_*`` metrics of per-task result rows: rates (Wilson) and means (bootstrap) as
+    :class:`~ml.stats.Estimate` with n and 95% interval; latency percentiles and tokens/s as plain numbers (NaN for
+    no rows). ``pass_at_1`` only where the rows were scored."""
     nan = float("nan")
-    if not rows:  # every metric named, none measured
-        return {f"{set_name}_{m}": nan for m in ("exact_match", "edit_similarity", "syntax_valid_rate",
-                                                   "syntax_valid_rate_truncated", "latency_ms_p50", "latency_ms_p95",
-                                                   "tokens_per_s")}
-
-    def mean(key: str) -> float:
-        return float(statistics.fmean(float(r[key]) for r in rows))
-
+    out: dict[str, float | Estimate] = {}
+    for name, column in RATES.items():
+        if column != "passed" or any(r.get("passed") is not None for r in rows):
+            out[f"{set_name}_{name}"] = rate([bool(r[column]) for r in rows], split=split)
+    for name, column in MEANS.items():
+        out[f"{set_name}_{name}"] = mean([float(r[column]) for r in rows], split=split)
     latencies = [r["latency_ms"] for r in rows]
     seconds = sum(latencies) / 1000
-    out = {f"{set_name}_exact_match": mean("exact_match"), f"{set_name}_edit_similarity": mean("edit_similarity"),
-           f"{set_name}_syntax_valid_rate": mean("syntax_valid"),
-           f"{set_name}_syntax_valid_rate_truncated": mean("syntax_valid_truncated"),
-           f"{set_name}_latency_ms_p50": percentile(latencies, 50),
-           f"{set_name}_latency_ms_p95": percentile(latencies, 95),
-           f"{set_name}_tokens_per_s": sum(r["new_tokens"] for r in rows) / seconds if seconds else nan}
-    if any(r.get("passed") is not None for r in rows):
-        out[f"{set_name}_pass_at_1"] = float(statistics.fmean(bool(r["passed"]) for r in rows))
-    return {k: round(v, 4) for k, v in out.items()}
+    out |= {f"{set_name}_latency_ms_p50": percentile(latencies, 50),
+            f"{set_name}_latency_ms_p95": percentile(latencies, 95),
+            f"{set_name}_tokens_per_s": sum(r["new_tokens"] for r in rows) / seconds if seconds else nan}
+    return out
 
 
-def sample_tasks(rows: Sequence[Mapping[str, Any]], n: int, seed: int) -> list[Mapping[str, Any]]:
-    """Up to ``n`` held-out infilling tasks, a seeded sample (the same for every model)."""
-    tasks = [r for r in rows if r["kind"] == "infill_task"]
+def paired_differences(results: Sequence[Mapping[str, Any]], *, split: str = "test",
+                       comparisons: Sequence[tuple[str, str]] = COMPARISONS,
+                       metrics: Sequence[str] = PAIRED_METRICS) -> dict[str, Estimate]:
+    """``diff_{a}_vs_{b}_{set}_{metric}``: the mean of a's per-task score minus b's over the tasks both models
+    answered (aligned on ``(set, id)``), with its paired-bootstrap 95% interval. ``pass_at_1`` where tasks were
+    scored (HumanEval)."""
+    columns = {**RATES, **MEANS}
+    by_model: dict[str, dict[tuple[str, str], Mapping[str, Any]]] = {}
+    for r in results:
+        key = (r["set"], r["id"])
+        if key in by_model.setdefault(r["model"], {}):
+            raise ValueError(f"two results of model {r['model']} for task {key}: cannot pair them")
+        by_model[r["model"]][key] = r
+    sets = list(dict.fromkeys(r["set"] for r in results))
+    out = {}
+    for a, b in comparisons:
+        if a not in by_model or b not in by_model:
+            continue
+        for set_name in sets:
+            keys = [k for k in by_model[a] if k[0] == set_name and k in by_model[b]]
+            for metric in metrics:
+                column = columns[metric]
+                if not keys or any(by_model[m][k].get(column) is None for m in (a, b) for k in keys):
+                    continue
+                out[f"diff_{a}_vs_{b}_{set_name}_{metric}"] = paired_difference(
+                    [float(by_model[a][k][column]) for k in keys], [float(by_model[b][k][column]) for k in keys],
+                    split=split)
+    return out
+
+
+def sample_tasks(rows: Sequence[Mapping[str, Any]], n: int, seed: int, *,
+                 split: str = "test") -> list[Mapping[str, Any]]:
+    """Up to ``n`` infilling tasks of ``split`` (test to report, dev to tune), a seeded sample (the same for every
+    model). Training rows are never tasks."""
+    tasks = [r for r in rows if r["kind"] == "infill_task" and r["split"] == split]
     return random.Random(seed).sample(tasks, min(n, len(tasks)))
 
 

@@ -1,4 +1,5 @@
-"""Dataset rows of the DSL pipeline: stable ids, the train/test split of requests, mutated negatives."""
+"""Dataset rows of the DSL pipeline: stable ids, the group key and train/dev/test split of requests, mutated
+negatives."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 from ml.dsl.domains import DomainSpec, schema_errors
 from ml.dsl.format import ast_to_text
 from ml.dsl.mutations import mutate
+from ml.dsl.programmatic_teacher import canonicalize
+from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION, split_of
 
 
 def row_id(*parts: object) -> str:
@@ -18,13 +21,25 @@ def row_id(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
-def request_split(domain_split: str, domain: str, request_key: str, test_fraction: float, seed: int) -> str:
-    """``heldout_domain`` stays; a training domain's request goes to ``test`` with probability ``test_fraction``,
-    decided by a hash of ``request_key`` (give both languages of one request the same key: they share a split)."""
+def group_key(domain: str, ast: Mapping[str, Any]) -> str:
+    """The group key of a request: its domain and its canonical target AST (``and``/``or`` operands sorted, number
+    spelling normalised). Both languages of one request, and requests that differ only in operand order, share it."""
+    return f"{domain}:{ast_to_text(canonicalize(dict(ast)))}"
+
+
+def request_split(domain_split: str, key: str, *, dev: float = DEFAULT_DEV_FRACTION,
+                  test: float = DEFAULT_TEST_FRACTION) -> str:
+    """``train``/``dev``/``test`` of a request: a held-out domain (``domain_split`` = ``heldout_domain``) is all
+    ``test`` (its own evaluation group, never trained on); a training domain's request gets
+    :func:`ml.splits.split_of` of its group key."""
     if domain_split != "train":
-        return domain_split
-    draw = int(hashlib.sha256(f"{seed}:{domain}:{request_key}".encode()).hexdigest()[:8], 16) / 16**8
-    return "test" if draw < test_fraction else "train"
+        return "test"
+    return split_of(key, dev=dev, test=test)
+
+
+def evaluation_group(domain_split: str) -> str:
+    """``seen`` (a training domain) or ``heldout`` (a domain never trained on): the evaluation reports them apart."""
+    return "seen" if domain_split == "train" else "heldout"
 
 
 def mutated_negatives(
@@ -35,8 +50,8 @@ def mutated_negatives(
     seed: int,
 ) -> tuple[list[dict], int]:
     """Per domain, ``round(n_positives * negative_ratio)`` seeded positives mutated into schema-invalid rows
-    (``valid=False``, ``mutation`` kind, first schema ``errors``). Returns the rows and how many mutations were
-    still schema-valid (dropped; a mutation is meant to break the schema)."""
+    (``valid=False``, ``mutation`` kind, first schema ``errors``; the positive's group key and split). Returns the
+    rows and how many mutations were still schema-valid (dropped; a mutation is meant to break the schema)."""
     out, still_valid = [], 0
     for domain in specs:
         mine = [r for r in positives if r["domain"] == domain]

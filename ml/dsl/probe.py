@@ -1,5 +1,6 @@
-"""Running the student on requests and scoring it with the teacher: evaluation, preference pairs for DPO, and a
-training callback that measures ``semantic_pass_rate`` while SFT runs."""
+"""Running the student on requests and scoring it (the semantic judge of ml/dsl/semantics.py, and an LLM teacher's
+own verdict where one is used): evaluation, preference pairs for DPO, and a training callback that measures
+``semantic_pass_rate`` while SFT runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ml.dsl.evaluation import SampleScore, grouped_rates, score_sample
+from ml.dsl.evaluation import SampleScore, metrics_from_results, score_sample
 from ml.dsl.format import ast_to_text, wrap_prompt
 
 # Room above the longest target completion: a good answer fits, a runaway one is cut off early.
@@ -20,7 +21,12 @@ def max_new_tokens_for(tokenizer, rows: Sequence[Mapping[str, Any]]) -> int:
 
 
 def _judge(teacher, spec, schema, row: Mapping[str, Any], target: dict):
-    from ml.dsl.teachers import TeacherQuery
+    """The teacher's own verdict, for an LLM teacher; None for the programmatic one, whose verdict would only
+    repeat the semantic judge (it knows no more than the reference AST)."""
+    from ml.dsl.teachers import ProgrammaticTeacher, TeacherQuery
+
+    if teacher is None or isinstance(teacher, ProgrammaticTeacher):
+        return None
 
     query = TeacherQuery(domain=row["domain"], lang=row["lang"], text=row["query"], ast=target)
 
@@ -51,30 +57,32 @@ def score_rows(outputs: Sequence[str], rows: Sequence[Mapping[str, Any]], schema
     for text, row in zip(outputs, rows):
         target = json.loads(row["completion"])
         judge = _judge(teacher, specs[row["domain"]], schemas[row["domain"]], row, target)
-        out.append(score_sample(text, schemas[row["domain"]], target, judge))
+        out.append(score_sample(text, schemas[row["domain"]], target, specs[row["domain"]], judge))
     return out
 
 
 def evaluate_student(model, tokenizer, rows: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict],
                      specs: Mapping[str, Any], teacher, *, constrained: bool,
-                     batch_size: int = 16) -> tuple[dict[str, float], list[dict]]:
-    """Metrics (``[heldout_]<metric>[_constrained]``) and one result row per request."""
+                     batch_size: int = 16) -> tuple[dict, list[dict]]:
+    """Metrics (``[heldout_]<metric>[_constrained]`` -> ``Estimate``) and one result row per request."""
     outputs = generate(model, tokenizer, rows, schemas, constrained=constrained, batch_size=batch_size)
     scores = score_rows(outputs, rows, schemas, specs, teacher)
+    mode = "constrained" if constrained else "unconstrained"
     results = [
-        {"id": r["id"], "domain": r["domain"], "group": r["group"], "lang": r["lang"], "query": r["query"],
-         "target": r["completion"], "output": text, **s.as_row()}
+        {"id": r["id"], "domain": r["domain"], "group": r["group"], "lang": r["lang"], "mode": mode,
+         "query": r["query"], "target": r["completion"], "output": text, **s.as_row()}
         for r, text, s in zip(rows, outputs, scores)
     ]
-    return grouped_rates(rows, scores, constrained), results
+    return metrics_from_results(results), results
 
 
 def preference_pairs(model, tokenizer, rows: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict],
                      specs: Mapping[str, Any], teacher, *, only_rejected: bool = True,
                      batch_size: int = 16) -> tuple[list[dict], dict[str, int]]:
     """DPO rows from the student's unconstrained outputs: chosen = the teacher's AST, rejected = the student's
-    answer, for the outputs the teacher rejected (``only_rejected=False``: also accepted outputs that differ from
-    the teacher's AST). Empty outputs are skipped (nothing to reject)."""
+    answer, for the outputs that do not pass (schema-invalid, or selecting other records than the teacher's AST;
+    ``only_rejected=False``: also passing outputs written differently from the teacher's AST). Empty outputs are
+    skipped (nothing to reject)."""
     outputs = generate(model, tokenizer, rows, schemas, constrained=False, batch_size=batch_size)
     scores = score_rows(outputs, rows, schemas, specs, teacher)
     pairs, stats = [], {"accepted": 0, "rejected": 0, "unparsed": 0, "empty": 0}

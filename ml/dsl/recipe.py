@@ -1,7 +1,8 @@
 """The DSL pipeline's recipe, called by the `dsl` assets and by bench/dsl_learning_curve.py alike: teacher labels
-for the requests, training rows from the labelled dataset, the validation split, the (prompt, completion) pairs a
-trainer sees, the SFT and DPO trainer settings, the evaluation rows, one evaluation of a model in both decoding
-modes, and the report from the published artifacts."""
+for the requests (each with its group key and its train/dev/test split, decided once here), training rows from the
+labelled dataset, the SFT rows (train) and validation rows (dev), the (prompt, completion) pairs a trainer sees, the
+SFT and DPO trainer settings, the evaluation rows (test), one evaluation of a model in both decoding modes, and the
+report from the published artifacts."""
 
 from __future__ import annotations
 
@@ -13,25 +14,30 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ml.dsl.dataset import evaluation_group, group_key, request_split
 from ml.dsl.domains import schema_errors
 from ml.dsl.format import ast_to_text, completion_text, prompt_text, wrap_prompt
+from ml.stats import Estimate
 
 if TYPE_CHECKING:  # pragma: no cover
     from ml.training.dpo import DPOSettings
     from ml.training.sft import PhaseConfig
 
 # Settings of the SFT step that choose rows, precision or the probe, not trainer behaviour.
-SFT_RECIPE_SETTINGS = frozenset({"precision", "val_split", "eval_max_samples", "probe_samples"})
+SFT_RECIPE_SETTINGS = frozenset({"precision", "eval_max_samples", "probe_samples"})
 DPO_RECIPE_SETTINGS = frozenset({"precision"})
 
 
 def label_requests(queries: Sequence[Mapping[str, Any]], specs: Mapping[str, Any], schemas: Mapping[str, dict],
                    teacher, positives_per_schema: int, on_progress: Callable[[int, int], None] | None = None,
-                   every: int = 500) -> tuple[list[dict], dict[str, int]]:
-    """Dataset rows for requests (``id domain split lang text teacher_ast_json``) labelled by ``teacher``: at most
-    ``positives_per_schema`` per domain, each label valid against its domain's schema. Returns the rows and how many
-    requests were skipped, by reason. ``on_progress(done, total)`` every ``every`` requests. A dead teacher raises
-    its ``TeacherUnavailable``: nothing is returned half-labelled."""
+                   every: int = 500, *, dev_fraction: float = 0.1,
+                   test_fraction: float = 0.2) -> tuple[list[dict], dict[str, int]]:
+    """Dataset rows for requests (``id domain domain_split lang text teacher_ast_json``) labelled by ``teacher``: at
+    most ``positives_per_schema`` per domain, each label valid against its domain's schema. Each row's
+    ``group_key`` is its label's canonical AST (so both languages of a request share it, whatever the teacher) and
+    its ``split`` is decided from that key (:func:`ml.dsl.dataset.request_split`); ``group`` says seen or held-out
+    domain. Returns the rows and how many requests were skipped, by reason. ``on_progress(done, total)`` every
+    ``every`` requests. A dead teacher raises its ``TeacherUnavailable``: nothing is returned half-labelled."""
     from ml.dsl.teachers import TeacherQuery
 
     skipped = {"teacher_no_label": 0, "schema_invalid_label": 0, "over_positive_cap": 0}
@@ -54,7 +60,10 @@ def label_requests(queries: Sequence[Mapping[str, Any]], specs: Mapping[str, Any
             skipped["schema_invalid_label"] += 1
             continue
         kept[domain] = kept.get(domain, 0) + 1
-        rows.append({"id": q["id"], "domain": domain, "split": q["split"], "lang": q["lang"], "query": q["text"],
+        key = group_key(domain, ast)
+        rows.append({"id": q["id"], "domain": domain, "group_key": key,
+                     "split": request_split(q["domain_split"], key, dev=dev_fraction, test=test_fraction),
+                     "group": evaluation_group(q["domain_split"]), "lang": q["lang"], "query": q["text"],
                      "ast_json": ast_to_text(ast), "valid": True, "mutation": None, "errors": None})
     return rows, skipped
 
@@ -91,14 +100,15 @@ def dpo_settings(settings: Mapping[str, Any]) -> DPOSettings:
 
 def training_rows(data: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict], *, schema_view: str,
                   include_invalid: bool = False, max_samples: int = 0, seed: int = 0) -> tuple[list[dict], int]:
-    """Prompt/completion rows from labelled dataset rows (``id domain split lang query ast_json valid``); with
-    ``max_samples`` the training split is capped by a seeded sample. Returns the rows and how many were capped."""
+    """Prompt/completion rows from labelled dataset rows (``id domain group_key split group lang query ast_json
+    valid``), split and group kept; with ``max_samples`` the training split is capped by a seeded sample. Returns
+    the rows and how many were capped."""
     rows = []
     for r in data:
         if not r["valid"] and not include_invalid:
             continue
-        rows.append({"id": r["id"], "domain": r["domain"], "split": r["split"],
-                     "group": "heldout" if r["split"] == "heldout_domain" else "seen", "lang": r["lang"],
+        rows.append({"id": r["id"], "domain": r["domain"], "group_key": r["group_key"], "split": r["split"],
+                     "group": r["group"], "lang": r["lang"],
                      "query": r["query"], "prompt": prompt_text(schemas[r["domain"]], r["query"], schema_view),
                      "completion": r["ast_json"], "valid": r["valid"]})
     train = [r for r in rows if r["split"] == "train"]
@@ -108,11 +118,12 @@ def training_rows(data: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict]
     return [r for r in rows if r["id"] not in drop], len(drop)
 
 
-def split_validation(rows: Sequence[dict], fraction: float, cap: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation): a seeded shuffle, ``fraction`` of the rows (at most ``cap``, at least 1) held out."""
-    shuffled = random.Random(seed).sample(list(rows), len(rows))
-    n_val = min(cap, max(1, round(len(rows) * fraction))) if fraction > 0 else 0
-    return shuffled[n_val:], shuffled[:n_val]
+def sft_rows(rows: Sequence[Mapping[str, Any]], cap: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation) of the SFT step: the ``train`` rows of the seen domains, and at most ``cap`` of the
+    ``dev`` rows (a seeded sample; ``cap`` 0 = none). Test rows and held-out domains are never read here."""
+    train = [dict(r) for r in rows if r["split"] == "train" and r["group"] == "seen"]
+    dev = [dict(r) for r in rows if r["split"] == "dev" and r["group"] == "seen"]
+    return train, random.Random(seed).sample(dev, min(cap, len(dev)))
 
 
 def model_inputs(tokenizer, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -122,23 +133,25 @@ def model_inputs(tokenizer, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str
 
 
 def evaluation_rows(rows: Sequence[Mapping[str, Any]], samples: int, seed: int) -> list[dict]:
-    """Up to ``samples`` valid requests of each group: test requests of the training domains, held-out domains."""
+    """Up to ``samples`` valid ``test`` requests of each group: the training domains' (seen), the held-out
+    domains' (heldout)."""
     out = []
-    for split in ("test", "heldout_domain"):
-        mine = [dict(r) for r in rows if r["split"] == split and r["valid"]]
-        out += random.Random(f"{seed}:{split}").sample(mine, min(samples, len(mine)))
+    for group in ("seen", "heldout"):
+        mine = [dict(r) for r in rows if r["split"] == "test" and r["group"] == group and r["valid"]]
+        out += random.Random(f"{seed}:{group}").sample(mine, min(samples, len(mine)))
     return out
 
 
 def evaluate_both_modes(model, tokenizer, rows: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict],
                         specs: Mapping[str, Any], teacher, *, batch_size: int = 16, label: str = "",
                         modes: Sequence[bool] = (False, True),
-                        on_log: Callable[[str], None] | None = None) -> tuple[dict[str, float], list[dict]]:
-    """Metrics of ``model`` on ``rows`` unconstrained and schema-constrained (``[heldout_]<metric>[_constrained]``)
-    and one result row per request and mode (``mode`` = unconstrained | constrained)."""
+                        on_log: Callable[[str], None] | None = None) -> tuple[dict, list[dict]]:
+    """Metrics of ``model`` on ``rows`` unconstrained and schema-constrained (``[heldout_]<metric>[_constrained]``
+    -> ``Estimate`` with its n and interval, split ``test``) and one result row per request and mode (``mode`` =
+    unconstrained | constrained)."""
     from ml.dsl.probe import evaluate_student
 
-    metrics: dict[str, float] = {}
+    metrics: dict = {}
     results: list[dict] = []
     for constrained in modes:
         mode = "constrained" if constrained else "unconstrained"
@@ -146,18 +159,19 @@ def evaluate_both_modes(model, tokenizer, rows: Sequence[Mapping[str, Any]], sch
         m, scored = evaluate_student(model, tokenizer, rows, schemas, specs, teacher, constrained=constrained,
                                      batch_size=batch_size)
         metrics.update(m)
-        results += [{"mode": mode, **row} for row in scored]
+        results += scored
         if on_log is not None:
             on_log(f"{label} {mode}: {len(rows)} requests in {time.monotonic() - started:.0f}s: "
-                   + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
-    return {k: round(float(v), 4) for k, v in metrics.items()}, results
+                   + ", ".join(f"{k}={v}" for k, v in m.items()))
+    return metrics, results
 
 
 @dataclass
 class Report:
     markdown: str  # names its images as ``<name>.png`` files beside it
     images: dict[str, bytes]  # PNG by name: rates, sft_curve, dpo_curve
-    metrics: dict[str, dict[str, float]]  # base | sft | dpo -> the evaluation's metrics
+    metrics: dict[str, dict[str, Estimate]]  # base | sft | dpo -> the evaluation's metrics (from its result rows)
+    differences: dict[str, dict[str, Estimate]]  # sft_vs_base | dpo_vs_sft -> paired differences per metric
 
     def inline_markdown(self) -> str:
         """The markdown with its images embedded as data URLs (for a viewer that sees only the text)."""
@@ -167,6 +181,11 @@ class Report:
         for name, png in self.images.items():
             text = text.replace(f"({name}.png)", f"(data:image/png;base64,{base64.b64encode(png).decode()})")
         return text
+
+    def flat_metrics(self) -> dict[str, Estimate]:
+        """``<model>_<metric>`` and ``<comparison>_<metric>`` estimates (for metrics files and the catalog)."""
+        return {f"{owner}_{key}": value for table in (self.metrics, self.differences)
+                for owner, metrics in table.items() for key, value in metrics.items()}
 
 
 def _base_model_id(folder: Path) -> str:
@@ -179,15 +198,19 @@ def _base_model_id(folder: Path) -> str:
 
 def build_report(folders: Mapping[str, Path], curves: Mapping[str, Sequence[tuple[int, str, float]]],
                  dataset_rows: int) -> Report:
-    """Base (M0) vs SFT vs DPO from the published folders, keyed ``base_eval sft_eval dpo_eval`` (``metrics.json``;
-    the students' also ``rows.parquet``), ``sft_adapter dpo_adapter`` (``train_result.json``), ``base_model`` and
-    ``domain_specs`` (``rows.parquet``), and the adapters' training ``curves`` keyed ``sft_adapter dpo_adapter``."""
+    """Base (M0) vs SFT vs DPO from the published folders, keyed ``base_eval sft_eval dpo_eval`` (``rows.parquet``:
+    the per-request results every figure is computed from), ``sft_adapter dpo_adapter`` (``train_result.json``),
+    ``base_model`` and ``domain_specs`` (``rows.parquet``), and the adapters' training ``curves`` keyed
+    ``sft_adapter dpo_adapter``. Differences are paired on ``(id, mode)``: SFT − base, DPO − SFT."""
     import pyarrow.parquet as pq
 
+    from ml.dsl.evaluation import metrics_from_results, paired_differences
     from ml.dsl.report import dpo_curve_plot, dsl_report_markdown, rates_plot, sft_curve_plot
 
-    metrics = {k: json.loads((Path(folders[f"{k}_eval"]) / "metrics.json").read_text()) for k in ("base", "sft", "dpo")}
-    rows = {k: pq.read_table(Path(folders[f"{k}_eval"]) / "rows.parquet").to_pylist() for k in ("sft", "dpo")}
+    rows = {k: pq.read_table(Path(folders[f"{k}_eval"]) / "rows.parquet").to_pylist() for k in ("base", "sft", "dpo")}
+    metrics = {k: metrics_from_results(v) for k, v in rows.items()}
+    differences = {"sft_vs_base": paired_differences(rows["sft"], rows["base"]),
+                   "dpo_vs_sft": paired_differences(rows["dpo"], rows["sft"])}
     trained = {k: json.loads((Path(folders[f"{k}_adapter"]) / "train_result.json").read_text()) for k in ("sft", "dpo")}
     specs = pq.read_table(Path(folders["domain_specs"]) / "rows.parquet").to_pylist()
     images = {
@@ -205,5 +228,5 @@ def build_report(folders: Mapping[str, Path], curves: Mapping[str, Sequence[tupl
     }
     markdown = dsl_report_markdown(sft_metrics=metrics["sft"], dpo_metrics=metrics["dpo"], sft_rows=rows["sft"],
                                    dpo_rows=rows["dpo"], images={k: f"{k}.png" for k in images}, summary=summary,
-                                   base_metrics=metrics["base"])
-    return Report(markdown, images, metrics)
+                                   base_metrics=metrics["base"], differences=differences)
+    return Report(markdown, images, metrics, differences)

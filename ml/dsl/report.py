@@ -1,5 +1,7 @@
-"""The Markdown report of the DSL pipeline (SFT, then DPO): rates compared in a table, per-language pass rates,
-training-curve and rate plots as PNG bytes (matplotlib ``Figure`` objects, Agg backend), pretty-printed samples.
+"""The Markdown report of the DSL pipeline (SFT, then DPO): rates compared in a table (each figure with its 95%
+interval and n when it is an :class:`~ml.stats.Estimate`), paired differences SFT − base and DPO − SFT with the
+verdict they allow, per-language pass rates, training-curve and rate plots as PNG bytes (matplotlib ``Figure``
+objects, Agg backend), pretty-printed samples.
 
 Metric keys are ``[heldout_]<metric>[_constrained]`` (see ``ml.dsl.evaluation``): no prefix = requests held out
 from the training domains ("seen domains"), ``heldout_`` = domains never trained on; ``_constrained`` =
@@ -16,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ml.dsl.evaluation import METRICS
+from ml.stats import Estimate, rate, verdict
 
 GROUPS = (("seen", "", "seen domains"), ("heldout", "heldout_", "held-out domains"))
 MODES = (("unconstrained", ""), ("constrained", "_constrained"))
@@ -23,12 +26,16 @@ TARGET_METRIC = "semantic_pass_rate_constrained"
 DASH = "–"
 METRIC_DEFINITIONS = (
     "**Metrics.** `parsed` = the output contains a JSON object; `schema_valid` = it validates against the domain's "
-    "JSON Schema; `exact_match` = the same JSON as the teacher's AST; `teacher_accept` = the teacher's semantic "
-    "verdict on the output; `semantic_pass` = schema-valid and teacher-accepted. Each `*_rate` is the fraction of "
-    "evaluation requests; `comparison_f1` = mean F1 of the (negation, operator, field, value) comparisons against "
-    "the teacher's AST, partial credit however they are grouped; `_constrained` = schema-constrained decoding, "
-    "no suffix = unconstrained decoding. "
-    "Seen domains = requests held out from the training domains; held-out domains = domains never trained on."
+    "JSON Schema; `exact_match` = the same JSON as the teacher's AST; `semantic_pass` = schema-valid and selecting "
+    "the same records as the teacher's AST (filters evaluated over a table of records built from the schema and "
+    "both ASTs' constants; same sort and limit); `teacher_accept` = an LLM teacher's own verdict on the meaning "
+    "(absent with the programmatic teacher, whose verdict would repeat the semantic judge). Each `*_rate` is the "
+    "fraction of evaluation requests, with its Wilson 95% interval and n; `comparison_f1` = mean F1 of the "
+    "(negation, operator, field, value) comparisons against the teacher's AST (bootstrap interval); "
+    "`_constrained` = schema-constrained decoding, no suffix = unconstrained decoding. All on the `test` split: "
+    "seen domains = test requests of the training domains; held-out domains = domains never trained on. "
+    "Differences are paired over the same requests (bootstrap 95% interval); \"beats\" only when the interval "
+    "excludes 0."
 )
 _PNG_SIZE = (7, 4)
 
@@ -41,11 +48,12 @@ def _key(metric: str, prefix: str = "", suffix: str = "") -> str:
 
 
 def _value(metrics: Mapping[str, Any] | None, key: str) -> float | None:
-    """``metrics[key]`` as a finite float, or None when missing / not a number."""
+    """``metrics[key]`` (a number or an Estimate's value) as a finite float, or None when missing / not a number."""
     if not metrics or key not in metrics:
         return None
+    raw = metrics[key]
     try:
-        v = float(metrics[key])
+        v = float(raw.value if isinstance(raw, Estimate) else raw)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
@@ -55,6 +63,14 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     if value is None:
         return DASH
     return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _cell(metrics: Mapping[str, Any] | None, key: str) -> str:
+    """An Estimate as ``0.167 [0.047, 0.448] n=12``, a plain number with 3 decimals, "–" when missing."""
+    raw = (metrics or {}).get(key)
+    if isinstance(raw, Estimate):
+        return str(raw) if raw.n else DASH
+    return _fmt(_value(metrics, key))
 
 
 def _has_heldout(*metric_dicts: Mapping[str, Any] | None) -> bool:
@@ -208,14 +224,13 @@ def dpo_curve_plot(curve: Iterable[tuple[int, str, float]] | None, title: str = 
 # ------------------------------------------------------------------------------------------------ markdown
 
 
-def comparison_table(sft: Mapping[str, float] | None, dpo: Mapping[str, float] | None,
-                     base: Mapping[str, float] | None = None) -> str:
+def comparison_table(sft: Mapping[str, Any] | None, dpo: Mapping[str, Any] | None,
+                     base: Mapping[str, Any] | None = None) -> str:
     """Markdown table: one row per metric (seen domains, then held-out domains when any ``heldout_`` key exists),
-    columns [base (M0), base constrained,] SFT, SFT constrained, DPO, DPO constrained (3 decimals, "–" when
-    missing) and the delta DPO − SFT under constrained decoding. The base columns appear when ``base`` is given."""
+    columns [base (M0), base constrained,] SFT, SFT constrained, DPO, DPO constrained: an Estimate as its value,
+    interval and n, a number with 3 decimals, "–" when missing. Differences are in :func:`paired_table`."""
     models = ([("base", base)] if base is not None else []) + [("SFT", sft), ("DPO", dpo)]
-    columns = ["domains", "metric", *[f"{name}{label}" for name, _ in models for label in ("", " constrained")],
-               "DPO − SFT (constrained)"]
+    columns = ["domains", "metric", *[f"{name}{label}" for name, _ in models for label in ("", " constrained")]]
     lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
     groups = [g for g in GROUPS if g[1] == "" or _has_heldout(sft, dpo, base)]
     for _, prefix, label in groups:
@@ -223,11 +238,36 @@ def comparison_table(sft: Mapping[str, float] | None, dpo: Mapping[str, float] |
         extra = (("comparison_f1",) if any(_key("comparison_f1", prefix, "") in (m or {}) for _, m in models)
                  else ())
         for metric in (*METRICS, *extra):
-            cells = [_value(m, _key(metric, prefix, suffix)) for _, m in models for _, suffix in MODES]
-            s_c, d_c = cells[-3], cells[-1]
-            delta = d_c - s_c if s_c is not None and d_c is not None else None
-            lines.append(f"| {label} | `{metric}` | " + " | ".join(_fmt(c) for c in cells)
-                         + f" | {_fmt(delta, signed=True)} |")
+            cells = [_cell(m, _key(metric, prefix, suffix)) for _, m in models for _, suffix in MODES]
+            lines.append(f"| {label} | `{metric}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+COMPARISONS = (("sft_vs_base", "SFT", "base"), ("dpo_vs_sft", "DPO", "SFT"))
+
+
+def paired_table(differences: Mapping[str, Mapping[str, Estimate]] | None) -> str:
+    """Markdown table of the paired differences (``differences["sft_vs_base"|"dpo_vs_sft"][metric key]``): per
+    group, decoding mode and metric, each difference with its interval and n and the verdict it allows."""
+    differences = differences or {}
+    keys = list(dict.fromkeys(k for d in differences.values() for k in d))
+    if not keys:
+        return "_no paired requests_"
+    header = ["domains", "decoding", "metric"]
+    for _, better, worse in COMPARISONS:
+        header += [f"{better} − {worse}", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|---|" * len(COMPARISONS)]
+    for _, prefix, label in GROUPS:
+        for mode, suffix in MODES:
+            for metric in (*METRICS, "comparison_f1"):
+                key = _key(metric, prefix, suffix)
+                if key not in keys:
+                    continue
+                cells = [label, mode, f"`{metric}`"]
+                for name, better, worse in COMPARISONS:
+                    diff = differences.get(name, {}).get(key)
+                    cells += [str(diff), verdict(diff, better, worse)] if diff is not None else [DASH, DASH]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -247,14 +287,18 @@ def language_rates(rows: Iterable[Mapping[str, Any]] | None, mode: str = "constr
 
 def language_table(sft_rows: Iterable[Mapping[str, Any]] | None, dpo_rows: Iterable[Mapping[str, Any]] | None,
                    mode: str = "constrained") -> str:
-    """Markdown table of per-language ``semantic_pass`` rates for SFT and DPO (one decoding mode)."""
+    """Markdown table of per-language ``semantic_pass`` rates (Wilson interval, n) for SFT and DPO (one decoding
+    mode)."""
     sft, dpo = language_rates(sft_rows, mode), language_rates(dpo_rows, mode)
     langs = list(dict.fromkeys([*sft, *dpo]))
     if not langs:
         return "_no evaluation rows_"
 
     def cell(rates: dict[str, tuple[float, int]], lang: str) -> str:
-        return f"{rates[lang][0]:.3f} (n={rates[lang][1]})" if lang in rates else DASH
+        if lang not in rates:
+            return DASH
+        share, n = rates[lang]
+        return str(rate([1] * round(share * n) + [0] * (n - round(share * n))))
 
     lines = ["| lang | SFT | DPO |", "|---|---:|---:|"]
     lines += [f"| {lang} | {cell(sft, lang)} | {cell(dpo, lang)} |" for lang in langs]
@@ -284,14 +328,15 @@ def _pretty_json(text: Any, limit: int = 2000) -> tuple[str, bool]:
 SAMPLE_CATEGORIES = (
     ("semantic passes", lambda r: bool(r.get("semantic_pass"))),
     ("schema-invalid outputs", lambda r: bool(r.get("parsed")) and not r.get("schema_valid")),
-    ("teacher-rejected (schema-valid)", lambda r: bool(r.get("schema_valid")) and not r.get("teacher_accept")),
+    ("schema-valid, other records selected", lambda r: bool(r.get("schema_valid")) and not r.get("semantic_pass")),
     ("unparsed outputs", lambda r: not r.get("parsed")),
 )
 
 
 def _sample(row: Mapping[str, Any]) -> str:
     flags = ", ".join(f"{f}={'✓' if row.get(f) else '✗'}"
-                      for f in ("parsed", "schema_valid", "exact_match", "teacher_accept", "semantic_pass"))
+                      for f in ("parsed", "schema_valid", "exact_match", "teacher_accept", "semantic_pass")
+                      if f in row and row[f] is not None)
     head = " · ".join(str(row[k]) for k in ("id", "domain", "group", "lang") if row.get(k) is not None)
     query = str(row.get("query") or "").strip().replace("\n", "\n> ")
     target, _ = _pretty_json(row.get("target"))
@@ -309,9 +354,9 @@ def _sample(row: Mapping[str, Any]) -> str:
 
 def pretty_samples(rows: Iterable[Mapping[str, Any]] | None, k: int = 3,
                    modes: Sequence[str] = ("constrained", "unconstrained")) -> str:
-    """Markdown with up to ``k`` examples per category (semantic passes, schema-invalid outputs, teacher-rejected,
-    unparsed) for each decoding mode: the request, then target and prediction as ```json blocks (indent=2); the
-    prediction falls back to the raw output text when it did not parse."""
+    """Markdown with up to ``k`` examples per category (semantic passes, schema-invalid outputs, schema-valid but
+    selecting other records, unparsed) for each decoding mode: the request, then target and prediction as ```json
+    blocks (indent=2); the prediction falls back to the raw output text when it did not parse."""
     rows = list(rows or ())
     out: list[str] = []
     for mode in modes:
@@ -352,53 +397,57 @@ def _summary_value(value: object) -> str:
     return str(value)
 
 
-def target_statement(sft_metrics: Mapping[str, float] | None, target: float = 0.5) -> str:
-    """"target: SFT semantic_pass_rate_constrained ≥ 0.5 on seen domains — reached (0.620)" or "not reached"."""
+def target_statement(sft_metrics: Mapping[str, Any] | None, target: float = 0.5) -> str:
+    """"target: SFT semantic_pass_rate_constrained ≥ 0.5 on seen domains — reached (…)". With an Estimate:
+    "reached" only when its whole interval is at or above the target, "not reached" when it is wholly below,
+    otherwise "not established at n=…"; a plain number is compared as it is."""
+    raw = (sft_metrics or {}).get(TARGET_METRIC)
     value = _value(sft_metrics, TARGET_METRIC)
     head = f"target: SFT `{TARGET_METRIC}` ≥ {target:g} on seen domains — "
     if value is None:
         return head + "not measured"
+    if isinstance(raw, Estimate):
+        if raw.ci_low >= target:
+            return head + f"reached ({raw})"
+        if raw.ci_high < target:
+            return head + f"not reached ({raw})"
+        return head + f"not established at n={raw.n} ({raw})"
     return head + ("reached" if value >= target else "not reached") + f" ({value:.3f})"
 
 
-def dpo_verdict(sft_metrics: Mapping[str, float] | None, dpo_metrics: Mapping[str, float] | None) -> str:
-    """One sentence per domain group: is DPO not worse than SFT on ``semantic_pass_rate_constrained``?"""
+def dpo_verdict(differences: Mapping[str, Mapping[str, Estimate]] | None) -> str:
+    """One sentence per comparison and domain group on ``semantic_pass_rate_constrained``: the paired difference
+    and the verdict it allows ("beats" only when its interval excludes 0)."""
     parts = []
-    for _, prefix, label in GROUPS:
-        key = prefix + TARGET_METRIC
-        s, d = _value(sft_metrics, key), _value(dpo_metrics, key)
-        if s is None or d is None:
-            if prefix == "":
-                parts.append(f"DPO vs SFT on {label}: `{key}` not available for both models.")
-            continue
-        verdict = "DPO is not worse than SFT" if d >= s else "DPO is worse than SFT"
-        parts.append(f"{verdict} on {label}: `{key}` {d:.3f} (DPO) vs {s:.3f} (SFT), Δ {d - s:+.3f}.")
-    # The target metric can tie (both 0) while DPO costs something elsewhere: name every seen-domain rate it lowers.
-    lower = []
-    for metric in METRICS:
-        for _, suffix in MODES:
-            s, d = _value(sft_metrics, metric + suffix), _value(dpo_metrics, metric + suffix)
-            if s is not None and d is not None and d < s:
-                lower.append(f"`{metric}{suffix}` {d:.3f} vs {s:.3f}")
-    if lower:
-        parts.append("Lower after DPO on seen domains: " + ", ".join(lower) + ".")
+    for name, better, worse in COMPARISONS:
+        for _, prefix, label in GROUPS:
+            diff = (differences or {}).get(name, {}).get(prefix + TARGET_METRIC)
+            if diff is None:
+                if prefix == "":
+                    parts.append(f"{better} vs {worse} on {label}: not measured on common requests.")
+                continue
+            parts.append(f"{better} − {worse} on {label}, `{prefix}{TARGET_METRIC}`: {diff} — "
+                         f"{verdict(diff, better, worse)}.")
     return " ".join(parts)
 
 
-def dsl_report_markdown(*, sft_metrics: Mapping[str, float], dpo_metrics: Mapping[str, float],
+def dsl_report_markdown(*, sft_metrics: Mapping[str, Any], dpo_metrics: Mapping[str, Any],
                         sft_rows: Sequence[Mapping[str, Any]], dpo_rows: Sequence[Mapping[str, Any]],
                         images: Mapping[str, str], summary: Mapping[str, object], target: float = 0.5,
-                        samples: int = 3, base_metrics: Mapping[str, float] | None = None) -> str:
-    """The whole report: summary list (with the target statement), comparison table, DPO-vs-SFT sentence,
-    per-language semantic pass rates (constrained), metric definitions, plots (``name -> file name``) and
-    pretty-printed samples (DPO rows; SFT rows when there are no DPO rows)."""
+                        samples: int = 3, base_metrics: Mapping[str, Any] | None = None,
+                        differences: Mapping[str, Mapping[str, Estimate]] | None = None) -> str:
+    """The whole report: summary list (with the target statement), comparison table, paired differences
+    (``differences["sft_vs_base"|"dpo_vs_sft"]``) with their verdicts, per-language semantic pass rates
+    (constrained), metric definitions, plots (``name -> file name``) and pretty-printed samples (DPO rows; SFT rows
+    when there are no DPO rows)."""
     title = "base vs SFT vs DPO" if base_metrics is not None else "SFT vs DPO"
     lines = [f"# DSL student — {title}", "", "## Summary", ""]
     lines += [f"- **{_SUMMARY_LABELS.get(k, k.replace('_', ' '))}**: {_summary_value(v)}"
               for k, v in (summary or {}).items()]
     lines += [f"- **{target_statement(sft_metrics, target)}**", "", "## Rates", "",
-              comparison_table(sft_metrics, dpo_metrics, base_metrics), "", dpo_verdict(sft_metrics, dpo_metrics), "",
-              METRIC_DEFINITIONS, "", "## Semantic pass rate per language (constrained decoding)", "",
+              comparison_table(sft_metrics, dpo_metrics, base_metrics), "", "## Paired differences (test split)", "",
+              dpo_verdict(differences), "", paired_table(differences), "", METRIC_DEFINITIONS, "",
+              "## Semantic pass rate per language (constrained decoding)", "",
               language_table(sft_rows, dpo_rows, "constrained"), ""]
     if images:
         lines += ["## Plots", ""]

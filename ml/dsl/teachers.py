@@ -4,7 +4,8 @@ Backends:
 
 - ``programmatic`` (:class:`ProgrammaticTeacher`): deterministic, built on :mod:`ml.dsl.domains` and
   :mod:`ml.dsl.programmatic_teacher`. Requests are rendered from their AST, so positives are correct by construction;
-  the verdict is :func:`same_meaning` against the reference.
+  the verdict is :func:`ml.dsl.semantics.equivalent` against the reference (the same records selected; the
+  canonical form of :func:`same_meaning` when no spec is given).
 - ``ollama`` / ``openai`` (:class:`HttpTeacher`): a chat model behind Ollama's native ``/api/chat`` or any
   OpenAI-compatible ``/v1/chat/completions`` (vLLM, llama.cpp server, :mod:`ml.serving.chat_server`). Every answer
   is parsed and validated; bad answers are retried a bounded number of times, counted in :class:`TeacherStats`,
@@ -256,9 +257,13 @@ class ProgrammaticTeacher(Teacher):
         # also rejected schema-invalid answers would make teacher_accept_rate equal semantic_pass_rate.
         if not isinstance(candidate, dict):
             return Verdict(False, "candidate is not a JSON object")
-        if same_meaning(candidate, ref):
-            return Verdict(True, "same meaning as the reference")
-        return Verdict(False, "meaning differs from the reference")
+        if spec is None:  # a caller without the domain's spec (the chat server): canonical form only
+            same_form = same_meaning(candidate, ref)
+            return Verdict(same_form, "same canonical form" if same_form else "canonical form differs")
+        from ml.dsl.semantics import equivalent
+
+        same = equivalent(candidate, ref, spec)
+        return Verdict(same.equivalent, same.reason)
 
 
 # ---------------------------------------------------------------------------------------------------- prompts

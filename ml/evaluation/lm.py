@@ -1,4 +1,4 @@
-"""Language-model evaluation helpers: held-out loss and batched generation."""
+"""Language-model evaluation helpers: per-text loss and batched generation."""
 
 from __future__ import annotations
 
@@ -10,23 +10,25 @@ import torch
 
 
 @torch.no_grad()
-def heldout_loss(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy per real token over ``texts`` (each ending with EOS, as in training)."""
+def text_losses(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8) -> list[float]:
+    """Per text: mean next-token cross-entropy over its real tokens (each text ending with EOS, as in training).
+    One number per item, so that an evaluation can give its mean an interval and compare two models text by text.
+    A text with no predicted token (one token long) is NaN."""
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
     eos = tokenizer.eos_token or ""
+    out: list[float] = []
     for i in range(0, len(texts), batch_size):
         batch = [t + eos for t in texts[i : i + batch_size]]
         enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                         add_special_tokens=False).to(device)
         logits = model(**enc).logits[:, :-1].float()
         target = enc["input_ids"][:, 1:]
-        mask = enc["attention_mask"][:, 1:].bool()
+        mask = enc["attention_mask"][:, 1:].float()
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        total += float(loss[mask].sum())
-        count += int(mask.sum())
-    return total / count if count else math.nan
+        sums, counts = (loss * mask).sum(dim=1), mask.sum(dim=1)
+        out += [float(s / c) if c else math.nan for s, c in zip(sums.tolist(), counts.tolist())]
+    return out
 
 
 def left_padded_batches(tokenizer, prompts: Sequence[str], batch_size: int, device) -> Iterator[tuple[int, Any, int]]:

@@ -274,7 +274,7 @@ def to_code(g: Asg) -> str:
     module = ast.fix_missing_locations(ast.Module(body=[root], type_ignores=[]))
     try:
         return ast.unparse(module)
-    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:  # KeyError: a non-operator in an op
         raise InvalidTree(f"unparse failed: {exc}") from exc
 
 

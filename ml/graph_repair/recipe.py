@@ -31,20 +31,43 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml.dataset import is_heldout
-from ml.graph_repair.asg import HOLE, MASK, NONE, UNK_IDENT, UNK_LITERAL, Asg, from_code, is_valid, to_code
+from ml.graph_repair.asg import (
+    HOLE,
+    MASK,
+    NONE,
+    UNK_IDENT,
+    UNK_LITERAL,
+    Asg,
+    InvalidTree,
+    from_code,
+    is_valid,
+    to_code,
+)
 from ml.graph_repair.corrupt import NOISE_LEVELS, corrupt
 from ml.graph_repair.edits import RepairTree
 from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary, is_name
 from ml.graph_repair.logic import violations
 from ml.graph_repair.models import GraphUNet, TreeTransformer, graph_batch, sequence_batch, transformer_matching
+from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION, code_key, split_of
+from ml.stats import Estimate, mean, paired_difference, rate
 
 MODELS = ("graph_unet", "transformer")
 
 
 # -- rows -----------------------------------------------------------------------------------------------------
-def graph_row(unit_id: str, name: str, language: str, g: Asg, heldout: bool) -> dict:
-    return {"id": unit_id, "language": language, "name": name, "heldout": heldout, "n_nodes": len(g),
+def graph_key(g: Asg, renamed_code: str = "") -> str:
+    """The group key of a graph: ``code_key`` of the alpha-renamed code the graph says (docstring left out, as the
+    graph leaves it out), so renamed copies of a function, and any two functions with the same graph, share it."""
+    try:
+        return code_key(to_code(g))
+    except InvalidTree:  # not expected of a parsed function; the renamed text still keeps renamed copies together
+        return code_key(renamed_code or repr(g.key()))
+
+
+def graph_row(unit_id: str, name: str, language: str, g: Asg, split: str = "train",
+              group_key: str | None = None) -> dict:
+    return {"id": unit_id, "language": language, "name": name,
+            "group_key": graph_key(g) if group_key is None else group_key, "split": split, "n_nodes": len(g),
             "labels": g.labels, "parents": g.parents, "fields": g.fields,
             "dataflow_src": [d for d, _ in g.dataflow], "dataflow_dst": [u for _, u in g.dataflow]}
 
@@ -55,19 +78,26 @@ def graph_of(row: dict, prefix: str = "") -> Asg:
 
 
 def graph_rows(units: Iterable[dict], language: str, rename: Callable[[str], object], min_nodes: int,
-               max_nodes: int, max_functions: int, heldout_fraction: float) -> tuple[list[dict], Counter, Counter]:
-    """Graph rows of code units (alpha-renamed by ``rename``), skips by reason, and edge counts by type."""
+               max_nodes: int, max_functions: int, dev_fraction: float = DEFAULT_DEV_FRACTION,
+               test_fraction: float = DEFAULT_TEST_FRACTION) -> tuple[list[dict], Counter, Counter]:
+    """Graph rows of code units (alpha-renamed by ``rename``), skips by reason, and edge counts by type.
+
+    Each row's ``split`` is ``split_of`` its ``group_key`` (``graph_key``): decided here, once, so that renamed
+    copies and identical graphs are all train, all dev or all test."""
     rows, skipped, edges = [], Counter(), Counter()
     for unit in units:
         try:
-            graph = from_code(rename(unit["code"]).code)
+            renamed = rename(unit["code"]).code
+            graph = from_code(renamed)
         except (SyntaxError, ValueError, RecursionError):
             skipped["unparsable_or_no_body"] += 1
             continue
         if not min_nodes <= len(graph) <= max_nodes:
             skipped["size_out_of_range"] += 1
             continue
-        rows.append(graph_row(unit["id"], unit["name"], language, graph, is_heldout(unit["id"], heldout_fraction)))
+        key = graph_key(graph, renamed)
+        rows.append(graph_row(unit["id"], unit["name"], language, graph,
+                              split_of(key, dev=dev_fraction, test=test_fraction), key))
         edges.update({k: len(v) for k, v in graph.edges().items()})
         if max_functions and len(rows) >= max_functions:
             break
@@ -75,20 +105,22 @@ def graph_rows(units: Iterable[dict], language: str, rename: Callable[[str], obj
 
 
 def repair_rows(graph_rows: Sequence[dict], corruptions_per_graph: int, seed: int) -> list[dict]:
-    """Held-in graphs: ``corruptions_per_graph`` rows each at noise levels drawn in turn; held-out graphs: one row
-    per noise level. Seeded by the graph id, so a row does not change when others are added."""
+    """Train graphs: ``corruptions_per_graph`` rows each at noise levels drawn in turn; dev and test graphs: one row
+    per noise level. Rows inherit the graph's split and group key. Seeded by the graph id, so a row does not change
+    when others are added."""
     out = []
     for row in graph_rows:
         clean = graph_of(row)
         rng = random.Random(f"{seed}:{row['id']}")
-        levels = list(NOISE_LEVELS) if row["heldout"] else [
+        levels = list(NOISE_LEVELS) if row["split"] != "train" else [
             list(NOISE_LEVELS)[(k + rng.randrange(3)) % 3] for k in range(corruptions_per_graph)]
         for k, level in enumerate(levels):
             c = corrupt(clean, NOISE_LEVELS[level], rng)
             out.append({
-                "id": f"{row['id']}:{level}:{k}", "unit_id": row["id"], "split": "heldout" if row["heldout"] else
-                "train", "noise": level, "ops": c.ops, "n_corrupted": sum(c.corrupted),
-                **{k2: v for k2, v in graph_row(row["id"], row["name"], row["language"], c.graph, False).items()
+                "id": f"{row['id']}:{level}:{k}", "unit_id": row["id"], "group_key": row["group_key"],
+                "split": row["split"], "noise": level, "ops": c.ops, "n_corrupted": sum(c.corrupted),
+                **{k2: v for k2, v in graph_row(row["id"], row["name"], row["language"], c.graph, row["split"],
+                                                row["group_key"]).items()
                    if k2 in ("labels", "parents", "fields", "dataflow_src", "dataflow_dst", "n_nodes")},
                 "targets": c.targets, "corrupted": c.corrupted,
                 **{f"clean_{k2}": row[k2] for k2 in ("labels", "parents", "fields", "dataflow_src", "dataflow_dst")},
@@ -181,7 +213,8 @@ class Decoder:
     vocab: Vocabulary
     priors: dict[tuple[str, str], list[int]]
     grammar: Grammar | None = None
-    relabel_threshold: float = 0.7  # measured: 0.5 relabels 0.29 clean nodes per held-out graph, 0.7 0.09
+    # the default when nothing is tuned; evaluate_models picks it per model on dev (tune_relabel_threshold)
+    relabel_threshold: float = 0.7
 
     def __post_init__(self) -> None:
         self.dead_ends = 0  # decisions for which the grammar allowed nothing (the free mask was used)
@@ -389,20 +422,25 @@ def score(trees: Sequence[RepairTree], examples: Sequence[dict], vocab: Vocabula
     return out
 
 
-def summarize(rows: Sequence[dict]) -> dict[str, float]:
-    return {"node_accuracy": sum(r["node_accuracy"] for r in rows) / max(1, len(rows)),
-            "exact": sum(r["exact"] for r in rows) / max(1, len(rows)),
-            "valid": sum(r["valid"] for r in rows) / max(1, len(rows)), "n": len(rows)}
+def summarize(rows: Sequence[dict], split: str = "test") -> dict:
+    """Exact repair and validity as rates (Wilson), node accuracy as a mean (bootstrap), each with its n and 95%
+    interval on ``split``; ``n`` the number of examples."""
+    return {"node_accuracy": mean([r["node_accuracy"] for r in rows], split=split),
+            "exact": rate([bool(r["exact"]) for r in rows], split=split),
+            "valid": rate([bool(r["valid"]) for r in rows], split=split), "n": len(rows)}
 
 
 def evaluate(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary, priors: dict, diffusion_steps: int = 4,
-             z3_tries: int = 4, log: Callable[[str], None] = print) -> dict[str, dict[str, dict[str, float]]]:
+             z3_tries: int = 4, log: Callable[[str], None] = print, *, split: str = "test",
+             relabel_threshold: float = 0.7) -> dict:
     """{noise level: {procedure: summary}} for the procedures one_shot, one_shot_grammar, one_shot_grammar_z3,
-    iterative_grammar; z3 rejection counts ride along on one_shot_grammar_z3."""
+    iterative_grammar (``summarize``: estimates on ``split``); ``scored``: {procedure: the per-example rows
+    (``score``)}, which the paired comparisons align by id; z3 rejection counts ride along on one_shot_grammar_z3."""
     graphs = [graph_of(e) for e in examples]
     grammar = Grammar(vocab)
-    decoders = {"one_shot": Decoder(vocab, priors), **{p: Decoder(vocab, priors, grammar) for p in (
-        "one_shot_grammar", "one_shot_grammar_z3", "iterative_grammar")}}
+    decoders = {"one_shot": Decoder(vocab, priors, relabel_threshold=relabel_threshold),
+                **{p: Decoder(vocab, priors, grammar, relabel_threshold) for p in (
+                    "one_shot_grammar", "one_shot_grammar_z3", "iterative_grammar")}}
     runs: dict[str, list[RepairTree]] = {}
     runs["one_shot"], _ = repair_one_shot(model, graphs, decoders["one_shot"])
     runs["one_shot_grammar"], _ = repair_one_shot(model, graphs, decoders["one_shot_grammar"])
@@ -413,16 +451,96 @@ def evaluate(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary, prio
         clean = {e["unit_id"]: graph_of(e, "clean_") for e in examples}
         z3_stats["z3_clean_flagged"] = sum(bool(violations(to_code(g))) for g in clean.values())
         z3_stats["z3_clean_checked"] = len(clean)
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict = {"scored": {}}
     for proc, trees in runs.items():
         scored = score(trees, examples, vocab)
+        out["scored"][proc] = scored
         for level in NOISE_LEVELS:
-            out.setdefault(level, {})[proc] = summarize([r for r in scored if r["noise"] == level])
-        log(f"{proc}: exact " + ", ".join(f"{lv} {out[lv][proc]['exact']:.3f}" for lv in NOISE_LEVELS))
+            out.setdefault(level, {})[proc] = summarize([r for r in scored if r["noise"] == level], split)
+        log(f"{proc}: exact " + ", ".join(f"{lv} {out[lv][proc]['exact']}" for lv in NOISE_LEVELS))
     out["z3"] = {"stats": {k: float(v) for k, v in z3_stats.items()}}
     out["grammar"] = {"dead_ends": float(sum(d.dead_ends for d in decoders.values())),
                       "iterative_prior_settled": float(decoders["iterative_grammar"].prior_settled)}
     return out
+
+
+RELABEL_THRESHOLDS = (0.5, 0.7, 0.9)  # the dev sweep: 0.5 relabels kept nodes freely, 0.9 hardly ever
+
+
+def tune_relabel_threshold(model: nn.Module, dev: Sequence[dict], vocab: Vocabulary, priors: dict,
+                           candidates: Sequence[float] = RELABEL_THRESHOLDS,
+                           default: float = 0.7) -> tuple[float, dict[float, Estimate]]:
+    """The ``relabel_threshold`` with the best exact repair on the ``dev`` rows (one-shot with the grammar mask, all
+    noise levels; a tie goes to the higher threshold, which relabels fewer kept nodes), and each candidate's dev
+    estimate. One forward pass; only the decoding is repeated. No dev rows or one candidate: nothing is tuned."""
+    if not dev or len(candidates) <= 1:
+        return (candidates[0] if candidates else default), {}
+    graphs = [graph_of(e) for e in dev]
+    logits = predict(model, graphs, vocab)
+    grammar = Grammar(vocab)
+    by: dict[float, Estimate] = {}
+    for t in candidates:
+        decoder = Decoder(vocab, priors, grammar, float(t))
+        trees = [decoder.one_shot(g, lg)[0] for g, lg in zip(graphs, logits, strict=True)]
+        by[float(t)] = rate([bool(r["exact"]) for r in score(trees, dev, vocab)], split="dev")
+    return max(by, key=lambda t: (by[t].value, t)), by
+
+
+def evaluate_models(models: dict[str, tuple[nn.Module, Vocabulary, dict]], dev: Sequence[dict],
+                    test: Sequence[dict], *, thresholds: Sequence[float] = RELABEL_THRESHOLDS,
+                    diffusion_steps: int = 4, z3_tries: int = 4,
+                    log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Each trained model (``{kind: (model, vocab, priors)}``) with its relabel threshold chosen on ``dev``, then
+    measured on ``test``; the slot-frequency baseline (the first model's vocabulary and priors) beside them.
+    Returns ({model: evaluate(...)}, {model: {"threshold": t, "dev_exact": {t: Estimate}}})."""
+    results, tuning = {}, {}
+    for kind, (model, vocab, priors) in models.items():
+        threshold, sweep = tune_relabel_threshold(model, dev, vocab, priors, thresholds)
+        tuning[kind] = {"threshold": threshold, "dev_exact": sweep}
+        log(f"{kind}: relabel threshold {threshold} (dev exact: "
+            + ", ".join(f"{t} {e}" for t, e in sweep.items()) + f"); {len(test)} test rows")
+        results[kind] = evaluate(model, test, vocab, priors, diffusion_steps, z3_tries,
+                                 log=lambda m, k=kind: log(f"{k}: {m}"), relabel_threshold=threshold)
+    _, vocab, priors = next(iter(models.values()))
+    results["slot_frequency"] = evaluate(SlotFrequency(vocab, priors), test, vocab, priors, diffusion_steps, 0,
+                                         log=lambda m: None)
+    return results, tuning
+
+
+def paired_differences(results: dict[str, dict], better: str = "graph_unet", worse: str = "transformer",
+                       metric: str = "exact") -> dict[tuple[str, str], Estimate]:
+    """{(procedure, noise level): mean of ``better - worse`` on ``metric`` over the same test examples (aligned by
+    id), with its paired-bootstrap interval}."""
+    out = {}
+    for proc, rows in results[better]["scored"].items():
+        other = {r["id"]: r for r in results[worse]["scored"][proc]}
+        for level in NOISE_LEVELS:
+            mine = [r for r in rows if r["noise"] == level]
+            if missing := [r["id"] for r in mine if r["id"] not in other]:
+                raise ValueError(f"{worse} was not scored on {len(missing)} of {better}'s examples: {missing[:3]}")
+            out[(proc, level)] = paired_difference([float(r[metric]) for r in mine],
+                                                   [float(other[r["id"]][metric]) for r in mine],
+                                                   split=results[better][level][proc][metric].split)
+    return out
+
+
+def graph_repair_metrics(results: dict[str, dict], differences: dict[tuple[str, str], Estimate],
+                         tuning: dict[str, dict]) -> dict[str, Estimate | float]:
+    """``{model}_{procedure}_{node_accuracy|exact|valid}_{noise}`` estimates, the paired differences as
+    ``diff_graph_unet_vs_transformer_{procedure}_exact_{noise}`` and each model's chosen relabel threshold."""
+    metrics: dict[str, Estimate | float] = {
+        f"{model}_{proc}_{k}_{level}": by[level][proc][k] for model, by in results.items() for level in NOISE_LEVELS
+        for proc in by[level] for k in ("node_accuracy", "exact", "valid")}
+    metrics |= {f"diff_graph_unet_vs_transformer_{proc}_exact_{level}": d for (proc, level), d in differences.items()}
+    metrics |= {f"{model}_relabel_threshold": float(t["threshold"]) for model, t in tuning.items()}
+    return metrics
+
+
+def example_rows(results: dict[str, dict]) -> list[dict]:
+    """The per-example scores behind every estimate: (model, procedure, id, noise, node_accuracy, exact, valid)."""
+    return [{"model": model, "procedure": proc, **{k: r[k] for k in ("id", "noise", "node_accuracy", "exact",
+                                                                   "valid")}}
+            for model, by in results.items() for proc, rows in by["scored"].items() for r in rows]
 
 
 class SlotFrequency(nn.Module):

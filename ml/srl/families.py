@@ -2,9 +2,16 @@
 student is given and a one-line rationale (the teacher's ``<think>``).
 
 Families were chosen to match idioms that actually occur in the corpus (the Python standard library, npm, the
-JDK's ``java.base``), and to preserve behaviour where that can be promised. Each held-out family has a train
-sibling of the same shape (``not len(x)`` vs ``len(x) == 0``), so evaluation asks for a rewrite never trained on
-that a small model can still reach by analogy.
+JDK's ``java.base``), and to preserve behaviour where that can be promised.
+
+The split is by family and assigned here, once, by hand (``split=``): ``ml.splits.split_of`` over the family names
+would leave Python without any dev or test family and JavaScript and Java with one or two small ones, so each
+language has its own explicit train / dev / test families. Every test family is either the sibling of a train family
+of the same shape (``not len(x)`` vs ``len(x) == 0``: a rewrite never trained on that a small model can reach by
+analogy) or one of the language's most frequent idioms, so that the demo corpus yields at least 40 test tasks per
+slice; dev families (for tuning) are siblings of train families too. A family's tasks all share its split, so no
+rewrite is both trained on and scored. Dev and test instructions describe the rewrite without quoting the code it
+produces (the answer would be in the prompt); train instructions may show it.
 
 ast-grep's default ("smart") matching ignores target children left over after the pattern's last one, so
 ``if (…) { … }`` also matches an ``if`` with an ``else`` and ``new T(…)`` an anonymous class: a fix would drop the
@@ -17,7 +24,7 @@ import copy
 from dataclasses import dataclass
 
 LANGUAGES = ("python", "javascript", "java")
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
@@ -61,28 +68,32 @@ def _python() -> list[RewriteFamily]:
         family("py_not_in", "Rewrite negated membership tests `not a in b` as `a not in b`.",
                {"pattern": "not $A in $B"}, "$A not in $B",
                "`not in` is one operator that reads as intended; `not a in b` relies on precedence."),
-        family("py_not_is", "Rewrite negated identity tests `not a is b` as `a is not b`.",
+        family("py_not_is", "Rewrite negated identity tests written as `not a is b` with the one negated identity "
+               "operator.",
                {"pattern": "not $A is $B"}, "$A is not $B",
-               "`is not` is one operator that reads as intended; `not a is b` relies on precedence."),
+               "`is not` is one operator that reads as intended; `not a is b` relies on precedence.", split="dev"),
         family("py_get_none", "Drop the redundant `None` default from `.get(key, None)` calls.",
                {"pattern": "$D.get($K, None)"}, "$D.get($K)",
                "`get` already returns None for a missing key."),
-        family("py_type_eq", "Compare types by identity: `type(a) == type(b)` becomes `type(a) is type(b)`.",
+        family("py_type_eq", "Compare the two types of `type(a) == type(b)` by identity instead of equality.",
                {"pattern": "type($A) == type($B)"}, "type($A) is type($B)",
-               "A class is a single object, so identity is the exact test and no `__eq__` can interfere."),
+               "A class is a single object, so identity is the exact test and no `__eq__` can interfere.",
+               split="test"),
         family("py_join_listcomp", "Pass a generator to `str.join` instead of building a list comprehension.",
                {"pattern": "$S.join([$E for $X in $Y])"}, "$S.join($E for $X in $Y)",
                "`join` accepts any iterable, so the brackets only build a throwaway list."),
-        family("py_super_old", "Use zero-argument `super()` instead of `super(ThisClass, self)`.",
+        family("py_super_old", "Call `super` without arguments where a method passes its own class and instance, as "
+               "in `super(ThisClass, self)`.",
                {"pattern": "super($C, self)"}, "super()",
-               "Inside a method Python 3 fills in the class and instance, and the call survives renaming the class."),
+               "Inside a method Python 3 fills in the class and instance, and the call survives renaming the class.",
+               split="test"),
         family("py_aug_add", "Turn `x = x + 1` style increments by an integer literal into `x += 1`.",
                {"pattern": "$X = $X + $N"}, "$X += $N",
                "Augmented assignment names the target once, so it cannot drift from the right-hand side.",
                constraints=_INTEGER_LITERAL),
-        family("py_slice_zero", "Drop the redundant `0` start from slices like `s[0:n]`, writing `s[:n]`.",
+        family("py_slice_zero", "Drop the redundant `0` start from slices like `s[0:n]`.",
                {"pattern": "$S[0:$N]", "not": {"pattern": "$S[0:$N:$M]"}}, "$S[:$N]",
-               "A slice starts at 0 by default."),
+               "A slice starts at 0 by default.", split="dev"),
         family("py_class_name", "Replace `obj.__class__.__name__` with `type(obj).__name__`.",
                {"pattern": "$A.__class__.__name__"}, "type($A).__name__",
                "`type()` is the public way to ask for an object's class; the dunder attribute is a detail."),
@@ -92,24 +103,24 @@ def _python() -> list[RewriteFamily]:
         family("py_sorted_keys", "Sort a dict directly: `sorted(d.keys())` becomes `sorted(d)`.",
                {"pattern": "sorted($D.keys())"}, "sorted($D)",
                "Iterating a dict yields its keys, so `.keys()` adds nothing."),
-        family("py_in_list_tuple", "Test membership against a tuple literal instead of a list literal: "
-               "`x in [a, b]` becomes `x in (a, b)`.",
+        family("py_in_list_tuple", "Test membership against a tuple literal instead of a list literal, as in "
+               "`x in [a, b]`.",
                {"pattern": "$A in [$B, $$$C]"}, "$A in ($B, $$$C)",
-               "A fixed set of alternatives is a constant tuple; a list suggests it might change."),
-        # held out: each mirrors a train family above
-        family("py_not_len", "Replace emptiness checks written as `not len(x)` with `not x`.",
+               "A fixed set of alternatives is a constant tuple; a list suggests it might change.", split="test"),
+        # test: each mirrors a train family above
+        family("py_not_len", "Simplify emptiness checks written as `not len(x)` by testing the container itself.",
                {"pattern": "not len($A)"}, "not $A",
-               "An empty container is falsy, so the length call is unnecessary.", split="heldout"),
-        family("py_aug_sub", "Turn `x = x - 1` style decrements by an integer literal into `x -= 1`.",
+               "An empty container is falsy, so the length call is unnecessary.", split="test"),
+        family("py_aug_sub", "Write decrements by an integer literal such as `x = x - 1` as an augmented assignment.",
                {"pattern": "$X = $X - $N"}, "$X -= $N",
                "Augmented assignment names the target once, so it cannot drift from the right-hand side.",
-               split="heldout", constraints=_INTEGER_LITERAL),
-        family("py_keys_list", "Build a list of a dict's keys directly: `list(d.keys())` becomes `list(d)`.",
+               split="test", constraints=_INTEGER_LITERAL),
+        family("py_keys_list", "Build a list of a dict's keys without the `.keys()` call of `list(d.keys())`.",
                {"pattern": "list($D.keys())"}, "list($D)",
-               "Iterating a dict yields its keys, so `.keys()` adds nothing.", split="heldout"),
+               "Iterating a dict yields its keys, so `.keys()` adds nothing.", split="test"),
         family("py_decode_utf8", "Drop the explicit UTF-8 argument from `.decode('utf-8')` calls.",
                {"pattern": "$S.decode($E)"}, "$S.decode()",
-               "UTF-8 is the default encoding of `bytes.decode`.", split="heldout", constraints=_UTF8),
+               "UTF-8 is the default encoding of `bytes.decode`.", split="test", constraints=_UTF8),
     ]
 
 
@@ -134,18 +145,18 @@ def _javascript() -> list[RewriteFamily]:
         family("js_assign_or", "Use logical OR assignment: `a = a || b` becomes `a ||= b`.",
                {"pattern": "$A = $A || $B"}, "$A ||= $B",
                "`||=` names the target once and only assigns when it is falsy."),
-        family("js_replace_g", "Call `.replaceAll` instead of `.replace` when the first argument is a regular "
-               "expression literal with the `g` flag.",
+        family("js_replace_g", "Use the string method whose name says it replaces every match instead of `.replace` "
+               "when the first argument is a regular expression literal with the `g` flag.",
                {"pattern": "$A.replace($R, $B)"}, "$A.replaceAll($R, $B)",
-               "With a global regex both replace every match, and `replaceAll` says so.",
+               "With a global regex both replace every match, and `replaceAll` says so.", split="test",
                constraints={"R": {"kind": "regex", "regex": "/[a-z]*g[a-z]*$"}}),
         family("js_or_empty_obj", "Default to an empty object with nullish coalescing: `a || {}` becomes `a ?? {}`.",
                {"pattern": "$A || {}", **_NOT_IN_BINARY}, "$A ?? {}",
                "Only a missing value (null or undefined) should fall back to the empty object.",
                constraints=_NO_BINARY_LEFT),
-        family("js_or_str", "Default to an empty string with nullish coalescing: `a || ''` becomes `a ?? ''`.",
+        family("js_or_str", "Default to an empty string with nullish coalescing instead of `a || ''`.",
                {"pattern": "$A || ''", **_NOT_IN_BINARY}, "$A ?? ''",
-               "Only a missing value (null or undefined) should fall back to the empty string.",
+               "Only a missing value (null or undefined) should fall back to the empty string.", split="dev",
                constraints=_NO_BINARY_LEFT),
         family("js_has_own_call", "Replace `Object.prototype.hasOwnProperty.call(o, k)` with `Object.hasOwn(o, k)`.",
                {"pattern": "Object.prototype.hasOwnProperty.call($A, $B)"}, "Object.hasOwn($A, $B)",
@@ -159,29 +170,32 @@ def _javascript() -> list[RewriteFamily]:
                # a tagged template is a call: String(...) would drop the tag
                {"pattern": "`${$A}`", "not": {"inside": {"kind": "call_expression"}}}, "String($A)",
                "A template with nothing but one substitution is just a string conversion."),
-        family("js_null_or_undef", "Collapse `a === null || a === undefined` into `a == null`.",
+        family("js_null_or_undef", "Collapse `a === null || a === undefined` into one loose equality test against "
+               "null.",
                {"pattern": "$A === null || $A === undefined"}, "$A == null",
-               "Loose equality with null is true exactly for null and undefined."),
+               "Loose equality with null is true exactly for null and undefined.", split="dev"),
         family("js_date_now", "Replace `new Date().getTime()` with `Date.now()`.",
                {"pattern": "new Date().getTime()"}, "Date.now()",
                "`Date.now()` returns the same timestamp without allocating a Date."),
-        # held out: each mirrors a train family above
-        family("js_or_empty_arr", "Default to an empty array with nullish coalescing: `a || []` becomes `a ?? []`.",
+        # test: each mirrors a train family above
+        family("js_or_empty_arr", "Default to an empty array with nullish coalescing instead of `a || []`.",
                {"pattern": "$A || []", **_NOT_IN_BINARY}, "$A ?? []",
                "Only a missing value (null or undefined) should fall back to the empty array.",
-               split="heldout", constraints=_NO_BINARY_LEFT),
-        family("js_double_neg", "Replace the double negation `!!a` with `Boolean(a)`.",
+               split="test", constraints=_NO_BINARY_LEFT),
+        family("js_double_neg", "Replace the double negation `!!a` with an explicit call of the Boolean conversion "
+               "function.",
                {"pattern": "!!$A"}, "Boolean($A)",
-               "`Boolean(a)` states the conversion that `!!` performs by trick.", split="heldout"),
-        family("js_split_join", "Replace `s.split('x').join('y')` with `s.replaceAll('x', 'y')` when the separator "
-               "is a string.",
+               "`Boolean(a)` states the conversion that `!!` performs by trick.", split="test"),
+        family("js_split_join", "Replace `s.split('x').join('y')` by one call that replaces every occurrence, when "
+               "the separator is a string.",
                {"pattern": "$S.split($A).join($B)"}, "$S.replaceAll($A, $B)",
                "Splitting on a string and joining is a replace-all, and `replaceAll` says so.",
-               split="heldout", constraints={"A": {"kind": "string"}}),
-        family("js_has_own", "Replace `o.hasOwnProperty(k)` with `Object.hasOwn(o, k)`.",
+               split="test", constraints={"A": {"kind": "string"}}),
+        family("js_has_own", "Replace the method call `o.hasOwnProperty(k)` with the static own-property check of "
+               "`Object`.",
                {"pattern": "$A.hasOwnProperty($B)"}, "Object.hasOwn($A, $B)",
                "`Object.hasOwn` also works for objects without a prototype or that shadow the method.",
-               split="heldout"),
+               split="test"),
     ]
 
 
@@ -206,20 +220,19 @@ def _java() -> list[RewriteFamily]:
                "`Objects.requireNonNull(x);`.",
                {"pattern": npe_block, "not": {"pattern": npe_block + " else $B"}}, "Objects.requireNonNull($A);",
                "`Objects.requireNonNull` is the standard one-line null check and throws the same exception."),
-        family("java_return_parens", "Drop redundant parentheses around a returned expression: `return (x);` "
-               "becomes `return x;`.",
+        family("java_return_parens", "Drop redundant parentheses around a returned expression, as in `return (x);`.",
                {"pattern": "return ($A);"}, "return $A;",
-               "`return` is not a function call; the parentheses add nothing."),
+               "`return` is not a function call; the parentheses add nothing.", split="test"),
         family("java_aug_add", "Turn `x = x + y;` into `x += y;`.",
                {"pattern": "$X = $X + $Y;"}, "$X += $Y;",
                "Augmented assignment names the target once, so it cannot drift from the right-hand side."),
-        family("java_plus_one", "Turn `x += 1;` statements into `x++;`.",
+        family("java_plus_one", "Turn `x += 1;` statements into the increment operator.",
                {"pattern": "$X += 1;"}, "$X++;",
-               "Incrementing by one has its own operator."),
-        family("java_string_format", "Replace `String.format(\"…\", args)` with a literal format string by "
-               "`\"…\".formatted(args)`.",
+               "Incrementing by one has its own operator.", split="dev"),
+        family("java_string_format", "Call the format string's own formatting method instead of "
+               "`String.format(\"…\", args)` when the format is a string literal.",
                {"pattern": "String.format($F, $$$A)"}, "$F.formatted($$$A)",
-               "`formatted` reads left to right from the template and does the same formatting.",
+               "`formatted` reads left to right from the template and does the same formatting.", split="dev",
                constraints={"F": {"kind": "string_literal"}}),
         family("java_length_eq_zero", "Replace `s.length() == 0` with `s.isEmpty()`.",
                {"pattern": "$S.length() == 0"}, "$S.isEmpty()",
@@ -229,10 +242,11 @@ def _java() -> list[RewriteFamily]:
         family("java_integer_valueof", "Replace the deprecated `new Integer(x)` with `Integer.valueOf(x)`.",
                {"pattern": "new Integer($A)"}, "Integer.valueOf($A)",
                "The boxing constructors are deprecated; `valueOf` can reuse cached instances."),
-        family("java_toarray_zero", "Pass a zero-length array to `toArray`: "
-               "`list.toArray(new T[list.size()])` becomes `list.toArray(new T[0])`.",
+        family("java_toarray_zero", "Pass a zero-length array to `toArray` instead of one sized by the list, as in "
+               "`list.toArray(new T[list.size()])`.",
                {"pattern": "$L.toArray(new $T[$L.size()])"}, "$L.toArray(new $T[0])",
-               "`toArray` allocates the right size itself, and the empty-array form is as fast or faster."),
+               "`toArray` allocates the right size itself, and the empty-array form is as fast or faster.",
+               split="dev"),
         family("java_string_valueof", "Replace string conversion by concatenation `\"\" + x` with "
                "`String.valueOf(x)`.",
                {"pattern": "\"\" + $A"}, "String.valueOf($A)",
@@ -242,24 +256,24 @@ def _java() -> list[RewriteFamily]:
                # an anonymous class body would be lost from the fix
                {"pattern": "new $T<$$$A>($$$R)", "not": {"has": {"kind": "class_body"}}}, "new $T<>($$$R)",
                "The compiler infers the type arguments from the context."),
-        # held out: each mirrors a train family above
-        family("java_var_new_array", "Declare locals initialised with a new array of the same type using `var`: "
-               "`int[] a = new int[n];` becomes `var a = new int[n];`.",
+        # test: each mirrors a train family above
+        family("java_var_new_array", "Declare locals initialised with a new array of the same type, such as "
+               "`int[] a = new int[n];`, with local variable type inference.",
                # `new T[n][m]` (or a 2-D declared type) would also match, its tail dropped by the fix
                {"pattern": "$T[] $V = new $T[$N];", "not": {"regex": "\\]\\s*\\["}}, "var $V = new $T[$N];",
-               "The array creation already names the type, so repeating it on the left is noise.", split="heldout"),
+               "The array creation already names the type, so repeating it on the left is noise.", split="test"),
         family("java_require_non_null", "Replace `if (x == null) throw new NullPointerException();` (no braces) "
-               "with `Objects.requireNonNull(x);`.",
+               "with the standard library's one-line null check.",
                {"pattern": npe_bare, "not": {"pattern": npe_bare + " else $B"}}, "Objects.requireNonNull($A);",
                "`Objects.requireNonNull` is the standard one-line null check and throws the same exception.",
-               split="heldout"),
-        family("java_aug_sub", "Turn `x = x - y;` into `x -= y;`.",
+               split="test"),
+        family("java_aug_sub", "Write `x = x - y;` with an augmented assignment operator.",
                {"pattern": "$X = $X - $Y;"}, "$X -= $Y;",
                "Augmented assignment names the target once, so it cannot drift from the right-hand side.",
-               split="heldout"),
-        family("java_double_parens", "Remove doubled parentheses: `((x))` becomes `(x)`.",
+               split="test"),
+        family("java_double_parens", "Remove one pair of the doubled parentheses in `((x))`.",
                {"pattern": "(($A))"}, "($A)",
-               "One pair of parentheses groups just as well as two.", split="heldout"),
+               "One pair of parentheses groups just as well as two.", split="test"),
     ]
 
 

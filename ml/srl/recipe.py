@@ -1,6 +1,8 @@
 """The srl pipeline's recipe, called by the `srl` assets and `bench/srl.py` alike: the base's tokenizer with the
 step tags, supervised warm-up pairs from the teacher's traces, GRPO on the structured reward, and the evaluation of
-a policy (base, student or teacher) on held-out rewrite families.
+a policy (base, warm-up only, student or teacher) on the rewrite families of one split (``test`` for srl_eval,
+``dev`` for the ablation that tunes lambda and the weights), each figure an ``ml.stats.Estimate`` (n, 95% interval)
+and the comparisons paired differences over the same tasks.
 
 GRPO is TRL's ``GRPOTrainer`` with a fresh LoRA on the base with the warm-up adapter merged in; the reference of the
 KL term (``beta``) is that merged model with the LoRA disabled, i.e. the policy where RL started (the base itself
@@ -21,17 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from ml.compute import ComputePlan
-from ml.srl.reward import Embed, RewardBreakdown, RewardWeights, batch_rewards, length_penalty, think_score
+from ml.srl.reward import Embed, RewardBreakdown, RewardWeights, batch_rewards, length_penalty
 from ml.srl.trace import SPECIAL_TOKENS, chat_prompt, parse_step
+from ml.stats import Estimate, mean, paired_difference, rate
 from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precision_args, quiet_printer
 
-POLICIES = ("base", "student", "teacher")
+POLICIES = ("base", "warmup", "student", "teacher")  # warmup: the supervised warm-up alone, before GRPO
 DEFAULT_WEIGHTS = RewardWeights()
 METRICS = ("trace_parse_rate", "trace_parse_rate_constrained", "action_fidelity", "state_faithfulness",
            "think_similarity", "brevity_penalty", "kl_per_token", "execution_success", "execution_success_constrained",
            "think_tokens", "state_tokens", "reward")
-# compared with itself the teacher scores 1 / 0 by definition: only what is measured on its own steps is reported
-TEACHER_METRICS = ("trace_parse_rate", "execution_success", "think_tokens", "state_tokens")
+# compared with itself the teacher scores 1 / 0 by definition, and its kept steps all parse and execute by
+# construction (srl_teacher_traces keeps only those): only what is measured on its own steps is reported here; its
+# unfiltered rates are srl_teacher_traces' teacher_*_test figures
+TEACHER_METRICS = ("think_tokens", "state_tokens")
+# the paired comparisons of a report: (better, worse) over the same tasks
+COMPARISONS = (("student", "base"), ("student", "warmup"), ("warmup", "base"))
+COMPARED_METRICS = ("execution_success", "reward", "trace_parse_rate", "action_fidelity")
 
 
 def srl_tokenizer(base: str, texts: Sequence[str] = (), vocab_size: int = 4000):
@@ -49,6 +57,13 @@ def task_prompt(tokenizer, row: Mapping[str, Any]) -> str:
 def warmup_pairs(tokenizer, traces: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(prompt, teacher step + end token) per trace: the supervised warm-up before RL."""
     return [(task_prompt(tokenizer, t), t["step"] + (tokenizer.eos_token or "")) for t in traces]
+
+
+def grpo_rows(tokenizer, traces: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """GRPO's rows: the prompt, the teacher's step, and the task (code, language, expected) that an execution
+    reward runs the sampled step on."""
+    return [{"prompt": task_prompt(tokenizer, t), "teacher_step": t["step"], "code": t["code"],
+             "language": t["language"], "expected": t["expected"]} for t in traces]
 
 
 # ------------------------------------------------------------------------------------------------------------ GRPO
@@ -99,16 +114,43 @@ class StructuredReward:
 
     __name__ = "srl_reward"
 
-    def __init__(self, embed: Embed, weights: RewardWeights) -> None:
+    def __init__(self, embed: Embed, weights: RewardWeights,
+                 execute: Callable[[list[dict]], list[Any]] | None = None) -> None:
         self.embed, self.weights = embed, weights
+        # weights.execution > 0: each well-formed step's action is run on its task (ml.srl.environment's sandbox)
+        # and 1.0 / 0.0 for "did the task" enters the reward; the rows then need code, language and expected
+        self.execute = execute
+        if weights.execution and execute is None:
+            raise ValueError("an execution weight needs an execute function (ml.srl.environment.execute_actions)")
         self.components: dict[str, list[float]] = {"total": [], "action": [], "state": [], "think": [],
                                                    "malformed": []}
+        if weights.execution:
+            self.components["execution"] = []
         self.calls: list[dict[str, float]] = []  # per call (one per generation round): each component's mean
 
-    def __call__(self, prompts, completions, teacher_step, **_: Any) -> list[float]:
+    def executions(self, texts: Sequence[str], code: Sequence[str], language: Sequence[str],
+                   expected: Sequence[str]) -> list[float]:
+        """1.0 where the step parses and its action, run in the sandbox, turns ``code`` into ``expected``."""
+        parsed = [parse_step(t) for t in texts]
+        ok = [i for i, p in enumerate(parsed) if p.ok]
+        reports = self.execute([{"code": code[i], "language": language[i], "expected": expected[i],
+                                 "action": parsed[i].step.action} for i in ok]) if ok else []
+        out = [0.0] * len(texts)
+        for i, report in zip(ok, reports, strict=True):
+            out[i] = float(report.executed)
+        return out
+
+    def __call__(self, prompts, completions, teacher_step, code=None, language=None, expected=None,
+                 **_: Any) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         teachers = [parse_step(t).step for t in teacher_step]
-        scored = batch_rewards(texts, teachers, self.embed, self.weights)
+        executions = None
+        if self.weights.execution:
+            if code is None or language is None or expected is None:
+                raise ValueError("an execution weight needs the rows' code, language and expected columns")
+            executions = self.executions(texts, code, language, expected)
+            self.components["execution"] += executions
+        scored = batch_rewards(texts, teachers, self.embed, self.weights, executions)
         call: dict[str, list[float]] = {"action": [], "state": [], "think": []}
         for r in scored:
             self.components["total"].append(r.total)
@@ -155,7 +197,8 @@ def train_grpo(
     reward: StructuredReward,
     on_log: OnLog | None = None,
 ) -> GRPOResult:
-    """GRPO on ``{"prompt", "teacher_step"}`` rows: a fresh LoRA on the base with ``start_adapter_dir`` (the
+    """GRPO on ``{"prompt", "teacher_step"}`` rows (plus ``code``, ``language``, ``expected`` when the reward runs
+    the steps): a fresh LoRA on the base with ``start_adapter_dir`` (the
     warm-up adapter) merged in, or on the base alone when it is None. Checkpoints in ``work_dir`` (a re-run
     resumes); adapter + tokenizer in ``out_dir``."""
     from datasets import Dataset
@@ -174,7 +217,8 @@ def train_grpo(
     stop = [tokenizer.convert_tokens_to_ids("</state_update>"), tokenizer.eos_token_id]
     trainer = GRPOTrainer(
         model=model, reward_funcs=[reward], args=_grpo_config(cfg, plan, work_dir, stop),
-        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "teacher_step": r["teacher_step"]} for r in rows]),
+        train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "teacher_step", "code", "language", "expected")
+                                          if k in r} for r in rows]),
         processing_class=tokenizer, peft_config=peft_config,
         callbacks=[log_callback(on_log)] if on_log is not None else [],
     )
@@ -203,32 +247,67 @@ def train_grpo(
 
 @dataclass
 class PolicyEval:
-    metrics: dict[str, float]
+    metrics: dict[str, Estimate | float]
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
 
 
 @dataclass
 class EvalInputs:
-    """What a policy is judged on: held-out tasks with the teacher's reference step."""
+    """What a policy is judged on: the tasks of one split with the teacher's reference step."""
 
     tasks: list[dict[str, Any]]
     teacher_steps: list[str]
+    split: str = "test"
 
 
-def heldout_inputs(traces: Sequence[Mapping[str, Any]], n: int, seed: int) -> EvalInputs:
-    """Up to ``n`` traces of held-out families (a seeded sample, in family order) as tasks with the teacher's steps."""
+def split_inputs(traces: Sequence[Mapping[str, Any]], split: str, n: int, seed: int) -> EvalInputs:
+    """Up to ``n`` traces of ``split``'s families (a seeded sample, in family order) as tasks with the teacher's
+    steps."""
     import random
 
-    heldout = [t for t in traces if t["split"] == "heldout"]
-    picked = sorted(random.Random(seed).sample(heldout, min(n, len(heldout))),
-                    key=lambda t: (t["family"], t["task_id"]))
+    if split not in ("dev", "test"):
+        raise ValueError(f"evaluate on dev or test, not {split!r}")
+    pool = [t for t in traces if t["split"] == split]
+    picked = sorted(random.Random(seed).sample(pool, min(n, len(pool))), key=lambda t: (t["family"], t["task_id"]))
     tasks = [{"id": t["task_id"], "language": t["language"], "family": t["family"], "split": t["split"],
               "instruction": t["instruction"], "code": t["code"], "expected": t["expected"]} for t in picked]
-    return EvalInputs(tasks=tasks, teacher_steps=[t["step"] for t in picked])
+    return EvalInputs(tasks=tasks, teacher_steps=[t["step"] for t in picked], split=split)
+
+
+def row_estimates(rows: Sequence[Mapping[str, Any]], split: str) -> dict[str, Estimate]:
+    """Each metric of one policy's per-step rows as an :class:`~ml.stats.Estimate` (rates: Wilson; means: bootstrap).
+    Scores of a step that did not parse count 0; lengths and the brevity penalty are over the steps that parsed."""
+    parsed = [r for r in rows if r["parsed"]]
+    return {
+        "trace_parse_rate": rate([r["parsed"] for r in rows], split=split),
+        "execution_success": rate([r["executed"] for r in rows], split=split),
+        "action_fidelity": mean([r["action_score"] or 0.0 for r in rows], split=split),
+        "state_faithfulness": mean([r["state_score"] or 0.0 for r in rows], split=split),
+        "think_similarity": mean([r["think_similarity"] for r in rows], split=split),
+        "brevity_penalty": mean([r["brevity_penalty"] for r in parsed], split=split),
+        "think_tokens": mean([r["think_tokens"] for r in parsed], split=split),
+        "state_tokens": mean([r["state_tokens"] for r in parsed], split=split),
+        "reward": mean([r["reward"] for r in rows], split=split),
+    }
+
+
+_ROW_VALUE = {"execution_success": lambda r: float(r["executed"]), "reward": lambda r: float(r["reward"]),
+              "trace_parse_rate": lambda r: float(r["parsed"]),
+              "action_fidelity": lambda r: float(r["action_score"] or 0.0)}
+
+
+def paired_differences(rows: Sequence[Mapping[str, Any]], better: str, worse: str, split: str,
+                       metrics: Sequence[str] = COMPARED_METRICS) -> dict[str, Estimate]:
+    """``{better}_minus_{worse}_{metric}``: the paired bootstrap difference of two policies' per-task values, aligned
+    on ``task_id`` (both policies must have scored the same tasks)."""
+    a = {r["task_id"]: r for r in rows if r["policy"] == better}
+    b = {r["task_id"]: r for r in rows if r["policy"] == worse}
+    if set(a) != set(b):
+        raise ValueError(f"{better} and {worse} were scored on different tasks")
+    ids = sorted(a)
+    return {f"{better}_minus_{worse}_{m}": paired_difference([_ROW_VALUE[m](a[i]) for i in ids],
+                                                             [_ROW_VALUE[m](b[i]) for i in ids], split=split)
+            for m in metrics}
 
 
 def kl_per_token(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> float:
@@ -260,44 +339,46 @@ def score_steps(
     execute: Callable[[list[dict]], list[Any]],
     weights: RewardWeights = DEFAULT_WEIGHTS,
 ) -> PolicyEval:
-    """The metrics of one policy's steps (``completions``, one per task) against the teacher's."""
+    """The metrics of one policy's steps (``completions``, one per task) against the teacher's: one row per step
+    and the :func:`row_estimates` of those rows (on ``inputs.split``)."""
     teachers = [parse_step(t).step for t in inputs.teacher_steps]
     parsed = [parse_step(c) for c in completions]
     rewards: list[RewardBreakdown] = batch_rewards(list(completions), teachers, embed, weights)
     ok = [i for i, p in enumerate(parsed) if p.ok]
     reports = dict(zip(ok, execute([{**inputs.tasks[i], "action": parsed[i].step.action} for i in ok]),
                        strict=True))
-    thinks = [think_score(parsed[i].step.think, teachers[i].think, embed) + length_penalty(
-        parsed[i].step.think, teachers[i].think) for i in ok]  # similarity alone; the penalty is its own metric
 
     def tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    n = len(completions)
-    metrics = {
-        "trace_parse_rate": len(ok) / n if n else math.nan,
-        "execution_success": sum(reports[i].executed for i in ok) / n if n else math.nan,
-        "action_fidelity": _mean([r.action or 0.0 for r in rewards]),
-        "state_faithfulness": _mean([r.state or 0.0 for r in rewards]),
-        "think_similarity": _mean(thinks + [0.0] * (n - len(ok))),
-        "brevity_penalty": _mean([length_penalty(parsed[i].step.think, teachers[i].think) for i in ok]),
-        "think_tokens": _mean([tokens(parsed[i].step.think) for i in ok]),
-        "state_tokens": _mean([tokens(json.dumps(parsed[i].step.state, separators=(",", ":"))) for i in ok]),
-        "reward": _mean([r.total for r in rewards]),
-    }
-    if policy == "teacher":
-        metrics = {k: v for k, v in metrics.items() if k in TEACHER_METRICS}
     rows = []
     for i, (task, text) in enumerate(zip(inputs.tasks, completions, strict=True)):
-        report = reports.get(i)
+        report, step = reports.get(i), parsed[i].step
+        penalty = length_penalty(step.think, teachers[i].think) if step else None
         rows.append({
             "policy": policy, "task_id": task["id"], "family": task["family"], "split": task["split"],
             "completion": text, "parsed": parsed[i].ok, "parse_error": parsed[i].error,
             "reward": rewards[i].total, "action_score": rewards[i].action, "state_score": rewards[i].state,
             "think_score": rewards[i].think, "executed": bool(report and report.executed),
             "env_status": report.status if report else None, "diff": report.diff if report else None,
+            # the similarity alone (the penalty is its own metric); 0 for a step that did not parse
+            "think_similarity": rewards[i].think + penalty if step else 0.0, "brevity_penalty": penalty,
+            "think_tokens": tokens(step.think) if step else None,
+            "state_tokens": tokens(json.dumps(step.state, separators=(",", ":"))) if step else None,
         })
+    metrics: dict[str, Estimate | float] = dict(row_estimates(rows, inputs.split))
+    if policy == "teacher":
+        metrics = {k: v for k, v in metrics.items() if k in TEACHER_METRICS}
     return PolicyEval(metrics=metrics, rows=rows)
+
+
+def load_warmup(base_dir, adapter_dir, plan: ComputePlan | None = None):
+    """The warm-up-only student (the base with the ``warmup/`` adapter of a student folder merged), or None when
+    the student had no warm-up."""
+    from ml.training.glue import load_merged
+
+    warmup = Path(adapter_dir) / "warmup"
+    return load_merged(base_dir, warmup, plan) if (warmup / "adapter_config.json").is_file() else None
 
 
 def load_student(base_dir, adapter_dir, plan: ComputePlan | None = None):
@@ -358,7 +439,7 @@ def evaluate_policy(policy: str, model, tokenizer, inputs: EvalInputs, embed: Em
     prompts = [task_prompt(tokenizer, t) for t in inputs.tasks]
     completions = generate_steps(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     scored = score_steps(policy, inputs, completions, embed, tokenizer, execute, weights)
-    if reference is not None:
+    if reference is not None:  # pooled over all tokens of all steps: a plain number, not an estimate over tasks
         scored.metrics["kl_per_token"] = kl_per_token(model, reference, tokenizer, prompts, completions)
     if constrained:
         held = generate_steps(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -369,7 +450,12 @@ def evaluate_policy(policy: str, model, tokenizer, inputs: EvalInputs, embed: Em
     return scored
 
 
-def metric_rows(policy: str, metrics: Mapping[str, float]) -> dict[str, float]:
-    """``{policy}_{metric}`` names, as in ``eval_metrics``."""
-    return {f"{policy}_{k}": float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+def _measured(value: Estimate | float) -> bool:
+    if isinstance(value, Estimate):
+        return value.n > 0
+    return not (isinstance(value, float) and math.isnan(value))
 
+
+def metric_rows(policy: str, metrics: Mapping[str, Estimate | float]) -> dict[str, Estimate | float]:
+    """``{policy}_{metric}`` names, as in ``eval_metrics``; estimates stay estimates, unmeasured ones are dropped."""
+    return {f"{policy}_{k}": (v if isinstance(v, Estimate) else float(v)) for k, v in metrics.items() if _measured(v)}

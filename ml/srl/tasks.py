@@ -1,5 +1,7 @@
 """Mine rewrite tasks from the corpus: a task is a code unit on which a rewrite family's rule matches, with the
-family's instruction and the rewritten code as the expected answer.
+family's instruction and the rewritten code as the expected answer. Its ``split`` (train / dev / test) is its
+family's, decided once in the catalog (:mod:`ml.srl.families`): the family is the group key, so the leak check
+counts families that occur in train and in dev or test.
 
 The family rules are the project's own, so they are applied in-process (:func:`ml.srl.apply_rule.apply`), not in
 the sandbox that runs the student's rules.

@@ -138,6 +138,9 @@ class TraceBatch:
     traces: list[dict[str, Any]]
     rejected: Counter = field(default_factory=Counter)
     teacher_stats: dict[str, int] = field(default_factory=dict)
+    # one per task, before any filter: {"task_id", "family", "split", "parsed", "executed"}. The kept traces all
+    # parse and execute by construction; these say how often the teacher itself does.
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def teacher_traces(
@@ -164,6 +167,8 @@ def teacher_traces(
     rejected: Counter = Counter()
     kept: list[dict[str, Any]] = []
     per_family: Counter = Counter()
+    outcomes = [{"task_id": task["id"], "family": task["family"], "split": task["split"], "parsed": parsed[i].ok,
+                 "executed": bool(reports.get(i) is not None and reports[i].executed)} for i, task in enumerate(tasks)]
     for i, task in enumerate(tasks):
         report = reports.get(i)
         quality = trace_quality(parsed[i], report)
@@ -183,4 +188,14 @@ def teacher_traces(
             "env_report": compact(report.as_dict() | {"rewritten": None}),
         })
     stats = teacher.stats.as_dict() if hasattr(teacher, "stats") else {}
-    return TraceBatch(traces=kept, rejected=rejected, teacher_stats=stats)
+    return TraceBatch(traces=kept, rejected=rejected, teacher_stats=stats, outcomes=outcomes)
+
+
+def teacher_success(outcomes: Sequence[dict[str, Any]], split: str = "test") -> dict[str, Any]:
+    """The teacher's parse and execution rates on ``split``'s tasks before the quality filter (a measurement, unlike
+    the kept traces' rates, which are 1.0 by construction)."""
+    from ml.stats import rate
+
+    rows = [o for o in outcomes if o["split"] == split]
+    return {"trace_parse_rate": rate([o["parsed"] for o in rows], split=split),
+            "execution_success": rate([o["executed"] for o in rows], split=split)}

@@ -1,7 +1,9 @@
 """The AST-first training recipe's data and settings: Phase 1 texts, Phase 2 pairs, and the mapping of a plain
 settings mapping (an asset's ``dg.Config``, a bench's arguments) onto :class:`ml.training.sft.PhaseConfig`.
 
-The assets, ``ast_eval`` and the benches all call these, so every one of them trains and scores the same split.
+The assets, ``ast_eval`` and the benches all call these, and all of them read the ``split`` column that
+``ast_corpus`` / ``nl_ast_pairs`` decided once: training on ``train``, its validation loss on ``dev``, the evaluation on
+``test``. There is no fraction to set here, so no two steps can disagree about what was held out.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from ml.dataset import split_heldout
+from ml.dataset import evaluation_rows, split_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ml.training.sft import PhaseConfig
 
 # Settings that choose rows, not trainer behaviour (see phase1_split / phase2_pairs).
-DATA_SETTINGS = frozenset({"heldout_fraction", "max_eval_rows"})
+DATA_SETTINGS = frozenset({"max_eval_rows"})
 # Settings whose name differs from PhaseConfig's; every other key must be a PhaseConfig field.
 _RENAMED = {"batch_size": ("per_device_train_batch_size", "per_device_eval_batch_size")}
 
@@ -51,23 +53,22 @@ def phase1_texts(tokenizer, rows: Sequence[Mapping], max_length: int) -> tuple[l
     return kept, len(texts) - len(kept)
 
 
-def phase1_heldout_texts(tokenizer, rows: list[dict], heldout_fraction: float, max_length: int,
-                         max_rows: int) -> list[str]:
-    """The Phase 1 held-out sequences: the first ``max_rows`` held-out rows, those that fit in ``max_length``."""
-    _, held = split_heldout(rows, heldout_fraction)
-    return phase1_texts(tokenizer, held[:max_rows], max_length)[0]
+def phase1_eval_texts(tokenizer, rows: Sequence[Mapping], split: str, max_length: int,
+                      max_rows: int) -> list[str]:
+    """Phase 1 sequences of ``split`` to score: one per group key, in ``id`` order, those that fit in
+    ``max_length``, at most ``max_rows``."""
+    return phase1_texts(tokenizer, evaluation_rows(rows, split), max_length)[0][:max_rows]
 
 
-def phase1_split(tokenizer, rows: list[dict], heldout_fraction: float, max_length: int,
+def phase1_split(tokenizer, rows: Sequence[Mapping], max_length: int,
                  max_eval_rows: int) -> tuple[list[str], list[str], int]:
-    """``(train texts, held-out texts, train rows dropped as too long)`` of ``ast_corpus`` rows."""
-    train, _ = split_heldout(rows, heldout_fraction)
-    texts, dropped = phase1_texts(tokenizer, train, max_length)
-    return texts, phase1_heldout_texts(tokenizer, rows, heldout_fraction, max_length, max_eval_rows), dropped
+    """``(train texts, dev texts, train rows dropped as too long)`` of ``ast_corpus`` rows."""
+    texts, dropped = phase1_texts(tokenizer, split_rows(rows, "train"), max_length)
+    return texts, phase1_eval_texts(tokenizer, rows, "dev", max_length, max_eval_rows), dropped
 
 
-def phase2_pairs(rows: list[dict], heldout_fraction: float,
+def phase2_pairs(rows: Sequence[Mapping],
                  max_eval_rows: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``(train pairs, held-out pairs)`` of ``(docstring, AST text)`` from ``nl_ast_pairs`` rows."""
-    train, held = split_heldout(rows, heldout_fraction)
-    return [(r["nl"], r["ast_text"]) for r in train], [(r["nl"], r["ast_text"]) for r in held][:max_eval_rows]
+    """``(train pairs, dev pairs)`` of ``(docstring, AST text)`` from ``nl_ast_pairs`` rows."""
+    train, dev = split_rows(rows, "train"), evaluation_rows(rows, "dev")[:max_eval_rows]
+    return [(r["nl"], r["ast_text"]) for r in train], [(r["nl"], r["ast_text"]) for r in dev]
