@@ -193,6 +193,7 @@ class Demo:
             if any(v is not None for values in table.values() for v in values):
                 print_table(title, list(columns), table)
         print_graph_repair(catalog)
+        print_comparisons(catalog)
         print_gguf(catalog)
         datasets = catalog.query(
             """SELECT asset_key, partition, arg_max(rows, created_at) AS rows FROM artifacts
@@ -243,13 +244,61 @@ HEADLINES: dict[str, tuple[str, dict[str, tuple[str, str]], dict[str, str]]] = {
             "domain edit similarity": "domain_edit_similarity",
             "HumanEval edit similarity": "humaneval_edit_similarity",
             "HumanEval pass@1": "humaneval_pass_at_1"}),
-    "SRL ast-grep rewrites (srl_eval, python; held-out rewrite families)": (
-        "python", {p: ("srl_eval", f"{p}_") for p in ("base", "student", "teacher")}, {
+    "SRL ast-grep rewrites (srl_eval, python; test rewrite families)": (
+        "python", {p: ("srl_eval", f"{p}_") for p in ("base", "warmup", "student")}, {
             "trace parse rate": "trace_parse_rate", "action fidelity": "action_fidelity",
             "execution success": "execution_success", "reward": "reward"}),
 }
+# Each group's trained model against its base (or the comparison the group exists for): the paired difference on
+# the test split with its 95% interval, and the verdict it allows. (asset, partition or None for every slice, metric,
+# label, better, worse, higher_is_better)
+COMPARISONS = [
+    ("ast_eval", None, "heldout_loss_reduction", "AST Phase 1 vs base: test loss reduction", "Phase 1", "base",
+     True),
+    ("dsl_report", "all", "sft_vs_base_semantic_pass_rate_constrained", "DSL SFT - base: semantic pass rate", "SFT",
+     "base", True),
+    ("dsl_report", "all", "dpo_vs_sft_semantic_pass_rate_constrained", "DSL DPO - SFT: semantic pass rate", "DPO",
+     "SFT", True),
+    ("autocomplete_eval", "all", "diff_m1_vs_m0_generic_edit_similarity", "autocomplete M1 - M0: generic edit sim.",
+     "M1", "M0", True),
+    ("autocomplete_eval", "all", "diff_m2_vs_m0_domain_edit_similarity", "autocomplete M2 - M0: domain edit sim.",
+     "M2", "M0", True),
+    ("autocomplete_eval", "all", "diff_m2_vs_m1_generic_edit_similarity", "autocomplete M2 - M1: generic edit sim.",
+     "M2", "M1", True),
+    ("srl_eval", "python", "student_minus_base_reward", "SRL student - base: reward", "student", "base", True),
+    ("srl_eval", "python", "student_minus_warmup_reward", "SRL GRPO - warm-up only: reward", "GRPO", "warm-up",
+     True),
+    ("graph_repair_eval", "python", "diff_graph_unet_vs_transformer_one_shot_grammar_exact_mid",
+     "graph repair G-U-Net - Transformer: exact, mid", "Graph U-Net", "Transformer", True),
+]
+
+
+def print_comparisons(catalog: DuckDBCatalog) -> None:
+    from ml.stats import Estimate, verdict
+
+    rows = catalog.query(
+        """SELECT asset_key, partition, metric, arg_max(value, created_at) AS value, arg_max(n, created_at) AS n,
+                  arg_max(ci_low, created_at) AS lo, arg_max(ci_high, created_at) AS hi
+           FROM eval_metrics WHERE metric IN ({}) GROUP BY ALL ORDER BY partition""".format(
+            ", ".join(f"'{c[2]}'" for c in COMPARISONS)))
+    lines = []
+    for asset, partition, metric, label, better, worse, higher in COMPARISONS:
+        for r in rows:
+            if r["asset_key"] != asset or r["metric"] != metric or (partition and r["partition"] != partition):
+                continue
+            if r["n"] is None or r["lo"] is None:
+                continue
+            diff = Estimate(r["value"], int(r["n"]), r["lo"], r["hi"], method="paired_bootstrap")
+            where = f" ({r['partition']})" if partition is None else ""
+            lines.append(f"  {label + where:<52} {r['value']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] n={r['n']:<4} "
+                         f"{verdict(diff, better, worse, higher_is_better=higher)}")
+    if lines:
+        print("Trained vs base (paired difference on the test split, 95% interval; 'beats' only when it excludes 0):")
+        print("\n".join(lines))
+
+
 # ast_eval per slice: the held-out loss before and after training, and the Phase 2 model's docstring -> AST
-AST_HEADLINE = {"held-out loss, base": "heldout_loss_initial", "held-out loss, trained": "heldout_loss_final",
+AST_HEADLINE = {"test loss, base": "heldout_loss_initial", "test loss, trained": "heldout_loss_final",
                 "docstring -> AST valid": "nl2ast_valid_rate", "docstring -> AST tree similarity":
                 "nl2ast_tree_similarity"}
 
