@@ -45,7 +45,9 @@ serve: install
 	$(VENV)/bin/astforge-serve $(if $(MODEL),--model $(MODEL)) --host 127.0.0.1 --port $(or $(PORT),8000)
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	# the malloc tunables of ml/memory.py (the demo sets them itself): bounded memory in the runs the UI launches
+	MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_TRIM_THRESHOLD_=8388608 MALLOC_ARENA_MAX=2 \
+		$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: install
 	$(VENV)/bin/ruff check .
