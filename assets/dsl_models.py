@@ -10,21 +10,13 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import model_validator
 
-from assets.config_checks import (
-    BpeSplit,
-    Dropout,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Seed,
-)
+from assets.config_checks import BpeSplit, Dropout, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Seed
 from assets.dsl_data import GROUP, P, dsl_training_corpus, specs_and_schemas, teacher_call, teacher_metadata
 from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, publish_rows, read_upstream
 from ml import schemas
-from ml.stats import metadata_text, write_metrics_files
+from ml.stats import estimates_table, metadata_text, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.settings import active_dsl_profile
@@ -55,9 +47,7 @@ class DslSftConfig(dg.Config):
     weight_decay: NonNegativeFloat = 0.01
     warmup_steps: NonNegativeInt = _D.sft_warmup_steps
     max_length: PositiveInt = _D.max_length
-    # validation rows: a seeded sample of the dataset's dev split (dsl_dataset.dev_fraction); 0 = none (no early
-    # stopping, no probes)
-    eval_max_samples: NonNegativeInt = _D.eval_max_samples
+    eval_max_samples: NonNegativeInt = _D.eval_max_samples  # validation rows from the dev split; 0 = none
     eval_steps: PositiveInt = _D.sft_eval_steps
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt = _D.sft_save_steps
@@ -256,10 +246,8 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
                           upstream={model_asset: entry["data_version"],
                                     "dsl_training_corpus": centry["data_version"]}).path
     return dg.MaterializeResult(metadata={
-        # numbers stay numbers (the console's key figures, the UI's plots); each with its interval and n beside them
-        **{k: dg.MetadataValue.float(v.value) for k, v in metrics.items()},
-        "estimates": dg.MetadataValue.md("| metric | test split |\n|---|---|\n" + "\n".join(
-            f"| `{k}` | {v} |" for k, v in metadata_text(metrics).items())),
+        **{k: dg.MetadataValue.float(v.value) for k, v in metrics.items()},  # numbers: the console, UI plots
+        "estimates": dg.MetadataValue.md(estimates_table(metrics)),
         "requests": len(rows), "rates": png_markdown((path / "rates.png").read_bytes(), "rates"),
         **teacher_metadata(t), "path": dg.MetadataValue.path(str(path)),
     })
@@ -375,8 +363,6 @@ def dsl_dpo_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teach
           description="Markdown report: base (M0) vs SFT vs DPO table, training curves and rate plots, sample JSON.")
 def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:
-    # Every figure is recomputed from the evaluations' per-request rows; the paired differences (SFT − base,
-    # DPO − SFT over the same requests) go to eval_metrics with their n and interval.
     from ml.dsl.recipe import build_report
 
     entries = {a: catalog.require_artifact(a, P) for a in
@@ -387,7 +373,7 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                            for a in ("dsl_sft_adapter", "dsl_dpo_adapter")},
                           dataset_rows=entries["dsl_dataset"]["rows"])
 
-    flat = report.flat_metrics()
+    flat = report.flat_metrics()  # from the per-request rows; SFT - base, DPO - SFT as paired differences
 
     def build(tmp: Path) -> None:
         (tmp / "report.md").write_text(report.markdown)
@@ -399,8 +385,7 @@ def dsl_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                           upstream={a: e["data_version"] for a, e in entries.items()}).path
     catalog.write_metrics(asset_key="dsl_report", partition=P, run_id=context.run_id,
                           metrics={k: v for k, v in flat.items() if k.startswith(("sft_vs_base_", "dpo_vs_sft_"))})
-    headline = [f"{owner}_semantic_pass_rate_constrained" for owner in ("base", "sft", "dpo", "sft_vs_base",
-                                                                         "dpo_vs_sft")]
+    headline = [f"{o}_semantic_pass_rate_constrained" for o in ("base", "sft", "dpo", "sft_vs_base", "dpo_vs_sft")]
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(report.inline_markdown()),
         **metadata_text({k: flat[k] for k in headline if k in flat}),

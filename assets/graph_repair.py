@@ -207,12 +207,14 @@ def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEval
                       catalog: DuckDBCatalog) -> dg.MaterializeResult:
     import pyarrow as pa
 
-    from ml.graph_repair.recipe import (
+    from ml.graph_repair.evaluation import (
         evaluate_models,
         example_rows,
         graph_repair_metrics,
-        load_denoiser,
         paired_differences,
+    )
+    from ml.graph_repair.recipe import (
+        load_denoiser,
     )
     from ml.graph_repair.report import HEADLINE, exact_plot, graph_repair_report, result_rows
     from ml.splits import split_counts

@@ -1,9 +1,8 @@
 """`srl` group: supervised RL for ast-grep rewrites. Rewrite tasks mined from a slice's code units, the teacher's
 steps executed in the sandbox and kept when they did the task, a base with the step tags, a LoRA student (supervised
-warm-up on the traces, then GRPO on the structured reward with a KL anchor), and base / warm-up only / student on
-the test rewrite families (never trained on, nor tuned on: srl_ablation tunes on dev), each figure with its n and
-95% interval and the comparisons as paired differences. The split is the family's (ml/srl/families.py), checked
-for leaks by a blocking check on the tasks and the traces. Partitioned by language slice, except the base model."""
+warm-up, then GRPO on the structured reward with a KL anchor), and base / warm-up only / student on the test rewrite
+families (split by family, ml/srl/families.py; srl_ablation tunes on dev), each figure with n and a 95% interval.
+Partitioned by language slice, except the base model."""
 
 import json
 from collections import Counter
@@ -32,7 +31,8 @@ from assets.publish import (
 )
 from assets.split_checks import leak_check, leak_check_spec
 from ml.schemas import SRL_EVAL_RESULTS, SRL_TASKS, SRL_TRACES, to_table
-from ml.stats import write_metrics_files
+from ml.srl.report import family_counts_table
+from ml.stats import estimates_table, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
 from resources.settings import active_srl_profile
@@ -126,14 +126,6 @@ class SrlEvalConfig(dg.Config):
     seed: Seed = 0
 
 
-def _family_table(counts: Counter, extra: dict[str, Counter] | None = None) -> str:
-    lines = ["| family | tasks |" + "".join(f" {k} |" for k in extra or {}),
-             "|---|---|" + "---|" * len(extra or {})]
-    for family, n in sorted(counts.items()):
-        lines.append(f"| {family} | {n} |" + "".join(f" {c.get(family, 0)} |" for c in (extra or {}).values()))
-    return "\n".join(lines)
-
-
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[code_units], kinds={"python", "parquet", "duckdb"},
           check_specs=[leak_check_spec("srl_tasks")],
           description="Rewrite tasks: the slice's code units where a family of the catalog (ml/srl/families.py) "
@@ -165,7 +157,7 @@ def srl_tasks(context: dg.AssetExecutionContext, config: SrlTasksConfig, artifac
         "tasks": len(mined.tasks), "train_tasks": splits["train"], "dev_tasks": splits["dev"],
         "test_tasks": splits["test"],
         "families_matched": len(per_family), "families": len(families),
-        "tasks_per_family": dg.MetadataValue.md(_family_table(per_family)), **skip_metadata(mined.skipped),
+        "tasks_per_family": dg.MetadataValue.md(family_counts_table(per_family)), **skip_metadata(mined.skipped),
     })
 
 
@@ -211,7 +203,7 @@ def srl_teacher_traces(context: dg.AssetExecutionContext, config: SrlTracesConfi
         **{f"{split}_traces": sum(t["split"] == split for t in batch.traces) for split in ("train", "dev", "test")},
         **{f"{k}_test_unfiltered": str(v) for k, v in unfiltered.items()},
         "mean_trace_quality": round(sum(t["trace_quality"] for t in batch.traces) / len(batch.traces), 4),
-        "traces_per_family": dg.MetadataValue.md(_family_table(kept)),
+        "traces_per_family": dg.MetadataValue.md(family_counts_table(kept)),
         "sample_trace": dg.MetadataValue.md(f"task: {sample['instruction']}\n\n```\n{sample['step']}\n```\n\n"
                                             f"env report: `{sample['env_report'][:600]}`"),
         **skip_metadata(batch.rejected), **{f"teacher_{k}": v for k, v in batch.teacher_stats.items()},
@@ -332,8 +324,7 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
 
 
 def eval_inputs(catalog: DuckDBCatalog, language: str, split: str, n: int, seed: int, asset: str):
-    """Up to ``n`` tasks of ``split``'s families with the teacher's steps (ml.srl.recipe.split_inputs), and the
-    traces' version."""
+    """Up to ``n`` tasks of ``split`` with the teacher's steps (ml.srl.recipe.split_inputs); the traces' version."""
     from ml.srl.recipe import split_inputs
 
     traces, entry = read_upstream(catalog, "srl_teacher_traces", language)
@@ -342,14 +333,6 @@ def eval_inputs(catalog: DuckDBCatalog, language: str, split: str, n: int, seed:
         raise dg.Failure(f"{asset}[{language}]: no {split} trace to evaluate on (srl_teacher_traces kept none of "
                          f"the {split} families)")
     return inputs, entry["data_version"]
-
-
-def _figures(metrics) -> str:
-    from ml.stats import Estimate
-
-    lines = ["| metric | value [95% interval] n |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in metrics.items() if isinstance(v, Estimate)]
-    return "\n".join(lines)
 
 
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[srl_adapter, srl_base_model, srl_teacher_traces],
@@ -365,15 +348,8 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     from transformers import AutoTokenizer
 
     from ml.srl.environment import execute_actions
-    from ml.srl.recipe import (
-        COMPARISONS,
-        evaluate_policy,
-        load_student,
-        load_warmup,
-        metric_rows,
-        paired_differences,
-        score_steps,
-    )
+    from ml.srl.evaluation import evaluate_policies
+    from ml.srl.recipe import load_student, load_warmup
     from ml.srl.report import policy_plot, srl_report
     from ml.srl.reward import MiniLMEmbedder
     from ml.training.sft import load_base
@@ -385,9 +361,6 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     adapter = catalog.require_artifact("srl_adapter", language)
     plan = compute.plan()
     tok = AutoTokenizer.from_pretrained(adapter["path"])
-    embed = MiniLMEmbedder()
-    metrics: dict = {}
-    rows: list[dict] = []
     base_model = load_base(base["path"], plan)
     try:
         student = load_student(base["path"], adapter["path"], plan)
@@ -395,20 +368,10 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     except ValueError as exc:
         raise dg.Failure(f"srl_eval[{language}]: srl_adapter: {exc}") from exc
     policies = [("base", base_model), *([("warmup", warmup)] if warmup is not None else []), ("student", student)]
-    for policy, model in policies:
-        scored = evaluate_policy(policy, model, tok, inputs, embed, execute_actions,
-                                 reference=base_model if policy != "base" else None,
-                                 max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                 constrained=config.constrained and policy == "student")
-        metrics |= metric_rows(policy, scored.metrics)
-        rows += scored.rows
-        context.log.info(f"srl_eval[{language}] {policy}: " + ", ".join(f"{k}={v}" for k, v in scored.metrics.items()))
-    for better, worse in COMPARISONS:
-        if {better, worse} <= {p for p, _ in policies}:
-            metrics |= paired_differences(rows, better, worse, "test")
-    teacher = score_steps("teacher", inputs, inputs.teacher_steps, embed, tok, execute_actions)
-    metrics |= metric_rows("teacher", teacher.metrics)
-    rows += teacher.rows
+    metrics, rows = evaluate_policies(policies, tok, inputs, MiniLMEmbedder(), execute_actions, split="test",
+                                      max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                      constrained=config.constrained,
+                                      log=lambda line: context.log.info(f"srl_eval[{language}] {line}"))
     catalog.write_metrics(asset_key="srl_eval", partition=language, run_id=context.run_id, metrics=metrics)
     report = srl_report(language, metrics, rows, len(tasks))
     plot = policy_plot(metrics)
@@ -427,7 +390,7 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     return dg.MaterializeResult(metadata={
         # the values as numbers (plots over runs), and each with its n and interval in `figures`
         **{k: dg.MetadataValue.float(v) for k, v in holder["flat"].items()},
-        "figures": dg.MetadataValue.md(_figures(metrics)),
+        "figures": dg.MetadataValue.md(estimates_table(metrics)),
         # heldout_tasks (the test tasks scored): bench/srl_learning_curve.py reads this name
         "heldout_tasks": len(tasks), "split": "test", "report": report_markdown(report, path),
         "policies": png_markdown(plot, "policies"), "path": dg.MetadataValue.path(str(path / "report.md")),

@@ -64,15 +64,17 @@ def main() -> None:
 
     import torch
 
+    from ml.graph_repair.evaluation import (
+        evaluate_models,
+        paired_differences,
+    )
     from ml.graph_repair.grammar import Vocabulary
     from ml.graph_repair.models import count_parameters
     from ml.graph_repair.recipe import (
         TrainSettings,
         build_model,
-        evaluate_models,
         graph_of,
         graph_rows,
-        paired_differences,
         repair_rows,
         slot_priors,
         train_denoiser,

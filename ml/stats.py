@@ -150,3 +150,9 @@ def write_metrics_files(folder, metrics: Mapping[str, float | Estimate]) -> dict
 def metadata_text(metrics: Mapping[str, float | Estimate]) -> dict[str, float | str]:
     """Dagster-friendly values: a number stays a number, an estimate becomes its ``0.167 [0.047, 0.448] n=12``."""
     return {k: (str(v) if isinstance(v, Estimate) else v) for k, v in metrics.items()}
+
+
+def estimates_table(metrics: Mapping[str, float | Estimate], split: str = "test") -> str:
+    """Markdown, one row per estimate of ``metrics``: ``| `name` | 0.167 [0.047, 0.448] n=12 |`` (UI metadata)."""
+    rows = [f"| `{k}` | {v} |" for k, v in metrics.items() if isinstance(v, Estimate)]
+    return "\n".join([f"| metric | value [95% interval] n ({split}) |", "|---|---|", *rows])

@@ -14,6 +14,13 @@ from hypothesis import strategies as st
 from ml.graph_repair.asg import HOLE, MASK, Asg, dataflow_of, from_code, is_valid, to_code
 from ml.graph_repair.corrupt import NOISE_LEVELS, OPERATIONS, corrupt
 from ml.graph_repair.edits import RepairTree, required_fields
+from ml.graph_repair.evaluation import (
+    evaluate_models,
+    graph_repair_metrics,
+    paired_differences,
+    score,
+    tune_relabel_threshold,
+)
 from ml.graph_repair.grammar import Grammar, Vocabulary
 from ml.graph_repair.logic import violations
 from ml.graph_repair.models import GraphUNet, count_parameters, sequence_batch, transformer_matching
@@ -21,18 +28,13 @@ from ml.graph_repair.recipe import (
     Decoder,
     SlotFrequency,
     TrainSettings,
-    evaluate_models,
-    graph_repair_metrics,
     graph_row,
     graph_rows,
-    paired_differences,
     repair_iterative,
     repair_one_shot,
     repair_rows,
-    score,
     slot_priors,
     train_denoiser,
-    tune_relabel_threshold,
 )
 from ml.graph_repair.report import graph_repair_report
 from ml.splits import leaked_groups, split_of

@@ -127,3 +127,12 @@ def ablation_plot(results: Sequence[Mapping]) -> bytes:
                                                                "action_fidelity")}
               for r in results}
     return grouped_bars(values, "GRPO ablations, dev families", "score")
+
+
+def family_counts_table(counts: Mapping[str, int], extra: Mapping[str, Mapping[str, int]] | None = None) -> str:
+    """Markdown: one row per family with its count, and a column per ``extra`` counter."""
+    lines = ["| family | tasks |" + "".join(f" {k} |" for k in extra or {}),
+             "|---|---|" + "---|" * len(extra or {})]
+    for family, n in sorted(counts.items()):
+        lines.append(f"| {family} | {n} |" + "".join(f" {c.get(family, 0)} |" for c in (extra or {}).values()))
+    return "\n".join(lines)
