@@ -109,6 +109,9 @@ __all__ = [
 ALLOW_HOST_WRITES_ENV = "ASTFORGE_SANDBOX_ALLOW_HOST_WRITES"
 
 
+_PROBE_ERRORS: list[str] = []  # why stronger isolations failed their probe (for SandboxUnavailable's message)
+
+
 class SandboxUnavailable(RuntimeError):
     """The machine cannot isolate the filesystem, and the user has not accepted running generated code without it."""
 
@@ -143,6 +146,7 @@ def _isolation() -> _Isolation:
                 log.warning("sandbox: no read-only filesystem here; generated code runs only with %s=1",
                             ALLOW_HOST_WRITES_ENV)
             return candidate
+        _PROBE_ERRORS.append(probe.stderr.strip()[-300:])
         log.warning("sandbox: %s unavailable (%s)", candidate, probe.stderr.strip()[-200:])
     log.warning("sandbox: running without namespaces; the socket prelude is the only network guard")
     return _Isolation(0, False)
@@ -179,10 +183,11 @@ def _host_writes_allowed() -> bool:
 def _require_isolation() -> _Isolation:
     iso = _isolation()
     if not iso.readonly_root and not _host_writes_allowed():
+        why = _PROBE_ERRORS[0] if _PROBE_ERRORS else "not Linux"
         raise SandboxUnavailable(
-            "this machine cannot give generated code a read-only filesystem (no user and mount namespaces: see "
-            "the warnings logged by ml.sandbox), so a model's code could delete or read any file you can. "
-            f"Run where namespaces are allowed, or accept the risk with {ALLOW_HOST_WRITES_ENV}=1."
+            "this machine cannot give generated code a read-only filesystem, so a model's code could delete or "
+            f"read any file you can (the probe of the isolated sandbox failed: {why}). Run where user and mount "
+            f"namespaces are allowed, or accept the risk with {ALLOW_HOST_WRITES_ENV}=1."
         )
     return iso
 

@@ -149,6 +149,9 @@ def isolate_filesystem(cfg):
     write("/proc/sys/user/max_user_namespaces", "0")
     read_only("/")
     workdir, uid = cfg["workdir"], cfg["drop_uid"]
+    # interpreter paths under a folder about to get a fresh tmpfs: handles now, while this process may enter them
+    under_tmpfs = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in _outermost(cfg["expose"])
+                   if p.startswith(("/tmp/", "/dev/shm/"))]
     masks = {}
     if uid is not None:
         masks = open_hidden(cfg["hidden"])
@@ -162,9 +165,23 @@ def isolate_filesystem(cfg):
                                (workdir, cfg["workdir_size"], "0700")):
         if target != workdir and not os.path.isdir(target):
             continue
+        # An interpreter or venv under /tmp (a checkout there) must stay reachable under the fresh tmpfs: handles
+        # now, bound back (read-only, as the host) once the tmpfs is there.
+        inside = [] if target == workdir else [(p, fd) for p, fd in under_tmpfs if p.startswith(target + "/")]
         os.makedirs(target, exist_ok=True)  # the working directory, inside the new /tmp
         mount(b"tmpfs", target, b"tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode}".encode())
+        for path, fd in inside:
+            os.makedirs(path, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}".encode(), path, None, MS_BIND | MS_REC)
+            os.close(fd)
+            read_only(path)
     expose(masks)
+
+
+def _outermost(paths):
+    """``paths`` without those inside another of them."""
+    paths = sorted(set(paths))
+    return [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
 
 
 def populate(workdir, files):

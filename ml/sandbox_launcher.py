@@ -244,7 +244,8 @@ def _run(
             "tmp_size": PRIVATE_TMP_SIZE_LIMIT,
             # what the unprivileged uid must still reach: the interpreter, its standard library, the venv
             "expose": sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
-                              os.path.dirname(os.path.realpath(sys.executable))}),
+                              os.path.dirname(os.path.realpath(sys.executable)),
+                              os.path.dirname(os.path.abspath(sys.executable))}),
         }
         program = [sys.executable, "-s", "-B", "-u", "-c", _PRELUDE, _PROGRAM_NAME]
         command = [sys.executable, "-I", "-S", str(_BOOT), json.dumps(config), *program]

@@ -196,3 +196,21 @@ def test_the_working_directory_and_private_tmp_are_writable():
     result = run_python(program, timeout_s=10)
     assert result.ok, result.stderr
     assert result.stdout.split()[0].startswith("['here.txt'")
+
+
+def test_an_interpreter_under_tmp_stays_reachable(tmp_path, monkeypatch):
+    """A checkout (and its venv) under /tmp, as a CI clone may be: the private /tmp must not hide the interpreter."""
+    import sys
+
+    from ml import sandbox, sandbox_launcher
+
+    venv_bin = tmp_path / "checkout" / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    result = sandbox_launcher._run("import sys\nprint(sys.executable)\nopen('/tmp/x', 'w').write('ok')\n",
+                                   timeout_s=10, memory_mb=512, cpu_s=None, files=None, max_output=4096,
+                                   isolation=sandbox._isolation())
+    assert result.ok, result.stderr
+    assert result.stdout.strip() == str(venv_bin / "python")
+    assert not Path("/tmp/x").exists() or Path("/tmp/x").read_text() != "ok"
