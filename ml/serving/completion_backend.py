@@ -191,6 +191,8 @@ class QueuedCompletionBackend:
         with self._cv:
             if self._closed:
                 raise RuntimeError("the completion backend is closed")
+            if len(self._pending) >= self.max_queued:  # requests whose client left hold no slot
+                self._pending = collections.deque(j for j in self._pending if not j.cancelled.is_set())
             if len(self._pending) >= self.max_queued:
                 raise QueueFull(f"{len(self._pending)} requests are already waiting; retry shortly")
             self._pending.append(job)
