@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import subprocess
 import sys
 import time
 import uuid
@@ -46,6 +47,9 @@ DATASETS = ("source_files", "code_units", "ast_corpus", "nl_ast_pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [CHILD_FLAG]:
+        return execute_job(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="*", default=SLICES, help="language slices (default: all)")
     parser.add_argument("--data-only", action="store_true", help="skip training and evaluation")
@@ -63,6 +67,48 @@ def main(argv: list[str] | None = None) -> int:
         return Demo(args, sys.stdout, None).main()
     with quiet_console(log_file) as screen:
         return Demo(args, screen, log_file).main()
+
+
+# Each job runs in a process of its own, which this one waits for: what a job's models and tensors leave in the
+# allocator goes back to the OS when its process ends, so the demo's peak is its largest job's, not the sum of all
+# (one process for everything: 6.2 GB by the fifth job; bench/memory_growth.py measures a single training's growth).
+CHILD_FLAG = "--execute-job"
+
+
+def run_job_in_child(job_name: str, partition: str | None, assets: list[str] | None, run_id: str,
+                     log_level: str) -> tuple[bool, float]:
+    """Run ``job_name`` as run ``run_id`` of the shared Dagster instance in a child process; its success and peak
+    resident memory in GiB. The child writes to this process's stdout/stderr (the log file when quiet)."""
+    command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--job", job_name, "--run-id", run_id,
+               "--log-level", log_level]
+    if partition:
+        command += ["--partition", partition]
+    if assets:
+        command += ["--assets", *assets]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = subprocess.Popen(command)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode == 0, usage.ru_maxrss / 2**20  # KiB on Linux
+
+
+def execute_job(argv: list[str]) -> int:
+    """The child's side of :func:`run_job_in_child`."""
+    parser = argparse.ArgumentParser(prog=f"demo.py {CHILD_FLAG}")
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--partition", default=None)
+    parser.add_argument("--assets", nargs="*", default=None)
+    args = parser.parse_args(argv)
+    quiet_progress_bars()
+    run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    result = defs.resolve_job_def(args.job).execute_in_process(
+        partition_key=args.partition, instance=dg.DagsterInstance.get(), raise_on_error=False, run_config=run_config,
+        asset_selection=[dg.AssetKey(a) for a in args.assets] if args.assets else None, run_id=args.run_id,
+    )
+    return 0 if result.success else 1
 
 
 @contextmanager
@@ -93,6 +139,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace, screen: TextIO, log_file: Path | None) -> None:
         self.args, self.screen, self.log_file = args, screen, log_file
         self.failed: list[str] = []
+        self.job_peaks: dict[str, float] = {}  # GiB, each job's process
         self.started = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -105,31 +152,27 @@ class Demo:
         run_id = str(uuid.uuid4())
         quiet = self.log_file is not None
         self.say(f"[astforge] {label}" + ("" if quiet else " ..."))
-        job = defs.resolve_job_def(job_name)
-        # Quiet: Dagster's console logger writes every event, DEBUG included, into the log file.
-        run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if quiet else "INFO"}}}}
         lines = StepLines(self.instance, run_id, self.screen) if quiet else nullcontext()
         with lines:
-            result = job.execute_in_process(
-                partition_key=language, instance=self.instance, raise_on_error=False, run_config=run_config,
-                asset_selection=[dg.AssetKey(a) for a in assets] if assets else None, run_id=run_id,
-            )
+            success, job_peak = run_job_in_child(job_name, language, assets, run_id, "DEBUG" if quiet else "INFO")
+        self.job_peaks[label] = job_peak
         took = time.monotonic() - start
         if not quiet:
-            self.say(f"[astforge] {label} {'ok' if result.success else 'FAILED'} in {took:.0f}s, peak memory so "
-                     f"far {peak_memory_gib():.1f} GiB (run {run_id})")
-        elif result.success:
+            self.say(f"[astforge] {label} {'ok' if success else 'FAILED'} in {took:.0f}s, peak memory "
+                     f"{job_peak:.1f} GiB (run {run_id})")
+        elif success:
             # On a terminal a finished job keeps one line (its steps were shown while it ran): the screen ends
             # with the summary, not with a scroll of steps. A pipe or a CI log keeps every step line.
             last = next(((step, figures) for step, figures in reversed(lines.done) if figures), None)
             shown = f"  {last[0]}: {last[1]}" if last else ""
             steps = f"{len(lines.done)} step{'s' if len(lines.done) != 1 else ''}"
-            lines.fold(f"[astforge] ✓ {label:<30} {took:>4.0f}s {steps:>8}{shown}", rows_above=1)
+            lines.fold(f"[astforge] ✓ {label:<30} {took:>4.0f}s {job_peak:>4.1f} GiB {steps:>8}{shown}",
+                       rows_above=1)
         else:
             self.say(f"[astforge] {label} FAILED in {took:.0f}s (run {run_id}; its log: the UI, or {self.log_file})")
-        if not result.success:
+        if not success:
             self.failed.append(label)
-        return result.success
+        return success
 
     def main(self) -> int:
         args, run = self.args, self.run
@@ -228,7 +271,9 @@ class Demo:
             print("  query it with psql, or with DuckDB after: .venv/bin/python -m resources.catalog_export --to "
                   "catalog.duckdb")
         print(f"Dagster instance: {instance.root_directory}; open the UI with: make ui   (http://127.0.0.1:3000)")
+        largest = max(self.job_peaks, key=self.job_peaks.get, default=None)
         print(f"Took {(time.monotonic() - self.started) / 60:.1f} min, peak memory {peak_memory_gib():.1f} GiB"
+              + (f" (largest job: {largest}, {self.job_peaks[largest]:.1f} GiB)" if largest else "")
               + (f"; the full log: {self.log_file}" if self.log_file else ""))
         if self.failed:
             print(f"\nFailed: {', '.join(self.failed)}")
@@ -311,7 +356,8 @@ AST_HEADLINE = {"test loss, base": "heldout_loss_initial", "test loss, trained":
 
 
 def peak_memory_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    """The largest resident set of this process and of any job's process (KiB on Linux)."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
 
 
 def print_table(title: str, columns: list[str], table: dict[str, list[float | None]]) -> None:

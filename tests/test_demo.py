@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,11 @@ def test_data_only_demo_prints_a_line_per_step_and_logs_everything_to_its_file(a
     assert f"the full log: {log_file}" in lines[-1]
     log = log_file.read_text()
     assert "STEP_START" in log and "DEBUG" in log and "fim_samples" in log  # every event, DEBUG included
+    # each job in a process of its own (its memory returns to the OS when it ends), with its peak on its line
+    pids = set(re.findall(r"Executing steps in process \(pid: (\d+)\)", log))
+    assert len(pids) == 2, pids
+    assert all(re.search(r"\d+s +\d+\.\d GiB", line) for line in lines if line.startswith("[astforge] ✓"))
+    assert re.search(r"peak memory \d+\.\d GiB \(largest job: \w+", out)
 
 
 def test_pivot_puts_each_slice_in_its_column(capsys):
