@@ -390,7 +390,7 @@ def test_prompt_is_masked_and_fim_rows_train(tmp_path):
     from ml.autocomplete.recipe import fim_tokenizer
     from ml.compute import resolve_compute
     from ml.training.base_model import build_base_model, save_base_model
-    from ml.training.sft import build_lora_sft_trainer
+    from ml.training.lora_sft import build_lora_sft_trainer
 
     row = fim.fim_row(PY, "python", random.Random(1), fim.FimRates(spm_rate=1.0, ast_span_rate=0, line_span_rate=0))
     assert row["order"] == "spm" and row["span"] == "char"  # the hard case: a cut inside a word
