@@ -49,8 +49,8 @@ class PhaseTrainingConfig(dg.Config):
     # profile's pretrained base keeps r=16-class adapters (set it in the launchpad).
     lora_r: PositiveInt = 64
     lora_alpha: PositiveInt = 128
-    # Phase 1 embedding rows that train: "ast" (only the appended AST tokens), "all", or "auto":
-    # "all" for a tiny: base (random rows are not worth freezing), "ast" for a pretrained one.
+    # Phase 1 embedding rows that train: "added" (only the appended AST tokens), "none", "all", or "auto":
+    # "all" for a tiny: base (random rows are not worth freezing), "added" for a pretrained one.
     trainable_embeddings: TrainableEmbeddings = "auto"
     eval_steps: PositiveInt = 50
     save_steps: PositiveInt = 50
@@ -285,7 +285,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
 
 def _merged_loader(base_path: str, adapter_asset: str, adapter: dict, language: str, plan):
     """Loads the adapter merged into its base, when the evaluation gets to it (one model in memory at a time)."""
-    from ml.training.glue import load_merged
+    from ml.models.loading import load_merged
 
     def load():
         try:

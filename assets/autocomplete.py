@@ -2,7 +2,6 @@
 domain with replay (M2), and the M0/M1/M2 evaluation and report. Unpartitioned: Stage A reads the `fim_samples` of
 the slices in its `languages` setting."""
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +32,8 @@ class AutocompleteBaseModelConfig(dg.Config):
 
 
 class StageConfig(dg.Config):
-    """Field names are the trainer's (ml.training.sft.PhaseConfig); ml.autocomplete.recipe.phase_config maps them."""
+    """Field names are the trainer's (ml.training.sft_trainer.PhaseConfig); ml.autocomplete.recipe.phase_config maps
+    them."""
 
     max_steps: PositiveInt = _A.stage_a_steps
     precision: Literal["auto", "bf16", "fp32"] = _A.train_precision  # bf16 on a CPU with bfloat16 units: autocast
@@ -101,13 +101,14 @@ def autocomplete_base_model(context: dg.AssetExecutionContext, config: Autocompl
 
 
 def _train(context, config: StageConfig, artifacts, catalog, compute, rows: list[dict], upstream: dict[str, str],
-           start_adapter: str | None) -> dg.MaterializeResult:
-    """Train one stage on ``rows``: a fresh LoRA (Stage A) or the LoRA of ``start_adapter`` continued (Stage B)."""
+           start_adapter: str | None, languages: list[str]) -> dg.MaterializeResult:
+    """Train one stage on ``rows``: a fresh LoRA (Stage A) or the LoRA of ``start_adapter`` continued (Stage B); the
+    folder records the fim_samples ``languages`` it trained on."""
     from transformers import AutoTokenizer
 
-    from ml.autocomplete.recipe import phase_config, training_pairs
+    from ml.autocomplete.recipe import phase_config, training_pairs, write_stage_languages
     from ml.plots import line_plot
-    from ml.training.sft import train_lora_sft, train_phase2
+    from ml.training.lora_sft import continue_lora_sft, train_lora_sft
 
     asset = context.asset_key.to_user_string()
     base = catalog.require_artifact("autocomplete_base_model", P)
@@ -129,9 +130,11 @@ def _train(context, config: StageConfig, artifacts, catalog, compute, rows: list
     def build(tmp: Path) -> None:
         on_log = log_progress(context, asset)
         if start:
-            holder["r"] = train_phase2(base["path"], start["path"], tok, pairs, [], tmp, work, cfg, plan, on_log)
+            holder["r"] = continue_lora_sft(base["path"], start["path"], tok, pairs, [], tmp, work, cfg, plan, on_log,
+                                            what=asset)
         else:
             holder["r"] = train_lora_sft(base["path"], tok, pairs, [], tmp, work, cfg, plan, on_log=on_log)
+        write_stage_languages(tmp, languages)
         losses = [(s, v) for s, m, v in holder["r"].curve if m == "loss"]
         (tmp / "training_curve.png").write_bytes(line_plot({"train loss": losses}, f"{asset}: loss", "step", "loss"))
 
@@ -159,7 +162,8 @@ def autocomplete_stage_a_adapter(context: dg.AssetExecutionContext, config: Stag
                                  catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     rows, versions = rows_of(catalog, config.languages)
     train = [r for r in rows if r["split"] == "train"]
-    return _train(context, config, artifacts, catalog, compute, train, versions, start_adapter=None)
+    return _train(context, config, artifacts, catalog, compute, train, versions, start_adapter=None,
+                  languages=list(dict.fromkeys(config.languages)))
 
 
 @dg.asset(group_name=GROUP, deps=[autocomplete_stage_a_adapter, domain_corpus], pool="gpu",
@@ -167,28 +171,30 @@ def autocomplete_stage_a_adapter(context: dg.AssetExecutionContext, config: Stag
           description="M2: Stage A's LoRA continued on the domain rows, with replay_ratio of Stage A rows mixed in.")
 def autocomplete_stage_b_adapter(context: dg.AssetExecutionContext, config: StageBConfig, artifacts: ArtifactStore,
                                  catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from ml.autocomplete.recipe import stage_b_rows
+    from ml.autocomplete.recipe import stage_b_rows, stage_languages
 
     stage_a = catalog.require_artifact("autocomplete_stage_a_adapter", P)
-    languages = json.loads(stage_a["upstream"] or "{}")
-    general, versions = rows_of(catalog, [k[len("fim_samples["):-1] for k in languages if k.startswith("fim_sam")])
+    try:
+        languages = stage_languages(stage_a["path"])  # Stage A's replay rows come from the slices it trained on
+    except ValueError as exc:
+        raise dg.Failure(f"autocomplete_stage_b_adapter: {exc}") from exc
+    general, versions = rows_of(catalog, languages)
     domain, dversions = domain_rows(catalog)
     rows = stage_b_rows([r for r in domain if r["split"] == "train"], [r for r in general if r["split"] == "train"],
                         config.replay_ratio, config.seed)
     return _train(context, config, artifacts, catalog, compute, rows, {**versions, **dversions},
-                  start_adapter="autocomplete_stage_a_adapter")
+                  start_adapter="autocomplete_stage_a_adapter", languages=languages)
 
 
 def _load(catalog: DuckDBCatalog, model: str, plan):
-    from ml.training.glue import load_merged
-    from ml.training.sft import load_base
+    from ml.models.loading import load_base_or_merged
 
     base = catalog.require_artifact("autocomplete_base_model", P)
     if model == "m0":
-        return load_base(base["path"], plan), base
+        return load_base_or_merged(base["path"], None, plan), base
     entry = catalog.require_artifact(MODELS[model], P)
     try:
-        return load_merged(base["path"], entry["path"], plan), entry
+        return load_base_or_merged(base["path"], entry["path"], plan), entry
     except ValueError as exc:
         raise dg.Failure(f"autocomplete_eval: {MODELS[model]}: {exc}") from exc
 

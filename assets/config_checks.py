@@ -25,7 +25,8 @@ Dropout = Annotated[float, Field(ge=0, lt=1)]  # 1 would zero every activation
 # numpy (and so transformers' set_seed) refuses negative seeds; random.Random would take them.
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
-# ml/dsl/format.SCHEMA_VIEWS, ml/tokenizer.train_bpe's splits, the Phase 1 embedding rows (tests pin the first).
+# ml/dsl/format.SCHEMA_VIEWS, ml/tokenizer.train_bpe's splits, the embedding rows that train
+# (ml/training/sft_trainer.TRAINABLE_EMBEDDINGS plus "auto"; tests pin the first).
 SchemaView = Literal["json", "digest"]
 BpeSplit = Literal["wordpunct", "words", "whitespace"]
-TrainableEmbeddings = Literal["auto", "ast", "all"]
+TrainableEmbeddings = Literal["auto", "none", "added", "all"]

@@ -143,7 +143,7 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
 
     from ml.dsl.probe import make_probe_callback
     from ml.dsl.recipe import model_inputs, sft_phase_config, sft_rows
-    from ml.training.sft import train_lora_sft
+    from ml.training.lora_sft import train_lora_sft
 
     base = catalog.require_artifact("dsl_base_model", P)
     rows, entry = read_upstream(catalog, "dsl_training_corpus", P)
@@ -196,15 +196,14 @@ def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, tea
 
 def _load_model(catalog: DuckDBCatalog, model_asset: str, plan):
     """The model of ``model_asset``, ready to generate: ``dsl_base_model`` itself (M0), or an adapter merged into it."""
-    from ml.training.glue import load_merged
-    from ml.training.sft import load_base
+    from ml.models.loading import load_base_or_merged
 
     base = catalog.require_artifact("dsl_base_model", P)
     if model_asset == "dsl_base_model":
-        return load_base(base["path"], plan), base
+        return load_base_or_merged(base["path"], None, plan), base
     adapter = catalog.require_artifact(model_asset, P)
     try:
-        return load_merged(base["path"], adapter["path"], plan), adapter
+        return load_base_or_merged(base["path"], adapter["path"], plan), adapter
     except ValueError as exc:
         raise dg.Failure(f"{model_asset}: {exc}") from exc
 

@@ -105,7 +105,7 @@ def stderr_tails(log_dir: Path, lines: int = STDERR_TAIL_LINES) -> dict[int, str
 
 
 def _reported_result(invocation, staging: Path, what: str):
-    from ml.training.sft import TrainResult
+    from ml.training.sft_trainer import TrainResult
 
     reported = [r for r in invocation.get_results(implicit_materializations=False)
                 if isinstance(r, dg.MaterializeResult) and "train_result" in (r.metadata or {})]

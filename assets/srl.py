@@ -105,15 +105,9 @@ class SrlAdapterConfig(dg.Config):
                              execution=self.reward_execution, malformed=self.malformed_penalty)
 
     def grpo_settings(self):
-        from ml.srl.recipe import GRPOSettings
+        from ml.srl.recipe import grpo_settings
 
-        return GRPOSettings(
-            beta=self.beta, max_steps=self.max_steps, learning_rate=self.learning_rate,
-            num_generations=self.num_generations, per_device_train_batch_size=self.per_device_train_batch_size,
-            max_completion_length=self.max_completion_length, temperature=self.temperature,
-            save_steps=max(self.max_steps // 2, 1), seed=self.seed, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
-            lora_top_layers=self.lora_top_layers,
-        )
+        return grpo_settings(self.model_dump())
 
 
 class SrlEvalConfig(dg.Config):
@@ -261,7 +255,8 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
     from ml.srl.recipe import StructuredReward, grpo_rows, train_grpo, warmup_pairs
     from ml.srl.report import reward_histograms
     from ml.srl.reward import MiniLMEmbedder
-    from ml.training.sft import PhaseConfig, train_lora_sft
+    from ml.training.lora_sft import train_lora_sft
+    from ml.training.sft_trainer import PhaseConfig
 
     language = context.partition_key
     asset = f"srl_adapter[{language}]"
@@ -347,12 +342,12 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
              catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
 
+    from ml.models.loading import load_base
     from ml.srl.environment import execute_actions
     from ml.srl.evaluation import evaluate_policies
     from ml.srl.recipe import load_student, load_warmup
     from ml.srl.report import policy_plot, srl_report
     from ml.srl.reward import MiniLMEmbedder
-    from ml.training.sft import load_base
 
     language = context.partition_key
     inputs, traces_version = eval_inputs(catalog, language, "test", config.eval_tasks, config.seed, "srl_eval")

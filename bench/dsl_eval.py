@@ -86,9 +86,10 @@ def train_student(model, tok, args):
     import tempfile
 
     from ml.compute import resolve_compute
+    from ml.models.loading import load_merged
     from ml.training.base_model import save_base_model
-    from ml.training.glue import load_merged
-    from ml.training.sft import PhaseConfig, train_lora_sft
+    from ml.training.lora_sft import train_lora_sft
+    from ml.training.sft_trainer import PhaseConfig
 
     pairs = []
     for name in DOMAIN_NAMES:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ml.codec.base import Codec
-from ml.corpus.sources import SourceSpec
 from ml.extract import Extraction
+from ml.units import SourceSpec
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class LanguageSpec:
     extractor: Callable[..., Extraction]  # (text, path, source, language, max_chars) -> Extraction
     codec_factory: Callable[[], Codec]
     renamer: Callable[[str], object]  # code -> Renaming(code, mapping)
-    # (ast_text, mode="compact") -> ml.evaluation.ast_metrics.Judged: does a generated sequence decode to a
+    # (ast_text, mode="compact") -> ml.codec.judge.Judged: does a generated sequence decode to a
     # program the language accepts (valid), and to what source and productions.
     judge: Callable[..., Any]
     # (tokenizer, vocab_size, max_new_tokens) -> (prompt lengths -> logits processor) that admits only trees the
@@ -116,7 +116,7 @@ def _python_rename(code):
 
 
 def _python_judge(ast_text, mode="compact"):
-    from ml.evaluation.ast_metrics import judge_python
+    from ml.codec.judge import judge_python
 
     return judge_python(ast_text, mode)
 
@@ -150,9 +150,9 @@ def _ts_rename(language):
 
 def _ts_judge(language):
     def judge(ast_text, mode="compact"):
-        from ml.evaluation.ast_metrics import judge_treesitter
+        from ml.codec.judge import judge_treesitter
 
-        return judge_treesitter(language, ast_text, mode)
+        return judge_treesitter(_codec(language), language, ast_text, mode)
 
     return judge
 

@@ -1,4 +1,5 @@
-"""Records that flow through the corpus: a source file and the function-level units cut from it."""
+"""Records that flow through the corpus: where a slice's files come from, a source file and the function-level
+units cut from it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,21 @@ def normalized_hash(code: str) -> str:
     lines = [_BLANK_RUN.sub(" ", line).rstrip() for line in code.strip().splitlines()]
     text = "\n".join(line for line in lines if line)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # "dir" | "zip" | "hf" | "missing"
+    location: str
+    options: tuple[tuple[str, str], ...] = ()
+    note: str = ""  # why a default is missing, shown to the user
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.location}" if self.kind != "missing" else "missing"
+
+    def option(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.options).get(key, default)
 
 
 @dataclass

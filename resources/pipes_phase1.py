@@ -73,7 +73,8 @@ def run(inputs_path: Path) -> None:
     from transformers import AutoTokenizer
 
     from ml.compute import ComputePlan
-    from ml.training.sft import PhaseConfig, train_phase1
+    from ml.training.sft import train_phase1
+    from ml.training.sft_trainer import PhaseConfig
 
     spec = json.loads(Path(inputs_path).read_text())
     rank = int(os.environ.get("RANK", "0"))

@@ -196,7 +196,7 @@ def test_phase_config_maps_the_settings_once():
     assert (cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size) == (4, 4)
     assert (cfg.max_steps, cfg.gradient_accumulation_steps, cfg.lora_r, cfg.logging_steps) == (7, 2, 8, 1)
     assert cfg.trainable_embeddings == "all"
-    assert phase_config(settings).trainable_embeddings == "ast"
+    assert phase_config(settings).trainable_embeddings == "added"
     assert phase_config({**settings, "trainable_embeddings": "all"}).trainable_embeddings == "all"
     # A PhaseConfig field passes through under its own name (nothing is silently dropped) ...
     assert phase_config({"early_stopping_patience": 3}).early_stopping_patience == 3

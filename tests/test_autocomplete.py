@@ -390,7 +390,7 @@ def test_prompt_is_masked_and_fim_rows_train(tmp_path):
     from ml.autocomplete.recipe import fim_tokenizer
     from ml.compute import resolve_compute
     from ml.training.base_model import build_base_model, save_base_model
-    from ml.training.sft import build_lora_sft_trainer
+    from ml.training.lora_sft import build_lora_sft_trainer
 
     row = fim.fim_row(PY, "python", random.Random(1), fim.FimRates(spm_rate=1.0, ast_span_rate=0, line_span_rate=0))
     assert row["order"] == "spm" and row["span"] == "char"  # the hard case: a cut inside a word
@@ -398,8 +398,10 @@ def test_prompt_is_masked_and_fim_rows_train(tmp_path):
     ids = tok(row["prompt"], add_special_tokens=False)["input_ids"]
     assert sum(i in tok.convert_tokens_to_ids(list(fim.FIM_TOKENS)) for i in ids) == 3  # each FIM token is atomic
     save_base_model(build_base_model("tiny:qwen2", tok, seed=0), tok, tmp_path / "base")
+    with pytest.raises(ValueError, match="not_a_field"):  # a misspelt knob is refused, never trained with defaults
+        phase_config({"max_steps": 1, "not_a_field": 1}, tiny=False)
     cfg = phase_config({"max_steps": 1, "per_device_train_batch_size": 1, "max_length": 512, "lora_r": 4,
-                        "lora_alpha": 8, "learning_rate": 1e-3, "not_a_field": 1}, tiny=False)
+                        "lora_alpha": 8, "learning_rate": 1e-3}, tiny=False)
     assert cfg.trainable_embeddings == "added" and cfg.add_eos and cfg.separator == ""
     trainer, dropped = build_lora_sft_trainer(tmp_path / "base", tok, [(row["prompt"], row["completion"])], [],
                                               tmp_path / "work", cfg, resolve_compute(device="cpu"))
@@ -499,3 +501,12 @@ def test_group_end_to_end_on_tiny_models(resources, tmp_path):
     export = GgufExport.load(entry["path"])
     assert gguf_file(catalog, "m2", None) == export.path("q8_0") and export.path("f16").is_file()
     assert (Path(entry["path"]) / "Modelfile").read_text().startswith("# in this folder: ollama create")
+
+
+def test_stage_b_reads_the_languages_stage_a_recorded(tmp_path):
+    from ml.autocomplete.recipe import stage_languages, write_stage_languages
+
+    with pytest.raises(ValueError, match="does not record the languages"):
+        stage_languages(tmp_path)
+    write_stage_languages(tmp_path, ["javascript", "python"])
+    assert stage_languages(tmp_path) == ["javascript", "python"]

@@ -240,7 +240,8 @@ def tiny_student(tmp_path_factory):
 
 def test_completion_only_loss_masks_the_prompt(tiny_student, tmp_path):
     from ml.compute import resolve_compute
-    from ml.training.sft import PhaseConfig, build_lora_sft_trainer
+    from ml.training.lora_sft import build_lora_sft_trainer
+    from ml.training.sft_trainer import PhaseConfig
 
     folder, tok, rows = tiny_student
     pairs = [(p, c + tok.eos_token) for p, c in rows[:8]]
@@ -262,7 +263,8 @@ def test_completion_only_loss_masks_the_prompt(tiny_student, tmp_path):
 
 def test_too_long_rows_are_dropped_and_empty_completions_refused(tiny_student, tmp_path):
     from ml.compute import resolve_compute
-    from ml.training.sft import PhaseConfig, build_lora_sft_trainer, check_supervised_batches
+    from ml.training.lora_sft import build_lora_sft_trainer, check_supervised_batches
+    from ml.training.sft_trainer import PhaseConfig
 
     folder, tok, rows = tiny_student
     lengths = sorted(len(tok(p + c)["input_ids"]) for p, c in rows)

@@ -129,7 +129,7 @@ def test_label_requests_lets_a_dead_teacher_through():
 
 
 def test_the_sft_step_config_maps_onto_phase_config_by_trl_names():
-    from ml.training.sft import PhaseConfig
+    from ml.training.sft_trainer import PhaseConfig
 
     config = DslSftConfig(per_device_train_batch_size=3, max_length=77, early_stopping_threshold=0.25, lora_r=5)
     settings = config.model_dump()

@@ -17,13 +17,13 @@ import torch
 
 from ml.codec.python_ast import structural_vocabulary
 from ml.compute import ComputePlan, resolve_compute
+from ml.models.loading import load_adapter
 from ml.training import (
     PhaseConfig,
     assert_disjoint,
     ast_id_range,
     build_ast_tokenizer,
     build_base_model,
-    load_adapter,
     save_base_model,
     train_phase1,
     train_phase2,
@@ -34,7 +34,8 @@ from ml.training.batching import (
     random_batches,
     real_token_fraction,
 )
-from ml.training.sft import build_phase1_trainer, build_phase2_trainer, prompt_completion_rows
+from ml.training.lora_sft import prompt_completion_rows
+from ml.training.sft import build_phase1_trainer, build_phase2_trainer
 
 # The real compact-codec vocabulary; the synthetic texts below use a few of its tokens.
 AST_VOCAB = structural_vocabulary()
@@ -485,7 +486,7 @@ def test_the_models_own_head_gives_the_fused_heads_loss_with_trainable_token_row
     from ml.srl.recipe import srl_tokenizer
     from ml.srl.trace import SPECIAL_TOKENS
     from ml.training.base_model import build_base_model, save_base_model
-    from ml.training.sft import build_lora_sft_trainer
+    from ml.training.lora_sft import build_lora_sft_trainer
 
     texts = ["<think>why</think><action>{}</action><state_update>{}</state_update> rewrite the code"] * 20
     tok = srl_tokenizer("tiny:qwen2", texts, 300)

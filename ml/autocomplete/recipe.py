@@ -11,14 +11,18 @@ compared by :func:`paired_differences` on the same tasks: ``diff_{a}_vs_{b}_{set
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ml.autocomplete.fim import FIM_TOKENS, fim_prompt
 from ml.autocomplete.metrics import edit_similarity, exact_match, percentile, syntax_valid, truncate_syntax_aware
 from ml.stats import Estimate, mean, paired_difference, rate
+from ml.training.sft_trainer import PhaseConfig, resolve_trainable_embeddings
+from ml.training.trainer_config import settings_into
 
 TRAINING_KINDS = ("fim", "comment_to_code")
 
@@ -173,16 +177,34 @@ def sample_tasks(rows: Sequence[Mapping[str, Any]], n: int, seed: int, *,
     return random.Random(seed).sample(tasks, min(n, len(tasks)))
 
 
-def phase_config(settings: Mapping[str, Any], *, tiny: bool):
-    """The trainer config of a stage from its settings (``PhaseConfig`` field names; other keys are ignored), plus
-    the recipe's fixed choices: completion-only loss on ``prompt`` → ``completion + eos`` tokenized apart (a FIM
-    cut inside a word must not merge tokens across it), linear decay, and the FIM token rows trained (all rows for a
-    random-init ``tiny:`` base)."""
-    from dataclasses import fields
+STAGE_LANGUAGES = "stage_languages.json"  # in a stage's adapter folder: the fim_samples slices it trained on
 
-    from ml.training.sft import PhaseConfig
 
-    names = {f.name for f in fields(PhaseConfig)}
-    picked = {k: v for k, v in settings.items() if k in names}
-    return PhaseConfig(**picked, separator="", add_eos=True, lr_scheduler_type="linear", tokenize_separately=True,
-                       trainable_embeddings="all" if tiny else "added", per_device_eval_batch_size=1)
+def write_stage_languages(folder, languages: Sequence[str]) -> None:
+    """Record in a stage's adapter ``folder`` the fim_samples slices it trained on (Stage B replays Stage A's)."""
+    (Path(folder) / STAGE_LANGUAGES).write_text(json.dumps({"languages": list(languages)}))
+
+
+def stage_languages(folder) -> list[str]:
+    """The fim_samples slices the stage adapter in ``folder`` trained on; ``ValueError`` when it did not record them
+    (an adapter trained before the record existed: materialize it again)."""
+    path = Path(folder) / STAGE_LANGUAGES
+    if not path.is_file():
+        raise ValueError(f"{folder} does not record the languages it trained on ({STAGE_LANGUAGES} missing): "
+                         "materialize autocomplete_stage_a_adapter again")
+    return list(json.loads(path.read_text())["languages"])
+
+
+# Stage settings that choose rows or precision, not trainer behaviour
+STAGE_RECIPE_SETTINGS = frozenset({"precision", "languages", "replay_ratio"})
+
+
+def phase_config(settings: Mapping[str, Any], *, tiny: bool) -> PhaseConfig:
+    """The trainer config of a stage from its settings (``PhaseConfig`` field names; a key that is neither one nor a
+    recipe setting is refused), plus the recipe's fixed choices: completion-only loss on ``prompt`` → ``completion +
+    eos`` tokenized apart (a FIM cut inside a word must not merge tokens across it), linear decay, and the FIM token
+    rows trained (all rows for a random-init ``tiny:`` base)."""
+    return settings_into(PhaseConfig, settings, recipe_settings=STAGE_RECIPE_SETTINGS, separator="", add_eos=True,
+                         lr_scheduler_type="linear", tokenize_separately=True, per_device_eval_batch_size=1,
+                         trainable_embeddings=resolve_trainable_embeddings("auto", tiny_base=tiny,
+                                                                           pretrained="added"))

@@ -21,27 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from ml.units import SourceSpec
+
 
 @dataclass(frozen=True)
 class RawFile:
     source: str  # the spec it came from, as written in the rows' ``source`` column
     path: str  # relative to the source root (or the dataset row's path column)
     data: bytes
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    kind: str  # "dir" | "zip" | "hf" | "missing"
-    location: str
-    options: tuple[tuple[str, str], ...] = ()
-    note: str = ""  # why a default is missing, shown to the user
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}:{self.location}" if self.kind != "missing" else "missing"
-
-    def option(self, key: str, default: str | None = None) -> str | None:
-        return dict(self.options).get(key, default)
 
 
 class SourceError(ValueError):

@@ -10,22 +10,23 @@ import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ml.dsl.dataset import evaluation_group, group_key, request_split
 from ml.dsl.domains import schema_errors
 from ml.dsl.format import ast_to_text, completion_text, prompt_text, wrap_prompt
 from ml.stats import Estimate
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ml.training.dpo import DPOSettings
-    from ml.training.sft import PhaseConfig
+from ml.training.dpo import DPOSettings
+from ml.training.sft_trainer import PhaseConfig, resolve_trainable_embeddings
+from ml.training.trainer_config import settings_into
 
 # Settings of the SFT step that choose rows, precision or the probe, not trainer behaviour.
 SFT_RECIPE_SETTINGS = frozenset({"precision", "eval_max_samples", "probe_samples"})
 DPO_RECIPE_SETTINGS = frozenset({"precision"})
+# evaluation batches as large as training ones
+_EVAL_BATCH_TOO = {"per_device_train_batch_size": ("per_device_train_batch_size", "per_device_eval_batch_size")}
 
 
 def label_requests(queries: Sequence[Mapping[str, Any]], specs: Mapping[str, Any], schemas: Mapping[str, dict],
@@ -68,34 +69,20 @@ def label_requests(queries: Sequence[Mapping[str, Any]], specs: Mapping[str, Any
     return rows, skipped
 
 
-def _trainer_fields(settings: Mapping[str, Any], cls, recipe_only: frozenset[str]) -> dict[str, Any]:
-    """The ``cls`` fields of ``settings``; a key that is neither one nor a recipe setting is an error, never ignored
-    (the step's config carries TRL's own names, so a mismatch is a bug, not a user's typo)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(settings) - known - recipe_only)
-    if unknown:
-        raise ValueError(f"unknown trainer settings {unknown}: {cls.__name__} has no such fields")
-    return {k: v for k, v in settings.items() if k in known}
-
-
 def sft_phase_config(settings: Mapping[str, Any], *, tiny_base: bool) -> PhaseConfig:
     """The DSL student's ``PhaseConfig`` from the SFT step's settings (``config.model_dump()``, TRL's field names)
     and the recipe's fixed choices: prompt and completion joined as they are (the chat template separates them and
     the completion already ends with the end token), linear decay, evaluation batches as large as training ones."""
-    from ml.training.sft import PhaseConfig
-
-    picked = _trainer_fields(settings, PhaseConfig, SFT_RECIPE_SETTINGS)
-    return PhaseConfig(**picked, per_device_eval_batch_size=picked["per_device_train_batch_size"], separator="",
-                       add_eos=False, lr_scheduler_type="linear",
-                       # a random-init tiny: base also trains its embedding rows; a pretrained base keeps them
-                       trainable_embeddings="all" if tiny_base else "none")
+    return settings_into(PhaseConfig, settings, recipe_settings=SFT_RECIPE_SETTINGS, renamed=_EVAL_BATCH_TOO,
+                         separator="", add_eos=False, lr_scheduler_type="linear",
+                         # a random-init tiny: base also trains its embedding rows; a pretrained base keeps them
+                         trainable_embeddings=resolve_trainable_embeddings("auto", tiny_base=tiny_base,
+                                                                           pretrained="none"))
 
 
 def dpo_settings(settings: Mapping[str, Any]) -> DPOSettings:
     """``DPOSettings`` from the DPO step's settings (``config.model_dump()``, TRL's field names)."""
-    from ml.training.dpo import DPOSettings
-
-    return DPOSettings(**_trainer_fields(settings, DPOSettings, DPO_RECIPE_SETTINGS))
+    return settings_into(DPOSettings, settings, recipe_settings=DPO_RECIPE_SETTINGS)
 
 
 def training_rows(data: Sequence[Mapping[str, Any]], schemas: Mapping[str, dict], *, schema_view: str,

@@ -88,8 +88,8 @@ class GgufExport:
 def merge_to_folder(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: str | Path) -> Path:
     """The base with the adapter merged in, saved as a Hugging Face folder (fp32 weights, the tokenizer the
     adapter saved, else the base's: what the completion server loads). With no adapter the base as is."""
+    from ml.models.loading import load_for_generation
     from ml.training.base_model import save_base_model
-    from ml.training.glue import load_for_generation
 
     model, tokenizer = load_for_generation(base_dir, adapter_dir)
     rows = model.get_input_embeddings().weight.shape[0]

@@ -316,8 +316,8 @@ class HFCompletionBackend(QueuedCompletionBackend):
                  max_tokens_cap: int = MAX_TOKENS_CAP, fim_tokens: bool = True) -> None:
 
         from ml.compute import resolve_compute
+        from ml.models.loading import load_for_generation
         from ml.training.base_model import resize_with_mean_init
-        from ml.training.glue import load_for_generation
 
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")

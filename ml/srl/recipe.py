@@ -22,11 +22,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ml.compute import ComputePlan
+from ml.compute import ComputePlan, resolve_compute
+from ml.models.loading import expose_lm_head_bias, load_base, load_base_or_merged, load_merged
 from ml.srl.reward import Embed, RewardBreakdown, RewardWeights, batch_rewards, length_penalty
 from ml.srl.trace import SPECIAL_TOKENS, chat_prompt, parse_step
 from ml.stats import Estimate, mean, paired_difference, rate
 from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precision_args, quiet_printer
+from ml.training.sft_trainer import PhaseConfig, lora_config
+from ml.training.trainer_config import settings_into, trl_config
 
 POLICIES = ("base", "warmup", "student", "teacher")  # warmup: the supervised warm-up alone, before GRPO
 DEFAULT_WEIGHTS = RewardWeights()
@@ -104,6 +107,19 @@ class GRPOResult:
     seconds: float
 
 
+# SrlAdapterConfig keys the recipe reads itself (the warm-up, the reward, precision), not GRPO's trainer
+GRPO_RECIPE_SETTINGS = frozenset({"sft_steps", "sft_learning_rate", "sft_tag_lr_multiplier", "sft_batch_size",
+                                  "max_length", "reward_action", "reward_state", "reward_think", "reward_execution",
+                                  "malformed_penalty", "precision"})
+
+
+def grpo_settings(settings: Mapping[str, Any]) -> GRPOSettings:
+    """``GRPOSettings`` from the srl_adapter step's settings (``config.model_dump()``, TRL's field names), with a
+    checkpoint halfway through the run."""
+    return settings_into(GRPOSettings, settings, recipe_settings=GRPO_RECIPE_SETTINGS,
+                         save_steps=max(int(settings.get("max_steps", GRPOSettings.max_steps)) // 2, 1))
+
+
 GRPO_CURVE = ("loss", "reward", "reward_std", "kl", "completions/mean_length", "completions/clipped_ratio",
               "entropy", "learning_rate", "rewards/srl_reward/mean")
 
@@ -172,15 +188,13 @@ class StructuredReward:
 def _grpo_config(cfg: GRPOSettings, plan: ComputePlan, work_dir: Path, stop_ids: Sequence[int]):
     from trl import GRPOConfig
 
-    own = {"lora_r", "lora_alpha", "lora_top_layers"}
-    picked = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in own}
+    own = {"lora_r", "lora_alpha", "lora_top_layers", "seed"}  # the LoRA's shape; trl_config sets the seeds
     precision = precision_args(plan)
     if plan.device == "cpu":  # TRL's GRPO on CPU: use_cpu=True, bf16=False
         precision |= {"bf16": False, "fp16": False}
-    return GRPOConfig(
-        output_dir=str(work_dir), **picked, data_seed=cfg.seed, save_strategy="steps", **precision,
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        gradient_checkpointing=False, log_completions=False, remove_unused_columns=False,
+    return trl_config(
+        GRPOConfig, cfg, plan, work_dir, [f.name for f in fields(cfg) if f.name not in own], precision=precision,
+        save_strategy="steps", gradient_checkpointing=False, log_completions=False, remove_unused_columns=False,
         generation_kwargs={"eos_token_id": list(stop_ids)},
     )
 
@@ -204,13 +218,10 @@ def train_grpo(
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from ml.training.glue import load_merged
-    from ml.training.sft import PhaseConfig, _expose_lm_head_bias, load_base, lora_config
-
     if not rows:
         raise ValueError("GRPO: no prompts")
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    model = load_merged(base_dir, start_adapter_dir, plan) if start_adapter_dir else load_base(base_dir, plan)
+    model = load_base_or_merged(base_dir, start_adapter_dir or None, plan)
     peft_config = lora_config(PhaseConfig(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                           lora_top_layers=cfg.lora_top_layers), model)
     # generation ends at the step's last tag: what follows it is never scored, so it is not sampled either
@@ -222,7 +233,7 @@ def train_grpo(
         processing_class=tokenizer, peft_config=peft_config,
         callbacks=[log_callback(on_log)] if on_log is not None else [],
     )
-    _expose_lm_head_bias(trainer.model)
+    expose_lm_head_bias(trainer.model)
     if on_log is not None:
         quiet_printer(trainer)
     resume = last_checkpoint(work_dir)
@@ -375,8 +386,6 @@ def score_steps(
 def load_warmup(base_dir, adapter_dir, plan: ComputePlan | None = None):
     """The warm-up-only student (the base with the ``warmup/`` adapter of a student folder merged), or None when
     the student had no warm-up."""
-    from ml.training.glue import load_merged
-
     warmup = Path(adapter_dir) / "warmup"
     return load_merged(base_dir, warmup, plan) if (warmup / "adapter_config.json").is_file() else None
 
@@ -386,19 +395,12 @@ def load_student(base_dir, adapter_dir, plan: ComputePlan | None = None):
     GRPO adapter at ``adapter_dir`` merged. Raises ``ValueError`` when an adapter does not fit."""
     from peft import PeftModel
 
-    from ml.training.glue import load_merged
-    from ml.training.sft import load_base
-
     adapter_dir = Path(adapter_dir)
     warmup = adapter_dir / "warmup"
     if (warmup / "adapter_config.json").is_file():
         model = load_merged(base_dir, warmup, plan)
-    elif plan is not None:
-        model = load_base(base_dir, plan)
     else:
-        from ml.compute import resolve_compute
-
-        model = load_base(base_dir, resolve_compute(device="cpu"))
+        model = load_base(base_dir, plan if plan is not None else resolve_compute(device="cpu"))
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ValueError(f"{adapter_dir} holds no adapter (adapter_config.json missing)")
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

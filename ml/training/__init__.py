@@ -1,4 +1,5 @@
-"""Training: AST tokenizers, base models, TRL SFT phases, length-grouped batching, curves.
+"""Training: AST tokenizers, base models, TRL SFT phases and LoRA SFT, DPO, length-grouped batching, curves.
+Models load through ``ml.models.loading``.
 
 Pure library (no dagster). The names below are loaded lazily, so importing ``ml.training`` does
 not import torch/transformers/trl until one of them is used.
@@ -20,12 +21,12 @@ _EXPORTS = {
     "length_grouped_batches": "ml.training.batching",
     "real_token_fraction": "ml.training.batching",
     "plot_curves": "ml.training.curves",
-    "PhaseConfig": "ml.training.sft",
-    "TrainResult": "ml.training.sft",
-    "load_adapter": "ml.training.sft",
+    "PhaseConfig": "ml.training.sft_trainer",
+    "TrainResult": "ml.training.sft_trainer",
     "train_phase1": "ml.training.sft",
     "train_phase2": "ml.training.sft",
-    "train_lora_sft": "ml.training.sft",
+    "train_lora_sft": "ml.training.lora_sft",
+    "continue_lora_sft": "ml.training.lora_sft",
     "DPOSettings": "ml.training.dpo",
     "precision_args": "ml.training.glue",
     "log_callback": "ml.training.glue",
@@ -42,7 +43,6 @@ __all__ = [
     "build_ast_tokenizer",
     "build_base_model",
     "length_grouped_batches",
-    "load_adapter",
     "plot_curves",
     "real_token_fraction",
     "save_base_model",
@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ml.training.base_model import TINY_CONFIGS, build_base_model, save_base_model
     from ml.training.batching import LengthGroupedSampler, length_grouped_batches, real_token_fraction
     from ml.training.curves import plot_curves
-    from ml.training.sft import PhaseConfig, TrainResult, load_adapter, train_phase1, train_phase2
+    from ml.training.sft import train_phase1, train_phase2
+    from ml.training.sft_trainer import PhaseConfig, TrainResult
 
 
 def __getattr__(name: str):

@@ -1,5 +1,5 @@
 """The AST-first training recipe's data and settings: Phase 1 texts, Phase 2 pairs, and the mapping of a plain
-settings mapping (an asset's ``dg.Config``, a bench's arguments) onto :class:`ml.training.sft.PhaseConfig`.
+settings mapping (an asset's ``dg.Config``, a bench's arguments) onto :class:`ml.training.sft_trainer.PhaseConfig`.
 
 The assets, ``ast_eval`` and the benches all call these, and all of them read the ``split`` column that
 ``ast_corpus`` / ``nl_ast_pairs`` decided once: training on ``train``, its validation loss on ``dev``, the evaluation on
@@ -9,13 +9,11 @@ The assets, ``ast_eval`` and the benches all call these, and all of them read th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ml.dataset import evaluation_rows, split_rows
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ml.training.sft import PhaseConfig
+from ml.training.sft_trainer import PhaseConfig, resolve_trainable_embeddings
+from ml.training.trainer_config import settings_into
 
 # Settings that choose rows, not trainer behaviour (see phase1_split / phase2_pairs).
 DATA_SETTINGS = frozenset({"max_eval_rows"})
@@ -25,23 +23,13 @@ _RENAMED = {"batch_size": ("per_device_train_batch_size", "per_device_eval_batch
 
 def phase_config(settings: Mapping[str, Any], tiny_base: bool = False) -> PhaseConfig:
     """``PhaseConfig`` from ``settings`` (e.g. ``config.model_dump()``). ``batch_size`` sets the train and eval batch
-    sizes; ``trainable_embeddings: auto`` (or absent) means "all" for a random-init ``tiny:`` base and "ast" for a
-    pretrained one. A key that is neither a data setting nor a PhaseConfig field is an error, never ignored."""
-    from ml.training.sft import PhaseConfig
-
-    known = {f.name for f in fields(PhaseConfig)}
-    kwargs: dict[str, Any] = {}
-    for key, value in settings.items():
-        if key in DATA_SETTINGS:
-            continue
-        names = _RENAMED.get(key, (key,))
-        missing = [n for n in names if n not in known]
-        if missing:
-            raise ValueError(f"unknown phase setting {key!r}: PhaseConfig has no field {missing[0]!r}")
-        kwargs.update(dict.fromkeys(names, value))
-    if kwargs.get("trainable_embeddings", "auto") == "auto":
-        kwargs["trainable_embeddings"] = "all" if tiny_base else "ast"
-    return PhaseConfig(**kwargs)
+    sizes; ``trainable_embeddings: auto`` (or absent) means "all" for a random-init ``tiny:`` base and "added" (the
+    AST rows) for a pretrained one. A key that is neither a data setting nor a PhaseConfig field is an error, never
+    ignored."""
+    embeddings = resolve_trainable_embeddings(settings.get("trainable_embeddings", "auto"), tiny_base=tiny_base,
+                                              pretrained="added")
+    return settings_into(PhaseConfig, settings, recipe_settings=DATA_SETTINGS, renamed=_RENAMED,
+                         trainable_embeddings=embeddings)
 
 
 def phase1_texts(tokenizer, rows: Sequence[Mapping], max_length: int) -> tuple[list[str], int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ml.compute import ComputePlan
+from ml.models.loading import local_device_index
 
 # Small configs built from scratch (no download). Sizes keep a CPU step well under a second.
 TINY_CONFIGS: dict[str, dict] = {
@@ -88,9 +89,9 @@ def build_base_model(base_model: str, tokenizer, seed: int = 0, plan: ComputePla
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=plan.torch_dtype,
             )
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": local_device_index()}  # this process's GPU under torchrun
         elif plan.device == "cuda":
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": local_device_index()}  # this process's GPU under torchrun
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     # Pretrained matrices may hold padding rows past the tokenizer (Qwen2.5: 151936 rows for 151665
     # tokens): the AST rows start at the tokenizer's base size either way and get the mean init.

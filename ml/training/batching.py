@@ -2,7 +2,7 @@
 
 Sequences of similar length share a batch, so padding to the longest one in the batch wastes little
 compute, while shuffling whole batches keeps the order random from step to step. Used by the
-trainer in :mod:`ml.training.sft` as its train sampler (the ``SFTTrainer._get_train_sampler`` hook
+trainer in :mod:`ml.training.sft_trainer` as its train sampler (the ``SFTTrainer._get_train_sampler`` hook
 of transformers 5 / TRL 1.16), and by ``bench/train_throughput.py``.
 """
 

@@ -14,16 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml.compute import ComputePlan
-from ml.training.glue import (
-    OnLog,
-    curve,
-    last_checkpoint,
-    load_merged,
-    log_callback,
-    precision_args,
-    quiet_printer,
-)
-from ml.training.sft import _expose_lm_head_bias, load_adapter
+from ml.models.loading import expose_lm_head_bias, load_adapter, load_merged
+from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, quiet_printer
+from ml.training.trainer_config import trl_config
 
 
 @dataclass
@@ -60,6 +53,21 @@ class DPOResult:
 DPO_CURVE = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "learning_rate")
 
 
+def dpo_config(cfg: DPOSettings, plan: ComputePlan, work_dir):
+    """TRL's ``DPOConfig`` for ``cfg``: ``sft_weight`` > 0 adds the chosen answers' NLL with that weight (RPO)."""
+    from trl import DPOConfig
+
+    return trl_config(
+        DPOConfig, cfg, plan, work_dir,
+        ("beta", "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+         "warmup_steps", "logging_steps", "save_steps", "save_total_limit", "max_length", "max_grad_norm"),
+        save_strategy="steps",
+        loss_type=["sigmoid", "sft"] if cfg.sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
+        gradient_checkpointing=False,
+    )
+
+
 def _fits(tokenizer, row: dict, max_length: int) -> bool:
     n_prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
     longest = max(len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
@@ -80,7 +88,7 @@ def train_dpo(
     """DPO on ``{"prompt", "chosen", "rejected"}`` rows (completions end with EOS). Pairs longer than
     ``cfg.max_length`` are dropped, never truncated. Checkpoints in ``work_dir``; a re-run resumes."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     rows = [r for r in pairs if _fits(tokenizer, r, cfg.max_length)]
     dropped = len(pairs) - len(rows)
@@ -91,36 +99,13 @@ def train_dpo(
     for p in reference.parameters():
         p.requires_grad_(False)
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    args = DPOConfig(
-        output_dir=str(work_dir),
-        beta=cfg.beta,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        warmup_steps=cfg.warmup_steps,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        max_length=cfg.max_length,
-        max_grad_norm=cfg.max_grad_norm,
-        loss_type=["sigmoid", "sft"] if cfg.sft_weight > 0 else ["sigmoid"],
-        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        **precision_args(plan),
-        gradient_checkpointing=False,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = dpo_config(cfg, plan, work_dir)
 
     trainer = DPOTrainer(
         model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer, callbacks=[log_callback(on_log)] if on_log is not None else [],
     )
-    _expose_lm_head_bias(trainer.model)
+    expose_lm_head_bias(trainer.model)
     if on_log is not None:
         quiet_printer(trainer)
     resume = last_checkpoint(work_dir)

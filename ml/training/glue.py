@@ -1,6 +1,6 @@
 """What every trainer here (SFT phases, DSL SFT, DPO; GRPO later) shares: precision flags from the compute plan,
-the log callback that streams to the caller, resume-from-checkpoint, curve extraction from the log history, and
-a trained adapter loaded merged into its base."""
+the log callback that streams to the caller, resume-from-checkpoint, curve extraction from the log history.
+Loading models (base, adapter, merged) is ml.models.loading's."""
 
 from __future__ import annotations
 
@@ -62,30 +62,3 @@ def curve(log_history: Iterable[dict], names: Iterable[str], prefixes: tuple[str
             if (key in names or (prefixes and key.startswith(prefixes))) and isinstance(value, int | float):
                 out.append((step, key, float(value)))
     return out
-
-
-def load_merged(base_dir, adapter_dir, plan: ComputePlan | None = None):
-    """The model at ``base_dir`` with the LoRA adapter at ``adapter_dir`` merged in, for generation: merged weights
-    generate several times faster than the adapter wrappers, with the same outputs. Raises ``ValueError`` with the
-    reason when the adapter is missing or does not fit the base (see ``ml.training.sft.load_adapter``)."""
-    from ml.training.sft import load_adapter  # sft imports this module
-
-    return load_adapter(base_dir, adapter_dir, plan).merge_and_unload()
-
-
-def load_for_generation(base_dir, adapter_dir=None, plan: ComputePlan | None = None):
-    """(model, tokenizer) to generate with: the base with the adapter merged in (:func:`load_merged`), or the base
-    alone; the tokenizer the adapter saved (its added tokens), else the base's. One rule for the completion server
-    and the GGUF export, which must see the same model."""
-    from transformers import AutoTokenizer
-
-    from ml.compute import resolve_compute
-    from ml.training.sft import load_base  # sft imports this module
-
-    plan = plan or resolve_compute(device="cpu", quantization="none")
-    if adapter_dir is None:
-        return load_base(base_dir, plan), AutoTokenizer.from_pretrained(str(base_dir))
-    adapter_dir = Path(adapter_dir)
-    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-    return (load_merged(base_dir, adapter_dir, plan),
-            AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else base_dir)))
