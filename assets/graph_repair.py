@@ -77,7 +77,7 @@ def _unsupported(language: str) -> None:
 def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artifacts: ArtifactStore,
                catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.graph_repair.plots import sample_graph_png
-    from ml.graph_repair.recipe import graph_rows
+    from ml.graph_repair.rows import graph_rows
     from ml.languages import get_language
 
     language = context.partition_key
@@ -112,7 +112,7 @@ def asg_corpus(context: dg.AssetExecutionContext, config: AsgCorpusConfig, artif
                       "graph is kept on every row.", op_tags=DATA_STEP)
 def repair_dataset(context: dg.AssetExecutionContext, config: RepairDatasetConfig, artifacts: ArtifactStore,
                    catalog: DuckDBCatalog) -> dg.MaterializeResult:
-    from ml.graph_repair.recipe import repair_rows
+    from ml.graph_repair.rows import repair_rows
 
     language = context.partition_key
     graphs, entry = read_upstream(catalog, "asg_corpus", language)
@@ -132,11 +132,8 @@ def repair_dataset(context: dg.AssetExecutionContext, config: RepairDatasetConfi
 def _train(context: dg.AssetExecutionContext, kind: str, config: DenoiserConfig, artifacts: ArtifactStore,
            catalog: DuckDBCatalog, compute: ComputeResource, extra_upstream: dict[str, str],
            target_params: int | None = None) -> dg.MaterializeResult:
-    import torch
-
-    from ml.graph_repair.grammar import Vocabulary
-    from ml.graph_repair.models import count_parameters
-    from ml.graph_repair.recipe import TrainSettings, build_model, graph_of, save_denoiser, slot_priors, train_denoiser
+    from ml.graph_repair.recipe import fit_denoiser
+    from ml.graph_repair.training import TrainSettings, save_denoiser
     from ml.plots import line_plot
 
     language = context.partition_key
@@ -144,17 +141,12 @@ def _train(context: dg.AssetExecutionContext, kind: str, config: DenoiserConfig,
     train = [r for r in rows if r["split"] == "train"]
     if not train:
         raise dg.Failure(f"{kind}[{language}]: repair_dataset has no training rows")
-    clean = {r["unit_id"]: graph_of(r, "clean_") for r in train}
-    vocab = Vocabulary.build([g.labels for g in clean.values()], max_size=config.max_vocab)
-    priors = slot_priors(clean.values(), vocab)
-    torch.manual_seed(config.seed)
-    model = build_model(kind, len(vocab), config.hidden, config.depth, target_params).to(compute.plan().device)
-    params = count_parameters(model)
-    context.log.info(f"{kind}[{language}]: {params:,} parameters, {config.steps} steps of {config.batch_size} "
-                     f"over {len(train)} rows")
     settings = TrainSettings(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                              clean_weight=config.clean_weight, seed=config.seed)
-    stats = train_denoiser(model, train, vocab, settings, log=lambda m: context.log.info(f"{kind}[{language}] {m}"))
+    fitted = fit_denoiser(kind, train, settings, hidden=config.hidden, depth=config.depth,
+                          max_vocab=config.max_vocab, target_params=target_params, device=compute.plan().device,
+                          log=lambda m: context.log.info(f"{kind}[{language}] {m}"))
+    model, vocab, priors, params, stats = fitted.model, fitted.vocab, fitted.priors, fitted.params, fitted.stats
     curve = stats.pop("loss_curve")
     meta = {**stats, "params": params, "steps": config.steps, "batch_size": config.batch_size,
             "train_rows": len(train)}
@@ -213,10 +205,8 @@ def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEval
         graph_repair_metrics,
         paired_differences,
     )
-    from ml.graph_repair.recipe import (
-        load_denoiser,
-    )
     from ml.graph_repair.report import HEADLINE, exact_plot, graph_repair_report, result_rows
+    from ml.graph_repair.training import load_denoiser
     from ml.splits import split_counts
     from ml.stats import metadata_text, write_metrics_files
 

@@ -252,10 +252,10 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
     from transformers import AutoTokenizer
 
     from ml.srl.environment import execute_actions
-    from ml.srl.recipe import StructuredReward, grpo_rows, train_grpo, warmup_pairs
+    from ml.srl.recipe import StructuredReward
     from ml.srl.report import reward_histograms
     from ml.srl.reward import MiniLMEmbedder
-    from ml.training.lora_sft import train_lora_sft
+    from ml.srl.student import train_student
     from ml.training.sft_trainer import PhaseConfig
 
     language = context.partition_key
@@ -274,8 +274,7 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
     holder: dict = {}
 
     def build(tmp: Path) -> None:
-        on_log = log_progress(context, asset)
-        start = None
+        cfg = None
         if config.sft_steps:
             cfg = PhaseConfig(max_steps=config.sft_steps, learning_rate=config.sft_learning_rate,
                               per_device_train_batch_size=config.sft_batch_size, per_device_eval_batch_size=8,
@@ -285,14 +284,11 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
                               lora_top_layers=0 if tiny else config.lora_top_layers, separator="", add_eos=False,
                               trainable_embeddings="all" if tiny else "added", lr_scheduler_type="linear",
                               added_tokens_lr_multiplier=config.sft_tag_lr_multiplier, seed=config.seed)
-            holder["sft"] = train_lora_sft(base["path"], tok, warmup_pairs(tok, traces), [], tmp / "warmup",
-                                           work / "warmup", cfg, plan, on_log=on_log)
-            start = tmp / "warmup"
         reward = StructuredReward(MiniLMEmbedder(), config.weights(),
                                   execute_actions if config.reward_execution else None)
-        rows = grpo_rows(tok, traces)
-        holder["grpo"] = train_grpo(base["path"], start, tok, rows, tmp, work / "grpo", settings, plan, reward,
-                                    on_log=on_log)
+        trained = train_student(base["path"], tok, traces, tmp, work, settings, plan, reward, warmup_config=cfg,
+                                on_log=log_progress(context, asset))
+        holder["grpo"], holder["sft"] = trained.grpo, trained.sft
         (tmp / "reward_components.png").write_bytes(reward_histograms(holder["grpo"].components))
 
     try:

@@ -6,7 +6,6 @@ dev tasks) says whether a setting measurably changes anything. Configurations of
 not copies of assets; `srl_ablation_job` runs it."""
 
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -79,9 +78,10 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
     from transformers import AutoTokenizer
 
     from ml.srl.environment import execute_actions
-    from ml.srl.recipe import StructuredReward, evaluate_policy, grpo_rows, load_student, paired_differences, train_grpo
+    from ml.srl.recipe import StructuredReward, paired_differences
     from ml.srl.report import ablation_plot, ablation_table
     from ml.srl.reward import MiniLMEmbedder
+    from ml.srl.student import evaluate_student, train_student
     from ml.stats import write_metrics_files
 
     language = context.partition_key
@@ -90,11 +90,9 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
     traces, traces_version = train_rows(catalog, language)
     inputs, _ = eval_inputs(catalog, language, "dev", config.eval_tasks, config.seed, "srl_ablation")
     warmup = Path(adapter["path"]) / "warmup"
-    start = warmup if (warmup / "adapter_config.json").is_file() else None
     tok = AutoTokenizer.from_pretrained(adapter["path"])
     plan = compute.plan(config.precision)
     embed = MiniLMEmbedder()
-    prompts = grpo_rows(tok, traces)
     variants = config.variants()
     reference_weights = variants[0][1].weights()
     results: list[dict] = []
@@ -114,14 +112,12 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
                              f"malformed {variant.malformed_penalty}")
             reward = StructuredReward(embed, variant.weights(), execute_actions if variant.reward_execution else None)
             work = checkpoint_dir(artifacts, "srl_ablation", language, {**versions, name: variant.model_dump()})
-            grpo = train_grpo(base["path"], start, tok, prompts, tmp / name, work, variant.grpo_settings(), plan,
-                              reward, on_log=log_progress(context, f"srl_ablation {name}"))
-            if start is not None:  # the variant's folder: its GRPO adapter, on the same warm-up
-                shutil.copytree(start, tmp / name / "warmup")
-            student = load_student(base["path"], tmp / name, plan)
+            # the variant's folder: its GRPO adapter, on a copy of srl_adapter's warm-up (the sft_* settings unused)
+            grpo = train_student(base["path"], tok, traces, tmp / name, work, variant.grpo_settings(), plan, reward,
+                                 warmup_from=warmup, on_log=log_progress(context, f"srl_ablation {name}")).grpo
             # scored with the reference's weights, so that a variant's weights cannot move its own yardstick
-            scored = evaluate_policy("student", student, tok, inputs, embed, execute_actions,
-                                     max_new_tokens=config.max_new_tokens, weights=reference_weights)
+            scored = evaluate_student(base["path"], tmp / name, plan, tok, inputs, embed, execute_actions,
+                                      max_new_tokens=config.max_new_tokens, weights=reference_weights)
             kl = [v for _, m, v in grpo.curve if m == "kl"]
             rows = [dict(r, policy=name) for r in scored.rows]
             if results:
@@ -134,7 +130,6 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
                             "weights": f"{variant.reward_action:g}/{variant.reward_state:g}/{variant.reward_think:g}",
                             "train_kl_last": kl[-1] if kl else float("nan"), "grpo_seconds": grpo.seconds,
                             **scored.metrics})
-            del student
         write_metrics_files(tmp, metrics_of(results))
         (tmp / "ablation.json").write_text(json.dumps([{k: (str(v) if isinstance(v, Estimate) else v)
                                                         for k, v in r.items()} for r in results], indent=1))

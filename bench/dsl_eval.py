@@ -44,8 +44,9 @@ import torch
 from _common import emit
 
 from ml.dsl import DOMAIN_NAMES, build_domain, build_schema, generate_examples, is_valid
-from ml.dsl.constrained import generate_json, grammar_for
+from ml.dsl.constrained import generate_json
 from ml.dsl.format import ast_to_text, build_prompt, parse_completion, prompt_text
+from ml.dsl.schema_grammar import grammar_for
 
 
 def load(args):

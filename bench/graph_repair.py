@@ -5,7 +5,8 @@ own extractor and alpha-renaming) -> graphs -> graded corruptions -> both models
 same steps and batch size -> each model's relabel threshold chosen on dev -> test repair at every noise level
 (one-shot and iterative, grammar mask on and off, the Z3 check). The split is the asset's: ``split_of`` the group
 key of each function's alpha-renamed code. Parameters are matched within 10% (``transformer_matching``); the
-slot-frequency baseline is measured in the same run. The same ``ml.graph_repair.recipe`` functions as the assets.
+slot-frequency baseline is measured in the same run. The same ``ml.graph_repair`` functions as the assets (rows,
+``recipe.fit_denoiser``, evaluation).
 
     python bench/graph_repair.py                       # ~5M parameters: hidden 256
     python bench/graph_repair.py --hidden 128 --steps 400 --functions 1500 --max-nodes 80   # the demo's sizes
@@ -62,23 +63,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import torch
-
     from ml.graph_repair.evaluation import (
         evaluate_models,
         paired_differences,
     )
-    from ml.graph_repair.grammar import Vocabulary
-    from ml.graph_repair.models import count_parameters
-    from ml.graph_repair.recipe import (
-        TrainSettings,
-        build_model,
-        graph_of,
-        graph_rows,
-        repair_rows,
-        slot_priors,
-        train_denoiser,
-    )
+    from ml.graph_repair.recipe import fit_denoiser
+    from ml.graph_repair.rows import graph_rows, repair_rows
+    from ml.graph_repair.training import TrainSettings
     from ml.languages import get_language
     from ml.splits import split_counts
     from ml.stats import verdict
@@ -90,21 +81,17 @@ def main() -> None:
     train = [e for e in examples if e["split"] == "train"]
     dev = [e for e in examples if e["split"] == "dev"]
     test = [e for e in examples if e["split"] == "test"]
-    clean = [graph_of(r) for r in rows if r["split"] == "train"]
-    vocab = Vocabulary.build([g.labels for g in clean])
-    priors = slot_priors(clean, vocab)
     functions = split_counts(r["split"] for r in rows)
     print(f"{len(rows)} functions {functions}, {len(train)} training rows, {len(dev)} dev rows, {len(test)} test "
-          f"rows, vocabulary {len(vocab)}", flush=True)
+          "rows", flush=True)
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     models, stats, params = {}, {}, {}
     for kind in ("graph_unet", "transformer"):
-        torch.manual_seed(args.seed)
-        model = build_model(kind, len(vocab), args.hidden, 2, params.get("graph_unet"))
-        params[kind] = count_parameters(model)
-        print(f"{kind}: {params[kind]:,} parameters", flush=True)
-        stats[kind] = train_denoiser(model, train, vocab, settings, log=lambda m, k=kind: print(f"{k} {m}", flush=True))
-        models[kind] = (model, vocab, priors)
+        fitted = fit_denoiser(kind, train, settings, hidden=args.hidden, depth=2,
+                              target_params=params.get("graph_unet"),
+                              log=lambda m, k=kind: print(f"{k} {m}", flush=True))
+        params[kind], stats[kind] = fitted.params, fitted.stats
+        models[kind] = (fitted.model, fitted.vocab, fitted.priors)
     results, tuning = evaluate_models(models, dev, test, log=lambda m: print(m, flush=True))
     differences = paired_differences(results)
     head = "one_shot_grammar"

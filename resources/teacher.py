@@ -20,16 +20,20 @@ class TeacherResource(dg.ConfigurableResource):
     max_retries: int = 2
     api_key_env: str = "OPENAI_API_KEY"
 
-    def srl_teacher(self, exemplar_tasks=()):
-        """The `srl` group's teacher on the same backend: programmatic, or the LLM at temperature 0.3 shown
-        worked steps of ``exemplar_tasks`` (train families other than the task's)."""
-        from ml.srl.teacher import make_srl_teacher
-
+    def _backend(self) -> str:
         backend = self.backend.strip().lower()
         if backend not in BACKENDS:
             raise dg.Failure(
                 f"teacher resource: unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}"
             )
+        return backend
+
+    def srl_teacher(self, exemplar_tasks=()):
+        """The `srl` group's teacher on the same backend: programmatic, or the LLM at temperature 0.3 shown
+        worked steps of ``exemplar_tasks`` (train families other than the task's)."""
+        from ml.srl.teacher import make_srl_teacher
+
+        backend = self._backend()
         if backend == "programmatic":
             return make_srl_teacher(backend)
         return make_srl_teacher(
@@ -39,11 +43,7 @@ class TeacherResource(dg.ConfigurableResource):
         )
 
     def teacher(self) -> Teacher:
-        backend = self.backend.strip().lower()
-        if backend not in BACKENDS:
-            raise dg.Failure(
-                f"teacher resource: unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}"
-            )
+        backend = self._backend()
         if backend == "programmatic":
             return make_teacher(backend)
         try:

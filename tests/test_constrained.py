@@ -83,6 +83,19 @@ def _check_text(text: str) -> ast.Module:
     return tree
 
 
+
+def test_grammar_reads_only_the_public_codec_tables() -> None:
+    """The automaton follows the codec through its documented tables, not its private ones."""
+    import inspect
+    import re
+
+    from ml.constrained import python_grammar
+
+    source = inspect.getsource(python_grammar)
+    assert not re.findall(r"\bpa\._\w+", source)
+    assert python_grammar.SPECS is pa.NODE_SPECS and python_grammar.EXPR_TAGS == pa.node_tags("expr")
+
+
 def test_gold_stdlib_sequences_are_accepted() -> None:
     tok, g, modules, texts = _setup()
     assert len(modules) >= 300

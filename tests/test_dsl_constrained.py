@@ -12,17 +12,9 @@ import pytest
 import torch
 
 from ml.dsl import build_domain, build_schema, generate_examples, is_valid
-from ml.dsl.constrained import (
-    X_GUIDANCE,
-    JsonSchemaLogitsProcessor,
-    closer,
-    decoding_schema,
-    generate_json,
-    grammar_for,
-    ll_tokenizer,
-    matcher,
-)
+from ml.dsl.constrained import JsonSchemaLogitsProcessor, generate_json
 from ml.dsl.format import ast_to_text, build_prompt, parse_completion, prompt_text
+from ml.dsl.schema_grammar import X_GUIDANCE, closer, decoding_schema, grammar_for, ll_tokenizer, matcher
 from ml.evaluation.lm import left_padded_batches
 from ml.training.ast_tokenizer import build_ast_tokenizer
 from ml.training.base_model import build_base_model

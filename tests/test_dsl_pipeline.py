@@ -10,7 +10,7 @@ import pytest
 from ml.dsl import build_domain, build_schema, generate_queries
 from ml.dsl.evaluation import METRICS, metrics_from_results, score_sample
 from ml.dsl.format import ast_to_text, parse_completion, prompt_text
-from ml.dsl.programmatic_teacher import same_meaning
+from ml.dsl.request_templates import same_meaning
 from ml.dsl.teachers import Teacher, Verdict
 
 # ---------------------------------------------------------------------------------------------------- metrics

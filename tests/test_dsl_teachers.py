@@ -11,10 +11,9 @@ import urllib.request
 
 import pytest
 
-from ml.dsl.domains import build_domain, build_schema, sample_operators
-from ml.dsl.programmatic_teacher import same_meaning
+from ml.dsl.domains import DOMAIN_NAMES, build_domain, build_schema, sample_operators
+from ml.dsl.request_templates import same_meaning
 from ml.dsl.teachers import (
-    DOMAIN_NAMES,
     DOMAIN_PROMPTS,
     HttpTeacher,
     ProgrammaticTeacher,
@@ -137,7 +136,7 @@ def test_server_routes_and_errors(programmatic_url):
 @pytest.fixture(scope="module")
 def tiny_model_url(library):
     from ml.dsl.format import schema_to_text
-    from ml.dsl.programmatic_teacher import generate_queries
+    from ml.dsl.request_templates import generate_queries
     from ml.training.ast_tokenizer import build_ast_tokenizer
     from ml.training.base_model import build_base_model
 

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml.graph_repair.asg import HOLE, MASK, Asg, dataflow_of, from_code, is_valid, to_code
+from ml.graph_repair.baseline import SlotFrequency
 from ml.graph_repair.corrupt import NOISE_LEVELS, OPERATIONS, corrupt
+from ml.graph_repair.decoding import Decoder, repair_iterative, repair_one_shot
 from ml.graph_repair.edits import RepairTree, required_fields
 from ml.graph_repair.evaluation import (
     evaluate_models,
@@ -24,19 +26,9 @@ from ml.graph_repair.evaluation import (
 from ml.graph_repair.grammar import Grammar, Vocabulary
 from ml.graph_repair.logic import violations
 from ml.graph_repair.models import GraphUNet, count_parameters, sequence_batch, transformer_matching
-from ml.graph_repair.recipe import (
-    Decoder,
-    SlotFrequency,
-    TrainSettings,
-    graph_row,
-    graph_rows,
-    repair_iterative,
-    repair_one_shot,
-    repair_rows,
-    slot_priors,
-    train_denoiser,
-)
 from ml.graph_repair.report import graph_repair_report
+from ml.graph_repair.rows import graph_row, graph_rows, repair_rows, slot_priors
+from ml.graph_repair.training import TrainSettings, train_denoiser
 from ml.splits import leaked_groups, split_of
 from ml.stats import Estimate
 
@@ -248,20 +240,13 @@ def test_with_the_grammar_mask_any_logits_repair_to_a_valid_tree():
     keywords = from_code("def p(a, b, c):\n    return dict(x=a, y=b, z=c), sorted(a, key=b, reverse=c)\n")
     graphs = [corrupt(g, NOISE_LEVELS["high"], rng).graph for g in [*GRAPHS, keywords] for _ in range(6)]
 
-    class Noise(torch.nn.Module):
-        def forward(self, graphs):
+    class Noise(torch.nn.Module):  # any module with logits(graphs, vocab) decodes: no registry to patch
+        def logits(self, graphs, vocab):
             return torch.randn(sum(len(g) for g in graphs), len(vocab)) * 3
 
-    import ml.graph_repair.recipe as recipe
-
     torch.manual_seed(0)
-    original = recipe.SlotFrequency
-    recipe.SlotFrequency = Noise  # forward() hands a parameterless module the graphs themselves
-    try:
-        one_shot, _ = repair_one_shot(Noise(), graphs, decoder)
-        iterative = repair_iterative(Noise(), graphs, decoder, steps=2)
-    finally:
-        recipe.SlotFrequency = original
+    one_shot, _ = repair_one_shot(Noise(), graphs, decoder)
+    iterative = repair_iterative(Noise(), graphs, decoder, steps=2)
     assert decoder.dead_ends == 0  # the grammar always left some label
     for tree in one_shot + iterative:
         assert tree.is_tree() and MASK not in tree.labels.values() and HOLE not in tree.labels.values()
@@ -318,7 +303,7 @@ def test_the_sequence_view_is_the_tree_in_pre_order_with_end_tokens():
 
 @pytest.mark.parametrize("kind", ["graph_unet", "transformer"])
 def test_a_few_training_steps_lower_the_loss_and_repairs_are_scored(kind):
-    from ml.graph_repair.recipe import build_model
+    from ml.graph_repair.training import build_model
 
     rows = [graph_row(f"u{i}", f"f{i}", "python", g) for i, g in enumerate(GRAPHS)]
     examples = repair_rows(rows, 4, seed=0)
@@ -334,6 +319,29 @@ def test_a_few_training_steps_lower_the_loss_and_repairs_are_scored(kind):
     trees, _ = repair_one_shot(model, [Asg(e["labels"], e["parents"], e["fields"]) for e in examples[:6]], decoder)
     scored = score(trees, examples[:6], vocab)
     assert all(r["valid"] and r["is_tree"] and 0 <= r["node_accuracy"] <= 1 for r in scored)
+
+
+def test_fit_denoiser_is_the_manual_chain_seeded():
+    """vocabulary → slot priors → seeded model → training, as one function: the same seed gives the same curve as
+    the steps done by hand (what the asset and the bench did before they shared it)."""
+    from ml.graph_repair.grammar import Vocabulary
+    from ml.graph_repair.recipe import fit_denoiser
+    from ml.graph_repair.rows import graph_of
+    from ml.graph_repair.training import build_model
+
+    rows = [graph_row(f"u{i}", f"f{i}", "python", g) for i, g in enumerate(GRAPHS)]
+    examples = repair_rows(rows, 2, seed=0)
+    settings = TrainSettings(steps=4, batch_size=4, lr=3e-3, seed=3)
+    fitted = fit_denoiser("graph_unet", examples, settings, hidden=32, log=lambda m: None)
+    clean = [graph_of(r) for r in rows]
+    vocab = Vocabulary.build([g.labels for g in clean])
+    assert fitted.vocab.labels == vocab.labels and fitted.priors == slot_priors(clean, vocab)
+    torch.manual_seed(3)
+    model = build_model("graph_unet", len(vocab), 32, 2)
+    manual = train_denoiser(model, examples, vocab, settings, log=lambda m: None)
+    assert fitted.stats["loss_curve"] == manual["loss_curve"] and fitted.params == count_parameters(model)
+    other = fit_denoiser("transformer", examples, settings, hidden=32, target_params=fitted.params, log=lambda m: None)
+    assert abs(other.params - fitted.params) <= 0.1 * fitted.params
 
 
 def test_score_counts_exact_repairs_and_node_accuracy():

@@ -116,7 +116,7 @@ def test_a_tree_sitter_slice_is_refused_with_a_clear_error(graph_resources):
 
 def test_the_leak_check_fails_on_a_planted_leak_and_passes_without_it():
     from assets.split_checks import leak_check
-    from ml.graph_repair.recipe import graph_rows, repair_rows
+    from ml.graph_repair.rows import graph_rows, repair_rows
     from ml.languages import get_language
 
     units = [{"id": f"{i:040x}", "name": f"f{i}", "code": code} for i, code in enumerate(RENAMED_COPIES + [

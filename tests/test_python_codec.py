@@ -13,11 +13,16 @@ from hypothesis import strategies as st
 
 from ml.codec.base import MODES, Codec, DecodeError
 from ml.codec.python_ast import (
+    CONST_SINGLETON_TOKENS,
+    NODE_SPECS,
+    OPERATOR_CATEGORIES,
+    OPERATOR_TOKENS,
     PythonCodec,
     decode,
     decode_tree,
     encode,
     encode_tree,
+    node_tags,
     structural_vocabulary,
     verify,
 )
@@ -306,6 +311,24 @@ def test_vocabulary_covers_emitted_tokens() -> None:
         for mode in MODES:
             emitted = {t for t in encode_tree(tree, mode) if is_structural(t)}
             assert emitted <= known, emitted - known
+
+
+def test_public_grammar_tables_match_what_the_codec_writes() -> None:
+    """The tables a grammar over the compact form reads: read-only, consistent with each other and with the
+    tokens the encoder emits (a grammar built on them admits what the codec writes)."""
+    with pytest.raises(TypeError):
+        NODE_SPECS["<Nope>"] = NODE_SPECS["<Call>"]  # type: ignore[index]
+    assert NODE_SPECS["<Call>"].name == "Call" and NODE_SPECS["<Call>"].cat == "expr"
+    assert [f[0] for f in NODE_SPECS["<Call>"].order] == ["func", "args", "keywords"]
+    assert "<Call>" in node_tags("expr") and "<Return>" in node_tags("stmt") and not node_tags("nope")
+    assert node_tags("expr").isdisjoint(node_tags("stmt"))
+    assert OPERATOR_CATEGORIES["<op:Add>"] == "operator" and OPERATOR_CATEGORIES["<op:Not>"] == "unaryop"
+    assert all(OPERATOR_CATEGORIES[t] == cat for cat, toks in OPERATOR_TOKENS.items() for t in toks)
+    assert set(OPERATOR_CATEGORIES) == set().union(*OPERATOR_TOKENS.values())
+    vocab = set(structural_vocabulary())
+    assert set(NODE_SPECS) <= vocab and set(OPERATOR_CATEGORIES) <= vocab and CONST_SINGLETON_TOKENS <= vocab
+    emitted = {t for t in encode(SNIPPETS["simple"]) if t.startswith("<") and t[1:2].isupper()}
+    assert emitted <= set(NODE_SPECS)
 
 
 def test_codec_protocol() -> None:

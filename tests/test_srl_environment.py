@@ -109,7 +109,7 @@ def test_step_grammar_accepts_every_teacher_step_and_nothing_malformed():
     family's teacher step) and stop a broken one at the first wrong token."""
     import llguidance
 
-    from ml.dsl.constrained import matcher
+    from ml.dsl.schema_grammar import matcher
     from ml.srl.families import FAMILIES
     from ml.srl.recipe import srl_tokenizer
     from ml.srl.teacher import programmatic_step

@@ -33,8 +33,21 @@ Two modes (see ``ml.codec.base.MODES``):
       ``pattern`` position a capture ``MatchAs``; in statement position an expression (any
       token that is not a statement type) is an ``Expr`` statement.
 
-The compact encoder and decoder are generated at import from the ASDL table (one function per
-node type), for speed; the verbose ones are generic.
+How the file is built and how to read it (one of the two files allowed past 500 lines: it is one table
+and the code generated from it, which reads best in one place). Sections, in order:
+
+1. *The ASDL table*: ``_build_tables`` reads every node class's signature from its docstring into a
+   :class:`NodeSpec` (field kinds ``K_*``, compact order, defaults, inferred ctx). Everything below is
+   driven by these tables; change the format here, not in the generated code.
+2. *Constants and payloads*: constant/number payloads and ``structural_vocabulary``.
+3. *Encoding* (verbose, generic) and *fast compact encoder*: ``_gen_encoder`` writes the Python source of
+   one encoder function per node type, ``exec``'d at import (read the generator, not its output).
+4. *Decoding* and *fast compact decoder*: the same scheme, ``_gen_decoder`` per node type; the verbose
+   decoder is a generic recursive reader.
+5. *Source-level API*: ``encode`` / ``decode`` / ``verify``, :class:`PythonCodec`, ``asdl_table``.
+6. *Public grammar tables*: read-only views (``NODE_SPECS``, ``OPERATOR_TOKENS``, ``OPERATOR_CATEGORIES``,
+   ``CONST_SINGLETON_TOKENS``, ``node_tags``) for grammars over the compact form
+   (``ml.constrained.python_grammar``); other modules use these, never the ``_`` tables.
 
 Payloads go through ``escape_payload``/``unescape_payload``. ``decode_tree`` raises
 ``DecodeError`` (position and what was expected) on any sequence it cannot decode.
@@ -47,17 +60,25 @@ import re
 import sys
 import threading
 from ast import BinOp, BoolOp, Compare, Constant, Expr, Name, UnaryOp, literal_eval
+from collections.abc import Mapping
 from operator import length_hint
+from types import MappingProxyType
 
 from ml.codec.base import MODES, DecodeError
 from ml.codec.tokens import escape_payload, unescape_payload
 
 __all__ = [
+    "CONST_SINGLETON_TOKENS",
+    "NODE_SPECS",
+    "OPERATOR_CATEGORIES",
+    "OPERATOR_TOKENS",
+    "NodeSpec",
     "PythonCodec",
     "decode",
     "decode_tree",
     "encode",
     "encode_tree",
+    "node_tags",
     "same_tree",
     "structural_vocabulary",
     "verify",
@@ -146,8 +167,16 @@ def _parse_signature(cls: type) -> list[tuple[str, str, str]]:
     return out
 
 
-class _Spec:
-    """Everything the encoder and decoder need to know about one node class."""
+class NodeSpec:
+    """Everything the encoder and decoder need to know about one node class (built by ``_build_tables``; read-only
+    after import).
+
+    ``name`` (``"Call"``), ``tag`` (its token ``"<Call>"``), ``cat`` (ASDL category: ``"expr"``, ``"stmt"``, ...),
+    ``tagged`` (False for the one-shape products written without a type token), ``passes_ctx`` (Tuple/List/Starred
+    hand their ctx to their elements). ``fields``: one tuple per ASDL field, ``(name, index in _fields, kind K_*,
+    ASDL type, ctx instance for child exprs, has_default, default)``; ``by_name`` indexes them. ``order``: the
+    compact form's positional fields (prefix fields and ctx left out); ``order[elidable_from:]`` may all be elided
+    by one ``<close>``. ``prefix``: the ``<field:name>`` modifier fields. ``ctx_idx``: index of ``ctx`` or -1."""
 
     __slots__ = (
         "by_name",
@@ -166,11 +195,11 @@ class _Spec:
     )
 
 
-_SPECS: dict[type, _Spec] = {}
-_SPEC_BY_NAME: dict[str, _Spec] = {}
+_SPECS: dict[type, NodeSpec] = {}
+_SPEC_BY_NAME: dict[str, NodeSpec] = {}
 _SINGLETONS: dict[type, str] = {}  # singleton class -> token
 _SINGLETON_BY_TOKEN: dict[str, tuple[str, ast.AST]] = {}  # token -> (category, instance)
-_CAT_TYPES: dict[str, dict[str, _Spec]] = {}  # category -> {type token: spec}
+_CAT_TYPES: dict[str, dict[str, NodeSpec]] = {}  # category -> {type token: spec}
 _CTX_LOAD = ast.Load()
 _CTX_STORE = ast.Store()
 _CTX_DEL = ast.Del()
@@ -197,7 +226,7 @@ def _build_tables() -> None:
         if cat in _SINGLETON_CATS:
             continue
         sig = _parse_signature(cls)
-        spec = _Spec()
+        spec = NodeSpec()
         spec.cls, spec.name, spec.cat = cls, cls.__name__, cat
         spec.tag = f"<{cls.__name__}>"
         spec.tagged = cls.__name__ not in _UNTAGGED
@@ -425,7 +454,7 @@ def _e(node, ctx) -> None:
     f(node, ctx)
 
 
-def _gen_encoder(spec: _Spec) -> str:
+def _gen_encoder(spec: NodeSpec) -> str:
     name = spec.name
     lines = [f"def _et_{name}(node, ctx):"]
     emit = lines.append
@@ -847,7 +876,7 @@ def _tagged_reader(cat: str, shorthand=None):
     return read
 
 
-def _gen_decoder(spec: _Spec) -> str:
+def _gen_decoder(spec: NodeSpec) -> str:
     """Source of the reader of one node type."""
     name = spec.name
     lines = []
@@ -1100,7 +1129,7 @@ class _VerboseDecoder(_Decoder):
         except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
             raise DecodeError(f"token {self.pos}: cannot build {spec.name}: {exc}") from None
 
-    def value(self, f, spec: _Spec):
+    def value(self, f, spec: NodeSpec):
         toks = self.toks
         kind = f[2]
         tok = toks[self.pos]
@@ -1276,3 +1305,30 @@ def asdl_table() -> dict[str, tuple[str, tuple[tuple[str, str, str], ...]]]:
         category = base.__name__ if base is not ast.AST else cls.__name__
         table[cls.__name__] = (category, tuple(_parse_signature(cls)))
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Public grammar tables: what a grammar over the compact form reads (ml.constrained.python_grammar),
+# as read-only views of the tables above, so that the codec stays the one source of field order,
+# defaults and categories.
+# ---------------------------------------------------------------------------------------------
+
+NODE_SPECS: Mapping[str, NodeSpec] = MappingProxyType(_SPEC_BY_NAME)
+"""Node-type token (``"<Call>"``) → its :class:`NodeSpec`."""
+
+OPERATOR_TOKENS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {cat: frozenset(tokens) for cat, tokens in _OPS_BY_CAT.items()}
+)
+"""Singleton category (``operator``, ``unaryop``, ``cmpop``, ``boolop``, ``expr_context``) → its tokens
+(``<op:Add>``, ..., ``<ctx:Load>``)."""
+
+OPERATOR_CATEGORIES: Mapping[str, str] = MappingProxyType({tok: cat for tok, (cat, _) in _SINGLETON_BY_TOKEN.items()})
+"""Operator / ctx token → its singleton category (the inverse of :data:`OPERATOR_TOKENS`)."""
+
+CONST_SINGLETON_TOKENS: frozenset[str] = frozenset(_CONST_SINGLETONS)
+"""The constant shorthands ``<const:True>``, ``<const:False>``, ``<const:None>``, ``<const:Ellipsis>``."""
+
+
+def node_tags(category: str) -> frozenset[str]:
+    """The node-type tokens of an ASDL category (``"expr"``, ``"stmt"``, ...); empty for an unknown one."""
+    return frozenset(_CAT_TYPES.get(category, ()))

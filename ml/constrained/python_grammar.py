@@ -21,6 +21,17 @@ being written + whether it may end here + the interned signature of the next gra
 are built once per key by running every vocabulary piece through the same character-level
 simulation that ``advance`` uses, and cached, so a step is a dict lookup of a ready bool tensor.
 
+How to read it (one of the two files allowed past 500 lines: one automaton whose parts share its
+state encoding). Sections, in order: *tables from the codec* (only the public grammar tables of
+``ml.codec.python_ast``: ``NODE_SPECS``, ``OPERATOR_TOKENS``, ...; plus env flags); *character
+automata* of the payloads (identifiers, numbers, strings, ``<const>`` reprs); *slot signatures*
+(``Sig``: what may come at a grammar position, interned); *the pushdown automaton* (stack symbols
+are plain tuples, documented where the section opens; ``_field_sym`` is the per-field rule table);
+*feeding codec tokens* (``_feed``: one codec token moves the stack); *the grammar over the
+vocabulary* (``PythonAstGrammar``: masks per mask key, ``_sim`` runs a vocabulary piece through the
+character automata); *transformers integration* (``GrammarLogitsProcessor``). Start at
+``PythonAstGrammar`` and ``_feed``; the tables above them answer "what may come next".
+
 Restrictions (sound but not complete): no ``match``, ``try/except*``, ``global``, ``nonlocal``,
 no explicit ``<ctx:*>`` modifiers or ``type_comment``s, ASCII identifiers only, ``<const>``
 payloads are bytes literals or ``inf``; ``yield`` is not generated inside ``async def``; ``Slice``
@@ -45,18 +56,18 @@ __all__ = ["PythonAstGrammar", "GrammarState"]
 # Tables from the codec.
 # ---------------------------------------------------------------------------------------------
 
-SPECS = pa._SPEC_BY_NAME  # "<Call>" -> spec
+SPECS = pa.NODE_SPECS  # "<Call>" -> spec
 K_NODE, K_OPTNODE, K_LIST, K_STMTS = pa.K_NODE, pa.K_OPTNODE, pa.K_LIST, pa.K_STMTS
 K_IDENT, K_OPTIDENT, K_IDLIST = pa.K_IDENT, pa.K_OPTIDENT, pa.K_IDLIST
 K_STR, K_OPTSTR, K_INT, K_OPTINT, K_CONST, K_OP, K_OPLIST = (
     pa.K_STR, pa.K_OPTSTR, pa.K_INT, pa.K_OPTINT, pa.K_CONST, pa.K_OP, pa.K_OPLIST,
 )
 
-OPS_BY_CAT = {cat: frozenset(tbl) for cat, tbl in pa._OPS_BY_CAT.items()}
+OPS_BY_CAT = pa.OPERATOR_TOKENS
 SHORT_OPS = OPS_BY_CAT["operator"] | OPS_BY_CAT["unaryop"] | OPS_BY_CAT["cmpop"] | OPS_BY_CAT["boolop"]
-CONST_SINGLETONS = frozenset(pa._CONST_SINGLETONS)
-EXPR_TAGS = frozenset(pa._CAT_TYPES["expr"])
-STMT_TAGS = frozenset(pa._CAT_TYPES["stmt"])
+CONST_SINGLETONS = pa.CONST_SINGLETON_TOKENS
+EXPR_TAGS = pa.node_tags("expr")
+STMT_TAGS = pa.node_tags("stmt")
 
 FORBIDDEN_NAMES = frozenset(keyword.kwlist) | {"__debug__"}
 
@@ -703,7 +714,7 @@ def _feed(stack: list, tok: str | None, pkind: str | None = None, text: str = ""
         if vk.startswith("op:"):
             break
         if tok in SHORT_OPS:
-            cat = pa._SINGLETON_BY_TOKEN[tok][0]
+            cat = pa.OPERATOR_CATEGORIES[tok]
             e = ("V", "expr", LOAD, flags, 0, -1)
             if cat == "boolop":
                 stack.append(("L", "expr", LOAD, flags, 0, -1, 0, 2, None, 0))

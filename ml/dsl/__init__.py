@@ -11,7 +11,7 @@ from ml.dsl.domains import (
     schema_errors,
 )
 from ml.dsl.mutations import MUTATION_KINDS, mutate
-from ml.dsl.programmatic_teacher import (
+from ml.dsl.request_templates import (
     Example,
     Query,
     canonicalize,

@@ -5,27 +5,15 @@ The student reads a JSON Schema and a request and must emit one JSON object that
 schemas) and masks the logits of each step to the tokens that keep the row's text a prefix of a valid document;
 once a row's object is complete only EOS is allowed. :func:`generate_json` is greedy batched generation with it.
 
-What llguidance needed (checked against llguidance 1.9.1, see ``tests/test_dsl_constrained.py``):
-
-* no rewrite of the ``comparison`` def: llguidance intersects the sibling ``anyOf`` branches with the base
-  ``properties`` (``value: {}``) and ``additionalProperties: false`` itself. A random walk over its token masks only
-  ever produces documents that validate against the original schema, and the masks are identical to those of the
-  hand-rewritten form (``anyOf`` of complete ``{op, field, value}`` objects).
-* llguidance emits object properties in ``properties`` order (and rejects any other order), so
-  :func:`decoding_schema` reorders every ``properties`` map to the training key order of ``ml.dsl.format``
-  (``filter, sort, limit``; ``op, field, value``; ``op, args``; ``op, arg``; ``field, order``).
-* ``x-guidance`` forces compact separators and no free whitespace, so that constrained output is byte-identical to
-  ``ast_to_text`` (the default would allow whitespace between tokens).
+The grammars and matchers come from :mod:`ml.dsl.schema_grammar` (what llguidance needed of the schemas is noted
+there); the length budget's completions from :mod:`ml.dsl.closing`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import sys
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,243 +22,8 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from ml.dsl.format import _KEY_ORDER
+from ml.dsl.schema_grammar import closer, executor, ll_tokenizer, matcher
 from ml.evaluation.lm import left_padded_batches
-
-# Compact JSON, exactly as ``ast_to_text`` writes it: no whitespace anywhere, "," between items, ":" after keys.
-X_GUIDANCE = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
-_RANK = {k: i for i, k in enumerate(_KEY_ORDER)}
-
-
-# ---------------------------------------------------------------------------------------------------- schema
-
-
-def _reorder_properties(node: Any) -> Any:
-    if isinstance(node, dict):
-        out = {k: _reorder_properties(v) for k, v in node.items()}
-        props = out.get("properties")
-        if isinstance(props, dict) and all(isinstance(v, (dict, bool)) for v in props.values()):
-            keys = sorted(props, key=lambda k: (_RANK.get(k, len(_RANK)), list(props).index(k)))
-            out["properties"] = {k: props[k] for k in keys}
-        return out
-    if isinstance(node, list):
-        return [_reorder_properties(x) for x in node]
-    return node
-
-
-def decoding_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema handed to llguidance: ``schema`` with every ``properties`` map in training key order and
-    ``x-guidance`` set to compact, whitespace-free JSON. Accepts the same documents as ``schema``."""
-    out = _reorder_properties(copy.deepcopy(schema))
-    out["x-guidance"] = dict(X_GUIDANCE)
-    return out
-
-
-def _schema_key(schema: dict[str, Any] | str) -> str:
-    return "lark:" + schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True, ensure_ascii=False)
-
-
-_GRAMMARS: dict[str, str] = {}
-
-
-def grammar_for(schema: dict[str, Any] | str) -> str:
-    """llguidance grammar of ``decoding_schema(schema)``, or of an llguidance Lark grammar given as a string (e.g.
-    the srl step: tags around two JSON schemas), cached by content. Raises ``ValueError`` when llguidance rejects
-    it."""
-    import llguidance
-
-    key = _schema_key(schema)
-    if key not in _GRAMMARS:
-        if isinstance(schema, str):
-            grammar = llguidance.grammar_from("lark", schema)
-        else:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(decoding_schema(schema))
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-        if is_error:
-            raise ValueError(f"llguidance rejects the schema: {messages[0] if messages else '?'}")
-        _GRAMMARS[key] = grammar
-    return _GRAMMARS[key]
-
-
-# ---------------------------------------------------------------------------------------------------- tokenizer
-
-
-class _TokenizerState:
-    """What llguidance keeps per HF tokenizer: its ``LLTokenizer``, the :class:`Closer` and one template matcher
-    per schema (a fresh matcher costs milliseconds, a ``deep_copy`` of the template microseconds)."""
-
-    max_templates = 256
-
-    def __init__(self, size: int, lltok) -> None:
-        self.size = size
-        self.lltok = lltok
-        self.closer: Closer | None = None
-        self.templates: dict[str, Any] = {}
-
-
-_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _state(tokenizer) -> _TokenizerState:
-    import llguidance.hf
-
-    hit = _STATES.get(tokenizer)
-    if hit is None or hit.size != len(tokenizer):  # first use, or tokens were added since
-        hit = _STATES[tokenizer] = _TokenizerState(len(tokenizer), llguidance.hf.from_tokenizer(tokenizer))
-    return hit
-
-
-def ll_tokenizer(tokenizer):
-    """The ``llguidance.LLTokenizer`` of a HF fast tokenizer, built once per tokenizer object (rebuilt if tokens
-    were added since)."""
-    return _state(tokenizer).lltok
-
-
-def closer(tokenizer) -> Closer:
-    """The :class:`Closer` of a HF tokenizer (cached like :func:`ll_tokenizer`)."""
-    st = _state(tokenizer)
-    if st.closer is None:
-        st.closer = Closer(st.lltok)
-    return st.closer
-
-
-def matcher(tokenizer, schema: dict[str, Any]):
-    """A fresh ``LLMatcher`` for ``schema`` over ``tokenizer`` (a copy of a cached template; warnings not logged).
-    Raises ``ValueError`` when llguidance rejects the schema."""
-    import llguidance
-
-    st = _state(tokenizer)
-    key = _schema_key(schema)
-    template = st.templates.get(key)
-    if template is None:
-        template = llguidance.LLMatcher(st.lltok, grammar_for(schema), log_level=0)
-        if template.is_error():
-            raise ValueError(f"llguidance rejects the schema: {template.get_error()}")
-        if len(st.templates) >= st.max_templates:
-            st.templates.pop(next(iter(st.templates)))
-        st.templates[key] = template
-    return template.deep_copy()
-
-
-_EXECUTOR = None
-
-
-def _executor():
-    global _EXECUTOR
-    if _EXECUTOR is None:
-        import llguidance
-
-        _EXECUTOR = llguidance.LLExecutor()
-    return _EXECUTOR
-
-
-# ---------------------------------------------------------------------------------------------------- closing
-
-# Byte preference of the closing walk: close strings / objects / arrays first, then "eq" (an operator every field
-# takes), "0" (the shortest number), then any other byte. A walk that picks the first allowed byte in this order
-# ends a number at once, closes every container as soon as its schema lets it, and never opens an and/or/not node.
-_CLOSE_ORDER = (b'"}],eq0123456789' + bytes(range(ord("a"), ord("z") + 1)) + bytes(range(ord("A"), ord("Z") + 1))
-                + bytes(range(32, 127)) + bytes(range(256)))
-
-
-class Closer:
-    """Short completions of a matcher's current text: a greedy walk over single-byte tokens in ``_CLOSE_ORDER``
-    (forced bytes taken in one go), undone afterwards. Used by the length budget of
-    :class:`JsonSchemaLogitsProcessor`: ``{"filter":{"op":"lt","field":"year","value":18941894`` closes as ``}}``."""
-
-    quick = 4  # the closers of _CLOSE_ORDER (after EOS) are tried one by one before falling back to the full mask
-
-    def __init__(self, lltok) -> None:
-        self.lltok = lltok
-        byte_tokens: list[int] = []
-        for b in dict.fromkeys(_CLOSE_ORDER):
-            ids = lltok.tokenize_bytes(bytes([b]))
-            if len(ids) == 1 and lltok.decode_bytes(ids) == bytes([b]):
-                byte_tokens.append(ids[0])
-        self.byte_tokens = np.array(byte_tokens, dtype=np.int64)
-        self.eos = set(lltok.eos_tokens)
-        self.eos_id = lltok.eos_tokens[0]
-        self.quick_ids = [self.eos_id, *byte_tokens[: self.quick]]
-
-    def _tokens(self, data: bytes) -> list[int]:
-        if data.isascii():
-            return self.lltok.greedy_tokenize(data.decode())  # much cheaper than the HF tokenizer round trip
-        return self.lltok.tokenize_bytes(data)
-
-    def _quick_after(self, m, prefix: list[int]) -> int | None:
-        """EOS or the first closer of ``_CLOSE_ORDER`` that ``m`` takes after ``prefix`` (validated, not consumed);
-        ``None`` when none does."""
-        for t in self.quick_ids:
-            if m.validate_tokens([*prefix, t]) == len(prefix) + 1:
-                return t
-        return None
-
-    def _next_token(self, m) -> int | None:
-        """The most preferred token ``m`` takes now (full mask), EOS excluded."""
-        bits = np.frombuffer(m.compute_bitmask(), dtype=np.uint8)
-        pref = self.byte_tokens
-        ok = np.flatnonzero((bits[pref >> 3] >> (pref & 7)) & 1)
-        if ok.size:
-            return int(pref[ok[0]])
-        # no single byte fits (a multi-byte token only): any allowed token
-        for t in np.flatnonzero(np.unpackbits(bits, bitorder="little")).tolist():
-            if t not in self.eos:
-                return t
-        return None
-
-    def completes(self, m, ids: list[int]) -> bool:
-        """Whether ``ids`` take ``m`` to a complete document: EOS is allowed after them. One ``validate_tokens``
-        (``m`` is not touched), ~10 µs against several hundred for a :meth:`closing` walk."""
-        if not ids:
-            return m.is_accepting()  # a stopped matcher validates no further token, EOS included
-        return m.validate_tokens([*ids, self.eos_id]) == len(ids) + 1
-
-    def closing(self, m, max_tokens: int = 2048) -> list[int] | None:
-        """Tokens that complete ``m``'s document (a greedy tokenization of the completion when the matcher takes
-        it, else the tokens of the walk); ``m`` is left as it was. ``None`` when no completion was found within
-        ``max_tokens``.
-
-        Each step takes the forced bytes and the next preferred token in one consume: the quick candidates are
-        validated after the forced tokens without consuming them (validation costs a few µs, a consume tens)."""
-        walk: list[int] = []
-        ok = True
-        try:
-            while not m.is_accepting():
-                if m.is_stopped() or m.is_error() or len(walk) > max_tokens:
-                    ok = False
-                    break
-                ff = m.compute_ff_bytes()
-                ids = self._tokens(ff) if ff else []
-                if ids and m.validate_tokens(ids) != len(ids):
-                    ids = []
-                t = self._quick_after(m, ids)
-                if t is None:
-                    if ids:
-                        m.consume_tokens(ids)
-                        walk += ids
-                    t = self._next_token(m)
-                    if t is None:
-                        ok = m.is_accepting()
-                        break
-                    ids = []
-                if t == self.eos_id:  # complete after the forced bytes
-                    if ids:
-                        m.consume_tokens(ids)
-                        walk += ids
-                    break
-                ids.append(t)
-                m.consume_tokens(ids)
-                walk += ids
-        finally:
-            if walk:
-                m.rollback(len(walk))
-        if not ok:
-            return None
-        short = self._tokens(self.lltok.decode_bytes(walk))
-        if len(short) < len(walk) and m.validate_tokens(short) == len(short):
-            return short
-        return walk
-
 
 # ---------------------------------------------------------------------------------------------------- processor
 
@@ -462,7 +215,7 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
                 live.append((m, i))
         todo = self._greedy_rows(live, scores) if self.greedy else live
         if len(todo) > 1 and self._parallel(scores):
-            self._llt.fill_next_token_bitmask_par(_executor(), todo, self.bitmask)
+            self._llt.fill_next_token_bitmask_par(executor(), todo, self.bitmask)
         else:
             for m, i in todo:
                 self._llt.fill_next_token_bitmask(m, self.bitmask, i)

@@ -12,7 +12,7 @@ from typing import Any
 from ml.dsl.domains import DomainSpec, schema_errors
 from ml.dsl.format import ast_to_text
 from ml.dsl.mutations import mutate
-from ml.dsl.programmatic_teacher import canonicalize
+from ml.dsl.request_templates import canonicalize
 from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION, split_of
 
 

@@ -23,7 +23,8 @@ def max_new_tokens_for(tokenizer, rows: Sequence[Mapping[str, Any]]) -> int:
 def _judge(teacher, spec, schema, row: Mapping[str, Any], target: dict):
     """The teacher's own verdict, for an LLM teacher; None for the programmatic one, whose verdict would only
     repeat the semantic judge (it knows no more than the reference AST)."""
-    from ml.dsl.teachers import ProgrammaticTeacher, TeacherQuery
+    from ml.dsl.teachers.base import TeacherQuery
+    from ml.dsl.teachers.programmatic import ProgrammaticTeacher
 
     if teacher is None or isinstance(teacher, ProgrammaticTeacher):
         return None

@@ -39,7 +39,7 @@ def label_requests(queries: Sequence[Mapping[str, Any]], specs: Mapping[str, Any
     its ``split`` is decided from that key (:func:`ml.dsl.dataset.request_split`); ``group`` says seen or held-out
     domain. Returns the rows and how many requests were skipped, by reason. ``on_progress(done, total)`` every
     ``every`` requests. A dead teacher raises its ``TeacherUnavailable``: nothing is returned half-labelled."""
-    from ml.dsl.teachers import TeacherQuery
+    from ml.dsl.teachers.base import TeacherQuery
 
     skipped = {"teacher_no_label": 0, "schema_invalid_label": 0, "over_positive_cap": 0}
     rows: list[dict] = []

@@ -122,6 +122,17 @@ def _no_data(ax, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
 
 
+def _curve_png(fig, ax, handles: list, title: str) -> bytes:
+    """A training-curve figure finished: the legend of ``handles`` below the axes (or "no data"), the title."""
+    if handles:
+        ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8, ncols=2,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    else:
+        _no_data(ax)
+    ax.set_title(title)
+    return _png(fig)
+
+
 # ------------------------------------------------------------------------------------------------------ plots
 
 
@@ -186,13 +197,7 @@ def sft_curve_plot(curve: Iterable[tuple[int, str, float]] | None, title: str = 
                 handles.append(line)
         right.set_ylim(0, 1.05)
         right.set_ylabel("probe rate (constrained)")
-    if handles:
-        ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8, ncols=2,
-                  loc="upper center", bbox_to_anchor=(0.5, -0.15))
-    else:
-        _no_data(ax)
-    ax.set_title(title)
-    return _png(fig)
+    return _curve_png(fig, ax, handles, title)
 
 
 def dpo_curve_plot(curve: Iterable[tuple[int, str, float]] | None, title: str = "DPO training") -> bytes:
@@ -212,13 +217,7 @@ def dpo_curve_plot(curve: Iterable[tuple[int, str, float]] | None, title: str = 
         handles.append(line)
         right.set_ylim(0, 1.05)
         right.set_ylabel("reward accuracy")
-    if handles:
-        ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8, ncols=2,
-                  loc="upper center", bbox_to_anchor=(0.5, -0.15))
-    else:
-        _no_data(ax)
-    ax.set_title(title)
-    return _png(fig)
+    return _curve_png(fig, ax, handles, title)
 
 
 # ------------------------------------------------------------------------------------------------ markdown

@@ -1,6 +1,7 @@
-"""Scoring and evaluating repairs (ml/graph_repair/recipe.py trains and repairs): each repaired tree against its
-clean graph, the relabel threshold chosen on ``dev``, both models and the slot-frequency baseline on ``test`` with
-every figure an :class:`~ml.stats.Estimate`, and the Graph U-Net vs Transformer paired differences."""
+"""Scoring and evaluating repairs (``ml.graph_repair.training`` trains, ``ml.graph_repair.decoding`` repairs): each
+repaired tree against its clean graph, the relabel threshold chosen on ``dev``, both models and the slot-frequency
+baseline on ``test`` with every figure an :class:`~ml.stats.Estimate`, and the Graph U-Net vs Transformer paired
+differences."""
 
 from __future__ import annotations
 
@@ -9,18 +10,14 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ml.graph_repair.asg import Asg, is_valid, to_code
+from ml.graph_repair.baseline import SlotFrequency
 from ml.graph_repair.corrupt import NOISE_LEVELS
+from ml.graph_repair.decoding import Decoder, repair_iterative, repair_one_shot
 from ml.graph_repair.edits import RepairTree
 from ml.graph_repair.grammar import Grammar, Vocabulary
 from ml.graph_repair.logic import violations
-from ml.graph_repair.recipe import (
-    Decoder,
-    SlotFrequency,
-    graph_of,
-    predict,
-    repair_iterative,
-    repair_one_shot,
-)
+from ml.graph_repair.rows import graph_of
+from ml.graph_repair.training import predict
 from ml.stats import Estimate, mean, paired_difference, rate
 
 

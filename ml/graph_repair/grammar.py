@@ -18,7 +18,7 @@ training graphs). ``Grammar.allowed(tree, i)`` is the mask for node ``i`` of a t
   with a list that may not be empty (an ``if`` needs a body).
 
 Masks are cached per context (parent, field, children's fields and the enclosing scope facts). The decoder
-(``ml.graph_repair.recipe.Decoder``) adds the one rule that needs the siblings: no two parameters alike.
+(``ml.graph_repair.decoding.Decoder``) adds the one rule that needs the siblings: no two parameters alike.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Constraints: the operands of ``-``, ``*``, ``/``, ``//``, ``%``, ``**`` and unar
 also allow ``str * int`` and ``str % x``), the operands of ``+`` are both numeric or the same sequence type, an
 ordering comparison compares numbers with numbers or strings with strings, and a ``range`` bound is an integer.
 An unknown expression is ``other`` and satisfies everything. Unsatisfiable -> the candidate is rejected and the
-decoder samples another (``ml.graph_repair.recipe``).
+decoder samples another (``ml.graph_repair.decoding``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ see the tree.
   node that has children (so the sequence is the tree: it decodes back); each token embeds its label, its field
   and its position. A pre-norm ``nn.TransformerEncoder``; the logits at the node tokens are the output.
 
+Each model gives its logits for a list of graphs through its own ``logits(graphs, vocab)`` (batching them its
+way); training and decoding call that, never ``isinstance``.
+
 ``transformer_matching`` picks the Transformer's depth and feed-forward width so that its parameter count is
 within 10% of a given one (the comparison's fairness condition).
 """
@@ -165,6 +168,10 @@ class GraphUNet(nn.Module):
         kind = torch.full((extra.shape[1],), len(EDGE_TYPES), dtype=torch.long, device=edge_index.device)
         return torch.cat([edge_index, extra], 1), torch.cat([edge_attr, self.edge(kind)], 0)
 
+    def logits(self, graphs: list[Asg], vocab: Vocabulary) -> torch.Tensor:
+        """Logits [total nodes, vocab] for ``graphs``, concatenated in order (on the model's device)."""
+        return self(graph_batch(graphs, vocab).to(next(self.parameters()).device))
+
     def forward(self, b: GraphBatch) -> torch.Tensor:
         x = self.label(b.labels) + self.field(b.fields)
         edge_index, edge_attr, batch = b.edge_index, self.edge(b.edge_type), b.batch
@@ -199,6 +206,10 @@ class TreeTransformer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, vocab_size)
+
+    def logits(self, graphs: list[Asg], vocab: Vocabulary) -> torch.Tensor:
+        """Logits [total nodes, vocab] for ``graphs``, concatenated in order (on the model's device)."""
+        return self(sequence_batch(graphs, vocab).to(next(self.parameters()).device))
 
     def forward(self, b: SeqBatch) -> torch.Tensor:
         positions = torch.arange(b.tokens.shape[1], device=b.tokens.device)

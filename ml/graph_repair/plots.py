@@ -3,7 +3,7 @@ red arcs."""
 
 from __future__ import annotations
 
-from ml.graph_repair.recipe import graph_of
+from ml.graph_repair.rows import graph_of
 from ml.plots import _png, plt
 
 

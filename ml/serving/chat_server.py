@@ -10,7 +10,7 @@ A backend is any callable ``messages -> str`` (the assistant's reply); optional 
 in a worker thread, so a slow one does not hold up other requests.
 
 - :class:`ProgrammaticChatBackend`: the programmatic teacher behind the route. It answers the ``TASK:`` /
-  ``INPUT:`` prompts that :class:`ml.dsl.teachers.HttpTeacher` sends.
+  ``INPUT:`` prompts that :class:`ml.dsl.teachers.http_teacher.HttpTeacher` sends.
 - :class:`HFChatBackend`: greedy generation from a Hugging Face causal LM (a trained student, or a tiny one).
 
 ``python -m ml.serving.chat_server --backend programmatic --port 8011`` serves the programmatic teacher.
@@ -35,13 +35,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml.dsl.domains import build_domain, schema_errors, spec_from_dict, spec_to_dict
-from ml.dsl.teachers import (
-    ProgrammaticTeacher,
-    TeacherQuery,
-    lookup_request,
-    parse_task,
-    unique_queries,
-)
+from ml.dsl.teachers.base import TeacherQuery
+from ml.dsl.teachers.programmatic import ProgrammaticTeacher, lookup_request, unique_queries
+from ml.dsl.teachers.prompts import parse_task
 
 Messages = list[dict[str, Any]]
 ChatBackend = Callable[[Messages], str]

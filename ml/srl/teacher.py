@@ -3,8 +3,8 @@
 - :class:`ProgrammaticSrlTeacher` (default, deterministic): the task's family knows its rule; the think is the
   family's rationale, the state update records what was decided.
 - :class:`HttpSrlTeacher`: a chat model behind Ollama or an OpenAI-compatible server (the project's
-  :class:`ml.dsl.teachers.HttpTeacher` transport, retries and counters), temperature 0.3, shown 2-3 exemplar
-  steps of other train families first. Its text is kept as it is: the checks below judge it.
+  :class:`ml.dsl.teachers.http_teacher.HttpTeacher` transport, retries and counters), temperature 0.3, shown 2-3
+  exemplar steps of other train families first. Its text is kept as it is: the checks below judge it.
 
 Every step is executed (:mod:`ml.srl.environment`) and scored by :func:`trace_quality`; only steps at or above the
 threshold become traces. Rejections are counted by reason.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ml.dsl.teachers import HttpTeacher
+from ml.dsl.teachers.http_teacher import HttpTeacher
 from ml.srl.environment import EnvReport, execute_actions
 from ml.srl.families import RewriteFamily, get_family
 from ml.srl.trace import SYSTEM, Parsed, compact, parse_step, render_step, user_prompt

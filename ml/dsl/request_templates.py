@@ -1,4 +1,6 @@
-"""Programmatic teacher: English and French requests generated together with their query AST, from templates.
+"""Request templates: English and French requests generated together with their query AST.
+
+The programmatic teacher (:class:`ml.dsl.teachers.programmatic.ProgrammaticTeacher`) hands these out.
 
 Positives are correct by construction (the text is rendered from the AST). ``canonicalize`` / ``same_meaning``
 give a semantic verdict that ignores the order of commutative ``and`` / ``or`` arguments and number spelling.
