@@ -2,9 +2,10 @@
 tokenizer shape (tests/full_profile_standins.py), served through ASTFORGE_MODEL_MIRROR as a user's offline mirror
 would serve the real ones."""
 
-from __future__ import annotations
-
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,45 @@ def test_the_mirror_serves_a_hub_id_and_leaves_others_to_the_hub(mirror, monkeyp
     assert ref.kind == "hub" and Path(ref.loadable) == (mirror / "Qwen/Qwen2.5-0.5B").resolve()
     with pytest.raises(BaseModelError, match="HF_HUB_OFFLINE"):  # conftest sets it: not mirrored, not cached
         resolve_base_model("Qwen/Qwen2.5-7B")
+
+
+# -- settings decided at run time --------------------------------------------------------------------------------
+
+
+def test_loading_the_settings_probes_nothing():
+    # before: the full profile's AST base asked torch.cuda.is_available() as the settings loaded, and the DSL
+    # profile the CPU's bfloat16 units; a code location must load the same on a CPU webserver and a GPU worker
+    code = ("import torch\n"
+            "def probed(*a, **k): raise AssertionError('probed the machine at import')\n"
+            "torch.cuda.is_available = torch.ops.mkldnn._is_mkldnn_bf16_supported = probed\n"
+            "import definitions\nprint('loaded')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "ASTFORGE_PROFILE": "full"})
+    assert out.stdout.strip().endswith("loaded"), out.stderr[-2000:]
+
+
+def test_the_profile_is_read_when_a_run_builds_its_config(monkeypatch):
+    import dagster as dg
+
+    from assets.ast_models import PhaseTrainingConfig
+    from assets.autocomplete import AutocompleteBaseModelConfig, StageBConfig
+    from assets.dsl_models import DslBaseModelConfig, DslSftConfig
+
+    schema = json.dumps(AutocompleteBaseModelConfig.model_json_schema(), sort_keys=True)
+    monkeypatch.setenv("ASTFORGE_PROFILE", "demo")
+    monkeypatch.delenv("ASTFORGE_DSL_PROFILE", raising=False)
+    assert AutocompleteBaseModelConfig().base_model == "smollm2-135m"
+    assert StageBConfig().max_steps == 20 and PhaseTrainingConfig().max_steps == 150
+    monkeypatch.setenv("ASTFORGE_PROFILE", "full")  # the same loaded code, another run
+    assert AutocompleteBaseModelConfig().base_model == "Qwen/Qwen2.5-Coder-0.5B"
+    assert StageBConfig().max_steps == 600 and PhaseTrainingConfig().max_steps == 3000
+    assert DslBaseModelConfig().base_model == "unsloth/gemma-3-270m-it" and DslSftConfig().max_length == 32768
+    assert AutocompleteBaseModelConfig(base_model="tiny:qwen2").base_model == "tiny:qwen2"  # the run config wins
+    assert json.dumps(AutocompleteBaseModelConfig.model_json_schema(), sort_keys=True) == schema
+
+    @dg.asset
+    def probe(config: StageBConfig) -> int:
+        return config.max_steps
+
+    result = dg.materialize([probe])
+    assert result.output_for_node("probe") == 600
