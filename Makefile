@@ -18,7 +18,7 @@ LLAMA_CMAKE_CPU := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export ASTFORGE_HOME ?= $(CURDIR)/.astforge
 
-.PHONY: install demo test test-fast ui lint bench clean catalog-rebuild serve
+.PHONY: install demo test test-fast ui lint bench clean catalog-rebuild serve gpu-check
 
 $(STAMP): pyproject.toml Makefile scripts/install.sh
 	@PYTHON="$(PYTHON)" VENV="$(VENV)" LLAMA_CPP_PYTHON="$(LLAMA_CPP_PYTHON)" LLAMA_CPP_DIR="$(LLAMA_CPP_DIR)" \
@@ -57,6 +57,12 @@ bench: install
 	for lang in python javascript java; do $(PY) bench/codec.py --lang $$lang; $(PY) bench/ingest.py --lang $$lang; done
 	$(PY) bench/constrained.py
 	$(PY) bench/train_throughput.py
+
+# On a CUDA machine (< 10 min, one GPU): a short bf16 / 4-bit training run per base (packaged + the full profile's
+# where the hub or ASTFORGE_MODEL_MIRROR serves them), unsloth where installed, llama.cpp's CUDA build; one JSON line.
+# Without CUDA it says so and exits 0. docs/gpu.md.
+gpu-check: install
+	$(PY) bench/gpu_check.py
 
 # Recreate catalog.duckdb from the artifact folders' manifests (the old file is kept beside it).
 catalog-rebuild: install

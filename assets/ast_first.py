@@ -9,6 +9,7 @@ import dagster as dg
 from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
+from assets.profile_config import ProfileConfig, from_profile
 from assets.publish import png_markdown, publish_rows, read_upstream, skip_metadata
 from assets.split_checks import leak_check, leak_check_spec
 from ml.codec.tokens import text_to_tokens
@@ -19,12 +20,11 @@ from ml.reports import markdown_table
 from ml.schemas import AST_CORPUS, NL_AST_PAIRS
 from ml.splits import split_counts
 from resources import ArtifactStore, DuckDBCatalog
-from resources.settings import active_profile
 
 
-class AstCorpusConfig(dg.Config):
+class AstCorpusConfig(ProfileConfig):
     mode: str = "compact"  # or "verbose": every node with <open>/<close> and <field:*> tokens
-    token_cap: int = active_profile().token_cap
+    token_cap: int | None = from_profile("ast", "token_cap")
     workers: int = 0  # 0: one per core
     # Rows re-decoded from the stored text form by the round-trip check (0: all of them).
     check_sample: int = 2000

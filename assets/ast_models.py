@@ -19,19 +19,18 @@ from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.partitions import language_slices
 from assets.pipes_training import LAUNCH_SETTINGS, Launcher, checkpoint_world, train_phase1_through_pipes
+from assets.profile_config import ProfileConfig, from_profile
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, read_upstream, report_markdown
 from ml.languages import get_language
 from ml.stats import metadata_text, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
-from resources.settings import active_profile
-
-_P = active_profile()
+from resources.settings import profile_value
 
 
-class AstTokenizerConfig(dg.Config):
+class AstTokenizerConfig(ProfileConfig):
     # tiny:qwen2 | smollm2-135m (packaged, offline) | gguf:PATH | a hub id (Qwen/Qwen2.5-0.5B) | a local folder
-    base_model: str = _P.base_model
+    base_model: str | None = from_profile("ast", "base_model")
     vocab_size: PositiveInt = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
 
 
@@ -39,12 +38,13 @@ class AstBaseModelConfig(dg.Config):
     seed: Seed = 0
 
 
-class PhaseTrainingConfig(dg.Config):
-    max_steps: PositiveInt = _P.phase1_steps  # -1 would be Hugging Face's "train epochs" sentinel: refused
-    learning_rate: PositiveFloat = _P.learning_rate
-    batch_size: PositiveInt = _P.batch_size
+class PhaseTrainingConfig(ProfileConfig):
+    # -1 would be Hugging Face's "train epochs" sentinel: refused
+    max_steps: PositiveInt | None = from_profile("ast", "phase1_steps")
+    learning_rate: PositiveFloat | None = from_profile("ast", "learning_rate")
+    batch_size: PositiveInt | None = from_profile("ast", "batch_size")
     gradient_accumulation_steps: PositiveInt = 1
-    max_length: PositiveInt = _P.max_length
+    max_length: PositiveInt | None = from_profile("ast", "max_length")
     # A tiny random-init base has little to keep: a wide adapter lets it learn; the full
     # profile's pretrained base keeps r=16-class adapters (set it in the launchpad).
     lora_r: PositiveInt = 64
@@ -74,14 +74,14 @@ class Phase1TrainingConfig(PhaseTrainingConfig):
 
 
 class Phase2TrainingConfig(PhaseTrainingConfig):
-    max_steps: PositiveInt = _P.phase2_steps
+    max_steps: PositiveInt | None = from_profile("ast", "phase2_steps")
 
 
-class AstEvalConfig(dg.Config):
+class AstEvalConfig(ProfileConfig):
     # Scores the "test" rows of ast_corpus / nl_ast_pairs (their split column): no fraction to agree on.
-    samples: PositiveInt = _P.eval_samples
+    samples: PositiveInt | None = from_profile("ast", "eval_samples")
     max_new_tokens: PositiveInt = 256
-    max_length: PositiveInt = _P.max_length
+    max_length: PositiveInt | None = from_profile("ast", "max_length")
     max_test_texts: PositiveInt = 64  # test functions in the loss comparison
     seed: Seed = 0
 
@@ -142,7 +142,7 @@ def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig
     tok_entry = catalog.require_artifact("ast_tokenizer", language)
     tok = AutoTokenizer.from_pretrained(tok_entry["path"])
     # The tokenizer asset records which base it extends: model and tokenizer must come from one base.
-    base_model = tok.init_kwargs.get("astforge_base_model", _P.base_model)
+    base_model = tok.init_kwargs.get("astforge_base_model", profile_value("ast", "base_model"))
     location = tok.init_kwargs.get("astforge_base_location")
     if not location or not (location.startswith("tiny:") or Path(location).exists()):
         location = resolve_base(catalog, base_model, "ast_tokenizer.base_model", context).loadable

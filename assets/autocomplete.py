@@ -12,35 +12,36 @@ from assets.autocomplete_data import GROUP, domain_corpus, domain_rows, fim_samp
 from assets.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, Seed, TrainFraction
 from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
+from assets.profile_config import ProfileConfig, from_profile
 from assets.publish import UNPARTITIONED as P
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, report_markdown
 from ml.schemas import AUTOCOMPLETE_RESULTS, to_table
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
-from resources.settings import active_autocomplete_profile
 
-_A = active_autocomplete_profile()
 MODELS = {"m0": "autocomplete_base_model", "m1": "autocomplete_stage_a_adapter", "m2": "autocomplete_stage_b_adapter"}
 
 
-class AutocompleteBaseModelConfig(dg.Config):
+class AutocompleteBaseModelConfig(ProfileConfig):
     # smollm2-135m (packaged, offline) | Qwen/Qwen2.5-Coder-0.5B (hub) | gguf:PATH | a local folder | tiny:qwen2
-    base_model: str = _A.base_model
+    base_model: str | None = from_profile("autocomplete", "base_model")
     languages: list[str] = ["python"]  # the slices whose rows train a tiny: base's BPE (pretrained bases keep theirs)
     vocab_size: PositiveInt = 4000
     seed: Seed = 0
 
 
-class StageConfig(dg.Config):
+class StageConfig(ProfileConfig):
     """Field names are the trainer's (ml.training.sft_trainer.PhaseConfig); ml.autocomplete.recipe.phase_config maps
     them."""
 
-    max_steps: PositiveInt = _A.stage_a_steps
-    precision: Literal["auto", "bf16", "fp32"] = _A.train_precision  # bf16 on a CPU with bfloat16 units: autocast
-    learning_rate: PositiveFloat = _A.learning_rate
-    per_device_train_batch_size: PositiveInt = _A.batch_size
+    max_steps: PositiveInt | None = from_profile("autocomplete", "stage_a_steps")
+    # bf16 on a CPU with bfloat16 units: autocast
+    precision: Literal["profile", "auto", "bf16", "fp32"] = from_profile("autocomplete", "train_precision", "name")
+    learning_rate: PositiveFloat | None = from_profile("autocomplete", "learning_rate")
+    per_device_train_batch_size: PositiveInt | None = from_profile("autocomplete", "batch_size")
     gradient_accumulation_steps: PositiveInt = 1
-    max_length: PositiveInt = _A.max_length  # longer rows are dropped (a cut middle would teach stopping mid-line)
+    # longer rows are dropped (a cut middle would teach stopping mid-line)
+    max_length: PositiveInt | None = from_profile("autocomplete", "max_length")
     warmup_steps: NonNegativeInt = 4
     logging_steps: PositiveInt = 5
     save_steps: PositiveInt = 20
@@ -55,14 +56,15 @@ class StageAConfig(StageConfig):
 
 
 class StageBConfig(StageConfig):
-    max_steps: PositiveInt = _A.stage_b_steps
+    max_steps: PositiveInt | None = from_profile("autocomplete", "stage_b_steps")
     replay_ratio: TrainFraction = 0.2  # share of Stage A rows in the Stage B mix, against forgetting
 
 
-class AutocompleteEvalConfig(dg.Config):
-    tasks_per_set: PositiveInt = _A.eval_tasks  # generic and domain single-line tasks per model (a seeded sample)
+class AutocompleteEvalConfig(ProfileConfig):
+    # generic and domain single-line tasks per model (a seeded sample)
+    tasks_per_set: PositiveInt | None = from_profile("autocomplete", "eval_tasks")
     # a seeded sample of HumanEval's 164 problems, one masked line each (0: all of them); not the first N
-    humaneval_problems: NonNegativeInt = _A.humaneval_problems
+    humaneval_problems: NonNegativeInt | None = from_profile("autocomplete", "humaneval_problems")
     # the split the generic and domain tasks come from: test to report, dev to tune a knob (HumanEval is skipped
     # on dev, so that nothing is tuned on the benchmark)
     split: Literal["dev", "test"] = "test"

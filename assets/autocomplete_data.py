@@ -12,6 +12,7 @@ from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, Seed, Tr
 from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
+from assets.profile_config import ProfileConfig, from_profile
 from assets.publish import UNPARTITIONED, publish_rows, read_upstream, skip_metadata
 from assets.split_checks import leak_check, leak_check_spec
 from ml.autocomplete.fim import FimRates, dataset_rows
@@ -19,13 +20,10 @@ from ml.languages import get_language
 from ml.schemas import FIM_SAMPLES
 from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION
 from resources import ArtifactStore, DuckDBCatalog
-from resources.settings import active_autocomplete_profile
 
 GROUP = "autocomplete"
-_A = active_autocomplete_profile()
 
-
-class FimRowsConfig(dg.Config):
+class FimRowsConfig(ProfileConfig):
     fim_rate: Fraction = 0.8  # FIM rows; the rest comment-to-code (where a unit has a docstring / leading comment)
     spm_rate: Fraction = 0.5  # of the FIM rows: suffix-prefix-middle order (else prefix-suffix-middle)
     ast_span_rate: Fraction = 0.3  # of the FIM rows: the middle is one whole syntax node
@@ -60,7 +58,7 @@ class FimRowsConfig(dg.Config):
 class DomainCorpusConfig(FimRowsConfig):
     # default: the README examples in the aws-cdk-lib wheel's docstrings | dir:PATH | zip:PATH (every *.py file)
     source: str = "default"
-    max_examples: NonNegativeInt = _A.domain_max_examples  # 0 = all
+    max_examples: NonNegativeInt | None = from_profile("autocomplete", "domain_max_examples")  # 0 = all
     min_chars: PositiveInt = 40
     max_chars: PositiveInt = 2000
     # examples whose token-shingle Jaccard similarity reaches this (directly or through a chain) share a split;

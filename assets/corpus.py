@@ -8,17 +8,17 @@ import dagster as dg
 
 from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
+from assets.profile_config import ProfileConfig, from_profile
 from assets.publish import publish_rows, read_upstream, skip_metadata
 from ml.corpus.ingest import FileRow, extract_units, read_files
 from ml.corpus.sources import SourceError
 from ml.reports import markdown_table
 from ml.schemas import CODE_UNITS, SOURCE_FILES
 from resources import ArtifactStore, CorpusResource, DuckDBCatalog
-from resources.settings import active_profile
 
 
-class CodeUnitsConfig(dg.Config):
-    max_unit_chars: int = active_profile().max_unit_chars
+class CodeUnitsConfig(ProfileConfig):
+    max_unit_chars: int | None = from_profile("ast", "max_unit_chars")
     workers: int = 0  # 0: one per core
 
 

@@ -13,6 +13,7 @@ from pydantic import model_validator
 
 from assets.config_checks import Fraction, NonNegativeInt, PositiveInt, SchemaView, Seed, TrainFraction
 from assets.k8s_tags import DATA_STEP
+from assets.profile_config import ProfileConfig, from_profile, or_profile
 from assets.publish import UNPARTITIONED, publish_folder, publish_rows, read_upstream, skip_metadata
 from assets.split_checks import leak_check, leak_check_spec
 from ml import schemas
@@ -21,10 +22,8 @@ from ml.dsl.domains import DOMAIN_NAMES, build_schema, sample_operators, spec_fr
 from ml.dsl.format import ast_to_text
 from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION, split_counts
 from resources import ArtifactStore, DuckDBCatalog
-from resources.settings import active_dsl_profile
 from resources.teacher import TeacherResource
 
-_D = active_dsl_profile()
 GROUP = "dsl"
 P = UNPARTITIONED
 
@@ -32,11 +31,11 @@ P = UNPARTITIONED
 # ---------------------------------------------------------------------------------------------------- configs
 
 
-class DslDomainSpecsConfig(dg.Config):
+class DslDomainSpecsConfig(ProfileConfig):
     domains: list[str] = list(DOMAIN_NAMES)
     # Never trained on: the evaluation reports them apart, to tell schema reading from memorization.
     heldout_domains: list[str] = ["recipes", "weather"]
-    examples_per_schema: int = _D.examples_per_schema
+    examples_per_schema: int | None = from_profile("dsl", "examples_per_schema")
     seed: int = 11
     # A domain the teacher gives no usable spec for (after its retries) is dropped and counted; the step fails
     # only when fewer training domains than this remain.
@@ -49,13 +48,13 @@ class DslSchemasConfig(dg.Config):
     seed: int = 11
 
 
-class DslQueriesConfig(dg.Config):
-    per_schema_queries: PositiveInt = _D.per_schema_queries
+class DslQueriesConfig(ProfileConfig):
+    per_schema_queries: PositiveInt | None = from_profile("dsl", "per_schema_queries")
     seed: Seed = 11
 
 
-class DslDatasetConfig(dg.Config):
-    positives_per_schema: PositiveInt = _D.positives_per_schema
+class DslDatasetConfig(ProfileConfig):
+    positives_per_schema: PositiveInt | None = from_profile("dsl", "positives_per_schema")
     negative_ratio: Fraction = 0.6  # schema-invalid mutations per kept positive (1: every positive once)
     # Shares of the training domains' requests (by group key: the canonical label AST) in dev (SFT validation)
     # and test (evaluation); held-out domains are all test.
@@ -71,10 +70,11 @@ class DslDatasetConfig(dg.Config):
         return self
 
 
-class DslTrainingCorpusConfig(dg.Config):
+class DslTrainingCorpusConfig(ProfileConfig):
     include_invalid: bool = False  # mutated, schema-invalid targets (off: they would teach schema violations)
     max_samples: NonNegativeInt = 0  # cap on training rows; 0 = all
-    schema_view: SchemaView = _D.schema_view  # json: the whole JSON Schema in the prompt | digest: a few lines off it
+    # json: the whole JSON Schema in the prompt | digest: a few lines off it
+    schema_view: or_profile(SchemaView) = from_profile("dsl", "schema_view", "name")
     seed: Seed = 0  # the max_samples draw
 
 

@@ -14,53 +14,54 @@ from assets.config_checks import BpeSplit, Dropout, NonNegativeFloat, NonNegativ
 from assets.dsl_data import GROUP, P, dsl_training_corpus, specs_and_schemas, teacher_call, teacher_metadata
 from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
+from assets.profile_config import ProfileConfig, from_profile, or_profile
 from assets.publish import checkpoint_dir, log_progress, png_markdown, publish_folder, publish_rows, read_upstream
 from ml import schemas
 from ml.stats import estimates_table, metadata_text, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
-from resources.settings import active_dsl_profile
 from resources.teacher import TeacherResource
-
-_D = active_dsl_profile()
-
 
 # ---------------------------------------------------------------------------------------------------- configs
 
 
-class DslBaseModelConfig(dg.Config):
+class DslBaseModelConfig(ProfileConfig):
     # smollm2-135m (packaged, offline) | tiny:gemma3_text | gguf:PATH | unsloth/gemma-3-270m-it (hub) | a local folder
-    base_model: str = _D.base_model
+    base_model: str | None = from_profile("dsl", "base_model")
     vocab_size: PositiveInt = 4000  # BPE size for tiny: bases (pretrained tokenizers keep theirs)
-    bpe_split: BpeSplit = _D.bpe_split  # wordpunct | words | whitespace (ml/tokenizer.train_bpe)
+    # wordpunct | words | whitespace (ml/tokenizer.train_bpe)
+    bpe_split: or_profile(BpeSplit) = from_profile("dsl", "bpe_split", "name")
     bpe_max_token_length: NonNegativeInt = 0  # longest BPE token in characters; 0 = no limit
     seed: Seed = 0
 
 
-class DslSftConfig(dg.Config):
-    max_steps: PositiveInt = _D.sft_max_steps  # -1 would be Hugging Face's "train epochs" sentinel: refused
+class DslSftConfig(ProfileConfig):
+    # -1 would be Hugging Face's "train epochs" sentinel: refused
+    max_steps: PositiveInt | None = from_profile("dsl", "sft_max_steps")
     # auto: the compute resource's; bf16 on a CPU with bfloat16 units is autocast (≈ 1.4x faster steps, measured)
-    precision: Literal["auto", "bf16", "fp32"] = _D.train_precision
-    per_device_train_batch_size: PositiveInt = _D.sft_batch_size  # evaluation batches are as large
-    gradient_accumulation_steps: PositiveInt = _D.sft_grad_accum
-    learning_rate: PositiveFloat = _D.sft_learning_rate
+    precision: Literal["profile", "auto", "bf16", "fp32"] = from_profile("dsl", "train_precision", "name")
+    # evaluation batches are as large
+    per_device_train_batch_size: PositiveInt | None = from_profile("dsl", "sft_batch_size")
+    gradient_accumulation_steps: PositiveInt | None = from_profile("dsl", "sft_grad_accum")
+    learning_rate: PositiveFloat | None = from_profile("dsl", "sft_learning_rate")
     weight_decay: NonNegativeFloat = 0.01
-    warmup_steps: NonNegativeInt = _D.sft_warmup_steps
-    max_length: PositiveInt = _D.max_length
-    eval_max_samples: NonNegativeInt = _D.eval_max_samples  # validation rows from the dev split; 0 = none
-    eval_steps: PositiveInt = _D.sft_eval_steps
+    warmup_steps: NonNegativeInt | None = from_profile("dsl", "sft_warmup_steps")
+    max_length: PositiveInt | None = from_profile("dsl", "max_length")
+    # validation rows from the dev split; 0 = none
+    eval_max_samples: NonNegativeInt | None = from_profile("dsl", "eval_max_samples")
+    eval_steps: PositiveInt | None = from_profile("dsl", "sft_eval_steps")
     logging_steps: PositiveInt = 10
-    save_steps: PositiveInt = _D.sft_save_steps
+    save_steps: PositiveInt | None = from_profile("dsl", "sft_save_steps")
     save_total_limit: PositiveInt = 3
     max_grad_norm: NonNegativeFloat = 1.0  # 0 = no clipping
     early_stopping_threshold: NonNegativeFloat = 0.002  # the least eval_loss improvement that counts
     early_stopping_patience: NonNegativeInt = 2  # 0 = off
-    lora_r: PositiveInt = _D.sft_lora_r
-    lora_alpha: PositiveInt = _D.sft_lora_alpha
+    lora_r: PositiveInt | None = from_profile("dsl", "sft_lora_r")
+    lora_alpha: PositiveInt | None = from_profile("dsl", "sft_lora_alpha")
     lora_dropout: Dropout = 0.05
     # LoRA on the top N layers only (0 = all): the backward pass stops below them
-    lora_top_layers: NonNegativeInt = _D.sft_lora_top_layers
-    probe_samples: NonNegativeInt = _D.probe_samples  # 0 = off
+    lora_top_layers: NonNegativeInt | None = from_profile("dsl", "sft_lora_top_layers")
+    probe_samples: NonNegativeInt | None = from_profile("dsl", "probe_samples")  # 0 = off
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -74,32 +75,35 @@ class DslSftConfig(dg.Config):
         return self
 
 
-class DslEvalConfig(dg.Config):
-    samples: PositiveInt = _D.eval_samples  # per group: seen-domain test requests, held-out-domain requests
+class DslEvalConfig(ProfileConfig):
+    # per group: seen-domain test requests, held-out-domain requests
+    samples: PositiveInt | None = from_profile("dsl", "eval_samples")
     batch_size: PositiveInt = 16
     seed: Seed = 0
 
 
-class DslDpoPairsConfig(dg.Config):
-    max_pairs: PositiveInt = _D.max_pairs
+class DslDpoPairsConfig(ProfileConfig):
+    max_pairs: PositiveInt | None = from_profile("dsl", "max_pairs")
     only_rejected: bool = True  # False: also pairs where the teacher accepted an output that differs from its AST
     candidates: NonNegativeInt = 0  # training requests the student answers; 0 = 2 × max_pairs
     batch_size: PositiveInt = 16
     seed: Seed = 0
 
 
-class DslDpoConfig(dg.Config):
+class DslDpoConfig(ProfileConfig):
     beta: PositiveFloat = 0.1
-    precision: Literal["auto", "bf16", "fp32"] = _D.train_precision  # as in DslSftConfig
-    max_steps: PositiveInt = _D.dpo_max_steps
-    per_device_train_batch_size: PositiveInt = _D.dpo_batch_size
-    gradient_accumulation_steps: PositiveInt = _D.dpo_grad_accum
-    learning_rate: PositiveFloat = _D.dpo_learning_rate
-    warmup_steps: NonNegativeInt = _D.dpo_warmup_steps
+    # as in DslSftConfig
+    precision: Literal["profile", "auto", "bf16", "fp32"] = from_profile("dsl", "train_precision", "name")
+    max_steps: PositiveInt | None = from_profile("dsl", "dpo_max_steps")
+    per_device_train_batch_size: PositiveInt | None = from_profile("dsl", "dpo_batch_size")
+    gradient_accumulation_steps: PositiveInt | None = from_profile("dsl", "dpo_grad_accum")
+    learning_rate: PositiveFloat | None = from_profile("dsl", "dpo_learning_rate")
+    warmup_steps: NonNegativeInt | None = from_profile("dsl", "dpo_warmup_steps")
     logging_steps: PositiveInt = 5
     save_steps: PositiveInt = 100
-    max_length: PositiveInt = _D.max_length  # longer pairs are dropped, never truncated
-    sft_weight: NonNegativeFloat = _D.dpo_sft_weight  # chosen answers' NLL added to the DPO loss (RPO); 0 = plain DPO
+    max_length: PositiveInt | None = from_profile("dsl", "max_length")  # longer pairs are dropped, never truncated
+    # chosen answers' NLL added to the DPO loss (RPO); 0 = plain DPO
+    sft_weight: NonNegativeFloat | None = from_profile("dsl", "dpo_sft_weight")
     seed: Seed = 0
 
 

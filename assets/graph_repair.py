@@ -18,37 +18,36 @@ from assets.config_checks import Fraction, NonNegativeInt, PositiveFloat, Positi
 from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.partitions import language_slices
+from assets.profile_config import ProfileConfig, from_profile
 from assets.publish import png_markdown, publish_folder, publish_rows, read_upstream, report_markdown, skip_metadata
 from assets.split_checks import leak_check, leak_check_spec
 from ml.schemas import ASG_CORPUS, GRAPH_REPAIR_RESULTS, REPAIR_DATASET, to_table
 from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
-from resources.settings import active_graph_repair_profile
 
 GROUP = "graph_repair"
-_P = active_graph_repair_profile()
 
-
-class AsgCorpusConfig(dg.Config):
-    max_functions: NonNegativeInt = _P.max_functions  # 0: every function that fits
+class AsgCorpusConfig(ProfileConfig):
+    max_functions: NonNegativeInt | None = from_profile("graph_repair", "max_functions")  # 0: every function that fits
     min_nodes: PositiveInt = 20
-    max_nodes: PositiveInt = _P.max_nodes
+    max_nodes: PositiveInt | None = from_profile("graph_repair", "max_nodes")
     # split_of(group key of the alpha-renamed code): the same functions in every run, renamed copies together
     dev_fraction: Fraction = DEFAULT_DEV_FRACTION
     test_fraction: Fraction = DEFAULT_TEST_FRACTION
 
 
-class RepairDatasetConfig(dg.Config):
-    corruptions_per_graph: PositiveInt = _P.corruptions_per_graph  # dev and test functions get one per noise level
+class RepairDatasetConfig(ProfileConfig):
+    # dev and test functions get one per noise level
+    corruptions_per_graph: PositiveInt | None = from_profile("graph_repair", "corruptions_per_graph")
     seed: Seed = 0
 
 
-class DenoiserConfig(dg.Config):
-    hidden: PositiveInt = _P.hidden
+class DenoiserConfig(ProfileConfig):
+    hidden: PositiveInt | None = from_profile("graph_repair", "hidden")
     depth: PositiveInt = 2  # Graph U-Net levels (each pools to half the nodes)
-    steps: PositiveInt = _P.steps
-    batch_size: PositiveInt = _P.batch_size
+    steps: PositiveInt | None = from_profile("graph_repair", "steps")
+    batch_size: PositiveInt | None = from_profile("graph_repair", "batch_size")
     lr: PositiveFloat = 1e-3
     clean_weight: Fraction = 0.1
     max_vocab: PositiveInt = 4000

@@ -18,6 +18,7 @@ from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP, MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
 from assets.partitions import language_slices
+from assets.profile_config import ProfileConfig, from_profile
 from assets.publish import (
     UNPARTITIONED,
     checkpoint_dir,
@@ -35,46 +36,45 @@ from ml.srl.report import family_counts_table
 from ml.stats import estimates_table, write_metrics_files
 from resources import ArtifactStore, DuckDBCatalog
 from resources.compute import ComputeResource
-from resources.settings import active_srl_profile
 from resources.teacher import TeacherResource
 
 GROUP = "srl"
-_S = active_srl_profile()
 
-
-class SrlTasksConfig(dg.Config):
-    max_per_family: PositiveInt = _S.max_tasks_per_family
-    max_code_chars: PositiveInt = _S.max_code_chars  # longer units are skipped (prompt length)
+class SrlTasksConfig(ProfileConfig):
+    max_per_family: PositiveInt | None = from_profile("srl", "max_tasks_per_family")
+    # longer units are skipped (prompt length)
+    max_code_chars: PositiveInt | None = from_profile("srl", "max_code_chars")
     seed: Seed = 0
 
 
-class SrlTracesConfig(dg.Config):
+class SrlTracesConfig(ProfileConfig):
     min_quality: Fraction = 0.6  # trace_quality threshold (schema 0.3 + execution 0.5 + brevity 0.2)
-    max_per_family: PositiveInt = _S.max_tasks_per_family  # the same number of traces per family at most
+    # the same number of traces per family at most
+    max_per_family: PositiveInt | None = from_profile("srl", "max_tasks_per_family")
     sandbox_timeout_s: PositiveFloat = 10.0
 
 
-class SrlBaseModelConfig(dg.Config):
+class SrlBaseModelConfig(ProfileConfig):
     # smollm2-135m (packaged, offline) | a hub id | gguf:PATH | a local folder | tiny:qwen2 (tests)
-    base_model: str = _S.base_model
+    base_model: str | None = from_profile("srl", "base_model")
     vocab_size: PositiveInt = 2000  # tiny: bases only (BPE trained on the slices' tasks)
     seed: Seed = 0
 
 
-class SrlAdapterConfig(dg.Config):
+class SrlAdapterConfig(ProfileConfig):
     """Supervised warm-up (``sft_*``), then GRPO (TRL ``GRPOConfig`` names: ``beta`` is the KL coefficient)."""
 
-    sft_steps: NonNegativeInt = _S.warmup_steps  # 0: GRPO starts from the base
+    sft_steps: NonNegativeInt | None = from_profile("srl", "warmup_steps")  # 0: GRPO starts from the base
     sft_learning_rate: PositiveFloat = 1e-3
     # the step tags' embedding rows start at the vocabulary's mean and must become outputs: they learn this much faster
     sft_tag_lr_multiplier: PositiveFloat = 30.0
     sft_batch_size: PositiveInt = 8
     max_length: PositiveInt = 768  # warm-up rows longer than this are dropped
-    max_steps: PositiveInt = _S.grpo_steps
+    max_steps: PositiveInt | None = from_profile("srl", "grpo_steps")
     beta: NonNegativeFloat = 0.05
     learning_rate: PositiveFloat = 5e-5
-    num_generations: PositiveInt = _S.num_generations
-    per_device_train_batch_size: PositiveInt = _S.num_generations
+    num_generations: PositiveInt | None = from_profile("srl", "num_generations")
+    per_device_train_batch_size: PositiveInt | None = from_profile("srl", "num_generations")
     max_completion_length: PositiveInt = 96
     temperature: PositiveFloat = 0.8  # below 1: a small student's samples stay well-formed often enough to differ
     reward_action: NonNegativeFloat = 0.5
@@ -86,7 +86,8 @@ class SrlAdapterConfig(dg.Config):
     lora_r: PositiveInt = 16
     lora_alpha: PositiveInt = 32
     lora_top_layers: NonNegativeInt = 10  # LoRA on the top N layers (0 = all): the backward pass stops there
-    precision: Literal["auto", "bf16", "fp32"] = _S.train_precision  # bf16: autocast on a CPU with bf16 units
+    # bf16: autocast on a CPU with bf16 units
+    precision: Literal["profile", "auto", "bf16", "fp32"] = from_profile("srl", "train_precision", "name")
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -110,8 +111,9 @@ class SrlAdapterConfig(dg.Config):
         return grpo_settings(self.model_dump())
 
 
-class SrlEvalConfig(dg.Config):
-    eval_tasks: PositiveInt = _S.eval_tasks  # test tasks (families never trained on) per policy
+class SrlEvalConfig(ProfileConfig):
+    # test tasks (families never trained on) per policy
+    eval_tasks: PositiveInt | None = from_profile("srl", "eval_tasks")
     max_new_tokens: PositiveInt = 96
     batch_size: PositiveInt = 8
     # the student also decodes held to the step grammar (llguidance): metrics with a _constrained suffix. (The base

@@ -1,4 +1,8 @@
-"""Where astforge keeps its state, and the profile (demo | full) that sets default sizes."""
+"""Where astforge keeps its state, and the profile (demo | full) that sets default sizes.
+
+Nothing here runs at import but plain data: the profile is read from ``ASTFORGE_PROFILE`` when a run builds its
+config (assets/profile_config.py), and what depends on the machine (CUDA, the CPU's bfloat16 units) is asked then,
+so a code location loads the same on a CPU webserver and on a GPU worker."""
 
 from __future__ import annotations
 
@@ -35,11 +39,18 @@ def _cpu_bf16_or_auto() -> str:
     return "bf16" if cpu_has_bf16() else "auto"
 
 
+# A profile value resolved on the machine that runs: "bf16" where the CPU has bfloat16 units, else "auto".
+BF16_IF_CPU = "bf16-if-cpu"
+# The full AST base: the seed's Qwen2.5-0.5B where a GPU can train it (from the hub or a mirror); on a CPU the
+# packaged SmolLM2-135M, offline. Asked when a run starts, never at import.
+FULL_AST_BASE, FULL_AST_BASE_CPU = "Qwen/Qwen2.5-0.5B", "smollm2-135m"
+_GPU_OR_CPU_BASE = "gpu-or-cpu"
+
+
 def _full_ast_base() -> str:
-    """The seed's Qwen2.5-0.5B where a GPU can train it (from the hub); on CPU the packaged SmolLM2-135M, offline."""
     import torch
 
-    return "Qwen/Qwen2.5-0.5B" if torch.cuda.is_available() else "smollm2-135m"
+    return FULL_AST_BASE if torch.cuda.is_available() else FULL_AST_BASE_CPU
 
 
 PROFILES = {
@@ -50,17 +61,26 @@ PROFILES = {
     ),
     # The seed's numbers: Qwen2.5-0.5B (4-bit + LoRA on CUDA), 4096-token AST cap.
     "full": Profile(
-        "full", max_files_per_slice=None, token_cap=4096, max_unit_chars=100_000, base_model=_full_ast_base(),
+        "full", max_files_per_slice=None, token_cap=4096, max_unit_chars=100_000, base_model=_GPU_OR_CPU_BASE,
         phase1_steps=3000, phase2_steps=2000, batch_size=8, max_length=4096, learning_rate=2e-4, eval_samples=200,
     ),
 }
 
 
-def active_profile() -> Profile:
+def active_profile_name() -> str:
     name = os.environ.get("ASTFORGE_PROFILE", "demo")
     if name not in PROFILES:
         raise ValueError(f"ASTFORGE_PROFILE={name!r}: expected one of {', '.join(PROFILES)}")
-    return PROFILES[name]
+    return name
+
+
+def active_profile() -> Profile:
+    profile = PROFILES[active_profile_name()]
+    if profile.base_model == _GPU_OR_CPU_BASE:
+        from dataclasses import replace
+
+        profile = replace(profile, base_model=_full_ast_base())
+    return profile
 
 
 @dataclass(frozen=True)
@@ -120,7 +140,7 @@ DSL_PROFILES = {
         # no probe during the demo's SFT (41 s of the 40-min demo): bench/dsl_learning_curve.py draws that curve
         probe_samples=0, dpo_max_steps=6, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
         dpo_warmup_steps=1, max_pairs=12, schema_view="digest", dpo_sft_weight=5.0,
-        sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=20, train_precision=_cpu_bf16_or_auto(),
+        sft_lora_r=16, sft_lora_alpha=32, sft_lora_top_layers=20, train_precision=BF16_IF_CPU,
     ),
     # The tiny Gemma 3 student of earlier demos (tests use it): 600 steps in ~5 min, learns the format, not the task.
     "tiny": DslProfile(
@@ -142,10 +162,19 @@ DSL_PROFILES = {
 
 def active_dsl_profile() -> DslProfile:
     """The `dsl` group's sizes: ASTFORGE_DSL_PROFILE (demo | tiny | full) when set, else ASTFORGE_PROFILE's."""
-    name = os.environ.get("ASTFORGE_DSL_PROFILE") or active_profile().name
+    name = os.environ.get("ASTFORGE_DSL_PROFILE") or active_profile_name()
     if name not in DSL_PROFILES:
         raise ValueError(f"ASTFORGE_DSL_PROFILE={name!r}: expected one of {', '.join(DSL_PROFILES)}")
-    return DSL_PROFILES[name]
+    return _machine_precision(DSL_PROFILES[name])
+
+
+def _machine_precision(profile):
+    """``profile`` with ``train_precision`` bf16-if-cpu decided on this machine."""
+    if profile.train_precision != BF16_IF_CPU:
+        return profile
+    from dataclasses import replace
+
+    return replace(profile, train_precision=_cpu_bf16_or_auto())
 
 
 @dataclass(frozen=True)
@@ -173,7 +202,7 @@ AUTOCOMPLETE_PROFILES = {
     # similarity from ≈ 0.14 to ≈ 0.32; 40 steps at 1e-3 gave 0/16.
     "demo": AutocompleteProfile("demo", "smollm2-135m", domain_max_examples=4000, stage_a_steps=60, stage_b_steps=20,
                                 batch_size=8, max_length=320, learning_rate=2e-3, eval_tasks=24,
-                                train_precision="bf16-if-cpu", humaneval_problems=40),
+                                train_precision=BF16_IF_CPU, humaneval_problems=40),
     "full": AutocompleteProfile("full", "Qwen/Qwen2.5-Coder-0.5B", domain_max_examples=0, stage_a_steps=2000,
                                 stage_b_steps=600, batch_size=16, max_length=1024, learning_rate=2e-4,
                                 eval_tasks=164, train_precision="auto", humaneval_problems=0),
@@ -181,12 +210,7 @@ AUTOCOMPLETE_PROFILES = {
 
 
 def active_autocomplete_profile() -> AutocompleteProfile:
-    profile = AUTOCOMPLETE_PROFILES[active_profile().name]
-    if profile.train_precision == "bf16-if-cpu":
-        from dataclasses import replace
-
-        profile = replace(profile, train_precision=_cpu_bf16_or_auto())
-    return profile
+    return _machine_precision(AUTOCOMPLETE_PROFILES[active_profile_name()])
 
 
 @dataclass(frozen=True)
@@ -210,19 +234,14 @@ SRL_PROFILES = {
     # 20 tasks per family: the python slice's test families then hold 42 tasks (train 68, dev 6), all evaluated
     # (the issue asks for at least 40 per evaluation; 16 before): with the warm-up-only pass ≈ +4 min on 2 cores.
     "demo": SrlProfile("smollm2-135m", max_tasks_per_family=20, max_code_chars=500, warmup_steps=24, grpo_steps=2,
-                       num_generations=4, eval_tasks=42, train_precision="bf16-if-cpu"),
+                       num_generations=4, eval_tasks=42, train_precision=BF16_IF_CPU),
     "full": SrlProfile("Qwen/Qwen2.5-Coder-0.5B", max_tasks_per_family=200, max_code_chars=2000, warmup_steps=300,
                        grpo_steps=500, num_generations=8, eval_tasks=200, train_precision="auto"),
 }
 
 
 def active_srl_profile() -> SrlProfile:
-    profile = SRL_PROFILES[active_profile().name]
-    if profile.train_precision == "bf16-if-cpu":
-        from dataclasses import replace
-
-        profile = replace(profile, train_precision=_cpu_bf16_or_auto())
-    return profile
+    return _machine_precision(SRL_PROFILES[active_profile_name()])
 
 
 @dataclass(frozen=True)
@@ -249,4 +268,13 @@ GRAPH_REPAIR_PROFILES = {
 
 
 def active_graph_repair_profile() -> GraphRepairProfile:
-    return GRAPH_REPAIR_PROFILES[active_profile().name]
+    return GRAPH_REPAIR_PROFILES[active_profile_name()]
+
+
+_SECTIONS = {"ast": active_profile, "dsl": active_dsl_profile, "autocomplete": active_autocomplete_profile,
+             "srl": active_srl_profile, "graph_repair": active_graph_repair_profile}
+
+
+def profile_value(section: str, attr: str):
+    """``attr`` of the active profile of ``section`` (ast | dsl | autocomplete | srl | graph_repair), read now."""
+    return getattr(_SECTIONS[section](), attr)

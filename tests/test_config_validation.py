@@ -145,7 +145,7 @@ print(json.dumps({"profile": active_profile().name, "errors": errors}))
 
 @pytest.mark.parametrize("profile", ["demo", "full"])
 def test_both_profiles_defaults_validate(profile):
-    # A subprocess: the config classes read the profile when their module is imported.
+    # A subprocess per profile, as a run process would read it.
     env = {**os.environ, "ASTFORGE_PROFILE": profile, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", _DEFAULTS], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300, check=True)

@@ -28,11 +28,12 @@ TRAINING_KINDS = ("fim", "comment_to_code")
 
 
 def fim_tokenizer(base: str, texts: Sequence[str] = (), vocab_size: int = 4000):
-    """The base's tokenizer with the FIM tokens appended (atomic, in an id range after the base vocabulary; the
-    ``tiny:`` bases train a BPE on ``texts`` first)."""
+    """The base's tokenizer with the FIM tokens: the base's own where it has them (Qwen2.5 / Qwen2.5-Coder: the
+    format it was trained on), else appended (atomic, in an id range after the base vocabulary; the ``tiny:`` bases
+    train a BPE on ``texts`` first)."""
     from ml.training.ast_tokenizer import build_ast_tokenizer
 
-    return build_ast_tokenizer(base, texts, list(FIM_TOKENS), vocab_size)
+    return build_ast_tokenizer(base, texts, list(FIM_TOKENS), vocab_size, reuse_base_tokens=True)
 
 
 def training_pairs(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:

@@ -5,7 +5,12 @@
   package ships;
 - ``gguf:PATH``: any GGUF file, converted once into a cache folder keyed by the file's sha256;
 - a local folder with a ``config.json``;
-- a Hugging Face hub id (``Qwen/Qwen2.5-0.5B``): from the local hub cache, or from the hub when it is reachable.
+- a Hugging Face hub id (``Qwen/Qwen2.5-0.5B``): from a local mirror (``ASTFORGE_MODEL_MIRROR``), the local hub
+  cache, or the hub when it is reachable.
+
+``ASTFORGE_MODEL_MIRROR`` (one folder, or several joined by ``os.pathsep``) is an offline mirror of the hub:
+``<mirror>/Qwen/Qwen2.5-0.5B/config.json`` serves the hub id ``Qwen/Qwen2.5-0.5B`` wherever a setting names it (the
+profiles' defaults included), so a machine without the hub runs the same settings as one with it.
 """
 
 from __future__ import annotations
@@ -110,8 +115,20 @@ def resolve_base_model(
         if not (folder / "config.json").is_file():
             raise BaseModelError(f"{field}={setting!r}: {folder} is not a Hugging Face model folder (no config.json)")
         return BaseRef(setting, kind, str(folder))
+    mirrored = mirror_folder(setting)
+    if mirrored is not None:
+        return BaseRef(setting, kind, str(mirrored))
     _check_hub(setting, field)
     return BaseRef(setting, kind, setting)
+
+
+def mirror_folder(repo_id: str) -> Path | None:
+    """The folder that serves hub id ``repo_id`` from ``ASTFORGE_MODEL_MIRROR``, or None."""
+    for root in filter(None, os.environ.get("ASTFORGE_MODEL_MIRROR", "").split(os.pathsep)):
+        folder = Path(root).expanduser() / repo_id
+        if (folder / "config.json").is_file():
+            return folder.resolve()
+    return None
 
 
 def _check_hub(repo_id: str, field: str) -> None:

@@ -38,7 +38,7 @@ def train_student(base_dir, tokenizer, traces: Sequence[Mapping[str, Any]], out_
                   settings: GRPOSettings, plan: ComputePlan, reward: StructuredReward, *, warmup_config=None,
                   warmup_from=None, on_log: OnLog | None = None) -> StudentTraining:
     """Make ``out_dir`` a student folder. The warm-up adapter goes to ``out_dir/warmup``: trained on ``traces``
-    with ``warmup_config`` (an ``ml.training.sft.PhaseConfig``), or copied from ``warmup_from`` (a student's
+    with ``warmup_config`` (an ``ml.training.sft_trainer.PhaseConfig``), or copied from ``warmup_from`` (a student's
     ``warmup/``, when it holds an adapter), or none (GRPO starts from the base). Then GRPO on ``traces``' prompts
     over the base with that warm-up merged, its adapter saved at ``out_dir``. Checkpoints under ``work_dir``
     (``warmup/``, ``grpo/``: a re-run resumes)."""

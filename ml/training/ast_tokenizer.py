@@ -23,9 +23,14 @@ def build_ast_tokenizer(
     corpus_texts: Iterable[str],
     ast_vocabulary: Sequence[str],
     vocab_size: int = 4000,
+    reuse_base_tokens: bool = False,
     **bpe_options,
 ) -> PreTrainedTokenizerFast:
     """Base tokenizer + the AST vocabulary appended with ``add_tokens``.
+
+    ``reuse_base_tokens``: a token the base already holds as one atomic id keeps that id instead of being appended
+    (Qwen2.5-Coder's ``<|fim_prefix|>``...: its FIM format is the one the model was trained on); the reused tokens
+    are listed in ``init_kwargs["astforge_reused_tokens"]`` and sit below the base size, the appended ones above.
 
     ``tiny:<arch>``: byte-level BPE trained on ``corpus_texts``. Anything else: ``AutoTokenizer``
     (hub id or local folder). The base vocabulary size (incl. base special tokens) is recorded in
@@ -51,11 +56,21 @@ def build_ast_tokenizer(
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
     base_size = len(tok)
-    new = [t for t in dict.fromkeys(ast_vocabulary) if t not in tok.get_vocab()]
+    wanted = list(dict.fromkeys(ast_vocabulary))
+    reused = [t for t in wanted if _atomic_in(tok, t)] if reuse_base_tokens else []
+    new = [t for t in wanted if t not in reused and t not in tok.get_vocab()]
     tok.add_tokens(new, special_tokens=False)
     tok.init_kwargs["astforge_base_vocab_size"] = base_size
-    assert_disjoint(tok, ast_vocabulary)
+    if reused:
+        tok.init_kwargs["astforge_reused_tokens"] = reused
+    assert_disjoint(tok, [t for t in wanted if t not in reused])
     return tok
+
+
+def _atomic_in(tokenizer, token: str) -> bool:
+    """Whether the base already encodes ``token`` as the one id its vocabulary gives it."""
+    vocab = tokenizer.get_vocab()
+    return token in vocab and tokenizer.encode(token, add_special_tokens=False) == [vocab[token]]
 
 
 def _strip_structural(texts: Iterable[str], vocab: Sequence[str]) -> Iterable[str]:
