@@ -229,7 +229,9 @@ def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEval
                                       log=context.log.info)
     differences = paired_differences(results)
     metrics = graph_repair_metrics(results, differences, tuning)
-    catalog.write_metrics(asset_key="graph_repair_eval", partition=language, run_id=context.run_id, metrics=metrics)
+    # the relabel thresholds are knobs chosen on dev (in the report and the metadata), not measurements
+    catalog.write_metrics(asset_key="graph_repair_eval", partition=language, run_id=context.run_id,
+                          metrics={k: v for k, v in metrics.items() if not k.endswith("_relabel_threshold")})
     functions = split_counts(r["split"] for r in {r["unit_id"]: r for r in rows}.values())
     report = graph_repair_report(language, results, sizes, differences, tuning, functions)
     plot = exact_plot({k: v for k, v in results.items() if k != "slot_frequency"})

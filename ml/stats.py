@@ -3,7 +3,8 @@ differences with theirs.
 
 - :func:`rate` — a proportion of successes with the Wilson score interval (sound at small n and at 0 or 1, where
   the normal approximation collapses to a zero-width interval).
-- :func:`mean` — a mean with a seeded percentile bootstrap interval.
+- :func:`mean` — a mean with a seeded percentile bootstrap interval; :func:`quantile` (a latency's p95) and
+  :func:`ratio` (a ratio of sums over items: tokens per second, KL per token) likewise.
 - :func:`paired_difference` — the mean of per-item differences ``a - b`` over the *same* items, with a seeded
   percentile bootstrap over items (resampling items keeps each item's pair together, so the shared difficulty of
   an item cancels and the interval is much tighter than comparing two independent intervals).
@@ -96,6 +97,37 @@ def mean(values: Sequence[float], *, split: str = "test", seed: int = 0,
     boot = _bootstrap_means(array, seed, resamples)
     low, high = np.percentile(boot, [2.5, 97.5])
     return Estimate(float(array.mean()), int(array.size), float(low), float(high), _check_split(split), "bootstrap")
+
+
+def quantile(values: Sequence[float], q: float, *, split: str = "test", seed: int = 0,
+             resamples: int = BOOTSTRAP_RESAMPLES) -> Estimate:
+    """The ``q``-th percentile (0-100) with a seeded percentile-bootstrap 95% interval (e.g. a latency's p95)."""
+    array = np.asarray(list(values), dtype=float)
+    if array.size == 0:
+        return Estimate(math.nan, 0, math.nan, math.nan, _check_split(split), "bootstrap_quantile")
+    rng = np.random.default_rng(seed)
+    boot = np.percentile(array[rng.integers(0, array.size, size=(resamples, array.size))], q, axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return Estimate(float(np.percentile(array, q)), int(array.size), float(low), float(high), _check_split(split),
+                    "bootstrap_quantile")
+
+
+def ratio(numerators: Sequence[float], denominators: Sequence[float], *, split: str = "test", seed: int = 0,
+          resamples: int = BOOTSTRAP_RESAMPLES) -> Estimate:
+    """``sum(numerators) / sum(denominators)`` over items (tokens per second over requests, a KL per token over
+    completions), with a seeded bootstrap over items that keeps each item's pair together; ``n`` counts items."""
+    num, den = np.asarray(list(numerators), dtype=float), np.asarray(list(denominators), dtype=float)
+    if num.shape != den.shape:
+        raise ValueError(f"ratio needs one denominator per numerator: {num.size} vs {den.size}")
+    if num.size == 0 or den.sum() == 0:
+        return Estimate(math.nan, 0, math.nan, math.nan, _check_split(split), "bootstrap_ratio")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, num.size, size=(resamples, num.size))
+    sums = den[picks].sum(axis=1)
+    boot = num[picks].sum(axis=1)[sums > 0] / sums[sums > 0]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return Estimate(float(num.sum() / den.sum()), int(num.size), float(low), float(high), _check_split(split),
+                    "bootstrap_ratio")
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], *, split: str = "test", seed: int = 0,

@@ -68,11 +68,12 @@ _SCHEMA = [
 EVAL_METRIC_COLUMNS = "asset_key, partition, run_id, metric, value, n, ci_low, ci_high, split, created_at"
 
 
-def _metric_row(value: float | Estimate) -> list:
-    """[value, n, ci_low, ci_high, split] of one metric."""
-    if isinstance(value, Estimate):
-        return [_finite(value.value), int(value.n), _finite(value.ci_low), _finite(value.ci_high), value.split]
-    return [float(value), None, None, None, None]
+def _metric_row(name: str, value: Estimate) -> list:
+    """[value, n, ci_low, ci_high, split] of one metric; a bare number has no evidence, so no row."""
+    if not isinstance(value, Estimate):
+        raise TypeError(f"eval_metrics: {name} = {value!r} is a bare number; a metric is an ml.stats.Estimate (n, "
+                        "95% interval, split). A knob chosen on dev belongs in the report and metadata, not here.")
+    return [_finite(value.value), int(value.n), _finite(value.ci_low), _finite(value.ci_high), value.split]
 
 
 def _finite(x: float) -> float | None:
@@ -422,17 +423,17 @@ class DuckDBCatalog(dg.ConfigurableResource):
         )
 
     def write_metrics(
-        self, *, asset_key: str, partition: str, run_id: str, metrics: Mapping[str, float | Estimate]
+        self, *, asset_key: str, partition: str, run_id: str, metrics: Mapping[str, Estimate]
     ) -> None:
-        """One row per metric; an :class:`ml.stats.Estimate` also fills ``n``, ``ci_low``, ``ci_high`` and ``split``
-        (a plain number leaves them NULL: a figure without its evidence, such as a latency or a step count)."""
+        """One row per metric, each an :class:`ml.stats.Estimate` with its ``n``, ``ci_low``, ``ci_high`` and ``split``
+        (a bare number is refused: a figure without its evidence)."""
         now = _now()
         with self._transaction() as tx:
             tx.execute("DELETE FROM eval_metrics WHERE asset_key = ? AND partition = ? AND run_id = ?",
                        [asset_key, partition, run_id])
             tx.executemany(
                 f"INSERT INTO eval_metrics ({EVAL_METRIC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [[asset_key, partition, run_id, k, *_metric_row(v), now] for k, v in sorted(metrics.items())],
+                [[asset_key, partition, run_id, k, *_metric_row(k, v), now] for k, v in sorted(metrics.items())],
             )
 
     def write_training_curve(

@@ -109,6 +109,8 @@ def _fill(session: _DuckDBSession | PostgresSession, entries: list[tuple[Path, d
             latest_rows[(m["table"], m["partition"], m.get("table_asset_key"))] = (folder, m)
         evidence = _evidence(folder)
         for metric, value in sorted(_flat_metrics(folder).items()):
+            if evidence and metric not in evidence:
+                continue  # a knob or count beside the estimates: never an eval_metrics row (older folders: all are)
             known = evidence.get(metric) or {}
             session.execute(f"INSERT INTO eval_metrics ({EVAL_METRIC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [m["asset_key"], m["partition"], m["run_id"], metric, value, known.get("n"),

@@ -311,7 +311,11 @@ def test_set_metrics_are_estimates_with_n_and_interval(tmp_path):
     assert similarity.ci_low < 0.625 < similarity.ci_high
     assert m["generic_syntax_valid_rate_truncated"].value == pytest.approx(0.5)
     assert "generic_pass_at_1" not in m  # only scored sets have pass@1
-    assert isinstance(m["generic_latency_ms_p50"], float)  # measurements stay plain numbers
+    latency = m["generic_latency_ms_p50"]  # a timing too carries its n and interval
+    assert isinstance(latency, Estimate) and latency.n == 24 and latency.ci_low <= latency.value <= latency.ci_high
+    speed = m["generic_tokens_per_s"]
+    assert speed.n == 24 and speed.value == pytest.approx(sum(r["new_tokens"] for r in rows)
+                                                          / sum(r["latency_ms"] / 1000 for r in rows))
     assert str(exact).endswith("n=24") and str(exact).startswith("0.500 [")
     scored = set_metrics(_result_rows("m1", "humaneval", [0.0] * 3, passed=[True, False, False]), "humaneval")
     assert scored["humaneval_pass_at_1"].value == pytest.approx(1 / 3) and scored["humaneval_pass_at_1"].n == 3
@@ -320,7 +324,7 @@ def test_set_metrics_are_estimates_with_n_and_interval(tmp_path):
     evidence = json.loads((tmp_path / "metrics_evidence.json").read_text())
     assert flat["generic_exact_match"] == pytest.approx(0.5)
     assert evidence["generic_exact_match"]["n"] == 24 and evidence["generic_exact_match"]["split"] == "test"
-    assert "generic_latency_ms_p50" not in evidence
+    assert evidence["generic_latency_ms_p50"]["n"] == 24
 
 
 def test_report_shows_paired_differences_and_claims_only_what_they_allow():

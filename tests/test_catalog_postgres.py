@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ml.stats import mean
 from resources import ArtifactStore, DuckDBCatalog
 from resources.catalog import CatalogUnavailable
 from resources.catalog_dialect import to_postgres
@@ -116,8 +117,10 @@ def test_metrics_training_curves_and_missing_artifacts(pg_catalog, tmp_path):
                                      rows=0, created_at=datetime(2026, 1, 1 + i))
         pg_catalog.write_training_curve(asset_key="trained", partition="all", run_id=run,
                                         points=[(2, "loss", 1.0 + i), (1, "loss", 2.0 + i)])
-        pg_catalog.write_metrics(asset_key="trained_eval", partition="all", run_id=run, metrics={"acc": 0.5 + i / 4})
-    pg_catalog.write_metrics(asset_key="trained_eval", partition="all", run_id="new-run", metrics={"acc": 0.9})
+        pg_catalog.write_metrics(asset_key="trained_eval", partition="all", run_id=run,
+                                 metrics={"acc": mean([0.5 + i / 4] * 3)})
+    pg_catalog.write_metrics(asset_key="trained_eval", partition="all", run_id="new-run",
+                             metrics={"acc": mean([0.9] * 3)})
     assert pg_catalog.latest_training_curve("trained", "all") == [(1, "loss", 3.0), (2, "loss", 2.0)]
     assert (tmp_path / "new-run" / "_training_metrics.json").is_file()
     assert sorted(r["value"] for r in pg_catalog.query("SELECT value FROM eval_metrics")) == [0.5, 0.9]
@@ -152,8 +155,10 @@ def test_the_projects_duckdb_queries_give_the_same_answers_on_postgres(pg_catalo
         _publish(catalog, tmp_path / catalog.backend, "python", 5, "b", skipped={"binary": 3},
                  created_at=datetime(2026, 1, 2))
         _publish(catalog, tmp_path / catalog.backend, "java", 2, "c", created_at=datetime(2026, 1, 3))
-        catalog.write_metrics(asset_key="trained_eval", partition="python", run_id="r1", metrics={"acc": 0.25})
-        catalog.write_metrics(asset_key="trained_eval", partition="python", run_id="r2", metrics={"acc": 0.75})
+        catalog.write_metrics(asset_key="trained_eval", partition="python", run_id="r1",
+                              metrics={"acc": mean([0.25] * 3)})
+        catalog.write_metrics(asset_key="trained_eval", partition="python", run_id="r2",
+                              metrics={"acc": mean([0.75] * 3)})
     for sql in DEMO_QUERIES:
         params = ["python"] if "?" in sql else None
         assert pg_catalog.query(sql, params) == duck.query(sql, params), to_postgres(sql)

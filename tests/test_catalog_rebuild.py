@@ -24,11 +24,11 @@ CURVE = [(1, "loss", 2.0), (1, "eval_loss", 2.5), (2, "loss", 1.5)]
 @dg.asset
 def tiny_trained(context: dg.AssetExecutionContext, artifacts: ArtifactStore, catalog: DuckDBCatalog) -> None:
     """Writes what a training and an evaluation asset write: a folder with metrics.json, eval metrics, a curve."""
-    metrics = {"accuracy": rate([1, 0, 1, 0]), "loss": 1.25}  # an estimate with its evidence, and a plain number
+    metrics = {"accuracy": rate([1, 0, 1, 0])}
     catalog.write_metrics(asset_key="tiny_trained", partition="all", run_id=context.run_id, metrics=metrics)
 
     def build(tmp: Path) -> None:
-        write_metrics_files(tmp, metrics)
+        write_metrics_files(tmp, metrics | {"threshold": 0.7})  # an estimate, and a knob beside it in metrics.json
         (tmp / "adapter.bin").write_bytes(b"weights")
 
     publish_folder(context, store=artifacts, catalog=catalog, build=build, rows=2)
@@ -57,6 +57,8 @@ def test_an_older_catalog_gains_the_evidence_columns(astforge_home):
         con.execute("INSERT INTO eval_metrics VALUES ('a', 'all', 'r0', 'old', 1.0, now())")
     catalog = DuckDBCatalog()
     catalog.write_metrics(asset_key="a", partition="all", run_id="r1", metrics={"new": rate([1, 1, 0])})
+    with pytest.raises(TypeError, match="threshold = 0.7 is a bare number"):  # no row without its evidence
+        catalog.write_metrics(asset_key="a", partition="all", run_id="r2", metrics={"threshold": 0.7})
     assert _evidence(catalog) == {"old": (1.0, None, None, None, None),
                                   "new": (pytest.approx(2 / 3), 3, pytest.approx(0.208, abs=1e-3),
                                           pytest.approx(0.939, abs=1e-3), "test")}
@@ -68,9 +70,8 @@ def test_a_truncated_catalog_fails_at_open_and_is_rebuilt_from_the_manifests(res
     assert dg.materialize([tiny_trained], resources=resources).success
     catalog: DuckDBCatalog = resources["catalog"]
     counts, latest, evidence = table_counts(catalog), _latest(catalog), _evidence(catalog)
-    assert evidence == {"accuracy": (0.5, 4, pytest.approx(0.15, abs=0.01), pytest.approx(0.85, abs=0.01), "test"),
-                        "loss": (1.25, None, None, None, None)}
-    assert counts["code_units"] > 0 and counts["training_metrics"] == 3 and counts["eval_metrics"] == 2
+    assert evidence == {"accuracy": (0.5, 4, pytest.approx(0.15, abs=0.01), pytest.approx(0.85, abs=0.01), "test")}
+    assert counts["code_units"] > 0 and counts["training_metrics"] == 3 and counts["eval_metrics"] == 1
     entry = catalog.latest_artifact("code_units", "python")
     manifest = read_manifest(Path(entry["path"]))
     assert manifest["data_version"] == entry["data_version"] and manifest["table"] == "code_units"

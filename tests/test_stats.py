@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ml import stats
 from ml.stats import Estimate, mean, paired_difference, rate, verdict
 
 
@@ -90,3 +91,23 @@ def test_wilson_interval_contains_the_estimate(outcomes):
 def test_estimate_as_dict_round_trips():
     estimate = rate([1, 0, 1], split="dev")
     assert Estimate(**estimate.as_dict()) == estimate and estimate.split == "dev"
+
+
+def test_quantile_interval_brackets_the_percentile_and_is_seeded():
+    values = list(range(1, 101))  # p95 of 1..100 is 95.05 (linear interpolation)
+    p95 = stats.quantile(values, 95, seed=3)
+    assert p95.value == pytest.approx(95.05) and p95.n == 100 and p95.method == "bootstrap_quantile"
+    assert p95.ci_low <= p95.value <= p95.ci_high and p95.ci_high <= 100 and p95.ci_low > 85
+    assert stats.quantile(values, 95, seed=3) == p95
+    assert stats.quantile([], 50).n == 0
+
+
+def test_ratio_is_a_ratio_of_sums_not_a_mean_of_ratios():
+    tokens, seconds = [10, 10, 100], [1, 1, 100]  # mean of ratios 7.0; 120 tokens in 102 s
+    per_second = stats.ratio(tokens, seconds)
+    assert per_second.value == pytest.approx(120 / 102) and per_second.n == 3
+    assert per_second.ci_low <= per_second.value <= per_second.ci_high
+    assert stats.ratio([2, 4, 6], [1, 2, 3]).ci_low == pytest.approx(2.0)  # every resample gives 2: a zero-width CI
+    with pytest.raises(ValueError, match="one denominator per numerator"):
+        stats.ratio([1, 2], [1])
+    assert stats.ratio([1], [0]).n == 0

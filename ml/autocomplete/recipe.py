@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ml.autocomplete.fim import FIM_TOKENS, fim_prompt
-from ml.autocomplete.metrics import edit_similarity, exact_match, percentile, syntax_valid, truncate_syntax_aware
-from ml.stats import Estimate, mean, paired_difference, rate
+from ml.autocomplete.metrics import edit_similarity, exact_match, syntax_valid, truncate_syntax_aware
+from ml.stats import Estimate, mean, paired_difference, quantile, rate, ratio
 from ml.training.sft_trainer import PhaseConfig, resolve_trainable_embeddings
 from ml.training.trainer_config import settings_into
 
@@ -85,7 +85,7 @@ def complete(model, tokenizer, prompt: str, *, max_new_tokens: int = 48, single_
 def evaluate_set(model, tokenizer, tasks: Sequence[Mapping[str, Any]], set_name: str, *, language: str = "python",
                  max_new_tokens: int = 48, score: Callable[[Sequence[Mapping], list[str]], list[bool]] | None = None,
                  on_progress: Callable[[str], None] | None = None,
-                 split: str = "test") -> tuple[dict[str, float | Estimate], list[dict]]:
+                 split: str = "test") -> tuple[dict[str, Estimate], list[dict]]:
     """Single-line infilling of ``tasks`` (``id prefix middle suffix``, PSM prompts; of ``split``), greedy:
     metrics ``{set}_exact_match``, ``_edit_similarity``, ``_syntax_valid_rate`` (and ``_truncated``: after
     syntax-aware truncation), ``_latency_ms_p50/_p95``, ``_tokens_per_s``; with ``score`` (HumanEval: run the
@@ -121,11 +121,10 @@ PAIRED_METRICS = ("exact_match", "edit_similarity", "pass_at_1")
 
 
 def set_metrics(rows: Sequence[Mapping[str, Any]], set_name: str, *,
-                split: str = "test") -> dict[str, float | Estimate]:
+                split: str = "test") -> dict[str, Estimate]:
     """The ``{set}_*`` metrics of per-task result rows: rates (Wilson) and means (bootstrap) as
-    :class:`~ml.stats.Estimate` with n and 95% interval; latency percentiles and tokens/s as plain numbers (NaN for
-    no rows). ``pass_at_1`` only where the rows were scored."""
-    nan = float("nan")
+    :class:`~ml.stats.Estimate` with n and 95% interval, latency percentiles and tokens/s (a ratio of sums over
+    tasks) too, by bootstrap (n=0 for no rows). ``pass_at_1`` only where the rows were scored."""
     out: dict[str, float | Estimate] = {}
     for name, column in RATES.items():
         if column != "passed" or any(r.get("passed") is not None for r in rows):
@@ -133,10 +132,10 @@ def set_metrics(rows: Sequence[Mapping[str, Any]], set_name: str, *,
     for name, column in MEANS.items():
         out[f"{set_name}_{name}"] = mean([float(r[column]) for r in rows], split=split)
     latencies = [r["latency_ms"] for r in rows]
-    seconds = sum(latencies) / 1000
-    out |= {f"{set_name}_latency_ms_p50": percentile(latencies, 50),
-            f"{set_name}_latency_ms_p95": percentile(latencies, 95),
-            f"{set_name}_tokens_per_s": sum(r["new_tokens"] for r in rows) / seconds if seconds else nan}
+    out |= {f"{set_name}_latency_ms_p50": quantile(latencies, 50, split=split),
+            f"{set_name}_latency_ms_p95": quantile(latencies, 95, split=split),
+            f"{set_name}_tokens_per_s": ratio([r["new_tokens"] for r in rows], [ms / 1000 for ms in latencies],
+                                              split=split)}
     return out
 
 

@@ -321,12 +321,16 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], better: str, worse: st
             for m in metrics}
 
 
-def kl_per_token(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> float:
+def kl_per_token(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str], *,
+                 split: str = "test") -> Estimate:
     """Mean over the completions' tokens of log p_policy - log p_reference (a Monte-Carlo estimate of
-    KL(policy || reference) on the policy's own outputs)."""
+    KL(policy || reference) on the policy's own outputs): a ratio of sums over completions, with its bootstrap
+    interval over them (n = completions with tokens)."""
     import torch
 
-    total, count = 0.0, 0
+    from ml.stats import ratio
+
+    sums, counts = [], []
     for prompt, completion in zip(prompts, completions, strict=True):
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -336,9 +340,9 @@ def kl_per_token(policy, reference, tokenizer, prompts: Sequence[str], completio
         with torch.no_grad():
             logps = [torch.log_softmax(m(ids).logits[0, len(p_ids) - 1: -1].float(), -1)
                      .gather(1, ids[0, len(p_ids):, None]).squeeze(1) for m in (policy, reference)]
-        total += float((logps[0] - logps[1]).sum())
-        count += len(c_ids)
-    return total / count if count else math.nan
+        sums.append(float((logps[0] - logps[1]).sum()))
+        counts.append(len(c_ids))
+    return ratio(sums, counts, split=split)
 
 
 def score_steps(
@@ -441,8 +445,9 @@ def evaluate_policy(policy: str, model, tokenizer, inputs: EvalInputs, embed: Em
     prompts = [task_prompt(tokenizer, t) for t in inputs.tasks]
     completions = generate_steps(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     scored = score_steps(policy, inputs, completions, embed, tokenizer, execute, weights)
-    if reference is not None:  # pooled over all tokens of all steps: a plain number, not an estimate over tasks
-        scored.metrics["kl_per_token"] = kl_per_token(model, reference, tokenizer, prompts, completions)
+    if reference is not None:  # pooled over all tokens of all steps, its interval from resampling the steps
+        scored.metrics["kl_per_token"] = kl_per_token(model, reference, tokenizer, prompts, completions,
+                                                      split=inputs.split)
     if constrained:
         held = generate_steps(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               constrained=True)

@@ -96,8 +96,8 @@ def srl_report(language: str, metrics: Mapping[str, Estimate | float], rows: Seq
         f"{tasks} test tasks from {families} rewrite families never trained on (nor tuned on: the ablation uses "
         "the dev families), greedy steps. Each figure is `value [95% interval] n=tasks` (rates: Wilson; means: "
         "bootstrap over tasks). `execution_success`: the policy's own action, run in the sandbox, produces the "
-        "expected code (and, for Python, the same behaviour). `kl_per_token` (pooled over tokens, no interval): the "
-        f"policy against the base, on its own steps. {teacher}.", "",
+        "expected code (and, for Python, the same behaviour). `kl_per_token` (pooled over tokens; interval: bootstrap "
+        f"over steps): the policy against the base, on its own steps. {teacher}.", "",
         metrics_table(metrics), "",
         "## Paired differences (same tasks; bootstrap over tasks)", "",
         *comparison_lines(metrics), "",
