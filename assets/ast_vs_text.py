@@ -23,18 +23,18 @@ from resources.compute import ComputeResource
 
 class AstVsTextConfig(dg.Config):
     arms: list[str] = ["text", "ast"]  # the switch: which arms train and get measured; the recipe is shared
-    phase1_steps: PositiveInt = 60
-    phase2_steps: PositiveInt = 60
+    phase1_steps: PositiveInt = 30
+    phase2_steps: PositiveInt = 30
     batch_size: PositiveInt = 8
     learning_rate: PositiveFloat = 1e-3
     lora_r: PositiveInt = 16
     lora_alpha: PositiveInt = 32
     max_length: PositiveInt = 256
     curve_points: PositiveInt = 3
-    max_test_functions: PositiveInt = 48
-    nl2code_samples: PositiveInt = 32
+    max_test_functions: PositiveInt = 32
+    nl2code_samples: PositiveInt = 24
     humaneval_n: NonNegativeInt = 164  # seeded sample of the 164 problems; 0 = none
-    max_new_tokens: PositiveInt = 256
+    max_new_tokens: PositiveInt = 192
     seed: Seed = 0
 
 
