@@ -5,6 +5,8 @@ import dagster as dg
 from assets.partitions import language_slices
 
 DATA_SELECTION = dg.AssetSelection.groups("corpus") | dg.AssetSelection.assets("ast_corpus", "nl_ast_pairs")
+# on demand only: it trains two more models per run, so the slice's jobs (and `make demo`) leave it out
+AST_VS_TEXT = dg.AssetSelection.assets("ast_vs_text_eval")
 
 ast_data_job = dg.define_asset_job(
     "ast_data_job",
@@ -15,14 +17,14 @@ ast_data_job = dg.define_asset_job(
 
 ast_first_job = dg.define_asset_job(
     "ast_first_job",
-    selection=dg.AssetSelection.groups("corpus", "ast_first"),
+    selection=dg.AssetSelection.groups("corpus", "ast_first") - AST_VS_TEXT,
     partitions_def=language_slices,
     description="Data, tokenizer, base model, Phase 1 and Phase 2 adapters and evaluation for one slice.",
 )
 
 ast_model_job = dg.define_asset_job(
     "ast_model_job",
-    selection=dg.AssetSelection.groups("ast_first") - DATA_SELECTION,
+    selection=dg.AssetSelection.groups("ast_first") - DATA_SELECTION - AST_VS_TEXT,
     partitions_def=language_slices,
     description="Tokenizer, base model, Phase 1/Phase 2 adapters and evaluation, on the slice's current data.",
 )
@@ -32,6 +34,13 @@ ast_eval_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("ast_eval"),
     partitions_def=language_slices,
     description="Re-evaluate the current adapters of a slice.",
+)
+
+ast_vs_text_job = dg.define_asset_job(
+    "ast_vs_text_job",
+    selection=AST_VS_TEXT,
+    partitions_def=language_slices,
+    description="AST-first vs plain text on the python slice's current base and data (two arms trained and measured).",
 )
 
 models_job = dg.define_asset_job(

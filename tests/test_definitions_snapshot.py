@@ -29,6 +29,7 @@ EXPECTED_ASSETS: dict[str, tuple[str, tuple | None]] = {
     "ast_phase1_adapter": ("ast_first", SLICES),
     "ast_phase2_adapter": ("ast_first", SLICES),
     "ast_eval": ("ast_first", SLICES),
+    "ast_vs_text_eval": ("ast_first", SLICES),
     # dsl
     "dsl_domain_specs": ("dsl", None),
     "dsl_schemas": ("dsl", None),
