@@ -148,8 +148,8 @@ def train_arm(arm: str, base_dir, tokenizer, data: ArmData, settings: Experiment
     """Phase 1 then Phase 2 of one arm, the learning curve on the test functions at every checkpoint (held-out
     bits per character: of the code alone after Phase 1 checkpoints, of the code given its docstring after Phase 2
     ones), and the per-function figures of the final models."""
-    from ml.training.glue import load_merged
-    from ml.training.sft import load_base, train_phase1, train_phase2
+    from ml.models.loading import load_base, load_merged
+    from ml.training.sft import train_phase1, train_phase2
 
     log = on_log or (lambda _m: None)
     s, work = settings, Path(work_dir) / arm
@@ -191,7 +191,7 @@ def answer_arm(run: ArmRun, base_dir, tokenizer, data: ArmData, tasks: Sequence[
                settings: ExperimentSettings, plan, work_dir, on_log: OnLog | None = None) -> None:
     """The final (Phase 2) model's answers to the test docstrings and HumanEval: greedy, and for the AST arm also
     with the grammar mask."""
-    from ml.training.glue import load_merged
+    from ml.models.loading import load_merged
 
     s = settings
     model = load_merged(base_dir, Path(work_dir) / run.arm / "phase2", plan)
