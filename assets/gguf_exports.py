@@ -75,12 +75,11 @@ def _check_prompts(catalog: DuckDBCatalog, model: ServableModel, adapter_path: s
         from ml.serving.fim_probes import stdlib_fim_cases
 
         return [(c["prompt"], c["suffix"]) for c in stdlib_fim_cases(n)]
-    from transformers import AutoTokenizer
-
     from ml.dsl.format import wrap_prompt
+    from ml.training.ast_tokenizer import load_tokenizer
 
     pairs, _ = read_upstream(catalog, "dsl_dpo_pairs", P)
-    tok = AutoTokenizer.from_pretrained(adapter_path)
+    tok = load_tokenizer(adapter_path)
     return [(wrap_prompt(tok, p["prompt"]), None) for p in pairs[:n]]
 
 

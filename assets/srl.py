@@ -255,19 +255,18 @@ def train_rows(catalog: DuckDBCatalog, language: str) -> tuple[list[dict], str]:
                       "(ml.srl.recipe.load_student). Reward components and KL go to training_metrics.")
 def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, artifacts: ArtifactStore,
                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
     from ml.srl.environment import execute_actions
     from ml.srl.recipe import StructuredReward, grpo_rows, train_grpo, warmup_pairs
     from ml.srl.report import reward_histograms
     from ml.srl.reward import MiniLMEmbedder
+    from ml.training.ast_tokenizer import load_tokenizer
     from ml.training.sft import PhaseConfig, train_lora_sft
 
     language = context.partition_key
     asset = f"srl_adapter[{language}]"
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
     traces, traces_version = train_rows(catalog, language)
-    tok = AutoTokenizer.from_pretrained(base["path"])
+    tok = load_tokenizer(base["path"])
     tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
     plan = compute.plan(config.precision)
     versions = {"srl_base_model": base["data_version"], "srl_teacher_traces": traces_version}
@@ -345,13 +344,12 @@ def eval_inputs(catalog: DuckDBCatalog, language: str, split: str, n: int, seed:
                       "warmup, warmup - base. eval_metrics as {policy}_{metric}; per-row results; a Markdown report.")
 def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts: ArtifactStore,
              catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
     from ml.srl.environment import execute_actions
     from ml.srl.evaluation import evaluate_policies
     from ml.srl.recipe import load_student, load_warmup
     from ml.srl.report import policy_plot, srl_report
     from ml.srl.reward import MiniLMEmbedder
+    from ml.training.ast_tokenizer import load_tokenizer
     from ml.training.sft import load_base
 
     language = context.partition_key
@@ -360,7 +358,7 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
     adapter = catalog.require_artifact("srl_adapter", language)
     plan = compute.plan()
-    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    tok = load_tokenizer(adapter["path"])
     base_model = load_base(base["path"], plan)
     try:
         student = load_student(base["path"], adapter["path"], plan)

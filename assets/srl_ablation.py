@@ -76,13 +76,12 @@ class SrlAblationConfig(SrlAdapterConfig):
                       "(srl_ablation_job).")
 def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, artifacts: ArtifactStore,
                  catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
     from ml.srl.environment import execute_actions
     from ml.srl.recipe import StructuredReward, evaluate_policy, grpo_rows, load_student, paired_differences, train_grpo
     from ml.srl.report import ablation_plot, ablation_table
     from ml.srl.reward import MiniLMEmbedder
     from ml.stats import write_metrics_files
+    from ml.training.ast_tokenizer import load_tokenizer
 
     language = context.partition_key
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
@@ -91,7 +90,7 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
     inputs, _ = eval_inputs(catalog, language, "dev", config.eval_tasks, config.seed, "srl_ablation")
     warmup = Path(adapter["path"]) / "warmup"
     start = warmup if (warmup / "adapter_config.json").is_file() else None
-    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    tok = load_tokenizer(adapter["path"])
     plan = compute.plan(config.precision)
     embed = MiniLMEmbedder()
     prompts = grpo_rows(tok, traces)

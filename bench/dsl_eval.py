@@ -51,9 +51,11 @@ from ml.dsl.format import ast_to_text, build_prompt, parse_completion, prompt_te
 def load(args):
     """(model, tokenizer): a saved folder (+ adapter) or the tiny Gemma 3 on a tokenizer trained here."""
     if args.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tok = AutoTokenizer.from_pretrained(args.model)
+        from ml.training.ast_tokenizer import load_tokenizer
+
+        tok = load_tokenizer(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model)
         if args.adapter:
             from peft import PeftModel

@@ -189,6 +189,27 @@ def test_tokenizer_reload(tokenizer, tmp_path):
     assert again.decode(again(text, add_special_tokens=False)["input_ids"]) == text
 
 
+JSON_LINE = '{"op": "filter", "field": "user_name", "value": [1, 2.5, "a b"], "nested": {"x": null}}'
+CODE = "def f(x_1, *args):\n    return {k: v for k, v in x_1.items() if v != '  '}\n"
+
+
+@pytest.mark.parametrize("split", ["words", "wordpunct"])
+def test_a_tiny_tokenizer_reloads_from_its_model_folder_as_it_was_trained(split, corpus, tmp_path):
+    """transformers 5 reloads a folder whose config.json says qwen2 as Qwen2Tokenizer, which rebuilds Qwen's
+    pre-tokenizer over the trained one; the platform's loaders give back the tokenizer as trained."""
+    from ml.training.ast_tokenizer import load_tokenizer
+    from ml.training.glue import load_for_generation
+
+    texts = corpus + DOCS * 4 + [JSON_LINE, CODE] * 8
+    trained = build_ast_tokenizer("tiny:qwen2", texts, AST_VOCAB, vocab_size=400, split=split)
+    folder = save_base_model(build_base_model("tiny:qwen2", trained, seed=0), trained, tmp_path / "base")
+    _, served = load_for_generation(folder)  # what the completion server, the GGUF export and the evals load
+    for again in (served, load_tokenizer(folder)):
+        for text in (JSON_LINE, CODE, DOCS[0], "<FunctionDef>var_0<close>  \n\t x"):
+            assert again(text)["input_ids"] == trained(text)["input_ids"], (type(again).__name__, text)
+        assert (again.eos_token, again.pad_token, len(again)) == (trained.eos_token, trained.pad_token, len(trained))
+
+
 # ----------------------------------------------------------------------------- base model
 
 

@@ -200,9 +200,9 @@ def export_gguf(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: s
             files[kind] = quantize_gguf(work / files["f16"], work / f"model-{kind}.gguf", kind).name
             seconds[f"quantize_{kind}"] = round(time.monotonic() - t0, 1)
             log(f"{kind} GGUF in {seconds[f'quantize_{kind}']} s")
-        from transformers import AutoTokenizer
+        from ml.training.ast_tokenizer import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(merged))
+        tokenizer = load_tokenizer(str(merged))
         vocab = tokenizer.get_vocab()
         stops = [s for s in OLLAMA_STOPS if s in vocab]
         template, system = ollama_template(tokenizer, fim)

@@ -4,7 +4,9 @@ strictly above every base id."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -46,6 +48,7 @@ def build_ast_tokenizer(
             model_max_length=1 << 20,
         )
         tok.padding_side = "right"
+        tok.init_kwargs["astforge_base_model"] = base_model  # saved: load_tokenizer knows a trained BPE by it
     else:
         tok = AutoTokenizer.from_pretrained(base_model)
         if tok.pad_token is None:
@@ -56,6 +59,21 @@ def build_ast_tokenizer(
     tok.init_kwargs["astforge_base_vocab_size"] = base_size
     assert_disjoint(tok, ast_vocabulary)
     return tok
+
+
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in ``folder`` (a tokenizer, base model, adapter or merged folder), as it was saved.
+
+    ``AutoTokenizer.from_pretrained``, except for the BPE trained for a ``tiny:`` base: transformers 5 loads a folder
+    whose config.json says ``qwen2`` as ``Qwen2Tokenizer`` whatever class was saved, and that class rebuilds the
+    pre-tokenizer and normalizer as Qwen's, so the reloaded tokenizer splits text differently from the trained one
+    (44 instead of 41 tokens on one DSL JSON line). That BPE is loaded as the class it was trained as."""
+    folder = Path(folder)
+    config_file = folder / "tokenizer_config.json"
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if is_tiny(str(saved.get("astforge_base_model", ""))):
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def _strip_structural(texts: Iterable[str], vocab: Sequence[str]) -> Iterable[str]:

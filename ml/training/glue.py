@@ -77,15 +77,14 @@ def load_for_generation(base_dir, adapter_dir=None, plan: ComputePlan | None = N
     """(model, tokenizer) to generate with: the base with the adapter merged in (:func:`load_merged`), or the base
     alone; the tokenizer the adapter saved (its added tokens), else the base's. One rule for the completion server
     and the GGUF export, which must see the same model."""
-    from transformers import AutoTokenizer
-
     from ml.compute import resolve_compute
+    from ml.training.ast_tokenizer import load_tokenizer
     from ml.training.sft import load_base  # sft imports this module
 
     plan = plan or resolve_compute(device="cpu", quantization="none")
     if adapter_dir is None:
-        return load_base(base_dir, plan), AutoTokenizer.from_pretrained(str(base_dir))
+        return load_base(base_dir, plan), load_tokenizer(str(base_dir))
     adapter_dir = Path(adapter_dir)
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     return (load_merged(base_dir, adapter_dir, plan),
-            AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else base_dir)))
+            load_tokenizer(str(adapter_dir if has_tokenizer else base_dir)))
