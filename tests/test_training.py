@@ -308,17 +308,37 @@ def test_phase1_lowers_eval_loss_and_adapter_loads(phase1, base_dir, tokenizer):
 
 def test_phase1_resumes_from_checkpoint(tmp_path, tokenizer, base_dir, corpus, cpu_plan):
     work, out = tmp_path / "work", tmp_path / "adapter"
-    cfg = fast_cfg(max_steps=4, save_steps=2, eval_steps=2, logging_steps=2)
+    cfg = fast_cfg(max_steps=6, save_steps=2, eval_steps=2, logging_steps=2)
     first = train_phase1(base_dir, tokenizer, corpus[:32], corpus[52:56], out, work, cfg, cpu_plan)
-    assert first.steps == 4 and first.resumed_from is None
-    assert (work / "checkpoint-4").is_dir()
-    cfg.max_steps = 6
+    assert first.steps == 6 and first.resumed_from is None
+    shutil.rmtree(work / "checkpoint-6")  # as if the run had been stopped after step 4
     second = train_phase1(base_dir, tokenizer, corpus[:32], corpus[52:56], out, work, cfg, cpu_plan)
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-4")
     assert second.steps == 6
     steps = [s for s, m, _ in second.curve if m == "loss"]
     assert steps == [2, 4, 6]  # the history of the first call, then the continuation
     assert second.eval_loss_initial == pytest.approx(first.eval_loss_initial)
+
+
+def test_a_resume_with_another_max_steps_is_refused_where_the_schedule_depends_on_it(tmp_path, tokenizer, base_dir,
+                                                                                     corpus, cpu_plan):
+    """Trainer rebuilds the schedule for the new max_steps: a cosine that reached 0 at step 2 would jump back to
+    half the peak. A constant schedule continues exactly, so a longer run resumes it."""
+    for schedule, warmup in (("cosine", 0), ("constant_with_warmup", 1)):
+        work, out = tmp_path / schedule / "work", tmp_path / schedule / "adapter"
+        cfg = fast_cfg(max_steps=2, save_steps=1, eval_steps=1, logging_steps=1, warmup_steps=warmup,
+                       lr_scheduler_type=schedule)
+        first = train_phase1(base_dir, tokenizer, corpus[:16], corpus[52:54], out, work, cfg, cpu_plan)
+        assert first.steps == 2 and (work / "checkpoint-2").is_dir()
+        cfg.max_steps = 4
+        if schedule == "cosine":
+            with pytest.raises(ValueError, match=r"max_steps=2 \(2 steps done\) with the cosine .*max_steps=4 .*"
+                                                  r"Set max_steps back to 2 .*delete .*work"):
+                train_phase1(base_dir, tokenizer, corpus[:16], corpus[52:54], out, work, cfg, cpu_plan)
+            assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # no step
+        else:
+            second = train_phase1(base_dir, tokenizer, corpus[:16], corpus[52:54], out, work, cfg, cpu_plan)
+            assert second.resumed_from.endswith("checkpoint-2") and second.steps == 4
 
 
 def _early_stopping(trainer):
