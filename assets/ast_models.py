@@ -134,13 +134,12 @@ def ast_tokenizer(context: dg.AssetExecutionContext, config: AstTokenizerConfig,
           kinds={"huggingface", "pytorch"}, op_tags=MODEL_STEP)
 def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig, artifacts: ArtifactStore,
                    catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
+    from ml.models.loading import load_tokenizer
     from ml.training.base_model import build_base_model, save_base_model
 
     language = context.partition_key
     tok_entry = catalog.require_artifact("ast_tokenizer", language)
-    tok = AutoTokenizer.from_pretrained(tok_entry["path"])
+    tok = load_tokenizer(tok_entry["path"])
     # The tokenizer asset records which base it extends: model and tokenizer must come from one base.
     base_model = tok.init_kwargs.get("astforge_base_model", profile_value("ast", "base_model"))
     location = tok.init_kwargs.get("astforge_base_location")
@@ -189,8 +188,7 @@ def _training_result(context, catalog: DuckDBCatalog, result, path: Path, extra:
           description="Phase 1: LoRA (+ trainable AST embedding rows) on AST-only sequences, P(AST).")
 def ast_phase1_adapter(context: dg.AssetExecutionContext, config: Phase1TrainingConfig, artifacts: ArtifactStore,
                        catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
+    from ml.models.loading import load_tokenizer
     from ml.training.ast_phases import phase1_split, phase_config
     from ml.training.sft import train_phase1
 
@@ -198,7 +196,7 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: Phase1Training
     base = catalog.require_artifact("ast_base_model", language)
     rows, entry = read_upstream(catalog, "ast_corpus", language)
     _require_rows(rows, "ast_corpus", language)
-    tok = AutoTokenizer.from_pretrained(base["path"])
+    tok = load_tokenizer(base["path"])
     try:
         texts, eval_texts, dropped = phase1_split(tok, rows, config.max_length, config.max_eval_rows)
     except ValueError as exc:  # rows made before the split was a column
@@ -242,8 +240,7 @@ def ast_phase1_adapter(context: dg.AssetExecutionContext, config: Phase1Training
                       "prompt masked from the loss.")
 def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2TrainingConfig, artifacts: ArtifactStore,
                        catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
+    from ml.models.loading import load_tokenizer
     from ml.training.ast_phases import phase2_pairs, phase_config
     from ml.training.sft import train_phase2
 
@@ -252,7 +249,7 @@ def ast_phase2_adapter(context: dg.AssetExecutionContext, config: Phase2Training
     phase1 = catalog.require_artifact("ast_phase1_adapter", language)
     rows, entry = read_upstream(catalog, "nl_ast_pairs", language)
     _require_rows(rows, "nl_ast_pairs", language)
-    tok = AutoTokenizer.from_pretrained(phase1["path"])
+    tok = load_tokenizer(phase1["path"])
     try:
         pairs, eval_pairs = phase2_pairs(rows, config.max_eval_rows)
     except ValueError as exc:  # rows made before the split was a column
@@ -303,9 +300,10 @@ def _merged_loader(base_path: str, adapter_asset: str, adapter: dict, language: 
                       "validity (constrained and not), and docstring->AST quality.")
 def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts: ArtifactStore,
              catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ml.evaluation.ast_eval import AstEvalSettings, evaluate_ast_models
+    from ml.models.loading import load_tokenizer
 
     language = context.partition_key
     plan = compute.plan()
@@ -320,7 +318,7 @@ def ast_eval(context: dg.AssetExecutionContext, config: AstEvalConfig, artifacts
             lambda: AutoModelForCausalLM.from_pretrained(base["path"]),
             _merged_loader(base["path"], "ast_phase1_adapter", p1_entry, language, plan),
             _merged_loader(base["path"], "ast_phase2_adapter", p2_entry, language, plan),
-            AutoTokenizer.from_pretrained(base["path"]), rows, pairs, get_language(language),
+            load_tokenizer(base["path"]), rows, pairs, get_language(language),
             AstEvalSettings(**config.model_dump()), on_log=lambda msg: context.log.info(f"ast_eval[{language}]: {msg}"),
         )
     except ValueError as exc:  # the recipe refuses (nothing in the test split, ...): a clear step failure

@@ -48,7 +48,7 @@ def ast_vs_text_eval(context: dg.AssetExecutionContext, config: AstVsTextConfig,
     from transformers import AutoTokenizer
 
     from ml.ast_vs_text.recipe import ExperimentSettings, run_experiment
-    from ml.ast_vs_text.report import curve_png
+    from ml.ast_vs_text.report import curve_png, experiment_report
     from ml.autocomplete.humaneval import load_problems, sample_problems
 
     language = context.partition_key
@@ -72,7 +72,7 @@ def ast_vs_text_eval(context: dg.AssetExecutionContext, config: AstVsTextConfig,
     metrics = result.metrics
     catalog.write_metrics(asset_key="ast_vs_text_eval", partition=language, run_id=context.run_id, metrics=metrics)
     png = curve_png(result)
-    report = result.report("learning_curves.png")
+    report = experiment_report(result, "learning_curves.png")
 
     def build(tmp: Path) -> None:
         (tmp / "report.md").write_text(report)

@@ -106,16 +106,15 @@ def _train(context, config: StageConfig, artifacts, catalog, compute, rows: list
            start_adapter: str | None, languages: list[str]) -> dg.MaterializeResult:
     """Train one stage on ``rows``: a fresh LoRA (Stage A) or the LoRA of ``start_adapter`` continued (Stage B); the
     folder records the fim_samples ``languages`` it trained on."""
-    from transformers import AutoTokenizer
-
     from ml.autocomplete.recipe import phase_config, training_pairs, write_stage_languages
+    from ml.models.loading import load_tokenizer
     from ml.plots import line_plot
     from ml.training.lora_sft import continue_lora_sft, train_lora_sft
 
     asset = context.asset_key.to_user_string()
     base = catalog.require_artifact("autocomplete_base_model", P)
     start = catalog.require_artifact(start_adapter, P) if start_adapter else None
-    tok = AutoTokenizer.from_pretrained(start["path"] if start else base["path"])
+    tok = load_tokenizer(start["path"] if start else base["path"])
     pairs = training_pairs(rows)
     if not pairs:
         raise dg.Failure(f"{asset}: no training rows")
@@ -212,11 +211,10 @@ def _load(catalog: DuckDBCatalog, model: str, plan):
                       "a Markdown report.")
 def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEvalConfig, artifacts: ArtifactStore,
                       catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
     from ml.autocomplete import humaneval
     from ml.autocomplete.recipe import evaluate_set, paired_differences, sample_tasks
     from ml.autocomplete.report import autocomplete_report, differences_table, exact_match_plot
+    from ml.models.loading import load_tokenizer
     from ml.stats import Estimate, metadata_text, write_metrics_files
 
     plan = compute.plan()
@@ -243,7 +241,7 @@ def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEva
     for model, asset in MODELS.items():
         loaded, entry = _load(catalog, model, plan)
         versions[asset] = entry["data_version"]
-        tok = AutoTokenizer.from_pretrained(entry["path"])
+        tok = load_tokenizer(entry["path"])
         for set_name, tasks in sets.items():
             m, rows = evaluate_set(loaded, tok, tasks, set_name, max_new_tokens=config.max_new_tokens,
                                    score=run_tests if set_name == "humaneval" else None,

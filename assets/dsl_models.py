@@ -143,16 +143,15 @@ def dsl_base_model(context: dg.AssetExecutionContext, config: DslBaseModelConfig
                       "semantic_pass_rate is probed at each evaluation.", op_tags=TRAINING_STEP)
 def dsl_sft_adapter(context: dg.AssetExecutionContext, config: DslSftConfig, teacher: TeacherResource,
                     artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
     from ml.dsl.probe import make_probe_callback
     from ml.dsl.recipe import model_inputs, sft_phase_config, sft_rows
+    from ml.models.loading import load_tokenizer
     from ml.training.lora_sft import train_lora_sft
 
     base = catalog.require_artifact("dsl_base_model", P)
     rows, entry = read_upstream(catalog, "dsl_training_corpus", P)
     specs, schemas_, _, _ = specs_and_schemas(catalog)
-    tok = AutoTokenizer.from_pretrained(base["path"])
+    tok = load_tokenizer(base["path"])
     train, val = sft_rows(rows, config.eval_max_samples, config.seed)  # the train split; dev for validation
     if not train:
         raise dg.Failure("dsl_sft_adapter: no training rows")
@@ -215,9 +214,8 @@ def _load_model(catalog: DuckDBCatalog, model_asset: str, plan):
 def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifacts: ArtifactStore,
               catalog: DuckDBCatalog, compute: ComputeResource, model_asset: str) -> dg.MaterializeResult:
     """Evaluate the model of ``model_asset`` (an adapter, or ``dsl_base_model`` itself: M0)."""
-    from transformers import AutoTokenizer
-
     from ml.dsl.recipe import evaluate_both_modes, evaluation_rows
+    from ml.models.loading import load_tokenizer
 
     asset = context.asset_key.to_user_string()
     plan = compute.plan()
@@ -227,7 +225,7 @@ def _evaluate(context, config: DslEvalConfig, teacher: TeacherResource, artifact
     if not rows:
         raise dg.Failure(f"{asset}: dsl_training_corpus has no test or held-out-domain rows")
     model, entry = _load_model(catalog, model_asset, plan)
-    tok = AutoTokenizer.from_pretrained(entry["path"])
+    tok = load_tokenizer(entry["path"])
     t = teacher.teacher()
     # M0 is measured with schema-constrained decoding only: unconstrained, an untrained base writes prose to the
     # token cap on every request, which costs minutes on a CPU and says only that it was not trained.
@@ -277,16 +275,15 @@ def dsl_sft_eval(context: dg.AssetExecutionContext, config: DslEvalConfig, teach
                       "on training requests the teacher rejected.", op_tags=TRAINING_STEP)
 def dsl_dpo_pairs(context: dg.AssetExecutionContext, config: DslDpoPairsConfig, teacher: TeacherResource,
                   artifacts: ArtifactStore, catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
     from ml.dsl.probe import preference_pairs
+    from ml.models.loading import load_tokenizer
 
     specs, schemas_, _, _ = specs_and_schemas(catalog)
     corpus, centry = read_upstream(catalog, "dsl_training_corpus", P)
     train = [r for r in corpus if r["split"] == "train" and r["valid"]]
     candidates = random.Random(config.seed).sample(train, min(config.candidates or 2 * config.max_pairs, len(train)))
     model, adapter = _load_model(catalog, "dsl_sft_adapter", compute.plan())
-    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    tok = load_tokenizer(adapter["path"])
     t = teacher.teacher()
     started = time.monotonic()
     pairs, stats = teacher_call("dsl_dpo_pairs", preference_pairs, model, tok, candidates, schemas_, specs, t,
@@ -310,16 +307,15 @@ def dsl_dpo_pairs(context: dg.AssetExecutionContext, config: DslDpoPairsConfig, 
           description="TRL DPO from the SFT adapter; the frozen SFT student is the reference (KL anchor).")
 def dsl_dpo_adapter(context: dg.AssetExecutionContext, config: DslDpoConfig, artifacts: ArtifactStore,
                     catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
     from ml.dsl.format import wrap_prompt
     from ml.dsl.recipe import dpo_settings
+    from ml.models.loading import load_tokenizer
     from ml.training.dpo import train_dpo
 
     base = catalog.require_artifact("dsl_base_model", P)
     sft = catalog.require_artifact("dsl_sft_adapter", P)
     pairs, pentry = read_upstream(catalog, "dsl_dpo_pairs", P)
-    tok = AutoTokenizer.from_pretrained(sft["path"])
+    tok = load_tokenizer(sft["path"])
     rows = [{"prompt": wrap_prompt(tok, p["prompt"]), "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     cfg = dpo_settings(config.model_dump())
     plan = compute.plan(config.precision)

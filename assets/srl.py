@@ -251,8 +251,7 @@ def train_rows(catalog: DuckDBCatalog, language: str) -> tuple[list[dict], str]:
                       "(ml.srl.recipe.load_student). Reward components and KL go to training_metrics.")
 def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, artifacts: ArtifactStore,
                 catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
+    from ml.models.loading import load_tokenizer
     from ml.srl.environment import execute_actions
     from ml.srl.recipe import StructuredReward
     from ml.srl.report import reward_histograms
@@ -264,7 +263,7 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
     asset = f"srl_adapter[{language}]"
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
     traces, traces_version = train_rows(catalog, language)
-    tok = AutoTokenizer.from_pretrained(base["path"])
+    tok = load_tokenizer(base["path"])
     tiny = str(tok.init_kwargs.get("astforge_base_model", "")).startswith("tiny:")
     plan = compute.plan(config.precision)
     versions = {"srl_base_model": base["data_version"], "srl_teacher_traces": traces_version}
@@ -338,9 +337,7 @@ def eval_inputs(catalog: DuckDBCatalog, language: str, split: str, n: int, seed:
                       "warmup, warmup - base. eval_metrics as {policy}_{metric}; per-row results; a Markdown report.")
 def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts: ArtifactStore,
              catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
-    from ml.models.loading import load_base
+    from ml.models.loading import load_base, load_tokenizer
     from ml.srl.environment import execute_actions
     from ml.srl.evaluation import evaluate_policies
     from ml.srl.recipe import load_student, load_warmup
@@ -353,7 +350,7 @@ def srl_eval(context: dg.AssetExecutionContext, config: SrlEvalConfig, artifacts
     base = catalog.require_artifact("srl_base_model", UNPARTITIONED)
     adapter = catalog.require_artifact("srl_adapter", language)
     plan = compute.plan()
-    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    tok = load_tokenizer(adapter["path"])
     base_model = load_base(base["path"], plan)
     try:
         student = load_student(base["path"], adapter["path"], plan)

@@ -75,8 +75,7 @@ class SrlAblationConfig(SrlAdapterConfig):
                       "(srl_ablation_job).")
 def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, artifacts: ArtifactStore,
                  catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
-    from transformers import AutoTokenizer
-
+    from ml.models.loading import load_tokenizer
     from ml.srl.environment import execute_actions
     from ml.srl.recipe import StructuredReward, paired_differences
     from ml.srl.report import ablation_plot, ablation_table
@@ -90,7 +89,7 @@ def srl_ablation(context: dg.AssetExecutionContext, config: SrlAblationConfig, a
     traces, traces_version = train_rows(catalog, language)
     inputs, _ = eval_inputs(catalog, language, "dev", config.eval_tasks, config.seed, "srl_ablation")
     warmup = Path(adapter["path"]) / "warmup"
-    tok = AutoTokenizer.from_pretrained(adapter["path"])
+    tok = load_tokenizer(adapter["path"])
     plan = compute.plan(config.precision)
     embed = MiniLMEmbedder()
     variants = config.variants()

@@ -52,9 +52,11 @@ from ml.dsl.schema_grammar import grammar_for
 def load(args):
     """(model, tokenizer): a saved folder (+ adapter) or the tiny Gemma 3 on a tokenizer trained here."""
     if args.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tok = AutoTokenizer.from_pretrained(args.model)
+        from ml.models.loading import load_tokenizer
+
+        tok = load_tokenizer(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model)
         if args.adapter:
             from peft import PeftModel

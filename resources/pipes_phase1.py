@@ -70,9 +70,8 @@ def _chain(callbacks: Sequence[OnLog]) -> OnLog | None:
 
 
 def run(inputs_path: Path) -> None:
-    from transformers import AutoTokenizer
-
     from ml.compute import ComputePlan
+    from ml.models.loading import load_tokenizer
     from ml.training.sft import train_phase1
     from ml.training.sft_trainer import PhaseConfig
 
@@ -94,7 +93,7 @@ def run(inputs_path: Path) -> None:
             pipes.log.info(f"{spec['what']}: rank 0 of {world_size}, {len(spec['texts'])} sequences")
         if _faulty_rank() == rank:
             callbacks.append(_crash_after_first_step(rank))
-        tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer_dir"])
+        tokenizer = load_tokenizer(spec["tokenizer_dir"])
         result = train_phase1(
             spec["base_dir"], tokenizer, spec["texts"], spec["eval_texts"], out_dir, spec["work_dir"],
             PhaseConfig(**spec["phase_config"]), ComputePlan(**spec["compute_plan"]), on_log=_chain(callbacks),

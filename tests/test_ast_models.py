@@ -107,7 +107,8 @@ def test_empty_slice_is_a_clear_error(astforge_home):
 def test_rematerializing_an_adapter_resumes_from_its_checkpoint(resources):
     assert dg.materialize(AST_ASSETS, resources=resources, partition_key="python", run_config=_run_config()).success
     phase1 = [a for a in AST_ASSETS if a.key.to_user_string() == "ast_phase1_adapter"]
-    # A longer run with otherwise the same inputs picks up the checkpoints the first one left.
+    # A longer run with otherwise the same inputs picks up the checkpoints the first one left: its 4 steps are in
+    # the 10-step warmup, so they had a 6-step run's learning rates (ml.training.glue.resume_refusal).
     longer = dict(FAST, max_steps=6)
     result = dg.materialize(phase1, resources=resources, partition_key="python",
                             run_config={"ops": {"ast_phase1_adapter": {"config": longer}}})

@@ -497,6 +497,7 @@ def test_group_end_to_end_on_tiny_models(resources, tmp_path):
     (check,) = [c for c in result.get_asset_check_evaluations()
                 if c.asset_key == dg.AssetKey("autocomplete_stage_b_gguf")]
     assert check.passed and check.metadata["f16_agreement"].value == 1.0
+    assert (check.metadata["f16_exact"].value, check.metadata["f16_near_ties"].value) == (3, 0)
     entry = catalog.latest_artifact("autocomplete_stage_b_gguf", "all")
     upstream = json.loads(entry["upstream"])
     assert upstream["autocomplete_stage_b_adapter"] == catalog.latest_artifact("autocomplete_stage_b_adapter",

@@ -114,13 +114,63 @@ def test_the_f16_export_answers_like_the_hf_model_it_came_from(export, model_dir
     assert agreement.reference_s > 0 and agreement.candidate_s > 0
 
 
+def test_transformers_own_run_tells_a_near_tie_from_a_real_divergence(model_dir, adapter_dir, prompts):
+    """judge_near_ties replays transformers' greedy run: a candidate that took the runner-up at the path's closest
+    call parts at a near tie (accepted at a gap at least that close, refused below it); one that took the runner-up
+    where transformers' pick led widely is a real divergence."""
+    from ml.models.gguf_export import greedy_steps, judge_near_ties
+
+    hf = HFCompletionBackend(model_dir, adapter_dir, max_batch=1)
+    try:
+        expected = greedy_answers(hf, prompts, 16)
+        ids = hf.tokenize(build_completion_prompt(*prompts[0]))
+        new, logits = greedy_steps(hf, ids, 16)
+        assert hf.tokenizer.decode(new, skip_special_tokens=False) == expected.texts[0]  # the same run
+
+        def text(tokens):
+            return hf.tokenizer.decode(tokens, skip_special_tokens=False)
+
+        def top_two(step):
+            return torch.topk(logits[step], 2)
+
+        def parts_here(k: int) -> bool:  # pick and runner-up write whole, different characters: the texts part at k
+            pick, other = text(new[: k + 1]), text([*new[:k], int(top_two(k).indices[1])])
+            return not (other.startswith(pick) or pick.endswith("\ufffd") or other.endswith("\ufffd"))
+
+        def gap_at(k: int) -> float:
+            return float(top_two(k).values[0] - top_two(k).values[1])
+
+        def runner_up_at(k: int) -> str:
+            return text([*new[:k], int(top_two(k).indices[1])])
+
+        # the closest call and the widest lead among them
+        steps = list(filter(parts_here, range(len(new))))
+        step, wide = min(steps, key=gap_at), max(steps, key=gap_at)
+        gap = gap_at(step)
+        assert gap_at(wide) > gap + 1e-3
+
+        def judged(candidate: str, epsilon: float):
+            answers = Answers([candidate, *expected.texts[1:]], 1.0)
+            return judge_near_ties(hf, prompts, compare_answers(expected, answers, prompts), 16, epsilon=epsilon)
+
+        tie = judged(runner_up_at(step), gap + 1e-4)
+        assert (tie.near_ties, tie.explained, tie.total) == (1, len(prompts), len(prompts)), tie.differing
+        assert tie.differing[0]["step"] == step and tie.differing[0]["logit_gap"] == pytest.approx(gap, abs=1e-4)
+        assert judged(runner_up_at(step), gap / 2).near_ties == 0  # the same text, with a tie rule tighter than its gap
+        divergence = judged(runner_up_at(wide), gap + 1e-4)  # the runner-up where transformers' pick led widely
+        assert divergence.near_ties == 0 and divergence.explained == len(prompts) - 1
+        assert divergence.differing[0]["step"] == wide and "real divergence" in divergence.differing[0]["why"]
+    finally:
+        hf.close()
+
+
 def test_agreement_on_known_answers():
     prompts = [("a", None), ("b", "x"), ("c", None), ("d", None)]
     reference = Answers(["1", "2", "3", "4"], 2.0)
     candidate = Answers(["1", "2", "x", "4"], 0.5)
     agreement = compare_answers(reference, candidate, prompts)
     assert (agreement.rate, agreement.same, agreement.total) == (0.75, 3, 4)
-    assert agreement.differing == [{"prompt_tail": "c", "reference": "3", "candidate": "x"}]
+    assert agreement.differing == [{"prompt": 2, "prompt_tail": "c", "reference": "3", "candidate": "x"}]
     assert (agreement.reference_s, agreement.candidate_s) == (2.0, 0.5)
     with pytest.raises(ValueError, match="at least one prompt"):
         greedy_answers(object(), [])

@@ -15,3 +15,24 @@ def test_linked_images_are_embedded_and_the_rest_left_alone(tmp_path):
     assert "![gone](missing.png)" in text and "![remote](https://x/y.png)" in text  # nothing to embed
     assert "[a link](exact_match.png)" in text  # a link is not an image
     assert text.count("data:image/png") == 1
+
+
+def test_table_cells_and_headers_are_literal_markdown():
+    from ml.reports import markdown_table
+
+    table = markdown_table([{"name": "__init__", "code": "a | b", "note": "*x* `y` <T> [l](u) ~z~ a\\b\nc"}],
+                           ["name", "code", "note"])
+    head, rule, row = table.split("\n")
+    assert row == r"| \_\_init\_\_ | a \| b | \*x\* \`y\` \<T\> [l]\(u) \~z\~ a\\b⏎c |"
+    assert row.count(" | ") == 2  # three cells: the pipe inside one does not split it
+    assert markdown_table([{"_a": 1}], ["_a"]).startswith(r"| \_a |")
+    # legible where nothing needs escaping: an interval, a snake_case name (no emphasis inside a word)
+    assert markdown_table([{"x": "0.5 [0.4, 0.6]"}], ["x"]).endswith("| 0.5 [0.4, 0.6] |")
+    assert markdown_table([{"metric": "exact_match"}], ["metric"]).endswith("| exact_match |")
+
+
+def test_a_long_cell_is_cut_before_it_is_escaped():
+    from ml.reports import markdown_table
+
+    row = markdown_table([{"x": "_" * 10}], ["x"], width=4).split("\n")[2]
+    assert row == r"| \_\_\_… |"  # no escape split from its character

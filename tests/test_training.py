@@ -190,6 +190,27 @@ def test_tokenizer_reload(tokenizer, tmp_path):
     assert again.decode(again(text, add_special_tokens=False)["input_ids"]) == text
 
 
+JSON_LINE = '{"op": "filter", "field": "user_name", "value": [1, 2.5, "a b"], "nested": {"x": null}}'
+CODE = "def f(x_1, *args):\n    return {k: v for k, v in x_1.items() if v != '  '}\n"
+
+
+@pytest.mark.parametrize("split", ["words", "wordpunct"])
+def test_a_tiny_tokenizer_reloads_from_its_model_folder_as_it_was_trained(split, corpus, tmp_path):
+    """transformers 5 reloads a folder whose config.json says qwen2 as Qwen2Tokenizer, which rebuilds Qwen's
+    pre-tokenizer over the trained one; the platform's loaders give back the tokenizer as trained."""
+    from ml.models.loading import load_tokenizer
+    from ml.training.glue import load_for_generation
+
+    texts = corpus + DOCS * 4 + [JSON_LINE, CODE] * 8
+    trained = build_ast_tokenizer("tiny:qwen2", texts, AST_VOCAB, vocab_size=400, split=split)
+    folder = save_base_model(build_base_model("tiny:qwen2", trained, seed=0), trained, tmp_path / "base")
+    _, served = load_for_generation(folder)  # what the completion server, the GGUF export and the evals load
+    for again in (served, load_tokenizer(folder)):
+        for text in (JSON_LINE, CODE, DOCS[0], "<FunctionDef>var_0<close>  \n\t x"):
+            assert again(text)["input_ids"] == trained(text)["input_ids"], (type(again).__name__, text)
+        assert (again.eos_token, again.pad_token, len(again)) == (trained.eos_token, trained.pad_token, len(trained))
+
+
 # ----------------------------------------------------------------------------- base model
 
 
@@ -288,17 +309,37 @@ def test_phase1_lowers_eval_loss_and_adapter_loads(phase1, base_dir, tokenizer):
 
 def test_phase1_resumes_from_checkpoint(tmp_path, tokenizer, base_dir, corpus, cpu_plan):
     work, out = tmp_path / "work", tmp_path / "adapter"
-    cfg = fast_cfg(max_steps=4, save_steps=2, eval_steps=2, logging_steps=2)
+    cfg = fast_cfg(max_steps=6, save_steps=2, eval_steps=2, logging_steps=2)
     first = train_phase1(base_dir, tokenizer, corpus[:32], corpus[52:56], out, work, cfg, cpu_plan)
-    assert first.steps == 4 and first.resumed_from is None
-    assert (work / "checkpoint-4").is_dir()
-    cfg.max_steps = 6
+    assert first.steps == 6 and first.resumed_from is None
+    shutil.rmtree(work / "checkpoint-6")  # as if the run had been stopped after step 4
     second = train_phase1(base_dir, tokenizer, corpus[:32], corpus[52:56], out, work, cfg, cpu_plan)
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-4")
     assert second.steps == 6
     steps = [s for s, m, _ in second.curve if m == "loss"]
     assert steps == [2, 4, 6]  # the history of the first call, then the continuation
     assert second.eval_loss_initial == pytest.approx(first.eval_loss_initial)
+
+
+def test_a_resume_with_another_max_steps_is_refused_where_the_schedule_depends_on_it(tmp_path, tokenizer, base_dir,
+                                                                                     corpus, cpu_plan):
+    """Trainer rebuilds the schedule for the new max_steps: a cosine that reached 0 at step 2 would jump back to
+    half the peak. A constant schedule continues exactly, so a longer run resumes it."""
+    for schedule, warmup in (("cosine", 0), ("constant_with_warmup", 1)):
+        work, out = tmp_path / schedule / "work", tmp_path / schedule / "adapter"
+        cfg = fast_cfg(max_steps=2, save_steps=1, eval_steps=1, logging_steps=1, warmup_steps=warmup,
+                       lr_scheduler_type=schedule)
+        first = train_phase1(base_dir, tokenizer, corpus[:16], corpus[52:54], out, work, cfg, cpu_plan)
+        assert first.steps == 2 and (work / "checkpoint-2").is_dir()
+        cfg.max_steps = 4
+        if schedule == "cosine":
+            with pytest.raises(ValueError, match=r"max_steps=2 \(2 steps done\) with the cosine .*max_steps=4 .*"
+                                                  r"Set max_steps back to 2 .*delete .*work"):
+                train_phase1(base_dir, tokenizer, corpus[:16], corpus[52:54], out, work, cfg, cpu_plan)
+            assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # no step
+        else:
+            second = train_phase1(base_dir, tokenizer, corpus[:16], corpus[52:54], out, work, cfg, cpu_plan)
+            assert second.resumed_from.endswith("checkpoint-2") and second.steps == 4
 
 
 def _early_stopping(trainer):

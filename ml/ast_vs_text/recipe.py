@@ -279,11 +279,6 @@ class ExperimentResult:
         out["curve"] = {r.arm: [[step, name, round(v, 4)] for step, name, v in r.curve] for r in self.runs}
         return out
 
-    def report(self, curve_png: str | None = None) -> str:
-        from ml.ast_vs_text.report import experiment_report
-
-        return experiment_report(self, curve_png)
-
 
 def run_experiment(base_dir, tokenizer, corpus_rows: Sequence[dict], pairs: Sequence[dict],
                    problems: Sequence[dict], settings: ExperimentSettings, plan, work_dir=None,

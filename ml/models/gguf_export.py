@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +200,9 @@ def export_gguf(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: s
             files[kind] = quantize_gguf(work / files["f16"], work / f"model-{kind}.gguf", kind).name
             seconds[f"quantize_{kind}"] = round(time.monotonic() - t0, 1)
             log(f"{kind} GGUF in {seconds[f'quantize_{kind}']} s")
-        from transformers import AutoTokenizer
+        from ml.models.loading import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(merged))
+        tokenizer = load_tokenizer(str(merged))
         vocab = tokenizer.get_vocab()
         stops = [s for s in OLLAMA_STOPS if s in vocab]
         template, system = ollama_template(tokenizer, fim)
@@ -228,14 +228,21 @@ def export_gguf(base_dir: str | Path, adapter_dir: str | Path | None, out_dir: s
 @dataclass
 class Agreement:
     """Greedy answers of two engines to the same prompts: ``rate`` = the fraction answered with the same text;
-    ``reference_s`` / ``candidate_s``: each engine's time for all of them (one at a time)."""
+    ``reference_s`` / ``candidate_s``: each engine's time for all of them (one at a time). ``near_ties``: how many
+    of the ``differing`` prompts :func:`judge_near_ties` found to part only at a near tie (None: not judged)."""
 
     rate: float
     same: int
     total: int
-    differing: list[dict[str, str]]
+    differing: list[dict]
     reference_s: float = 0.0
     candidate_s: float = 0.0
+    near_ties: int | None = None
+
+    @property
+    def explained(self) -> int:
+        """Prompts answered alike or parting only at a near tie."""
+        return self.same + (self.near_ties or 0)
 
 
 @dataclass
@@ -264,8 +271,9 @@ def greedy_answers(engine, prompts: Sequence[tuple[str, str | None]], max_tokens
 
 
 def compare_answers(reference: Answers, candidate: Answers, prompts: Sequence[tuple[str, str | None]]) -> Agreement:
-    differing = [{"prompt_tail": prompt[-80:], "reference": want, "candidate": got}
-                 for (prompt, _), want, got in zip(prompts, reference.texts, candidate.texts, strict=True)
+    differing = [{"prompt": i, "prompt_tail": prompt[-80:], "reference": want, "candidate": got}
+                 for i, ((prompt, _), want, got) in enumerate(zip(prompts, reference.texts, candidate.texts,
+                                                                   strict=True))
                  if got != want]
     same = len(prompts) - len(differing)
     return Agreement(rate=round(same / len(prompts), 4), same=same, total=len(prompts), differing=differing,
@@ -279,3 +287,49 @@ def greedy_agreement(reference, candidate, prompts: Sequence[tuple[str, str | No
     call that follows)."""
     return compare_answers(greedy_answers(reference, prompts, max_tokens, stop),
                            greedy_answers(candidate, prompts, max_tokens, stop), prompts)
+
+
+def greedy_steps(reference, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], list]:
+    """transformers' greedy completion of ``prompt_ids`` as :class:`ml.serving.completion_backend.HFCompletionBackend`
+    ``reference`` generates it (its model, stop tokens and settings), as (token ids, each step's logits)."""
+    import torch
+
+    device = reference.device
+    with torch.no_grad():
+        out = reference.model.generate(
+            input_ids=torch.tensor([prompt_ids], device=device),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
+            max_new_tokens=max_tokens, do_sample=False, repetition_penalty=1.0, pad_token_id=reference.pad_id,
+            eos_token_id=sorted(reference.stop_ids), output_logits=True, return_dict_in_generate=True)
+    return out.sequences[0, len(prompt_ids):].tolist(), [row[0].float().cpu() for row in out.logits]
+
+
+def judge_near_ties(reference, prompts: Sequence[tuple[str, str | None]], agreement: Agreement, max_tokens: int,
+                    stop: Sequence[str] = (), epsilon: float | None = None) -> Agreement:
+    """``agreement`` with each differing prompt judged by :func:`ml.models.near_tie.judge_divergence` against
+    transformers' own greedy run (``reference``: the HF backend the answers came from; ``epsilon`` defaults to
+    :data:`ml.models.near_tie.NEAR_TIE_EPSILON`): each gets ``near_tie``, ``step``, ``logit_gap`` and ``why``;
+    ``near_ties`` counts the accepted ones."""
+    from ml.models.near_tie import NEAR_TIE_EPSILON, judge_divergence
+    from ml.serving.completion_jobs import build_completion_prompt
+
+    tok = reference.tokenizer
+    judged = []
+    for row in agreement.differing:
+        prompt_ids = reference.tokenize(build_completion_prompt(*prompts[row["prompt"]]))
+        prompt_ids = prompt_ids or [reference.bos_id if reference.bos_id is not None else reference.pad_id]
+        ids, logits = greedy_steps(reference, prompt_ids, max_tokens)
+        context = prompt_ids[-5:]
+        head = tok.decode(context, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+        def decode(new, context=context, head=head):
+            # after a few prompt tokens, as the server decodes: a SentencePiece "▁x" piece keeps its space
+            text = tok.decode([*context, *new], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            return text[len(head):]
+
+        verdict = judge_divergence(ids, logits, row["candidate"], decode, stop=stop, stop_ids=reference.stop_ids,
+                                   epsilon=NEAR_TIE_EPSILON if epsilon is None else epsilon)
+        judged.append({**row, "near_tie": verdict.near_tie, "step": verdict.step,
+                       "logit_gap": None if verdict.margin is None else round(verdict.margin, 5),
+                       "why": verdict.reason})
+    return replace(agreement, differing=judged, near_ties=sum(r["near_tie"] for r in judged))

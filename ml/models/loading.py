@@ -167,19 +167,33 @@ def load_base_or_merged(base_dir, adapter_dir, plan: ComputePlan):
     return load_base(base_dir, plan) if adapter_dir is None else load_merged(base_dir, adapter_dir, plan)
 
 
+def load_tokenizer(folder: str | Path):
+    """The tokenizer saved in ``folder`` (a tokenizer, base model, adapter or merged folder), as it was saved.
+
+    ``AutoTokenizer.from_pretrained``, except for the BPE trained for a ``tiny:`` base: transformers 5 loads a folder
+    whose config.json says ``qwen2`` as ``Qwen2Tokenizer`` whatever class was saved, and that class rebuilds the
+    pre-tokenizer and normalizer as Qwen's, so the reloaded tokenizer splits text differently from the trained one
+    (44 instead of 41 tokens on one DSL JSON line). That BPE is loaded as the class it was trained as."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    config_file = folder / "tokenizer_config.json"
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if str(saved.get("astforge_base_model", "")).startswith("tiny:"):
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def load_for_generation(base_dir, adapter_dir=None, plan: ComputePlan | None = None):
     """(model, tokenizer) to generate with: the base with the adapter merged in (:func:`load_merged`), or the base
     alone; the tokenizer the adapter saved (its added tokens), else the base's. One rule for the completion server
     and the GGUF export, which must see the same model."""
-    from transformers import AutoTokenizer
-
     plan = plan or resolve_compute(device="cpu", quantization="none")
     if adapter_dir is None:
-        return load_base(base_dir, plan), AutoTokenizer.from_pretrained(str(base_dir))
+        return load_base(base_dir, plan), load_tokenizer(base_dir)
     adapter_dir = Path(adapter_dir)
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-    return (load_merged(base_dir, adapter_dir, plan),
-            AutoTokenizer.from_pretrained(str(adapter_dir if has_tokenizer else base_dir)))
+    return load_merged(base_dir, adapter_dir, plan), load_tokenizer(adapter_dir if has_tokenizer else base_dir)
 
 
 def expose_lm_head_bias(model) -> None:

@@ -154,10 +154,12 @@ class HFChatBackend:
     def __init__(self, model_dir_or_model: Any, tokenizer: Any = None, max_new_tokens: int = 128,
                  model_name: str | None = None) -> None:
         if isinstance(model_dir_or_model, str | Path):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
+
+            from ml.models.loading import load_tokenizer
 
             folder = Path(model_dir_or_model)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder)
+            tokenizer = tokenizer or load_tokenizer(folder)
             model = AutoModelForCausalLM.from_pretrained(folder)
             self.model_name = model_name or folder.name
         else:

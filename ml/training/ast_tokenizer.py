@@ -51,6 +51,7 @@ def build_ast_tokenizer(
             model_max_length=1 << 20,
         )
         tok.padding_side = "right"
+        tok.init_kwargs["astforge_base_model"] = base_model  # saved: load_tokenizer knows a trained BPE by it
     else:
         tok = AutoTokenizer.from_pretrained(base_model)
         if tok.pad_token is None:

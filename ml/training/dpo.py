@@ -108,7 +108,7 @@ def train_dpo(
     expose_lm_head_bias(trainer.model)
     if on_log is not None:
         quiet_printer(trainer)
-    resume = last_checkpoint(work_dir)
+    resume = last_checkpoint(work_dir, trainer.args)
     started = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,7 @@ def _curve(log_history: list[dict]) -> list[tuple[int, str, float]]:
 
 
 def run_trainer(trainer, work_dir: Path, out_dir: Path, tokenizer, dropped: int) -> TrainResult:
-    resume = last_checkpoint(work_dir)
+    resume = last_checkpoint(work_dir, trainer.args)
     has_eval = trainer.eval_dataset is not None
     nan = float("nan")
     initial = trainer.evaluate()["eval_loss"] if has_eval else nan
