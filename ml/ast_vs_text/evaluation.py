@@ -10,7 +10,8 @@ import torch
 
 from ml.ast_vs_text.humaneval import HumanEvalTask, program, truncate_text_completion
 from ml.ast_vs_text.metrics import bits_per_char, score_source, sequence_nats
-from ml.evaluation.ast_metrics import PairScore, judge_python, score_prediction
+from ml.codec.judge import judge_python
+from ml.evaluation.ast_metrics import PairScore, score_prediction
 from ml.evaluation.lm import left_padded_batches
 from ml.sandbox import run_many
 
