@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ml.codec.treesitter_compact import TABLES_DIR, build_tables, table_file
 from ml.codec.treesitter_codec import parse_unit_with_source
+from ml.codec.treesitter_compact import TABLES_DIR, build_tables, table_file
 from ml.corpus.filters import FileFilter
 from ml.corpus.ingest import extract_units, read_files
 from ml.languages import get_language
