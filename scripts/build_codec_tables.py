@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python scripts/build_codec_tables.py javascript java
 
-Only the files ``table_file`` selects (half of the corpus, by path hash) are read, so that
-``bench/codec.py --heldout`` can measure on files the tables never saw. A rebuilt table changes the
+Only the files ``table_file`` selects (half of the corpus, by path hash) are read, so that the other
+half stays held out (``bench/codec.py`` does not split yet: it measures the whole corpus). A rebuilt table changes the
 compact format (``format_version``): artifacts made with the old one get new versions when rebuilt.
 """
 
