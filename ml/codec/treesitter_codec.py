@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 import tree_sitter
 
+from ml.codec import treesitter_compact as compact
 from ml.codec.base import MODES, DecodeError
 from ml.codec.tokens import escape_payload, is_structural, struct_name, unescape_payload
 
@@ -224,6 +225,9 @@ class TreeSitterCodec:
         self._newlines = language == "javascript"
         self._contiguous = CONTIGUOUS[language]
         self._line_comments = LINE_COMMENTS[language]
+        self._tables = compact.tables(language)
+        self.format_version = compact.format_version(language)
+        self._last: tuple | None = None  # (code, mode, node, src, tokens) of the last ``encode``
 
     # -- encoding -------------------------------------------------------------------------------
 
@@ -231,11 +235,17 @@ class TreeSitterCodec:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         node, src = parse_unit_with_source(code, self.language)
-        return self.encode_node(node, src, mode)
+        tokens = self.encode_node(node, src, mode)
+        self._last = (code, mode, node, src, tokens)
+        return list(tokens)
 
     def encode_node(self, node: tree_sitter.Node, src: bytes, mode: str = "compact") -> list[str]:
         """Tokens of an already-parsed node (``src`` = the bytes its offsets refer to)."""
-        verbose = mode == "verbose"
+        if mode == "compact":
+            return compact.encode(node, src, self._tables, self._newlines, self._anon_cache)
+        if mode != "verbose":
+            raise ValueError(f"unknown mode {mode!r}")
+        verbose = True
         named_tok = self._named
         field_tok = self._fields
         anon_cache = self._anon_cache
@@ -301,7 +311,9 @@ class TreeSitterCodec:
     def decode(self, tokens: list[str], mode: str = "compact") -> str:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
-        verbose = mode == "verbose"
+        if mode == "compact":
+            return compact.decode(tokens, self._tables, self._newlines, self._contiguous, self._line_comments)
+        verbose = True
         contiguous = self._contiguous
         line_comments = self._line_comments
         parts: list[str] = []
@@ -392,24 +404,46 @@ class TreeSitterCodec:
 
     # -- verification ---------------------------------------------------------------------------
 
-    def verify(self, code: str, tokens: list[str], mode: str = "compact") -> bool:
-        """True when the decoded tokens re-parse (same wrapping) to the tree of ``code``.
+    def verify(self, code: str, tokens: list[str], mode: str = "compact", strict: bool = False) -> bool:
+        """True when ``tokens`` are the serialization of the tree of ``code`` and decode to its text.
 
-        Compares every node (named and anonymous) in order: type, depth, field name, and the text
-        of named leaves.
+        What it proves (no re-parse): the tokens equal this codec's encoding of ``code``'s tree (every node in
+        order with its type and text; verbose adds field names), and ``decode(tokens)`` gives the unit's source
+        back character for character outside whitespace. ``strict`` also re-parses the decoded text (same
+        wrapping) and compares every node's type, depth, field name and leaf text: that proves the decoder's
+        choice of whitespace keeps the tree; the corpus sweep tests check it over the default corpora.
         """
+        last = self._last
         try:
-            node, src = parse_unit_with_source(code, self.language)
+            if last is not None and last[0] == code and last[1] == mode:  # ``encode`` just parsed this code
+                node, src, expected = last[2], last[3], last[4]
+            else:
+                node, src = parse_unit_with_source(code, self.language)
+                expected = None
         except Exception:  # noqa: BLE001 - verify never raises
             return False
-        return self.verify_node(node, src, tokens, mode)
+        return self.verify_node(node, src, tokens, mode, strict=strict, expected=expected)
 
-    def verify_node(self, node: tree_sitter.Node, src: bytes, tokens: list[str], mode: str = "compact") -> bool:
-        """``verify`` against a unit that is already parsed (``parse_unit_with_source``)."""
+    def verify_node(
+        self, node: tree_sitter.Node, src: bytes, tokens: list[str], mode: str = "compact", strict: bool = False,
+        expected: list[str] | None = None,
+    ) -> bool:
+        """``verify`` against a unit that is already parsed (``parse_unit_with_source``); ``expected``: its
+        tokens when the caller has just encoded it."""
         try:
+            if expected is None:
+                expected = self.encode_node(node, src, mode)
+            if tokens != expected:
+                return False
             decoded = self.decode(tokens, mode)
-            node2, src2 = parse_unit_with_source(decoded, self.language)
-            return _node_signature(node, src) == _node_signature(node2, src2)
+            if b"".join(decoded.encode("utf-8", "surrogatepass").split()) != b"".join(
+                src[node.start_byte : node.end_byte].split()
+            ):
+                return False
+            if strict:
+                node2, src2 = parse_unit_with_source(decoded, self.language)
+                return _node_signature(node, src) == _node_signature(node2, src2)
+            return True
         except Exception:  # noqa: BLE001 - verify never raises
             return False
 
@@ -436,6 +470,13 @@ def _vocabulary(language: str) -> tuple[str, ...]:
             out.setdefault(f"<t:{struct_name(kind)}>")
     for i in range(1, lang.field_count + 1):
         out.setdefault(f"<field:{lang.field_name_for_id(i)}>")
+    # compact mode: non-leaf openers and its two markers
+    out.setdefault(compact.EMPTY)
+    out.setdefault(compact.VAR)
+    for i in range(lang.node_kind_count):
+        kind = lang.node_kind_for_id(i)
+        if kind and lang.node_kind_is_visible(i) and lang.node_kind_is_named(i):
+            out.setdefault(f"<N:{kind}>")
     return tuple(out)
 
 
