@@ -33,19 +33,20 @@ def device_map(plan: ComputePlan) -> dict[str, int] | None:
     return {"": local_device_index()} if plan.device == "cuda" else None
 
 
+def nf4_config(plan: ComputePlan):
+    """The 4-bit (NF4, double-quantized) loading of a base on the GPU, computing in the plan's dtype."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=plan.torch_dtype)
+
+
 def load_base(base_dir, plan: ComputePlan, gradient_checkpointing: bool = False):
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"dtype": torch.float32 if plan.device == "cpu" else plan.torch_dtype}
     if plan.quantize_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=plan.torch_dtype,
-        )
+        kwargs["quantization_config"] = nf4_config(plan)
     placement = device_map(plan)
     if placement is not None:
         kwargs["device_map"] = placement

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ml.compute import ComputePlan
-from ml.models.loading import local_device_index
+from ml.models.loading import local_device_index, nf4_config
 
 # Small configs built from scratch (no download). Sizes keep a CPU step well under a second.
 TINY_CONFIGS: dict[str, dict] = {
@@ -81,14 +81,7 @@ def build_base_model(base_model: str, tokenizer, seed: int = 0, plan: ComputePla
     if plan is not None:
         kwargs["dtype"] = plan.torch_dtype
         if plan.quantize_4bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=plan.torch_dtype,
-            )
+            kwargs["quantization_config"] = nf4_config(plan)
             kwargs["device_map"] = {"": local_device_index()}  # this process's GPU under torchrun
         elif plan.device == "cuda":
             kwargs["device_map"] = {"": local_device_index()}  # this process's GPU under torchrun
