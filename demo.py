@@ -80,7 +80,7 @@ def run_job_in_child(job_name: str, partition: str | None, assets: list[str] | N
     """Run ``job_name`` as run ``run_id`` of the shared Dagster instance in a child process; its success and peak
     resident memory in GiB. The child writes to this process's stdout/stderr (the log file when quiet)."""
     command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--job", job_name, "--run-id", run_id,
-               "--log-level", log_level]
+               "--log-level", log_level, "--parent", str(os.getpid())]
     if partition:
         command += ["--partition", partition]
     if assets:
@@ -101,7 +101,9 @@ def execute_job(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--partition", default=None)
     parser.add_argument("--assets", nargs="*", default=None)
+    parser.add_argument("--parent", type=int, default=None)
     args = parser.parse_args(argv)
+    end_with_parent(args.parent)
     quiet_progress_bars()
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     result = defs.resolve_job_def(args.job).execute_in_process(
@@ -109,6 +111,20 @@ def execute_job(argv: list[str]) -> int:
         asset_selection=[dg.AssetKey(a) for a in args.assets] if args.assets else None, run_id=args.run_id,
     )
     return 0 if result.success else 1
+
+
+def end_with_parent(parent: int | None) -> None:
+    """A job's process ends when the demo does, however the demo ends (Ctrl-C reaches both; a kill of the demo alone
+    would leave the job training on): Linux's parent-death signal."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if parent is not None and os.getppid() != parent:  # the demo ended before the signal was armed
+        sys.exit(1)
 
 
 @contextmanager

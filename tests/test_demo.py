@@ -7,7 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import dagster as dg
 
 from tests.conftest import FIXTURES
 
@@ -61,3 +64,25 @@ def test_pivot_puts_each_slice_in_its_column(capsys):
     assert lines[0] == "T:" and lines[1].split() == ["python", "java", "all"]
     assert lines[2].split() == ["a", "1", "3"] and lines[2].index("3") > lines[2].index("1")
     assert lines[3].split() == ["b", "0.5000"] and lines[3].rindex("0.5000") > lines[2].rindex("3")
+
+
+def test_a_job_process_ends_when_the_demo_does(astforge_home, tmp_path):
+    """A job's process never trains on after the demo that started it is gone (killed, not only Ctrl-C)."""
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "config" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), ASTFORGE_HOME=str(astforge_home),
+               ASTFORGE_SOURCE_PYTHON=f"dir:{FIXTURES / 'python'}")
+    start_and_leave = ("import os, subprocess, sys; print(subprocess.Popen([sys.executable, 'demo.py', "
+                       "'--execute-job', "
+                       "'--job', 'ast_data_job', '--run-id', 'orphan-run', '--partition', 'python', '--parent', "
+                       "str(os.getpid())]).pid)")
+    parent = subprocess.run([sys.executable, "-c", start_and_leave], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    child = int(parent.stdout)
+    deadline = time.monotonic() + 300
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    assert instance.get_run_by_id("orphan-run") is None  # it stopped before running anything
