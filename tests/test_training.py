@@ -575,3 +575,24 @@ def test_sft_training_step_applies_the_head_to_supervised_tokens_only(tmp_path, 
     assert loss == pytest.approx(float(model(**{k: batch[k] for k in keys}).loss), rel=1e-5)
     assert seen == [tuple(batch["input_ids"].shape) + (model.config.hidden_size,)]
     handle.remove()
+
+
+def test_sft_step_flops_counts_the_backward_down_to_the_lowest_adapted_layer_only(tokenizer):
+    """ml.training.flops on tiny qwen2 (2 layers, LoRA on layer 1's q/v): layer 0 has a forward and no backward, the
+    frozen weights no weight gradient, the LM head only the rows it is applied to."""
+    from peft import LoraConfig, get_peft_model
+
+    from ml.training.base_model import tiny_model
+    from ml.training.flops import lowest_trained_layer, sft_step_flops
+
+    model = get_peft_model(tiny_model("qwen2", tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                      layers_to_transform=[1]))
+    assert lowest_trained_layer(model) == 1
+    tokens, length, rows, vocab = 2 * 10, 10, 5, len(tokenizer)
+    base = 128 * 128 * 2 + 128 * 64 * 2 + 128 * 384 * 3  # q o, k v, gate up down (in x out)
+    lora = (128 * 4 + 4 * 128) + (128 * 4 + 4 * 64)  # q's A B, v's A B
+    attention = 4 * length * 4 * 32 * tokens  # scores and weighted sum, 4 heads of 32
+    forward = 2 * tokens * (2 * base + lora) + 2 * attention + 2 * 128 * vocab * rows
+    backward = 2 * tokens * base + 2 * 2 * tokens * lora + 2 * attention + 2 * 128 * vocab * rows
+    got = sft_step_flops(model, batch_size=2, seq_len=length, head_rows=rows)
+    assert got == {"forward": forward, "backward": backward, "total": forward + backward}
