@@ -247,3 +247,21 @@ def test_processor_masks_rows_after_eos_and_checks_the_batch(tok):
     assert proc.errors[1] is None and len(proc.mask_us) == 3
     with pytest.raises(ValueError):
         proc(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, vocab))
+
+
+def test_unconstrained_rows_stop_at_the_end_of_their_first_json_object(tok):
+    """ml.dsl.stopping: a row is done at the token that completes its first JSON object (what the scorer reads, so
+    nothing after it changes a metric), not before, and a row with no object yet keeps going."""
+    from ml.dsl.stopping import first_object_complete, json_end_stopping
+
+    answer = '{"filter":{"op":"eq","field":"a","value":"}"}}'
+    ids = tok(answer + ' and then {"more":1}', add_special_tokens=False)["input_ids"]
+    prompt = tok("Request: x\nJSON:", add_special_tokens=False)["input_ids"]
+    stop = json_end_stopping(tok, len(prompt))
+    done_at = [k for k in range(1, len(ids) + 1)
+               if stop(torch.tensor([prompt + ids[:k], prompt + ids[:k]]), None).all()]
+    assert done_at, "never stopped"
+    first = done_at[0]
+    assert parse_completion(tok.decode(ids[:first]))[0] == json.loads(answer)  # the scorer reads the same object
+    assert not first_object_complete(tok.decode(ids[: first - 1]))  # and not a token earlier
+    assert not stop(torch.tensor([prompt + tok("no json here }", add_special_tokens=False)["input_ids"]]), None)[0]

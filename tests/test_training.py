@@ -199,7 +199,7 @@ def test_a_tiny_tokenizer_reloads_from_its_model_folder_as_it_was_trained(split,
     """transformers 5 reloads a folder whose config.json says qwen2 as Qwen2Tokenizer, which rebuilds Qwen's
     pre-tokenizer over the trained one; the platform's loaders give back the tokenizer as trained."""
     from ml.models.loading import load_tokenizer
-    from ml.training.glue import load_for_generation
+    from ml.models.loading import load_for_generation
 
     texts = corpus + DOCS * 4 + [JSON_LINE, CODE] * 8
     trained = build_ast_tokenizer("tiny:qwen2", texts, AST_VOCAB, vocab_size=400, split=split)
@@ -551,3 +551,90 @@ def test_the_models_own_head_gives_the_fused_heads_loss_with_trainable_token_row
             keys = ("input_ids", "attention_mask", "labels")
             assert losses[fused] == pytest.approx(float(model(**{k: batch[k] for k in keys if k in batch}).loss))
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+@pytest.mark.parametrize("arch,overrides", [("qwen2", {}), ("gemma3_text", {"final_logit_softcapping": 5.0})])
+def test_logits_where_the_loss_is_give_the_full_heads_loss_and_gradients(arch, overrides, tokenizer):
+    """ml.training.completion_loss: the LM head on supervised positions only gives the loss and the LoRA gradients of
+    the model's own full-logits loss (right padding, prompts masked, a soft-capped head, with and without the
+    Trainer's token count)."""
+    from peft import LoraConfig, get_peft_model
+
+    from ml.training.base_model import tiny_model
+    from ml.training.completion_loss import completion_only_loss, supports_completion_loss
+
+    model = get_peft_model(tiny_model(arch, tokenizer, seed=3, **overrides),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():  # LoRA B starts at zero: move it so that its gradient path is exercised
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    assert supports_completion_loss(model)
+    rng = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, len(tokenizer), (3, 12), generator=rng)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    mask[2, 6:] = 0
+    labels = ids.clone()
+    labels[mask == 0] = -100
+    labels[:, :4] = -100  # prompt
+    labels[0, :7] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    model.train()
+    for count in (None, torch.tensor(int((labels[:, 1:] != -100).sum()) + 3)):
+        grads = []
+        for path in ("full", "supervised"):
+            model.zero_grad()
+            loss = (model(**batch, num_items_in_batch=count).loss if path == "full"
+                    else completion_only_loss(model, batch, count))
+            loss.backward()
+            grads.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+        (full, g_full), (mine, g_mine) = grads
+        assert mine == pytest.approx(full, rel=1e-5)
+        assert g_full.keys() == g_mine.keys() and g_full
+        for n in g_full:
+            assert torch.allclose(g_full[n], g_mine[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_sft_training_step_applies_the_head_to_supervised_tokens_only(tmp_path, tokenizer, base_dir, cpu_plan):
+    """The SFT trainer's training loss (CPU, the model's own head) runs the LM head on the completion tokens only,
+    with the loss the full head gives; evaluation keeps the full path."""
+    from ml.training.lora_sft import build_lora_sft_trainer
+
+    pairs = synth_pairs(8)
+    cfg = fast_cfg(separator="\n", add_eos=True, trainable_embeddings="none")
+    trainer, _ = build_lora_sft_trainer(base_dir, tokenizer, pairs, [], tmp_path / "w", cfg, cpu_plan)
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    model.train()
+    loss = float(trainer.compute_loss(model, batch))
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    assert seen == [(supervised, model.config.hidden_size)]
+    seen.clear()
+    keys = ("input_ids", "attention_mask", "labels")
+    assert loss == pytest.approx(float(model(**{k: batch[k] for k in keys}).loss), rel=1e-5)
+    assert seen == [tuple(batch["input_ids"].shape) + (model.config.hidden_size,)]
+    handle.remove()
+
+
+def test_sft_step_flops_counts_the_backward_down_to_the_lowest_adapted_layer_only(tokenizer):
+    """ml.training.flops on tiny qwen2 (2 layers, LoRA on layer 1's q/v): layer 0 has a forward and no backward, the
+    frozen weights no weight gradient, the LM head only the rows it is applied to."""
+    from peft import LoraConfig, get_peft_model
+
+    from ml.training.base_model import tiny_model
+    from ml.training.flops import lowest_trained_layer, sft_step_flops
+
+    model = get_peft_model(tiny_model("qwen2", tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                      layers_to_transform=[1]))
+    assert lowest_trained_layer(model) == 1
+    tokens, length, rows, vocab = 2 * 10, 10, 5, len(tokenizer)
+    base = 128 * 128 * 2 + 128 * 64 * 2 + 128 * 384 * 3  # q o, k v, gate up down (in x out)
+    lora = (128 * 4 + 4 * 128) + (128 * 4 + 4 * 64)  # q's A B, v's A B
+    attention = 4 * length * 4 * 32 * tokens  # scores and weighted sum, 4 heads of 32
+    forward = 2 * tokens * (2 * base + lora) + 2 * attention + 2 * 128 * vocab * rows
+    backward = 2 * tokens * base + 2 * 2 * tokens * lora + 2 * attention + 2 * 128 * vocab * rows
+    got = sft_step_flops(model, batch_size=2, seq_len=length, head_rows=rows)
+    assert got == {"forward": forward, "backward": backward, "total": forward + backward}

@@ -23,6 +23,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ml.dsl.schema_grammar import closer, executor, ll_tokenizer, matcher
+from ml.dsl.stopping import json_end_stopping
 from ml.evaluation.lm import left_padded_batches
 
 # ---------------------------------------------------------------------------------------------------- processor
@@ -305,8 +306,10 @@ def generate_json(
     batch_size: int = 8,
     constrained: bool = True,
     fixed_length: bool = False,
+    stop_at_json_end: bool = True,
 ) -> GenerationResult:
     """Greedy, left-padded batched generation; with ``constrained`` each prompt's completion is held to its schema.
+    ``stop_at_json_end``: an unconstrained row stops at its first complete JSON object (ml/dsl/stopping.py).
 
     ``fixed_length``: every batch runs exactly ``max_new_tokens`` steps (EOS does not stop generation; a constrained
     row emits EOS after its object, which decoding drops). For timing comparisons between the two modes."""
@@ -322,6 +325,7 @@ def generate_json(
     # fixed_length stops on an id past the logits width: no row ever emits it, so every batch runs max_new_tokens
     # steps. (eos_token_id=None would not do: generate fills None from model.generation_config.)
     stop_id = model.get_output_embeddings().weight.shape[0] if fixed_length else eos
+    free_stop = stop_at_json_end and not constrained and not fixed_length
     t0 = time.perf_counter()
     for i, enc, width in left_padded_batches(tokenizer, prompts, batch_size, device):
         rows = enc["input_ids"].shape[0]
@@ -342,6 +346,7 @@ def generate_json(
             logits_processor=processors,
             pad_token_id=pad,
             eos_token_id=stop_id,
+            stopping_criteria=[json_end_stopping(tokenizer, width)] if free_stop else None,
         )
         special = {eos, pad}
         for row in gen[:, width:].tolist():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ml.compute import ComputePlan
 from ml.models.loading import expose_lm_head_bias
+from ml.training.completion_loss import completion_only_loss, supports_completion_loss
 from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, quiet_printer
 from ml.training.trainer_config import trl_config
 
@@ -150,6 +151,8 @@ def make_trainer_class():
     class _AstSFTTrainer(SFTTrainer):
         """SFTTrainer + the project's length-grouped sampler + real-token throughput accounting."""
 
+        logits_where_loss = True  # ml.training.completion_loss on the non-fused path (a bench turns it off)
+
         def __init__(self, *a, group_by_length: bool = True, mega_batch_mult: int = 64,
                      added_tokens_lr_multiplier: float = 1.0, fused_lm_head: bool | None = None, **kw):
             on_log_given = bool(kw.get("callbacks"))
@@ -195,8 +198,12 @@ def make_trainer_class():
                                             num_items_in_batch=num_items_in_batch)
             # the same loss from the model's own head (see PhaseConfig.fused_lm_head); no entropy/accuracy metrics
             keys = ("input_ids", "attention_mask", "position_ids", "labels")
-            outputs = model(**{k: inputs[k] for k in keys if k in inputs}, num_items_in_batch=num_items_in_batch)
-            loss = outputs.loss
+            if self.logits_where_loss and model.training and "labels" in inputs and supports_completion_loss(model):
+                # the head on supervised positions only: the same loss, without the prompt's logits
+                loss, outputs = completion_only_loss(model, inputs, num_items_in_batch), None
+            else:
+                outputs = model(**{k: inputs[k] for k in keys if k in inputs}, num_items_in_batch=num_items_in_batch)
+                loss = outputs.loss
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # num_items_in_batch counts every process's tokens and DDP averages the gradients: scale back as
                 # Trainer.compute_loss does, or N torchrun processes train (and log) with 1/N of the loss.
