@@ -198,8 +198,7 @@ CODE = "def f(x_1, *args):\n    return {k: v for k, v in x_1.items() if v != '  
 def test_a_tiny_tokenizer_reloads_from_its_model_folder_as_it_was_trained(split, corpus, tmp_path):
     """transformers 5 reloads a folder whose config.json says qwen2 as Qwen2Tokenizer, which rebuilds Qwen's
     pre-tokenizer over the trained one; the platform's loaders give back the tokenizer as trained."""
-    from ml.models.loading import load_tokenizer
-    from ml.models.loading import load_for_generation
+    from ml.models.loading import load_for_generation, load_tokenizer
 
     texts = corpus + DOCS * 4 + [JSON_LINE, CODE] * 8
     trained = build_ast_tokenizer("tiny:qwen2", texts, AST_VOCAB, vocab_size=400, split=split)
