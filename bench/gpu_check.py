@@ -7,7 +7,9 @@ Steps, each timed and caught on its own (a failure is reported, the next step st
   bf16, 4-bit where bitsandbytes is installed, for the packaged SmolLM2-135M and, where the hub (or
   ASTFORGE_MODEL_MIRROR) serves them, each full-profile base: Qwen2.5-0.5B (AST-first), Qwen2.5-Coder-0.5B
   (autocomplete, SRL), Gemma 3 270M (DSL);
-- ``unsloth:<base>``: the same through the unsloth backend, where unsloth is installed;
+- ``unsloth:<base>``: the same trainer with backend ``unsloth`` (ml/training/unsloth_backend.py: FastLanguageModel
+  loads the base, 4-bit where bitsandbytes is installed, and adds the LoRA), where unsloth is installed; the adapter it
+  saves is then loaded back through the platform's own loader (``adapter_loads``);
 - ``llama_cpp_cuda``: whether llama-cpp-python was built with CUDA (``LLAMA_CMAKE_ARGS=-DGGML_CUDA=ON``) and a
   generation on the GPU with the packaged GGUF (the serving bench's engine).
 Last line: one JSON object {"cuda", "device", "steps": [{"step", "ok", "tokens_per_s", "peak_gpu_mb", "seconds",
@@ -73,8 +75,17 @@ def _train(base_dir: str, work: Path, steps: int, backend: str) -> dict:
     result = train_lora_sft(folder, tok, rows, [], work / "out", work / "ckpt", cfg, plan)
     seconds = time.perf_counter() - started
     tokens = sum(len(tok(p + c)["input_ids"]) for p, c in rows[: steps * 8])
-    return {"tokens_per_s": round(tokens / seconds, 1), "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20),
-            "quantize_4bit": plan.quantize_4bit, "dtype": plan.dtype, "final_loss": _last_loss(result)}
+    record = {"tokens_per_s": round(tokens / seconds, 1),
+              "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20),
+              "quantize_4bit": plan.quantize_4bit, "dtype": plan.dtype, "backend": plan.backend,
+              "final_loss": _last_loss(result)}
+    if backend == "unsloth":
+        from ml.models.loading import load_adapter
+
+        # the promise: what unsloth trained is a plain PEFT adapter the rest of the platform loads
+        load_adapter(folder, result.out_dir, resolve_compute(device="cuda", quantization="none"))
+        record["adapter_loads"] = True
+    return record
 
 
 def _last_loss(result) -> float | None:

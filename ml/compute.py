@@ -23,7 +23,9 @@ class ComputePlan:
     device: str  # "cuda" | "cpu"
     dtype: str  # "bf16" | "fp16" | "fp32"
     quantize_4bit: bool
-    backend: str  # "hf" (the only one the trainers run; "unsloth" is refused)
+    # "hf" (transformers/peft/TRL) | "unsloth" (CUDA + the unsloth package: the fresh LoRA SFT loads through
+    # FastLanguageModel, ml/training/unsloth_backend.py; the trainers it cannot serve refuse it)
+    backend: str
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -119,13 +121,19 @@ def resolve_compute(
     else:
         quantize_4bit = False
 
-    # Every trainer builds on transformers/peft/TRL; none goes through unsloth's FastLanguageModel yet.
-    # Refusing it beats recording backend='unsloth' in metadata for a run that trained with hf.
+    # auto stays hf: the unsloth path is untested until a GPU runs it (docs/gpu.md), so no run gets it unasked.
     if backend == "unsloth":
-        raise ValueError(
-            "backend 'unsloth' is not wired into the trainers yet; use 'hf' (or 'auto', which resolves to 'hf'). "
-            "The gpu extra (pip install -e '.[gpu]') still provides bitsandbytes for quantization='4bit' on CUDA."
-        )
-    backend = "hf"
+        if not on_cuda:
+            raise ValueError(
+                "backend 'unsloth' requires CUDA (unsloth's kernels run on NVIDIA GPUs only) and device is cpu: "
+                "use backend 'hf' (or 'auto', which resolves to 'hf')"
+            )
+        if not _importable("unsloth"):
+            raise ValueError(
+                "backend 'unsloth' requires the unsloth package (pip install -e '.[gpu]' on the CUDA machine), "
+                "which is not importable here: use backend 'hf' (or 'auto', which resolves to 'hf')"
+            )
+    else:
+        backend = "hf"
 
     return ComputePlan(device=device, dtype=precision, quantize_4bit=quantize_4bit, backend=backend)

@@ -20,6 +20,19 @@ def mirror(tmp_path_factory) -> Path:
     return build_mirror(tmp_path_factory.mktemp("hub_mirror"))
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread, as tests/test_training.py does: on 2 cores shared with other processes, torch's two OpenMP
+    threads spin against each other and the other load. Measured on the DSL group (same config, load 5-15): a decode
+    step of the Gemma 3 stand-in 4.5x slower with 2 threads than with 1, the group 628 s vs 72 s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def full_profile(mirror, monkeypatch) -> Path:
     monkeypatch.setenv("ASTFORGE_PROFILE", "full")
@@ -200,15 +213,24 @@ def test_dsl_on_the_full_profile(full_profile, resources):
     from assets.dsl import DSL_ASSETS
     from tests.test_dsl_pipeline import TINY_RUN
 
-    run = {**TINY_RUN, "dsl_base_model": {},  # the full profile's Gemma 3 270M, from the mirror
-           # the full profile's 32768-token cap and whole-schema prompts (the stand-in's BPE splits finely)
-           "dsl_sft_adapter": {**TINY_RUN["dsl_sft_adapter"], "max_steps": 2, "eval_steps": 2, "probe_samples": 0}}
+    # The full profile's own settings where the code path depends on them: its base (Gemma 3 270M, from the mirror)
+    # with its tokenizer and chat template, its 32768-token cap, whole-schema prompts (1.7k-2.4k tokens: the
+    # stand-in's BPE splits finely), its LoRA. Only the sizes are the test's: two steps, one request per group, two
+    # DPO candidates (a random stand-in generates each answer to the token budget, ~250 tokens).
+    run = {**TINY_RUN, "dsl_base_model": {},
+           "dsl_sft_adapter": {**TINY_RUN["dsl_sft_adapter"], "max_steps": 2, "per_device_train_batch_size": 2,
+                               "eval_steps": 2, "eval_max_samples": 2, "probe_samples": 0},
+           "dsl_dpo_pairs": {"max_pairs": 2, "candidates": 2}}
     for key in ("dsl_base_eval", "dsl_sft_eval", "dsl_dpo_eval"):
-        run[key] = {"samples": 2}
+        run[key] = {"samples": 1}
     result = dg.materialize(DSL_ASSETS, resources=resources,
                             run_config={"ops": {k: {"config": v} for k, v in run.items()}})
     assert result.success
     assert _meta(result, "dsl_base_model")["base_model"].value == "unsloth/gemma-3-270m-it"
+    sft = _meta(result, "dsl_sft_adapter")
+    assert sft["dropped_truncated"].value == 0  # the demo's 512-token cap would drop every whole-schema row
+    adapter = json.loads((Path(sft["path"].value) / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (64, 128)  # the full profile's LoRA
 
 
 @pytest.mark.slow  # 1-3 min on 2 shared cores: a whole group

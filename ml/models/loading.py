@@ -1,6 +1,7 @@
 """Model folders in, models out: a base, a base + LoRA adapter (checked against the base before peft sees it), the
 adapter merged in for generation, and the GPU each process places its model on. Every trainer, evaluation, server
-and asset loads through here, so a shape check or a placement rule is written once."""
+and asset loads through here, so a shape check or a placement rule is written once. (A fresh LoRA SFT under the
+compute plan's ``unsloth`` backend loads its base through unsloth instead: ml/training/unsloth_backend.py.)"""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from ml.stats import Estimate, mean, paired_difference, rate
 from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, precision_args, quiet_printer
 from ml.training.sft_trainer import PhaseConfig, lora_config
 from ml.training.trainer_config import settings_into, trl_config
+from ml.training.unsloth_backend import require_hf_backend
 
 POLICIES = ("base", "warmup", "student", "teacher")  # warmup: the supervised warm-up alone, before GRPO
 DEFAULT_WEIGHTS = RewardWeights()
@@ -218,6 +219,7 @@ def train_grpo(
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    require_hf_backend(plan, "GRPO")
     if not rows:
         raise ValueError("GRPO: no prompts")
     work_dir, out_dir = Path(work_dir), Path(out_dir)

@@ -17,6 +17,7 @@ from ml.compute import ComputePlan
 from ml.models.loading import expose_lm_head_bias, load_adapter, load_merged
 from ml.training.glue import OnLog, curve, last_checkpoint, log_callback, quiet_printer
 from ml.training.trainer_config import trl_config
+from ml.training.unsloth_backend import require_hf_backend
 
 
 @dataclass
@@ -90,6 +91,7 @@ def train_dpo(
     from datasets import Dataset
     from trl import DPOTrainer
 
+    require_hf_backend(plan, "DPO")
     rows = [r for r in pairs if _fits(tokenizer, r, cfg.max_length)]
     dropped = len(pairs) - len(rows)
     if not rows:

@@ -20,6 +20,8 @@ from ml.training.sft_trainer import (
     trainable_token_ids,
     trainer_callbacks,
 )
+from ml.training.unsloth_backend import UNSLOTH, require_hf_backend, unsloth_lora_model
+from ml.training.unsloth_backend import trainer_settings as unsloth_trainer_settings
 
 
 def prompt_completion_rows(
@@ -121,6 +123,7 @@ def build_continue_lora_trainer(
     ``what`` names the data in errors."""
     from datasets import Dataset
 
+    require_hf_backend(plan, what)
     Trainer, LogCb = make_trainer_class()
     rows, eval_rows, dropped = checked_rows(tokenizer, pairs, eval_pairs, cfg, what)
     model = load_adapter(
@@ -185,14 +188,20 @@ def build_lora_sft_trainer(
     model to stop mid-answer); the eval batches are checked for supervised tokens before training starts.
     ``cfg.trainable_embeddings``: "none" (LoRA only, for a pretrained base), "added" (plus the rows of the tokens
     appended after the base vocabulary, e.g. FIM tokens) or "all" (a random-init ``tiny:`` base also trains its
-    embedding rows). Extra ``callbacks`` (``transformers.TrainerCallback``) are added."""
+    embedding rows). Extra ``callbacks`` (``transformers.TrainerCallback``) are added. A plan with backend
+    ``unsloth`` loads the base and adds the LoRA through unsloth (:mod:`ml.training.unsloth_backend`)."""
     from datasets import Dataset
 
     Trainer, LogCb = make_trainer_class()
     rows, eval_rows, dropped = checked_rows(tokenizer, pairs, eval_pairs, cfg, "SFT")
-    model = load_base(base_dir, plan, cfg.gradient_checkpointing)
-    ids = trainable_token_ids(cfg, tokenizer, model.get_input_embeddings().weight.shape[0])
-    peft_cfg = lora_config(cfg, model, ids)
+    if plan.backend == UNSLOTH:
+        # FastLanguageModel loads the base and adds the same LoRA itself; the trainer below is the same
+        model, peft_cfg = unsloth_lora_model(base_dir, tokenizer, cfg, plan), None
+        cfg = unsloth_trainer_settings(cfg)
+    else:
+        model = load_base(base_dir, plan, cfg.gradient_checkpointing)
+        ids = trainable_token_ids(cfg, tokenizer, model.get_input_embeddings().weight.shape[0])
+        peft_cfg = lora_config(cfg, model, ids)
     has_eval = bool(eval_rows)
     trainer = Trainer(
         model=model,

@@ -24,6 +24,7 @@ from ml.training.sft_trainer import (
     trainable_token_ids,
     trainer_callbacks,
 )
+from ml.training.unsloth_backend import require_hf_backend
 
 
 def train_phase1(
@@ -57,6 +58,7 @@ def build_phase1_trainer(
     """The Phase 1 trainer (not yet trained)."""
     from datasets import Dataset
 
+    require_hf_backend(plan, "AST phase 1 (LoRA + trainable AST embedding rows)")
     Trainer, LogCb = make_trainer_class()
     if not texts:
         raise ValueError("train_phase1: no training texts")
