@@ -106,6 +106,8 @@ def test_asset_trains_both_arms_and_reports_with_intervals(resources):
     catalog = resources["catalog"]
     rows = {r["metric"]: r for r in catalog.query(
         "SELECT metric, value, n, ci_low, ci_high, split FROM eval_metrics WHERE asset_key = 'ast_vs_text_eval'")}
+    assert all(r["n"] and r["split"] == "test" for r in rows.values())  # every row with its evidence
+    assert "text_tokens_seen" not in rows  # the budget: summary.json and the report
     for arm in ("text", "ast", "ast_constrained"):
         assert rows[f"{arm}_humaneval_pass_at_1"]["n"] == 3
         assert rows[f"{arm}_valid_rate"]["n"] == rows["text_valid_rate"]["n"] > 0  # the same test docstrings
