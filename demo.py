@@ -336,6 +336,8 @@ COMPARISONS = [
     ("srl_eval", "python", "student_minus_base_reward", "SRL student - base: reward", "student", "base", True),
     ("srl_eval", "python", "student_minus_warmup_reward", "SRL GRPO - warm-up only: reward", "GRPO", "warm-up",
      True),
+    ("graph_repair_eval", "python", "diff_graph_unet_vs_slot_frequency_one_shot_grammar_exact_mid",
+     "graph repair G-U-Net - slot freq.: exact, mid", "Graph U-Net", "slot frequency", True),
     ("graph_repair_eval", "python", "diff_graph_unet_vs_transformer_one_shot_grammar_exact_mid",
      "graph repair G-U-Net - Transformer: exact, mid", "Graph U-Net", "Transformer", True),
 ]

@@ -203,6 +203,7 @@ def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEval
         example_rows,
         graph_repair_metrics,
         paired_differences,
+        trained_vs_baseline,
     )
     from ml.graph_repair.report import HEADLINE, exact_plot, graph_repair_report, result_rows
     from ml.graph_repair.training import load_denoiser
@@ -228,12 +229,13 @@ def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEval
                                       diffusion_steps=config.diffusion_steps, z3_tries=config.z3_tries,
                                       log=context.log.info)
     differences = paired_differences(results)
-    metrics = graph_repair_metrics(results, differences, tuning)
+    vs_baseline = trained_vs_baseline(results)
+    metrics = graph_repair_metrics(results, differences, tuning, vs_baseline)
     # the relabel thresholds are knobs chosen on dev (in the report and the metadata), not measurements
     catalog.write_metrics(asset_key="graph_repair_eval", partition=language, run_id=context.run_id,
                           metrics={k: v for k, v in metrics.items() if not k.endswith("_relabel_threshold")})
     functions = split_counts(r["split"] for r in {r["unit_id"]: r for r in rows}.values())
-    report = graph_repair_report(language, results, sizes, differences, tuning, functions)
+    report = graph_repair_report(language, results, sizes, differences, tuning, functions, vs_baseline)
     plot = exact_plot({k: v for k, v in results.items() if k != "slot_frequency"})
     flat = result_rows(results)
 

@@ -21,6 +21,7 @@ from ml.graph_repair.evaluation import (
     graph_repair_metrics,
     paired_differences,
     score,
+    trained_vs_baseline,
     tune_relabel_threshold,
 )
 from ml.graph_repair.grammar import Grammar, Vocabulary
@@ -476,6 +477,19 @@ def test_metrics_carry_n_interval_and_split_and_the_differences_are_paired(tiny_
     assert metrics["graph_unet_one_shot_grammar_exact_mid"] is est["exact"]
     assert metrics["diff_graph_unet_vs_transformer_one_shot_grammar_exact_mid"] is diffs[("one_shot_grammar", "mid")]
     assert metrics["transformer_relabel_threshold"] == 0.7
+    # each trained model against the untrained baseline, on the headline procedure only: 'graph_unet' here is the
+    # baseline itself, so its difference is exactly 0 with a zero-width interval
+    vs_base = trained_vs_baseline(results)
+    assert set(vs_base) == {"graph_unet", "transformer"}
+    same = vs_base["graph_unet"][("one_shot_grammar", "mid")]
+    assert (same.value, same.ci_low, same.ci_high, same.n) == (0.0, 0.0, 0.0, n)
+    assert {proc for by in vs_base.values() for proc, _ in by} == {"one_shot_grammar"}
+    with_base = graph_repair_metrics(results, diffs, tuning, vs_base)
+    assert with_base["diff_transformer_vs_slot_frequency_one_shot_grammar_exact_low"] is \
+        vs_base["transformer"][("one_shot_grammar", "low")]
+    report = graph_repair_report("python", results, {m: {"params": 1, "steps": 1, "train_s": 0.0} for m in vs_base},
+                                 diffs, tuning, vs_baseline=vs_base)
+    assert "## Trained models minus the slot-frequency baseline" in report
     with pytest.raises(ValueError, match="not scored"):
         results["transformer"]["scored"]["one_shot"] = results["transformer"]["scored"]["one_shot"][1:]
         paired_differences(results)

@@ -128,11 +128,14 @@ def evaluate_models(models: dict[str, tuple[nn.Module, Vocabulary, dict]], dev: 
 
 
 def paired_differences(results: dict[str, dict], better: str = "graph_unet", worse: str = "transformer",
-                       metric: str = "exact") -> dict[tuple[str, str], Estimate]:
+                       metric: str = "exact", procedures: Sequence[str] | None = None,
+                       ) -> dict[tuple[str, str], Estimate]:
     """{(procedure, noise level): mean of ``better - worse`` on ``metric`` over the same test examples (aligned by
-    id), with its paired-bootstrap interval}."""
+    id), with its paired-bootstrap interval}; ``procedures``: only these (default: all of ``better``'s)."""
     out = {}
     for proc, rows in results[better]["scored"].items():
+        if procedures is not None and proc not in procedures:
+            continue
         other = {r["id"]: r for r in results[worse]["scored"][proc]}
         for level in NOISE_LEVELS:
             mine = [r for r in rows if r["noise"] == level]
@@ -144,14 +147,27 @@ def paired_differences(results: dict[str, dict], better: str = "graph_unet", wor
     return out
 
 
+def trained_vs_baseline(results: dict[str, dict], procedure: str = "one_shot_grammar",
+                        ) -> dict[str, dict[tuple[str, str], Estimate]]:
+    """Each trained model against the slot-frequency baseline (the group's "base": no training beyond label
+    counts), paired on the same test examples: {model: {(procedure, noise level): difference}}."""
+    return {m: paired_differences(results, m, "slot_frequency", procedures=[procedure])
+            for m in results if m != "slot_frequency"}
+
+
 def graph_repair_metrics(results: dict[str, dict], differences: dict[tuple[str, str], Estimate],
-                         tuning: dict[str, dict]) -> dict[str, Estimate | float]:
+                         tuning: dict[str, dict],
+                         vs_baseline: dict[str, dict[tuple[str, str], Estimate]] | None = None,
+                         ) -> dict[str, Estimate | float]:
     """``{model}_{procedure}_{node_accuracy|exact|valid}_{noise}`` estimates, the paired differences as
-    ``diff_graph_unet_vs_transformer_{procedure}_exact_{noise}`` and each model's chosen relabel threshold."""
+    ``diff_graph_unet_vs_transformer_{procedure}_exact_{noise}`` (and ``diff_{model}_vs_slot_frequency_...`` from
+    ``vs_baseline``) and each model's chosen relabel threshold."""
     metrics: dict[str, Estimate | float] = {
         f"{model}_{proc}_{k}_{level}": by[level][proc][k] for model, by in results.items() for level in NOISE_LEVELS
         for proc in by[level] for k in ("node_accuracy", "exact", "valid")}
     metrics |= {f"diff_graph_unet_vs_transformer_{proc}_exact_{level}": d for (proc, level), d in differences.items()}
+    metrics |= {f"diff_{model}_vs_slot_frequency_{proc}_exact_{level}": d
+                for model, by in (vs_baseline or {}).items() for (proc, level), d in by.items()}
     metrics |= {f"{model}_relabel_threshold": float(t["threshold"]) for model, t in tuning.items()}
     return metrics
 

@@ -61,9 +61,11 @@ def headline_sentence(results: Mapping[str, Mapping], differences: Mapping[tuple
 def graph_repair_report(language: str, results: Mapping[str, Mapping], sizes: Mapping[str, Mapping],
                         differences: Mapping[tuple[str, str], Estimate] | None = None,
                         tuning: Mapping[str, Mapping] | None = None,
-                        split_counts: Mapping[str, int] | None = None) -> str:
+                        split_counts: Mapping[str, int] | None = None,
+                        vs_baseline: Mapping[str, Mapping[tuple[str, str], Estimate]] | None = None) -> str:
     """``sizes``: {model: {"params": n, "train_s": s, "steps": k}}; ``differences``: ``paired_differences``;
-    ``tuning``: ``evaluate_models``' second value; ``split_counts``: functions per split."""
+    ``tuning``: ``evaluate_models``' second value; ``split_counts``: functions per split; ``vs_baseline``:
+    ``trained_vs_baseline``."""
     differences = differences or {}
     lines = [f"# graph_repair [{language}]", ""]
     if split_counts:
@@ -87,6 +89,12 @@ def graph_repair_report(language: str, results: Mapping[str, Mapping], sizes: Ma
                                    "verdict": verdict(d, "graph_unet", "transformer")}
                                   for (p, lv), d in differences.items()],
                                  ["procedure", "noise", "difference", "verdict"]), ""]
+    if vs_baseline:
+        lines += ["## Trained models minus the slot-frequency baseline (exact repair, paired)", "",
+                  markdown_table([{"model": m, "procedure": p, "noise": lv, "difference": str(d),
+                                   "verdict": verdict(d, m, "slot_frequency")}
+                                  for m, by in vs_baseline.items() for (p, lv), d in by.items()],
+                                 ["model", "procedure", "noise", "difference", "verdict"]), ""]
     if tuning:
         lines += ["## Relabel threshold (chosen on dev, exact repair one-shot with the grammar mask)", "",
                   markdown_table([{"model": m, "chosen": t["threshold"],
