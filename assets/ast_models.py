@@ -3,6 +3,7 @@
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import model_validator
@@ -36,6 +37,10 @@ class AstTokenizerConfig(ProfileConfig):
 
 class AstBaseModelConfig(dg.Config):
     seed: Seed = 0
+    # where a pretrained base's new AST rows start: "mean" (every row at the mean of the vocabulary) or "names" (each
+    # at the mean of the base tokens spelling its name: <FunctionDef> near "Function" + "Def"); tiny: bases are
+    # random-init throughout. bench/ast_vs_text.py --new-token-init compares them.
+    new_token_init: Literal["mean", "names"] = "mean"
 
 
 class PhaseTrainingConfig(ProfileConfig):
@@ -146,7 +151,7 @@ def ast_base_model(context: dg.AssetExecutionContext, config: AstBaseModelConfig
     if not location or not (location.startswith("tiny:") or Path(location).exists()):
         location = resolve_base(catalog, base_model, "ast_tokenizer.base_model", context).loadable
     plan = compute.plan()
-    model = build_base_model(location, tok, seed=config.seed, plan=plan)
+    model = build_base_model(location, tok, seed=config.seed, plan=plan, new_rows=config.new_token_init)
     n_params = sum(p.numel() for p in model.parameters())
     path = publish_folder(
         context, store=artifacts, catalog=catalog, build=lambda tmp: save_base_model(model, tok, tmp), rows=0,

@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--nl2code-samples", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--curve-points", type=int, default=3)
+    ap.add_argument("--new-token-init", choices=("mean", "names"), default="mean",
+                    help="where the AST rows of the base start (ast_base_model's new_token_init)")
     args = ap.parse_args()
 
     started = time.perf_counter()
@@ -61,6 +63,7 @@ def main() -> None:
               "max_test_functions": args.test_functions, "nl2code_samples": args.nl2code_samples,
               "max_new_tokens": args.max_new_tokens, "curve_points": args.curve_points}
     run_config = {"ops": {"ast_tokenizer": {"config": {"base_model": args.base}},
+                          "ast_base_model": {"config": {"new_token_init": args.new_token_init}},
                           "ast_vs_text_eval": {"config": config}}}
     result = dg.materialize([*upstream, ast_vs_text_eval], resources=resources, partition_key="python",
                             run_config=run_config)
@@ -76,6 +79,7 @@ def main() -> None:
                            for k, e in evidence.items()}
     summary["verdicts"] = {k[:-len("_verdict")]: v.value for k, v in meta.items() if k.endswith("_verdict")}
     summary["base"], summary["report"] = args.base, str(folder / "report.md")
+    summary["new_token_init"] = args.new_token_init
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary))
 

@@ -246,6 +246,33 @@ def test_resize_mean_init(tokenizer, tmp_path):
     assert emb.shape[0] == len(tokenizer) and torch.allclose(emb[base], old[:base].mean(0), atol=1e-6)
 
 
+def test_new_rows_start_at_the_tokens_their_names_spell(tokenizer):
+    from ml.training.base_model import init_rows_from_names, token_name
+
+    assert token_name("<FunctionDef>") == "FunctionDef" and token_name("<const:True>") == "const True"
+    assert token_name("<|fim_prefix|>") == "fim prefix"
+    model = build_base_model("tiny:qwen2", tokenizer, seed=0)
+    base = tokenizer.init_kwargs["astforge_base_vocab_size"]
+    before = model.get_input_embeddings().weight.detach().clone()
+    set_rows = init_rows_from_names(model, tokenizer, base)
+    emb = model.get_input_embeddings().weight
+    assert 0 < set_rows <= len(tokenizer) - base
+    assert torch.equal(emb[:base], before[:base])  # the base's own rows are untouched
+    spelled = {}
+    for token_id in range(base, len(tokenizer)):
+        ids = [i for i in tokenizer(token_name(tokenizer.convert_ids_to_tokens(token_id)),
+                                    add_special_tokens=False)["input_ids"] if i < base]
+        if ids:
+            assert torch.allclose(emb[token_id], before[ids].mean(0), atol=1e-6)
+            spelled[token_id] = tuple(ids)
+    # tokens with different spellings now start apart (a mean init gives them all one vector)
+    distinct = {ids: tid for tid, ids in spelled.items()}
+    a, b = list(distinct.values())[:2]
+    assert not torch.allclose(emb[a], emb[b])
+    with pytest.raises(ValueError, match="new_rows"):
+        build_base_model("tiny:qwen2", tokenizer, new_rows="zeros")
+
+
 # ----------------------------------------------------------------------------- batching
 
 

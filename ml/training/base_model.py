@@ -65,10 +65,14 @@ def _tiny_model(arch: str, tokenizer, **overrides):
     return AutoModelForCausalLM.from_config(cfg)
 
 
-def build_base_model(base_model: str, tokenizer, seed: int = 0, plan: ComputePlan | None = None):
+def build_base_model(base_model: str, tokenizer, seed: int = 0, plan: ComputePlan | None = None,
+                     new_rows: str = "mean"):
     """``tiny:<arch>`` → a freshly initialised small model (seeded); otherwise ``from_pretrained``
     (4-bit NF4 when ``plan.quantize_4bit``). The embeddings are resized to ``len(tokenizer)``; new
-    rows start at the mean of the old rows."""
+    rows start at the mean of the old rows, or with ``new_rows="names"`` at the mean of the rows of the base tokens
+    that spell each new token's name (:func:`init_rows_from_names`)."""
+    if new_rows not in ("mean", "names"):
+        raise ValueError(f"new_rows must be 'mean' or 'names', not {new_rows!r}")
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -90,6 +94,8 @@ def build_base_model(base_model: str, tokenizer, seed: int = 0, plan: ComputePla
     # tokens): the AST rows start at the tokenizer's base size either way and get the mean init.
     base_size = tokenizer.init_kwargs.get("astforge_base_vocab_size")
     resize_with_mean_init(model, len(tokenizer), first_new_row=base_size)
+    if new_rows == "names":
+        init_rows_from_names(model, tokenizer, base_size if base_size is not None else len(tokenizer))
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -111,6 +117,35 @@ def resize_with_mean_init(model, new_size: int, first_new_row: int | None = None
     out = model.get_output_embeddings()
     if out is not None and out.weight.data_ptr() != emb.data_ptr():
         out.weight[start:new_size] = out.weight[:start].float().mean(0).to(out.weight.dtype)
+
+
+def token_name(token: str) -> str:
+    """The words an added token stands for: ``<FunctionDef>`` → ``FunctionDef``, ``<const:True>`` → ``const True``,
+    ``<|fim_prefix|>`` → ``fim prefix``."""
+    return " ".join(token.strip("<>|").replace(":", " ").replace("_", " ").split())
+
+
+@torch.no_grad()
+def init_rows_from_names(model, tokenizer, first_new_row: int) -> int:
+    """Set each added token's embedding row (and its output row, when the head is not tied) to the mean of the rows
+    of the base tokens that spell its name (:func:`token_name`), so that ``<FunctionDef>`` starts near "Function"
+    + "Def" instead of at the one vector all new rows share after a mean init: the model can tell the new tokens
+    apart, and guess their meaning, from step 0. Rows whose name encodes to no base token keep their value.
+    Returns the number of rows set."""
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    untied = out is not None and out.weight.data_ptr() != emb.data_ptr()
+    done = 0
+    for token_id in range(first_new_row, min(len(tokenizer), emb.shape[0])):
+        name = token_name(tokenizer.convert_ids_to_tokens(token_id))
+        ids = [i for i in tokenizer(name, add_special_tokens=False)["input_ids"] if i < first_new_row] if name else []
+        if not ids:
+            continue
+        emb[token_id] = emb[ids].float().mean(0).to(emb.dtype)
+        if untied:
+            out.weight[token_id] = out.weight[ids].float().mean(0).to(out.weight.dtype)
+        done += 1
+    return done
 
 
 def save_base_model(model, tokenizer, folder: str | Path) -> Path:
