@@ -64,6 +64,26 @@ def test_sequence_nats_sums_over_scored_tokens_only():
         sequence_nats(model, Tok(), ["a" * 20], max_length=10)
 
 
+def test_text_generation_stops_where_the_truncation_would_cut():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ml.ast_vs_text.evaluation import generate, top_level_stopping
+    from ml.training.ast_tokenizer import build_ast_tokenizer
+
+    tok = build_ast_tokenizer("tiny:qwen2", ["def f(x):\n    return x\nprint(f(1))\n"] * 30, [], 300)
+    body, more = tok("    return x\n    y = 1\n")["input_ids"], tok("    return x\nprint(1)")["input_ids"]
+    stop = top_level_stopping(tok, 0)
+    assert stop(torch.tensor([body]), None).tolist() == [False]  # an indented line: the body goes on
+    assert stop(torch.tensor([more]), None).tolist() == [True]  # a column-0 line: the body has ended
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128)).eval()
+    prompts = ["def f(x):\n", "def g(y, z):\n    "]
+    full = generate(model, tok, prompts, 24)
+    stopped = generate(model, tok, prompts, 24, stop_at_top_level=True)
+    assert [truncate_text_completion(t) for t in stopped] == [truncate_text_completion(t) for t in full]
+
+
 def test_text_answers_score_like_trees():
     ref = tokens_to_text(encode("def var_0(var_1):\n    return var_1 + 1\n"))
     same = score_source("def var_0(var_1):\n    return (var_1 + 1)  # spelled differently\n", ref)

@@ -45,12 +45,31 @@ def heldout_bits(model, tokenizer, arm: str, rows: Sequence[dict], max_length: i
 
 
 @torch.no_grad()
+def top_level_stopping(tokenizer, prompt_width: int):
+    """A ``transformers.StoppingCriteria`` marking a row done once its new text (after the ``prompt_width``
+    left-padded prompt columns) reaches a line that starts at column 0: what :func:`truncate_text_completion` cuts
+    away anyway, so stopping there changes no answer and saves the batch the rest of its token budget."""
+    from transformers import StoppingCriteria
+
+    class TopLevelLine(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            for row in range(input_ids.shape[0]):
+                new = tokenizer.decode(input_ids[row, prompt_width:].tolist(), skip_special_tokens=True)
+                done[row] = truncate_text_completion(new) != new
+            return done
+
+    return TopLevelLine()
+
+
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, prefix_lengths: Sequence[int] = (),
-             grammar: Callable[[int], Callable[[list[int]], object]] | None = None, batch_size: int = 8) -> list[str]:
+             grammar: Callable[[int], Callable[[list[int]], object]] | None = None, batch_size: int = 8,
+             stop_at_top_level: bool = False) -> list[str]:
     """Greedy continuations of ``prompts``. With ``grammar`` (a length budget -> processor factory), each row is
     constrained from where its tree starts: the last ``prefix_lengths[i]`` tokens of prompt ``i`` are the start of
     the tree, and the grammar's budget counts them (the batch's shortest prefix: no row is promised more room than
-    ``max_new_tokens`` gives it)."""
+    ``max_new_tokens`` gives it). ``stop_at_top_level``: a row ends at its first column-0 line
+    (:func:`top_level_stopping`)."""
     from transformers import LogitsProcessorList
 
     model.eval()
@@ -64,7 +83,8 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, pref
             processors.append(grammar(max_new_tokens + min(prefixes))([width - n for n in prefixes]))
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_k=None, top_p=None,
                              temperature=None, logits_processor=processors, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
+                             eos_token_id=tokenizer.eos_token_id,
+                             stopping_criteria=[top_level_stopping(tokenizer, width)] if stop_at_top_level else None)
         out += [tokenizer.decode(row, skip_special_tokens=True) for row in gen[:, width:]]
     return out
 
@@ -114,8 +134,9 @@ def answer(model, tokenizer, arm: str, pairs: Sequence[dict], tasks: Sequence[Hu
     lengths = [len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) for prefix in prefixes]
     # batches of similar prefix length: the grammar's budget is set by a batch's shortest prefix
     order = sorted(range(len(tasks)), key=lambda k: lengths[k])
+    # the text arm's HumanEval body ends at the next top-level line (Codex's stop sequences): stop generating there
     done = generate(model, tokenizer, [prompts[k] for k in order], max_new_tokens, [lengths[k] for k in order],
-                    grammar) if tasks else []
+                    grammar, stop_at_top_level=arm == TEXT) if tasks else []
     completions = [""] * len(tasks)
     for k, text in zip(order, done):
         completions[k] = text
