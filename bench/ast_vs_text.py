@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--nl2code-samples", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--curve-points", type=int, default=3)
-    ap.add_argument("--new-token-init", choices=("mean", "names"), default="mean",
+    ap.add_argument("--new-token-init", choices=("mean", "names"), default="names",
                     help="where the AST rows of the base start (ast_base_model's new_token_init)")
     args = ap.parse_args()
 
