@@ -43,6 +43,9 @@ FUNCTIONS = {
     ],
 }
 LANGUAGES = list(FUNCTIONS)
+# shapes rarer than the slot tables know (class fields with values are not in the half of npm they were read from):
+# they round-trip, and the mask is measured on the corpus's held-out half instead (scripts/build_graph_grammar.py)
+RARE = {"javascript": ["(k) => class extends k { #a\n #b = 1\n get() { return this.#b } }"], "java": []}
 
 
 def _graphs(language):
@@ -53,7 +56,7 @@ def _graphs(language):
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_graphs_round_trip_through_source_to_the_same_tree(language):
     rename = get_language(language).renamer
-    for code in FUNCTIONS[language]:
+    for code in FUNCTIONS[language] + RARE[language]:
         renamed = rename(code).code
         g = from_code(renamed, language)
         back = to_code(g, language)

@@ -17,9 +17,9 @@ dataflow), read off the unit's tree-sitter tree (``ml.codec.treesitter_codec.par
 
 Dataflow is an approximation (no scope analysis): from each renamed name's first occurrence (``id:var_i``) to
 its later occurrences. ``to_code`` writes the leaves in order, separated as the tree-sitter codec does (nothing
-inside strings and other contiguous nodes, a newline after a JavaScript statement so that automatic semicolon
-insertion sees it, a space elsewhere); ``is_valid``: that source parses as one function with no ERROR or MISSING
-node (``parse_unit_wrapped``).
+inside strings and other contiguous nodes, a newline after a JavaScript statement or class field so that automatic
+semicolon insertion sees it, a space elsewhere); ``is_valid``: that source parses as one function with no ERROR or
+MISSING node (``parse_unit_wrapped``), into the same tree (types, tokens and fields; names and literals aside).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ TEXT = "text"  # the field of a named leaf's text
 TOKEN = "tok:"
 _MAX_LITERAL_CHARS = 24
 _RENAMED = re.compile(r"id:var_\d+\Z")
+# JavaScript nodes a newline must follow (automatic semicolon insertion ends them there): statements, declarations,
+# class fields (`#a\n#b = 1`)
+_LINE_ENDS = ("statement", "declaration", "field_definition")
 # stand-ins for a long or unknown literal, by the type that holds it: text that parses as that type again
 _LONG = {"number": "1" * 25, "decimal_integer_literal": "1" * 25, "hex_integer_literal": "0x" + "1" * 24,
          "octal_integer_literal": "0" + "1" * 24, "binary_integer_literal": "0b" + "1" * 24,
@@ -164,7 +167,7 @@ def to_code(g: Asg, language: str) -> str:
         for a in above:
             last[a] = k
     for node, k in last.items():
-        if newlines and g.labels[node].endswith(("statement", "declaration")):
+        if newlines and g.labels[node].endswith(_LINE_ENDS):
             ends_statement[k] = True
     parts: list[str] = []
     for k, (text, above) in enumerate(leaves):

@@ -15,8 +15,8 @@ them. JavaScript's grammar names its categories (supertypes: ``expression``, ``s
 statements what a block has held.
 
 ``TreeSitterGrammar.allowed(tree, i)`` is the mask: the slot's labels when the parent is known (the union over
-every parent with that field when it is not); a node that kept children only a type seen with those fields and
-with every required one among them; a root only a function type. A repaired tree is still judged by re-parsing.
+every parent with that field when it is not); a node that kept children only a type seen with those fields; a
+hole a type its expansion can build; a root only a function type. A repaired tree is still judged by re-parsing.
 """
 
 from __future__ import annotations
@@ -86,14 +86,15 @@ class Tables:
 
 def _supertype_members(language: str) -> list[frozenset[str]]:
     lang = get_language(language)
+    supertypes = set(lang.supertypes)  # (node_kind_is_supertype says True of every kind in py-tree-sitter 0.26)
 
     def flat(kind: int) -> set[str]:
         out = set()
         for sub in lang.subtypes(kind):
-            out |= flat(sub) if lang.node_kind_is_supertype(sub) else {lang.node_kind_for_id(sub)}
+            out |= flat(sub) if sub in supertypes else {lang.node_kind_for_id(sub)}
         return out
 
-    return [frozenset(flat(s)) for s in lang.supertypes]
+    return [frozenset(flat(s)) for s in supertypes]
 
 
 @cache
@@ -201,6 +202,7 @@ class TreeSitterGrammar:
             elif kept is None:  # a hole: a type its expansion can build (fields, when it has any, are required)
                 fields = self.tables.fields.get(label, frozenset()) - {TEXT}
                 mask[self.vocab.index[label]] = not fields or bool(self.tables.required.get(label))
-            else:  # kept children (or none): only a type seen with those fields and every required one
-                mask[self.vocab.index[label]] = _fits(self.tables, label, kept)
+            else:  # kept children (or none): only a type seen with those fields. Not "and every required one": a
+                # corpus's "always" is no rule (every npm class expression is named; `class extends k {}` is not)
+                mask[self.vocab.index[label]] = kept <= self.tables.fields.get(label, frozenset())
         return mask
