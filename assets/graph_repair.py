@@ -181,10 +181,11 @@ def transformer_baseline(context: dg.AssetExecutionContext, config: DenoiserConf
 @dg.asset(group_name=GROUP, partitions_def=language_slices, deps=[graph_unet_model, transformer_baseline],
           kinds={"pytorch", "markdown"}, automation_condition=dg.AutomationCondition.eager(), op_tags=MODEL_STEP,
           description="Test-split repair per noise level, every figure with its n and 95% interval: node "
-                      "accuracy on corrupted nodes, exact repair, validity (decodes and compiles) for the Graph "
-                      "U-Net, the Transformer and the slot-frequency baseline; one-shot and iterative, grammar mask "
-                      "on and off, the Z3 check; Graph U-Net minus Transformer as paired differences; the relabel "
-                      "threshold chosen on dev; report and plot.")
+                      "accuracy on corrupted nodes, exact repair, validity (decodes and compiles; JavaScript and Java: "
+                      "re-parses to the same tree) for the Graph U-Net, the Transformer and the slot-frequency "
+                      "baseline; one-shot and iterative, grammar mask on and off, the Z3 check (Python); Graph "
+                      "U-Net minus Transformer as paired differences; the relabel threshold chosen on dev; report "
+                      "and plot.")
 def graph_repair_eval(context: dg.AssetExecutionContext, config: GraphRepairEvalConfig, artifacts: ArtifactStore,
                       catalog: DuckDBCatalog) -> dg.MaterializeResult:
     import pyarrow as pa

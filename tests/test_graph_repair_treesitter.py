@@ -166,3 +166,23 @@ def test_a_few_training_steps_repair_to_trees_that_are_scored(language):
     # a row's clean graph is valid, and scoring it as its own repair is exact
     clean = [RepairTree.from_asg(graph_of(r, "clean_"), language) for r in rows]
     assert all(s["exact"] and s["valid"] for s in score(clean, rows, vocab))
+
+
+def test_hole_filling_stops_where_the_slot_prior_recurses():
+    """In `a.b.c.d.e` a member expression's object is most often a member expression: filling a hole by the slot
+    priors alone would nest them forever; the repeated choice takes a label with nothing to expand instead."""
+    g = from_code("function f(a) { return a.b.c.d.e }", "javascript")
+    vocab = Vocabulary.build([g.labels], min_count=1, language="javascript",
+                             node_labels=backend_for("javascript").node_labels)
+    priors = slot_priors([g], vocab)
+    assert vocab.labels[priors[("member_expression", "object")][0]] == "member_expression"
+    decoder = Decoder(vocab, priors, backend_for("javascript").grammar(vocab))
+    tree = RepairTree.from_asg(g, "javascript")
+    top = g.labels.index("member_expression")
+    for c in list(tree.kids[top]):
+        tree.delete(c)
+    tree.relabel(top, "member_expression")
+    decoder.fill_holes(tree, tree.expand(top))
+    assert tree.is_tree() and HOLE not in tree.labels.values()
+    labels = [tree.labels[n] for n in tree.order()]
+    assert labels.count("member_expression") == 2  # the hole's type, then one nested choice, then a leaf

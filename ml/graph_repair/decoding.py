@@ -90,19 +90,34 @@ class Decoder:
         return int(torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))))
 
     def fill_holes(self, tree: RepairTree, holes: list[int], unsettled: Container[int] = ()) -> None:
-        """Give inserted holes their slot's most frequent allowed label (expanding further), no model pass."""
-        queue, filled = list(holes), 0
+        """Give inserted holes their slot's most frequent allowed label (expanding further), no model pass.
+
+        A choice that repeats one on its own chain of holes (same parent type, field and label) would repeat forever
+        (a JavaScript ``member_expression`` whose ``object`` is most often a ``member_expression``): that hole takes
+        the slot's most frequent label with nothing to expand instead."""
+        queue, filled = [(h, frozenset()) for h in holes], 0
         while queue:
             if (filled := filled + 1) > 1000:
                 raise RuntimeError("hole expansion does not end (a recursive prior)")
-            h = queue.pop(0)
-            tree.relabel(h, self.prior_label(tree, h, unsettled))
-            queue += tree.expand(h)
+            h, chain = queue.pop(0)
+            slot = (tree.labels[tree.parent[h]], tree.fields[h])
+            label = self.prior_label(tree, h, unsettled)
+            if (*slot, label) in chain:
+                label = self.prior_label(tree, h, unsettled, leaf=True)
+            tree.relabel(h, label)
+            queue += [(n, chain | {(*slot, label)}) for n in tree.expand(h)]
 
-    def prior_label(self, tree: RepairTree, node: int, unsettled: Container[int] = ()) -> str:
-        """The node's slot's most frequent label in the training graphs that the mask allows."""
+    def prior_label(self, tree: RepairTree, node: int, unsettled: Container[int] = (), leaf: bool = False) -> str:
+        """The node's slot's most frequent label in the training graphs that the mask allows (``leaf``: of those, one
+        with no required fields, when there is one)."""
         mask = self.allowed(tree, node, unsettled)
         options = self.priors.get((tree.labels[tree.parent[node]], tree.fields[node]), [])
+        if leaf:
+            required = self.backend.required_fields
+            allowed = [i for i in options if mask[i]] + [int(i) for i in mask.nonzero().flatten()]
+            pick = next((i for i in allowed if not required(self.vocab.labels[i])), None)
+            if pick is not None:
+                return self.vocab.labels[pick]
         return self.vocab.labels[next((i for i in options if mask[i]), int(mask.nonzero()[0]))]
 
     def one_shot(self, g: Asg, logits: torch.Tensor, rng: random.Random | None = None) -> tuple[RepairTree, set]:
