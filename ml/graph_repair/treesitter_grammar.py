@@ -15,8 +15,9 @@ them. JavaScript's grammar names its categories (supertypes: ``expression``, ``s
 statements what a block has held.
 
 ``TreeSitterGrammar.allowed(tree, i)`` is the mask: the slot's labels when the parent is known (the union over
-every parent with that field when it is not); a node that kept children only a type seen with those fields; a
-hole a type its expansion can build; a root only a function type. A repaired tree is still judged by re-parsing.
+every parent with that field when it is not); a node that kept children only a type seen with those fields, each
+holding labels its slot has held; a hole a type its expansion can build; a root only a function type. A repaired
+tree is still judged by re-parsing.
 """
 
 from __future__ import annotations
@@ -122,13 +123,17 @@ def required_fields(label: str, language: str) -> list[str]:
     return list(grammar_tables(language).required.get(label, ()))
 
 
-def _fits(tab: Tables, name: str, child_fields: frozenset[str]) -> bool:
-    return child_fields <= tab.fields.get(name, frozenset()) and set(tab.required.get(name, ())) <= child_fields
+def _fits(tab: Tables, name: str, children: frozenset[tuple[str, str]]) -> bool:
+    """``name`` can hold these (field, label) children: its slots have held each, and each always-present field is
+    there."""
+    fields = {f for f, _ in children}
+    return all(child in tab.slots.get((name, f), ()) for f, child in children) and set(
+        tab.required.get(name, ())) <= fields
 
 
 def substitutes(g: Asg, kids: list[list[int]], i: int, language: str) -> list[str]:
     """Other labels node ``i`` could take with its children kept: another name of the function, another literal
-    of its type in the function, a type or operator its slot has held whose fields fit."""
+    of its type in the function, an operator its slot has held, a type its slot has held that holds these children."""
     label, p = g.labels[i], g.parents[i]
     if is_scaffold(g, i):
         return []
@@ -140,18 +145,19 @@ def substitutes(g: Asg, kids: list[list[int]], i: int, language: str) -> list[st
                        and g.parents[j] >= 0 and g.labels[g.parents[j]] == ptype})
     tab = grammar_tables(language)
     options = tab.slots.get((g.labels[p] if p >= 0 else "", g.fields[i]), frozenset())
-    child_fields = frozenset(g.fields[c] for c in kids[i])
+    children = frozenset((g.fields[c], _slot_label(g.labels[c])) for c in kids[i])
     if label.startswith(TOKEN):
         return sorted(x for x in options if x.startswith(TOKEN) and x != label)
     return sorted(x for x in options if x != label and not x.startswith((TOKEN, "id:", "lit:"))
-                  and x in tab.fields and _fits(tab, x, child_fields))
+                  and x in tab.fields and _fits(tab, x, children))
 
 
 @dataclass(frozen=True)
 class _Context:
     parent: str | None  # None: unknown parent (or the root)
     field: str
-    child_fields: frozenset[str] | None  # None: a hole (its children are to be inserted)
+    # (field, label; None when unknown) of each kept child; None: a hole (its children are to be inserted)
+    children: frozenset[tuple[str, str | None]] | None
 
 
 class TreeSitterGrammar:
@@ -173,8 +179,9 @@ class TreeSitterGrammar:
     def context(self, g, i: int, kids) -> _Context:
         p = g.parents[i]
         parent = None if p < 0 or g.labels[p] in (MASK, HOLE) else g.labels[p]
-        child_fields = None if g.labels[i] == HOLE else frozenset(g.fields[c] for c in kids[i])
-        return _Context(parent, g.fields[i], child_fields)
+        children = None if g.labels[i] == HOLE else frozenset(
+            (g.fields[c], None if g.labels[c] in (MASK, HOLE) else _slot_label(g.labels[c])) for c in kids[i])
+        return _Context(parent, g.fields[i], children)
 
     def allowed(self, g, i: int, kids=None) -> torch.Tensor:
         ctx = self.context(g, i, kids if kids is not None else g.children())
@@ -190,7 +197,7 @@ class TreeSitterGrammar:
         labels = (self.tables.slots.get((ctx.parent, ctx.field), frozenset()) if ctx.parent is not None
                   else self.tables.by_field.get(ctx.field, frozenset()))
         mask = torch.zeros(n, dtype=torch.bool)
-        kept = ctx.child_fields
+        kept = ctx.children
         for label in labels:
             if label in (ANY_NAME, ANY_LITERAL):
                 if not kept:  # a name or literal is a leaf
@@ -202,7 +209,13 @@ class TreeSitterGrammar:
             elif kept is None:  # a hole: a type its expansion can build (fields, when it has any, are required)
                 fields = self.tables.fields.get(label, frozenset()) - {TEXT}
                 mask[self.vocab.index[label]] = not fields or bool(self.tables.required.get(label))
-            else:  # kept children (or none): only a type seen with those fields. Not "and every required one": a
-                # corpus's "always" is no rule (every npm class expression is named; `class extends k {}` is not)
-                mask[self.vocab.index[label]] = kept <= self.tables.fields.get(label, frozenset())
+            else:  # kept children (or none): only a type seen with those fields, each holding what it has held.
+                # Not "and every required field": a corpus's "always" is no rule (every npm class expression is
+                # named; `class extends k {}` is not)
+                mask[self.vocab.index[label]] = self._holds(label, kept)
         return mask
+
+    def _holds(self, name: str, children: frozenset[tuple[str, str | None]]) -> bool:
+        fields = self.tables.fields.get(name, frozenset())
+        return all(f in fields and (child is None or child in self.tables.slots.get((name, f), ()))
+                   for f, child in children)
