@@ -1,4 +1,4 @@
-"""Graph U-Net against a Transformer of the same size on syntax repair of test-split Python functions.
+"""Graph U-Net against a Transformer of the same size on syntax repair of test-split functions of a slice.
 
 The graph_repair recipe end to end, outside Dagster: functions of the standard library (sorted files, the corpus's
 own extractor and alpha-renaming) -> graphs -> graded corruptions -> both models trained on the same rows for the
@@ -10,6 +10,8 @@ slot-frequency baseline is measured in the same run. The same ``ml.graph_repair`
 
     python bench/graph_repair.py                       # ~5M parameters: hidden 256
     python bench/graph_repair.py --hidden 128 --steps 400 --functions 1500 --max-nodes 80   # the demo's sizes
+    python bench/graph_repair.py --language javascript   # or java: the slice's default corpus (npm, the JDK), the
+                                                         # half of its files the grammar tables were not read from
 
 Last line: ``{"graph_unet_exact_repair", "transformer_exact_repair", "slot_frequency_exact_repair" (mid noise,
 one-shot with the grammar mask, test), "exact_repair_evidence" ({model: "0.333 [0.2, 0.5] n=41"}),
@@ -50,6 +52,20 @@ def stdlib_units(max_files: int) -> list[dict]:
     return units
 
 
+def corpus_units(language: str, max_files: int) -> list[dict]:
+    """Units of the slice's default source, from the files ``table_file`` leaves out (the tree-sitter slot tables
+    of ``ml.graph_repair.treesitter_grammar`` were read off the others)."""
+    from ml.codec.treesitter_compact import table_file
+    from ml.corpus.filters import FileFilter
+    from ml.corpus.ingest import extract_units, read_files
+    from ml.languages import get_language
+
+    files = read_files(language, get_language(language).default_source(), None, FileFilter())
+    held = sorted((f for f in files.rows if f.text is not None and not table_file(f.path)), key=lambda f: f.path)
+    units, _ = extract_units(language, held[:max_files], workers=1)
+    return [u.to_row() for u in units]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--functions", type=int, default=6000)
@@ -61,6 +77,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--language", default="python", choices=["python", "javascript", "java"])
     args = ap.parse_args()
 
     from ml.graph_repair.evaluation import (
@@ -75,8 +92,9 @@ def main() -> None:
     from ml.stats import verdict
 
     start = time.perf_counter()
-    units = stdlib_units(args.max_files)
-    rows, _, _ = graph_rows(units, "python", get_language("python").renamer, 20, args.max_nodes, args.functions)
+    language = args.language
+    units = stdlib_units(args.max_files) if language == "python" else corpus_units(language, args.max_files)
+    rows, _, _ = graph_rows(units, language, get_language(language).renamer, 20, args.max_nodes, args.functions)
     examples = repair_rows(rows, args.corruptions, args.seed)
     train = [e for e in examples if e["split"] == "train"]
     dev = [e for e in examples if e["split"] == "dev"]
@@ -88,7 +106,7 @@ def main() -> None:
     models, stats, params = {}, {}, {}
     for kind in ("graph_unet", "transformer"):
         fitted = fit_denoiser(kind, train, settings, hidden=args.hidden, depth=2,
-                              target_params=params.get("graph_unet"),
+                              target_params=params.get("graph_unet"), language=language,
                               log=lambda m, k=kind: print(f"{k} {m}", flush=True))
         params[kind], stats[kind] = fitted.params, fitted.stats
         models[kind] = (fitted.model, fitted.vocab, fitted.priors)
@@ -96,6 +114,7 @@ def main() -> None:
     differences = paired_differences(results)
     head = "one_shot_grammar"
     emit({
+        "language": language,
         "graph_unet_exact_repair": results["graph_unet"]["mid"][head]["exact"].value,
         "transformer_exact_repair": results["transformer"]["mid"][head]["exact"].value,
         "slot_frequency_exact_repair": results["slot_frequency"]["mid"][head]["exact"].value,

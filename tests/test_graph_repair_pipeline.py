@@ -1,6 +1,6 @@
 """The graph_repair group through Dagster on tiny models: code units -> graphs -> corruptions -> Graph U-Net and the
 same-size Transformer (a few steps each) -> dev-tuned, test-split evaluation and report; renamed copies of a function
-stay in one split and the leak checks pass; the tree-sitter slices are refused."""
+stay in one split and the leak checks pass; the same on the JavaScript and Java slices (tree-sitter graphs)."""
 
 import json
 from pathlib import Path
@@ -104,16 +104,89 @@ def test_group_end_to_end_on_tiny_models(graph_resources):
     assert f"n={test_functions}" in report and "paired difference" in report and "chosen on dev" in report
 
 
-def test_a_tree_sitter_slice_is_refused_with_a_clear_error(graph_resources):
-    from assets.corpus import code_units, source_files
-    from assets.graph_repair import asg_corpus
+TREE_SITTER_FUNCTIONS = {
+    "javascript": (".js", "{body}\n", [
+        "function total{i}(items, limit) {{\n  let total = 0;\n  for (const item of items) {{\n"
+        "    if (item > limit) {{ total = total + item * {i}; }} else {{ total -= 1; }}\n  }}\n  return total;\n}}",
+        "function find{i}(values, target) {{\n  let index = 0;\n  while (index < values.length) {{\n"
+        "    if (values[index] === target) return index;\n    index += {i};\n  }}\n  return -1;\n}}",
+        "function join{i}(parts, sep) {{\n  const out = parts.map(p => String(p).trim());\n"
+        "  return out.join(sep) + '{i}';\n}}",
+    ]),
+    "java": (".java", "class C{k} {{\n{body}\n}}\n", [
+        "  int total(int[] items, int limit) {{\n    int total = 0;\n    for (int item : items) {{\n"
+        "      if (item > limit) {{ total = total + item * {i}; }} else {{ total -= 1; }}\n    }}\n"
+        "    return total;\n  }}",
+        "  int find(int[] values, int target) {{\n    int index = 0;\n    while (index < values.length) {{\n"
+        "      if (values[index] == target) return index;\n      index += {i};\n    }}\n    return -1;\n  }}",
+        "  String join(List<String> parts, String sep) {{\n    StringBuilder out = new StringBuilder();\n"
+        "    for (String p : parts) {{ out.append(p.trim()).append(sep); }}\n"
+        "    return out.toString() + \"{i}\";\n  }}",
+    ]),
+}
 
-    assert dg.materialize([source_files, code_units], resources=graph_resources, partition_key="javascript").success
-    result = dg.materialize([asg_corpus], resources=graph_resources, partition_key="javascript",
-                            raise_on_error=False)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "python slice only" in failure.event_specific_data.error.message
+
+@pytest.fixture
+def tree_sitter_resources(tmp_path, astforge_home):
+    from definitions import build_resources
+    from resources import CorpusResource
+
+    sources = {}
+    for language, (ext, file, functions) in TREE_SITTER_FUNCTIONS.items():
+        src = tmp_path / language
+        src.mkdir()
+        for k in range(5):
+            body = "\n\n".join(f.format(i=k * 3 + j) for j, f in enumerate(functions))
+            (src / f"mod{k}{ext}").write_text(file.format(k=k, body=body))
+        sources[language] = f"dir:{src}"
+    return build_resources(corpus=CorpusResource(sources=sources))
+
+
+@pytest.mark.parametrize("language", ["javascript", "java"])
+def test_the_group_runs_on_a_tree_sitter_slice(tree_sitter_resources, language):
+    from assets.corpus import code_units, source_files
+    from assets.graph_repair import GRAPH_REPAIR_ASSETS
+    from ml.graph_repair.backend import backend_for
+    from ml.graph_repair.rows import graph_of
+    from resources import DuckDBCatalog
+
+    assert dg.materialize([source_files, code_units], resources=tree_sitter_resources,
+                          partition_key=language).success
+    model = {"hidden": 16, "steps": 3, "batch_size": 4, "max_vocab": 400}
+    run_config = {"ops": {
+        "asg_corpus": {"config": {"dev_fraction": 0.2, "test_fraction": 0.3, "min_nodes": 10, "max_nodes": 300}},
+        "repair_dataset": {"config": {"corruptions_per_graph": 1}},
+        "graph_unet_model": {"config": model}, "transformer_baseline": {"config": model},
+        "graph_repair_eval": {"config": {"diffusion_steps": 1, "z3_tries": 1, "relabel_thresholds": [0.7]}},
+    }}
+    result = dg.materialize(GRAPH_REPAIR_ASSETS, resources=tree_sitter_resources, partition_key=language,
+                            run_config=run_config)
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 2 and all(c.passed for c in checks)  # no_split_leak on asg_corpus and repair_dataset
+    catalog = DuckDBCatalog()
+    graphs = catalog.query(f"SELECT * FROM asg_corpus WHERE partition = '{language}'")
+    assert len(graphs) == 15 and {g["split"] for g in graphs} == {"train", "dev", "test"}
+    assert all(g["language"] == language for g in graphs)
+    splits = {r["group_key"]: r["split"] for r in graphs}
+    rows = catalog.query(f"SELECT * FROM repair_dataset WHERE partition = '{language}'")
+    assert all(splits[r["group_key"]] == r["split"] for r in rows)  # each row in its function's split
+    backend = backend_for(language)
+    assert all(backend.is_valid(graph_of(r, "clean_")) for r in rows)  # clean graphs re-parse to themselves
+    assert any(not backend.is_valid(graph_of(r)) for r in rows)  # corrupted ones mostly do not
+    results = catalog.query(f"SELECT * FROM graph_repair_results WHERE partition = '{language}'")
+    assert {r["model"] for r in results} == {"graph_unet", "transformer", "slot_frequency"}
+    assert all(r["split"] == "test" and r["n"] and r["exact_ci_low"] <= r["exact"] <= r["exact_ci_high"]
+               and r["valid_ci_low"] <= r["valid"] <= r["valid_ci_high"] for r in results)
+    test_functions = sum(g["split"] == "test" for g in graphs)
+    metrics = {r["metric"]: r for r in catalog.query(
+        f"SELECT * FROM eval_metrics WHERE asset_key = 'graph_repair_eval' AND partition = '{language}'")}
+    head = metrics["graph_unet_one_shot_grammar_valid_mid"]
+    assert head["n"] == test_functions and head["ci_low"] <= head["value"] <= head["ci_high"]
+    # the slot-frequency baseline keeps every kept label and fills masks from the slot: its repairs re-parse
+    assert metrics["slot_frequency_one_shot_grammar_valid_low"]["value"] > 0
+    report = (Path(catalog.require_artifact("graph_repair_eval", language)["path"]) / "report.md").read_text()
+    assert f"# graph_repair [{language}]" in report and f"No Z3 check for {language}" in report
 
 
 def test_the_leak_check_fails_on_a_planted_leak_and_passes_without_it():

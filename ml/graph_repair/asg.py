@@ -33,6 +33,7 @@ __all__ = [
     "from_code",
     "is_valid",
     "literal_label",
+    "required_fields",
     "to_code",
 ]
 
@@ -65,6 +66,14 @@ class InvalidTree(ValueError):
 @cache
 def table() -> dict[str, tuple[str, tuple[tuple[str, str, str], ...]]]:
     return {name: spec for name, spec in asdl_table().items() if spec[0] != "expr_context"}
+
+
+def required_fields(label: str) -> list[str]:
+    """The fields a node of this type must have, in ASDL order (int fields have defaults; contexts are inferred)."""
+    spec = table().get(label)
+    if spec is None:
+        return []
+    return [f for f, t, q in spec[1] if q == "" and t not in ("int", "string", "expr_context")]
 
 
 @dataclass

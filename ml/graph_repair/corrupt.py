@@ -20,16 +20,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ml.graph_repair.asg import HOLE, MASK, Asg, dataflow_of, table
-from ml.graph_repair.edits import required_fields
-from ml.graph_repair.grammar import is_name
+from ml.graph_repair.asg import HOLE, MASK, Asg
+from ml.graph_repair.backend import GraphBackend, backend_for
 
 __all__ = ["NOISE_LEVELS", "OPERATIONS", "Corrupted", "corrupt"]
 
 NOISE_LEVELS = {"low": 0.05, "mid": 0.15, "high": 0.30}
 OPERATIONS = ("substitute", "mask", "mask_condition", "swap_siblings", "delete_subtree")
-_COMMON_LITERALS = ("lit:0", "lit:1", "lit:None", "lit:True", "lit:False", "lit:''", "lit:-1", "lit:2")
-_TEST_PARENTS = frozenset(("If", "While", "IfExp", "Assert"))
 _MAX_DELETED = 8
 
 
@@ -39,35 +36,6 @@ class Corrupted:
     targets: list[str]  # the clean label of each node of ``graph`` (for a hole: the cut subtree's root)
     corrupted: list[bool]  # which nodes the operations touched
     ops: list[str] = field(default_factory=list)
-
-
-def _kind(label: str) -> str:
-    return "ident" if label.startswith("id:") else "literal" if label.startswith("lit:") else "type"
-
-
-def _signature(name: str) -> dict[str, tuple[str, str]]:
-    return {f: (t, q) for f, t, q in table()[name][1] if t != "expr_context"}
-
-
-def _fits(name: str, like: str, child_fields: set[str]) -> bool:
-    """``name`` can stand where ``like`` stands with the same children: each child's field has the same type."""
-    mine, theirs = _signature(name), _signature(like)
-    return all(mine.get(f) == theirs[f] for f in child_fields) and set(required_fields(name)) <= child_fields
-
-
-def _substitutes(g: Asg, kids: list[list[int]], i: int) -> list[str]:
-    label = g.labels[i]
-    kind = _kind(label)
-    if kind == "ident":  # another name of the function; a dotted import name only where one may stand
-        dotted_ok = g.labels[g.parents[i]] in ("alias", "ImportFrom")
-        return sorted({x for x in g.labels if x.startswith("id:") and x != label and (dotted_ok or is_name(x))})
-    if kind == "literal":
-        return sorted(({x for x in g.labels if x.startswith("lit:")} | set(_COMMON_LITERALS)) - {label})
-    if label not in table():
-        return []
-    category = table()[label][0]
-    child_fields = {g.fields[c] for c in kids[i]}
-    return [t for t, (cat, _) in table().items() if cat == category and t != label and _fits(t, label, child_fields)]
 
 
 def _shape(g: Asg, kids: list[list[int]], i: int) -> tuple:
@@ -83,22 +51,27 @@ def _subtree(kids: list[list[int]], i: int) -> list[int]:
     return out
 
 
-def _closed(g: Asg, kids: list[list[int]], i: int) -> bool:
+def _closed(g: Asg, kids: list[list[int]], i: int, backend: GraphBackend) -> bool:
     """Only required fields below ``i``: expanding a hole by the grammar gives the same shape back."""
     for n in _subtree(kids, i):
         if g.labels[n].startswith(("id:", "lit:")):
             continue
-        if [g.fields[c] for c in kids[n]] != required_fields(g.labels[n]):
+        if [g.fields[c] for c in kids[n]] != backend.required_fields(g.labels[n]):
             return False
     return True
 
 
-def corrupt(g: Asg, noise: float, rng: random.Random, operations=OPERATIONS) -> Corrupted:
+def corrupt(g: Asg, noise: float, rng: random.Random, operations=OPERATIONS, language: str = "python") -> Corrupted:
+    """``g`` corrupted to ``noise``; ``language`` picks the graph backend (its substitutes, conditions and the
+    scaffolding no operation touches: for tree-sitter graphs the punctuation, ``treesitter_asg.is_scaffold``)."""
+    backend = backend_for(language)
     n = len(g)
     kids = g.children()
     labels = list(g.labels)
     touched = [False] * n
     removed = [False] * n
+    scaffold = [backend.is_scaffold(g, i) for i in range(n)]
+    solid_kids = [[c for c in k if not scaffold[c]] for k in kids]
     ops: list[str] = []
     free = lambda nodes: all(not touched[x] and not removed[x] for x in nodes)  # noqa: E731
     attempts = 0
@@ -106,29 +79,32 @@ def corrupt(g: Asg, noise: float, rng: random.Random, operations=OPERATIONS) -> 
         attempts += 1
         op = rng.choice(operations)
         if op in ("substitute", "mask"):
-            sites = [i for i in range(1, n) if free([i])]
+            sites = [i for i in range(1, n) if free([i]) and not scaffold[i]]
             if not sites:
                 continue
             i = rng.choice(sites)
             if op == "mask":
                 labels[i] = MASK
             else:
-                options = _substitutes(g, kids, i)
+                options = backend.substitutes(g, kids, i)
                 if not options:
                     continue
                 labels[i] = rng.choice(options)
             touched[i] = True
         elif op == "mask_condition":
-            sites = [i for i in range(1, n) if g.fields[i] == "test" and g.labels[g.parents[i]] in _TEST_PARENTS
-                     and free(_subtree(kids, i))]
+            sites = [i for i in range(1, n) if backend.is_condition(g, i) and free(_subtree(kids, i))]
             if not sites:
                 continue
             for x in _subtree(kids, rng.choice(sites)):
-                labels[x], touched[x] = MASK, True
+                if not scaffold[x]:
+                    labels[x], touched[x] = MASK, True
         elif op == "swap_siblings":
-            pairs = [(a, b) for k in kids for a, b in zip(k, k[1:])
+            # adjacent but for punctuation: `f(a, b)` has a comma between its arguments
+            pairs = [(a, b) for k in solid_kids for a, b in zip(k, k[1:])
                      if _shape(g, kids, a) == _shape(g, kids, b) and free(_subtree(kids, a) + _subtree(kids, b))
-                     and [g.labels[x] for x in _subtree(kids, a)] != [g.labels[x] for x in _subtree(kids, b)]]
+                     and [g.labels[x] for x in _subtree(kids, a)] != [g.labels[x] for x in _subtree(kids, b)]
+                     and not any(scaffold[x] and g.labels[x] != g.labels[y]  # punctuation never moves
+                                 for x, y in zip(sorted(_subtree(kids, a)), sorted(_subtree(kids, b)), strict=True))]
             if not pairs:
                 continue
             a, b = rng.choice(pairs)
@@ -137,7 +113,7 @@ def corrupt(g: Asg, noise: float, rng: random.Random, operations=OPERATIONS) -> 
                     labels[x], labels[y] = g.labels[y], g.labels[x]
                     touched[x] = touched[y] = True
         else:  # delete_subtree
-            sites = [i for i in range(1, n) if kids[i] and _closed(g, kids, i)
+            sites = [i for i in range(1, n) if kids[i] and _closed(g, kids, i, backend)
                      and len(_subtree(kids, i)) <= _MAX_DELETED and free(_subtree(kids, i))]
             if not sites:
                 continue
@@ -151,5 +127,5 @@ def corrupt(g: Asg, noise: float, rng: random.Random, operations=OPERATIONS) -> 
     keep = [i for i in range(n) if not removed[i]]
     at = {i: j for j, i in enumerate(keep)}
     graph = Asg([labels[i] for i in keep], [at.get(g.parents[i], -1) for i in keep], [g.fields[i] for i in keep])
-    graph.dataflow = dataflow_of(graph.labels, graph.parents, graph.fields)
+    graph.dataflow = backend.dataflow_of(graph.labels, graph.parents, graph.fields)
     return Corrupted(graph, [g.labels[i] for i in keep], [touched[i] for i in keep], ops)

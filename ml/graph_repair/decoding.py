@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ml.graph_repair.asg import HOLE, MASK, NONE, UNK_IDENT, UNK_LITERAL, Asg, is_valid, to_code
+from ml.graph_repair.asg import HOLE, MASK, NONE, UNK_IDENT, UNK_LITERAL, Asg
+from ml.graph_repair.backend import GraphBackend, backend_for
 from ml.graph_repair.edits import RepairTree
-from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary, is_name
-from ml.graph_repair.logic import violations
+from ml.graph_repair.grammar import SPECIALS, Grammar, Vocabulary
 from ml.graph_repair.training import predict
 
 
@@ -43,6 +43,7 @@ class Decoder:
     def __post_init__(self) -> None:
         self.dead_ends = 0  # decisions for which the grammar allowed nothing (the free mask was used)
         self.prior_settled = 0  # iterative nodes still unresolved when the rounds ran out
+        self.backend = backend_for(self.vocab.language)
         self._free = torch.ones(len(self.vocab), dtype=torch.bool)
         for s in SPECIALS:  # what a node can be: anything but padding, <mask>, <hole>, <end>
             if s not in (NONE, UNK_IDENT, UNK_LITERAL):
@@ -74,7 +75,7 @@ class Decoder:
         if not self.allowed(tree, node, unsettled)[self.vocab.id(label)]:
             return False
         if self.vocab.normalize(label) != label and label.startswith("id:"):
-            return tree.labels.get(tree.parent[node]) in ("alias", "ImportFrom") or is_name(label)
+            return self.backend.unknown_name_ok(tree, node, label)
         return True
 
     def choose(self, tree: RepairTree, node: int, logits: torch.Tensor, rng: random.Random | None,
@@ -89,23 +90,38 @@ class Decoder:
         return int(torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))))
 
     def fill_holes(self, tree: RepairTree, holes: list[int], unsettled: Container[int] = ()) -> None:
-        """Give inserted holes their slot's most frequent allowed label (expanding further), no model pass."""
-        queue, filled = list(holes), 0
+        """Give inserted holes their slot's most frequent allowed label (expanding further), no model pass.
+
+        A choice that repeats one on its own chain of holes (same parent type, field and label) would repeat forever
+        (a JavaScript ``member_expression`` whose ``object`` is most often a ``member_expression``): that hole takes
+        the slot's most frequent label with nothing to expand instead."""
+        queue, filled = [(h, frozenset()) for h in holes], 0
         while queue:
             if (filled := filled + 1) > 1000:
                 raise RuntimeError("hole expansion does not end (a recursive prior)")
-            h = queue.pop(0)
-            tree.relabel(h, self.prior_label(tree, h, unsettled))
-            queue += tree.expand(h)
+            h, chain = queue.pop(0)
+            slot = (tree.labels[tree.parent[h]], tree.fields[h])
+            label = self.prior_label(tree, h, unsettled)
+            if (*slot, label) in chain:
+                label = self.prior_label(tree, h, unsettled, leaf=True)
+            tree.relabel(h, label)
+            queue += [(n, chain | {(*slot, label)}) for n in tree.expand(h)]
 
-    def prior_label(self, tree: RepairTree, node: int, unsettled: Container[int] = ()) -> str:
-        """The node's slot's most frequent label in the training graphs that the mask allows."""
+    def prior_label(self, tree: RepairTree, node: int, unsettled: Container[int] = (), leaf: bool = False) -> str:
+        """The node's slot's most frequent label in the training graphs that the mask allows (``leaf``: of those, one
+        with no required fields, when there is one)."""
         mask = self.allowed(tree, node, unsettled)
         options = self.priors.get((tree.labels[tree.parent[node]], tree.fields[node]), [])
+        if leaf:
+            required = self.backend.required_fields
+            allowed = [i for i in options if mask[i]] + [int(i) for i in mask.nonzero().flatten()]
+            pick = next((i for i in allowed if not required(self.vocab.labels[i])), None)
+            if pick is not None:
+                return self.vocab.labels[pick]
         return self.vocab.labels[next((i for i in options if mask[i]), int(mask.nonzero()[0]))]
 
     def one_shot(self, g: Asg, logits: torch.Tensor, rng: random.Random | None = None) -> tuple[RepairTree, set]:
-        tree = RepairTree.from_asg(g)
+        tree = RepairTree.from_asg(g, self.vocab.language)
         probs = torch.softmax(logits, -1)
         changed = set()
         for i in range(len(g)):  # pre-order: a node's parent is settled first
@@ -128,7 +144,10 @@ class Decoder:
 
 def repair_one_shot(model: nn.Module, graphs: list[Asg], decoder: Decoder, z3_tries: int = 0,
                     seed: int = 0) -> tuple[list[RepairTree], dict]:
-    """One forward pass per graph; with ``z3_tries`` a rejected candidate is resampled. Returns trees and stats."""
+    """One forward pass per graph; with ``z3_tries`` a rejected candidate is resampled (only where the language has a
+    Z3 check: ``GraphBackend.violations``). Returns trees and stats."""
+    backend = decoder.backend
+    z3_tries = z3_tries if backend.violations is not None else 0
     logits = predict(model, graphs, decoder.vocab)
     trees, checked, rejected, resampled_ok = [], 0, 0, 0
     rng = random.Random(seed)
@@ -136,24 +155,24 @@ def repair_one_shot(model: nn.Module, graphs: list[Asg], decoder: Decoder, z3_tr
         tree, changed = decoder.one_shot(g, lg)
         if z3_tries and changed:
             checked += 1
-            if _rejected(tree):
+            if _rejected(tree, backend):
                 rejected += 1
                 for _ in range(z3_tries):
                     candidate, _ = decoder.one_shot(g, lg, rng)
-                    if is_valid(candidate.to_asg()[0]) and not _rejected(candidate):
+                    if backend.is_valid(candidate.to_asg()[0]) and not _rejected(candidate, backend):
                         tree, resampled_ok = candidate, resampled_ok + 1
                         break
         trees.append(tree)
     return trees, {"z3_checked": checked, "z3_rejected": rejected, "z3_resampled_ok": resampled_ok}
 
 
-def _rejected(tree: RepairTree) -> bool:
+def _rejected(tree: RepairTree, backend: GraphBackend) -> bool:
     g, _ = tree.to_asg()
     try:
-        code = to_code(g)
+        code = backend.to_code(g)
     except ValueError:
         return False  # not a program: validity, not logic, judges it
-    return bool(violations(code))
+    return bool(backend.violations(code))
 
 
 def _has_pending_ancestor(tree: RepairTree, node: int, pending: set[int]) -> bool:
@@ -169,7 +188,7 @@ def repair_iterative(model: nn.Module, graphs: list[Asg], decoder: Decoder, step
     first = predict(model, graphs, decoder.vocab)
     trees, pending = [], []
     for g, lg in zip(graphs, first, strict=True):
-        tree = RepairTree.from_asg(g)
+        tree = RepairTree.from_asg(g, decoder.vocab.language)
         _, changed = decoder.one_shot(g, lg)
         suspects = {i for i in range(len(g)) if g.labels[i] in (MASK, HOLE)} | changed
         for i in suspects:

@@ -10,17 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ml.graph_repair.asg import HOLE, Asg, dataflow_of, table
+from ml.graph_repair.asg import HOLE, Asg, required_fields
+from ml.graph_repair.backend import backend_for
 
 __all__ = ["RepairTree", "required_fields"]
-
-
-def required_fields(label: str) -> list[str]:
-    """The fields a node of this type must have, in ASDL order (int fields have defaults; contexts are inferred)."""
-    spec = table().get(label)
-    if spec is None:
-        return []
-    return [f for f, t, q in spec[1] if q == "" and t not in ("int", "string", "expr_context")]
 
 
 @dataclass
@@ -31,12 +24,13 @@ class RepairTree:
     kids: dict[int, list[int]]
     root: int = 0
     _next: int = 0
+    language: str = "python"  # whose graph backend expands holes and draws dataflow
 
     @classmethod
-    def from_asg(cls, g: Asg) -> RepairTree:
+    def from_asg(cls, g: Asg, language: str = "python") -> RepairTree:
         kids = g.children()
         return cls(dict(enumerate(g.labels)), dict(enumerate(g.fields)), dict(enumerate(g.parents)),
-                   dict(enumerate(kids)), 0, len(g))
+                   dict(enumerate(kids)), 0, len(g), language)
 
     @property
     def parents(self) -> dict[int, int]:
@@ -70,7 +64,8 @@ class RepairTree:
 
     def expand(self, node: int) -> list[int]:
         """Insert a hole for each required field of the node's (new) type; returns the holes."""
-        return [self.insert(node, len(self.kids[node]), f) for f in required_fields(self.labels[node])]
+        required = backend_for(self.language).required_fields(self.labels[node])
+        return [self.insert(node, len(self.kids[node]), f) for f in required]
 
     # -- views ---------------------------------------------------------------------------------------------
     def subtree(self, node: int) -> list[int]:
@@ -91,7 +86,7 @@ class RepairTree:
         at = {n: i for i, n in enumerate(order)}
         g = Asg([self.labels[n] for n in order], [at.get(self.parent[n], -1) for n in order],
                 [self.fields[n] for n in order])
-        g.dataflow = dataflow_of(g.labels, g.parents, g.fields)  # the names as they stand now
+        g.dataflow = backend_for(self.language).dataflow_of(g.labels, g.parents, g.fields)  # the names as they stand
         return g, order
 
     def is_tree(self) -> bool:

@@ -9,13 +9,13 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from ml.graph_repair.asg import Asg, is_valid, to_code
+from ml.graph_repair.asg import Asg
+from ml.graph_repair.backend import backend_for
 from ml.graph_repair.baseline import SlotFrequency
 from ml.graph_repair.corrupt import NOISE_LEVELS
 from ml.graph_repair.decoding import Decoder, repair_iterative, repair_one_shot
 from ml.graph_repair.edits import RepairTree
-from ml.graph_repair.grammar import Grammar, Vocabulary
-from ml.graph_repair.logic import violations
+from ml.graph_repair.grammar import Vocabulary
 from ml.graph_repair.rows import graph_of
 from ml.graph_repair.training import predict
 from ml.stats import Estimate, mean, paired_difference, rate
@@ -28,6 +28,7 @@ def score(trees: Sequence[RepairTree], examples: Sequence[dict], vocab: Vocabula
     right); a corrupted node whose clean label is out of the vocabulary can never be repaired (an ``<unk>``
     answer is not its name), so it counts wrong and its example is not exact."""
     out = []
+    is_valid = backend_for(vocab.language).is_valid
     for tree, e in zip(trees, examples, strict=True):
         clean = graph_of(e, "clean_")
         clean = Asg([vocab.normalize(x) for x in clean.labels], clean.parents, clean.fields)
@@ -57,7 +58,8 @@ def evaluate(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary, prio
     iterative_grammar (``summarize``: estimates on ``split``); ``scored``: {procedure: the per-example rows
     (``score``)}, which the paired comparisons align by id; z3 rejection counts ride along on one_shot_grammar_z3."""
     graphs = [graph_of(e) for e in examples]
-    grammar = Grammar(vocab)
+    backend = backend_for(vocab.language)
+    grammar = backend.grammar(vocab)
     decoders = {"one_shot": Decoder(vocab, priors, relabel_threshold=relabel_threshold),
                 **{p: Decoder(vocab, priors, grammar, relabel_threshold) for p in (
                     "one_shot_grammar", "one_shot_grammar_z3", "iterative_grammar")}}
@@ -67,9 +69,10 @@ def evaluate(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary, prio
     runs["one_shot_grammar_z3"], z3_stats = repair_one_shot(model, graphs, decoders["one_shot_grammar_z3"],
                                                             z3_tries=z3_tries)
     runs["iterative_grammar"] = repair_iterative(model, graphs, decoders["iterative_grammar"], diffusion_steps)
-    if z3_tries:  # how often the constraints flag a correct program (0: they only reject real inconsistencies)
+    # how often the constraints flag a correct program (0: they only reject real inconsistencies)
+    if z3_tries and backend.violations is not None:
         clean = {e["unit_id"]: graph_of(e, "clean_") for e in examples}
-        z3_stats["z3_clean_flagged"] = sum(bool(violations(to_code(g))) for g in clean.values())
+        z3_stats["z3_clean_flagged"] = sum(bool(backend.violations(backend.to_code(g))) for g in clean.values())
         z3_stats["z3_clean_checked"] = len(clean)
     out: dict = {"scored": {}}
     for proc, trees in runs.items():
@@ -97,7 +100,7 @@ def tune_relabel_threshold(model: nn.Module, dev: Sequence[dict], vocab: Vocabul
         return (candidates[0] if candidates else default), {}
     graphs = [graph_of(e) for e in dev]
     logits = predict(model, graphs, vocab)
-    grammar = Grammar(vocab)
+    grammar = backend_for(vocab.language).grammar(vocab)
     by: dict[float, Estimate] = {}
     for t in candidates:
         decoder = Decoder(vocab, priors, grammar, float(t))

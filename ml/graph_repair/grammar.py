@@ -61,6 +61,7 @@ _INT_VALUES = {("FormattedValue", "conversion"): (-1, 97, 114, 115), ("ImportFro
 
 # every value an int field may take must be sayable, however rare: f-string conversions, import levels, flags
 _INT_FIELD_LITERALS = ("lit:-1", "lit:0", "lit:1", "lit:2", "lit:3", "lit:97", "lit:114", "lit:115")
+INT_FIELD_LITERALS = _INT_FIELD_LITERALS
 
 
 def is_name(label: str) -> bool:
@@ -70,21 +71,26 @@ def is_name(label: str) -> bool:
 
 
 class Vocabulary:
-    """Specials, every ASDL node type, then identifiers and literals seen at least ``min_count`` times."""
+    """Specials, every node type of the language (for Python the ASDL types and the int fields' values), then
+    identifiers and literals seen at least ``min_count`` times. ``language`` says which graph
+    backend its labels belong to."""
 
-    def __init__(self, labels: Sequence[str]) -> None:
+    def __init__(self, labels: Sequence[str], language: str = "python") -> None:
+        self.language = language
         self.labels = list(labels)
         self.index = {label: i for i, label in enumerate(self.labels)}
         if len(self.index) != len(self.labels):
             raise ValueError("duplicate labels in the vocabulary")
 
     @classmethod
-    def build(cls, graphs: Iterable[Sequence[str]], max_size: int = 4000, min_count: int = 2) -> Vocabulary:
+    def build(cls, graphs: Iterable[Sequence[str]], max_size: int = 4000, min_count: int = 2,
+              language: str = "python", node_labels: Sequence[str] | None = None) -> Vocabulary:
+        """``node_labels``: the language's (``GraphBackend.node_labels``); None: Python's."""
         counts = Counter(label for labels in graphs for label in labels if label.startswith(("id:", "lit:")))
-        fixed = [*SPECIALS, *sorted(table()), *_INT_FIELD_LITERALS]
+        fixed = [*SPECIALS, *(node_labels if node_labels is not None else (*sorted(table()), *_INT_FIELD_LITERALS))]
         room = max(0, max_size - len(fixed))
         frequent = [label for label, n in counts.most_common(room) if n >= min_count and label not in fixed]
-        return cls(fixed + sorted(frequent))
+        return cls(fixed + sorted(frequent), language)
 
     def __len__(self) -> int:
         return len(self.labels)

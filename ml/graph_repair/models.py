@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import nn
@@ -35,8 +36,18 @@ from ml.graph_repair.grammar import END, Vocabulary
 __all__ = ["FIELDS", "GraphBatch", "GraphUNet", "SeqBatch", "TreeTransformer", "count_parameters",
            "graph_batch", "sequence_batch", "transformer_matching"]
 
-FIELDS = ["", END, *sorted({f for _, fields in table().values() for f, _, _ in fields})]
+FIELDS = ["", END, *sorted({f for _, fields in table().values() for f, _, _ in fields})]  # Python's
 _FIELD_ID = {f: i for i, f in enumerate(FIELDS)}
+
+
+@cache
+def field_index(language: str) -> dict[str, int]:
+    """Field ids of a language's graphs: ``""`` (the root), ``<end>``, then its fields (Python: ``FIELDS``)."""
+    if language == "python":
+        return _FIELD_ID
+    from ml.graph_repair.backend import backend_for
+
+    return {f: i for i, f in enumerate(["", END, *backend_for(language).field_names])}
 _EDGE_ID = {t: i for i, t in enumerate(EDGE_TYPES)}
 MAX_POSITIONS = 512
 
@@ -74,10 +85,11 @@ class SeqBatch:
 
 def graph_batch(graphs: list[Asg], vocab: Vocabulary) -> GraphBatch:
     labels, fields, src, dst, types, batch = [], [], [], [], [], []
+    field_id = field_index(vocab.language)
     offset = 0
     for b, g in enumerate(graphs):
         labels += [vocab.id(x) for x in g.labels]
-        fields += [_FIELD_ID[f] for f in g.fields]
+        fields += [field_id[f] for f in g.fields]
         batch += [b] * len(g)
         for name, pairs in g.edges().items():
             for s, d in pairs:
@@ -92,7 +104,8 @@ def graph_batch(graphs: list[Asg], vocab: Vocabulary) -> GraphBatch:
 def _sequence(g: Asg, vocab: Vocabulary) -> tuple[list[int], list[int], list[int]]:
     kids = g.children()
     tokens, fields, at = [], [], [0] * len(g)
-    end_id, end_field = vocab.index[END], _FIELD_ID[END]
+    field_id = field_index(vocab.language)
+    end_id, end_field = vocab.index[END], field_id[END]
     stack: list[tuple[int, bool]] = [(0, False)]
     while stack:
         i, closing = stack.pop()
@@ -102,7 +115,7 @@ def _sequence(g: Asg, vocab: Vocabulary) -> tuple[list[int], list[int], list[int
             continue
         at[i] = len(tokens)
         tokens.append(vocab.id(g.labels[i]))
-        fields.append(_FIELD_ID[g.fields[i]])
+        fields.append(field_id[g.fields[i]])
         if kids[i]:
             stack.append((i, True))
             stack.extend((c, False) for c in reversed(kids[i]))
@@ -141,12 +154,13 @@ class _GatBlock(nn.Module):
 
 class GraphUNet(nn.Module):
     def __init__(self, vocab_size: int, hidden: int = 256, depth: int = 2, heads: int = 4, ff: int = 1024,
-                 pool_ratio: float = 0.5, edge_dim: int = 32, dropout: float = 0.1) -> None:
+                 pool_ratio: float = 0.5, edge_dim: int = 32, dropout: float = 0.1,
+                 n_fields: int = len(FIELDS)) -> None:
         super().__init__()
         self.config = {"vocab_size": vocab_size, "hidden": hidden, "depth": depth, "heads": heads, "ff": ff,
-                       "pool_ratio": pool_ratio, "edge_dim": edge_dim, "dropout": dropout}
+                       "pool_ratio": pool_ratio, "edge_dim": edge_dim, "dropout": dropout, "n_fields": n_fields}
         self.label = nn.Embedding(vocab_size, hidden)
-        self.field = nn.Embedding(len(FIELDS), hidden)
+        self.field = nn.Embedding(n_fields, hidden)  # n_fields: len(field_index(language))
         self.edge = nn.Embedding(len(EDGE_TYPES) + 1, edge_dim)  # + the two-hop edges added before each pooling
         block = lambda: _GatBlock(hidden, heads, edge_dim, ff, dropout)  # noqa: E731
         self.down = nn.ModuleList(block() for _ in range(depth))
@@ -194,12 +208,12 @@ class GraphUNet(nn.Module):
 
 class TreeTransformer(nn.Module):
     def __init__(self, vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4, ff: int = 1024,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, n_fields: int = len(FIELDS)) -> None:
         super().__init__()
         self.config = {"vocab_size": vocab_size, "hidden": hidden, "layers": layers, "heads": heads, "ff": ff,
-                       "dropout": dropout}
+                       "dropout": dropout, "n_fields": n_fields}
         self.label = nn.Embedding(vocab_size, hidden)
-        self.field = nn.Embedding(len(FIELDS), hidden)
+        self.field = nn.Embedding(n_fields, hidden)
         self.position = nn.Embedding(MAX_POSITIONS, hidden)
         layer = nn.TransformerEncoderLayer(hidden, heads, ff, dropout, activation="gelu", batch_first=True,
                                            norm_first=True)
@@ -220,15 +234,15 @@ class TreeTransformer(nn.Module):
 
 
 def transformer_matching(target_params: int, vocab_size: int, hidden: int, heads: int = 4,
-                         dropout: float = 0.1) -> TreeTransformer:
+                         dropout: float = 0.1, n_fields: int = len(FIELDS)) -> TreeTransformer:
     """The Transformer (``hidden`` wide) whose parameter count is closest to ``target_params``: the layer count
     that gets nearest with a 4x feed-forward, then the feed-forward width adjusted to close the gap."""
     def size(layers: int, ff: int) -> int:
-        return count_parameters(TreeTransformer(vocab_size, hidden, layers, heads, ff, dropout))
+        return count_parameters(TreeTransformer(vocab_size, hidden, layers, heads, ff, dropout, n_fields))
 
     per_layer = size(2, 4 * hidden) - size(1, 4 * hidden)
     fixed = size(1, 4 * hidden) - per_layer
     layers = max(1, round((target_params - fixed) / per_layer))
     per_ff_unit = (size(layers, 4 * hidden + 64) - size(layers, 4 * hidden)) / 64
     ff = max(hidden, int(4 * hidden + (target_params - size(layers, 4 * hidden)) / per_ff_unit))
-    return TreeTransformer(vocab_size, hidden, layers, heads, ff, dropout)
+    return TreeTransformer(vocab_size, hidden, layers, heads, ff, dropout, n_fields)

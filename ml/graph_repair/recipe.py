@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ml.graph_repair.backend import backend_for
 from ml.graph_repair.grammar import Vocabulary
 from ml.graph_repair.models import count_parameters
 from ml.graph_repair.rows import graph_of, slot_priors
@@ -39,15 +40,16 @@ class FittedDenoiser:
 
 def fit_denoiser(kind: str, train_rows: Sequence[dict], settings: TrainSettings, *, hidden: int, depth: int = 2,
                  max_vocab: int = 4000, target_params: int | None = None, device: torch.device | str | None = None,
-                 log: Callable[[str], None] = print) -> FittedDenoiser:
+                 log: Callable[[str], None] = print, language: str = "python") -> FittedDenoiser:
     """Vocabulary and slot priors of the clean graphs of ``train_rows`` (repair rows, one graph per ``unit_id``),
     a ``kind`` model seeded with ``settings.seed`` (the transformer sized to ``target_params``), trained on
-    ``train_rows`` with ``settings``."""
+    ``train_rows`` with ``settings``. ``language``: whose graphs the rows hold (``ml.graph_repair.backend``)."""
     clean = {r["unit_id"]: graph_of(r, "clean_") for r in train_rows}
-    vocab = Vocabulary.build([g.labels for g in clean.values()], max_size=max_vocab)
+    vocab = Vocabulary.build([g.labels for g in clean.values()], max_size=max_vocab, language=language,
+                             node_labels=backend_for(language).node_labels)
     priors = slot_priors(clean.values(), vocab)
     torch.manual_seed(settings.seed)
-    model = build_model(kind, len(vocab), hidden, depth, target_params)
+    model = build_model(kind, len(vocab), hidden, depth, target_params, language)
     if device is not None:
         model = model.to(device)
     params = count_parameters(model)

@@ -104,11 +104,19 @@ def graph_repair_report(language: str, results: Mapping[str, Mapping], sizes: Ma
                                                                     for c in t["dev_exact"])]), ""]
     z3_rows = [{"model": m, **{k: int(v) for k, v in by["z3"]["stats"].items()}} for m, by in results.items()
                if by.get("z3", {}).get("stats", {}).get("z3_checked")]
+    if language != "python":  # the constraints are Python's (``ml.graph_repair.logic``)
+        lines += ["## Z3 (level 2)", "",
+                  f"No Z3 check for {language}: one_shot_grammar_z3 repeats one_shot_grammar.", ""]
+        return _dead_ends(lines, results)
     lines += ["## Z3 (level 2)", "", "Candidates checked (one-shot with the grammar mask, some node changed), rejected "
               "by the constraints, rejected ones whose resample passed, and the clean test functions the "
               "constraints flag (false alarms):", "",
               markdown_table(z3_rows, ["model", "z3_checked", "z3_rejected", "z3_resampled_ok", "z3_clean_flagged",
                                        "z3_clean_checked"]), ""]
+    return _dead_ends(lines, results)
+
+
+def _dead_ends(lines: list[str], results: Mapping[str, Mapping]) -> str:
     dead = {m: int(by["grammar"]["dead_ends"]) for m, by in results.items() if by.get("grammar", {}).get("dead_ends")}
     if dead:
         lines += [f"Grammar dead ends (no label allowed; decoded without the mask): {dead}", ""]

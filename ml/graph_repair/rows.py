@@ -7,17 +7,18 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
-from ml.graph_repair.asg import Asg, InvalidTree, from_code, to_code
+from ml.graph_repair.asg import Asg, InvalidTree
+from ml.graph_repair.backend import backend_for
 from ml.graph_repair.corrupt import NOISE_LEVELS, corrupt
 from ml.graph_repair.grammar import Vocabulary
 from ml.splits import DEFAULT_DEV_FRACTION, DEFAULT_TEST_FRACTION, code_key, split_of
 
 
-def graph_key(g: Asg, renamed_code: str = "") -> str:
+def graph_key(g: Asg, renamed_code: str = "", language: str = "python") -> str:
     """The group key of a graph: ``code_key`` of the alpha-renamed code the graph says (docstring left out, as the
     graph leaves it out), so renamed copies of a function, and any two functions with the same graph, share it."""
     try:
-        return code_key(to_code(g))
+        return code_key(backend_for(language).to_code(g))
     except InvalidTree:  # not expected of a parsed function; the renamed text still keeps renamed copies together
         return code_key(renamed_code or repr(g.key()))
 
@@ -25,7 +26,8 @@ def graph_key(g: Asg, renamed_code: str = "") -> str:
 def graph_row(unit_id: str, name: str, language: str, g: Asg, split: str = "train",
               group_key: str | None = None) -> dict:
     return {"id": unit_id, "language": language, "name": name,
-            "group_key": graph_key(g) if group_key is None else group_key, "split": split, "n_nodes": len(g),
+            "group_key": graph_key(g, language=language) if group_key is None else group_key, "split": split,
+            "n_nodes": len(g),
             "labels": g.labels, "parents": g.parents, "fields": g.fields,
             "dataflow_src": [d for d, _ in g.dataflow], "dataflow_dst": [u for _, u in g.dataflow]}
 
@@ -43,6 +45,7 @@ def graph_rows(units: Iterable[dict], language: str, rename: Callable[[str], obj
     Each row's ``split`` is ``split_of`` its ``group_key`` (``graph_key``): decided here, once, so that renamed
     copies and identical graphs are all train, all dev or all test."""
     rows, skipped, edges = [], Counter(), Counter()
+    from_code = backend_for(language).from_code
     for unit in units:
         try:
             renamed = rename(unit["code"]).code
@@ -53,7 +56,7 @@ def graph_rows(units: Iterable[dict], language: str, rename: Callable[[str], obj
         if not min_nodes <= len(graph) <= max_nodes:
             skipped["size_out_of_range"] += 1
             continue
-        key = graph_key(graph, renamed)
+        key = graph_key(graph, renamed, language)
         rows.append(graph_row(unit["id"], unit["name"], language, graph,
                               split_of(key, dev=dev_fraction, test=test_fraction), key))
         edges.update({k: len(v) for k, v in graph.edges().items()})
@@ -73,7 +76,7 @@ def repair_rows(graph_rows: Sequence[dict], corruptions_per_graph: int, seed: in
         levels = list(NOISE_LEVELS) if row["split"] != "train" else [
             list(NOISE_LEVELS)[(k + rng.randrange(3)) % 3] for k in range(corruptions_per_graph)]
         for k, level in enumerate(levels):
-            c = corrupt(clean, NOISE_LEVELS[level], rng)
+            c = corrupt(clean, NOISE_LEVELS[level], rng, language=row["language"])
             out.append({
                 "id": f"{row['id']}:{level}:{k}", "unit_id": row["id"], "group_key": row["group_key"],
                 "split": row["split"], "noise": level, "ops": c.ops, "n_corrupted": sum(c.corrupted),

@@ -19,7 +19,7 @@ from torch import nn
 
 from ml.graph_repair.asg import Asg
 from ml.graph_repair.grammar import Vocabulary
-from ml.graph_repair.models import GraphUNet, TreeTransformer, transformer_matching
+from ml.graph_repair.models import GraphUNet, TreeTransformer, field_index, transformer_matching
 from ml.graph_repair.rows import graph_of
 
 MODELS = ("graph_unet", "transformer")
@@ -86,7 +86,8 @@ def train_denoiser(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary
 
 def save_denoiser(folder: Path, kind: str, model: nn.Module, vocab: Vocabulary, priors: dict, stats: dict) -> None:
     torch.save(model.state_dict(), folder / "model.pt")
-    (folder / "model.json").write_text(json.dumps({"kind": kind, "config": model.config, **stats}, indent=1))
+    (folder / "model.json").write_text(json.dumps({"kind": kind, "language": vocab.language, "config": model.config,
+                                                   **stats}, indent=1))
     (folder / "vocab.json").write_text(json.dumps(vocab.labels))
     (folder / "priors.json").write_text(json.dumps([[p, f, ids] for (p, f), ids in sorted(priors.items())]))
 
@@ -96,7 +97,7 @@ def load_denoiser(folder: Path) -> tuple[nn.Module, Vocabulary, dict, dict]:
     folder = Path(folder)
     try:
         meta = json.loads((folder / "model.json").read_text())
-        vocab = Vocabulary(json.loads((folder / "vocab.json").read_text()))
+        vocab = Vocabulary(json.loads((folder / "vocab.json").read_text()), meta.get("language", "python"))
         priors = {(p, f): ids for p, f, ids in json.loads((folder / "priors.json").read_text())}
         model = GraphUNet(**meta["config"]) if meta["kind"] == "graph_unet" else TreeTransformer(**meta["config"])
         model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
@@ -105,10 +106,12 @@ def load_denoiser(folder: Path) -> tuple[nn.Module, Vocabulary, dict, dict]:
     return model.eval(), vocab, priors, meta
 
 
-def build_model(kind: str, vocab_size: int, hidden: int, depth: int, target_params: int | None = None) -> nn.Module:
+def build_model(kind: str, vocab_size: int, hidden: int, depth: int, target_params: int | None = None,
+                language: str = "python") -> nn.Module:
+    n_fields = len(field_index(language))
     if kind == "graph_unet":
-        return GraphUNet(vocab_size, hidden=hidden, depth=depth, ff=4 * hidden)
+        return GraphUNet(vocab_size, hidden=hidden, depth=depth, ff=4 * hidden, n_fields=n_fields)
     if target_params is None:
         raise ValueError("the transformer baseline is sized to the graph model: give target_params")
-    return transformer_matching(target_params, vocab_size, hidden)
+    return transformer_matching(target_params, vocab_size, hidden, n_fields=n_fields)
 
