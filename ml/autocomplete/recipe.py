@@ -121,8 +121,8 @@ def evaluate_set(model, tokenizer, tasks: Sequence[Mapping[str, Any]], set_name:
     per task.
 
     The first ``latency_tasks`` tasks (default: all) are completed one at a time, as an editor asks, and timed:
-    the latency and tokens/s figures are theirs. The rest go in batches of ``batch_size`` (a CPU decodes 8 rows
-    in about the time of one), untimed (``latency_ms`` None)."""
+    the latency and tokens/s figures are theirs. The rest go in batches of ``batch_size`` (one decoding pass serves
+    the whole batch), untimed (``latency_ms`` None)."""
     timed = len(tasks) if latency_tasks is None else min(latency_tasks, len(tasks))
     prompts = [fim_prompt(t["prefix"], t["suffix"]) for t in tasks]
     answers: list[tuple[str, float | None, int]] = []
