@@ -135,9 +135,9 @@ DSL_PROFILES = {
         base_model="smollm2-135m", examples_per_schema=20, per_schema_queries=600, positives_per_schema=500,
         sft_max_steps=80, sft_batch_size=8, sft_grad_accum=1, sft_learning_rate=1.5e-3, sft_warmup_steps=3,
         # 24 test requests per group (seen domains, held-out domains): 48 per evaluation, as the evaluation plan
-        # asks. At 12 one request was 0.083 and nothing could be told from noise; 48 per group cost ≈ 7 min per
-        # evaluation on the fp32 path (the untrained base writes to its length budget: 24 requests in 105 s), three
-        # times over, which the 40-minute demo cannot pay (docs/benchmarks.md)
+        # asks. At 12 one request was 0.083 and nothing could be told from noise. The untrained base writes to its
+        # length budget: dsl_base_eval took 105 s for 24 requests and 437 s for 48 on the fp32 path (2026-12-07), so
+        # 48 per group would cost ≈ 15 min for the base alone, which the 40-minute demo cannot pay
         sft_eval_steps=40, sft_save_steps=40, max_length=512, eval_max_samples=16, eval_samples=24,
         # no probe during the demo's SFT (41 s of the 40-min demo): bench/dsl_learning_curve.py draws that curve
         probe_samples=0, dpo_max_steps=6, dpo_batch_size=4, dpo_grad_accum=1, dpo_learning_rate=5e-5,
