@@ -103,10 +103,10 @@ def test_docstrings_are_left_out_and_bad_units_refused():
         from_code("def f(:\n")
 
 
-def _oracle(c, clean: Asg) -> Asg:
+def _oracle(c, clean: Asg, language: str = "python") -> Asg:
     """Repair with the known answer: relabel every node to its target; a hole is expanded by the grammar and its
     new nodes take the clean label at their pre-order position (everything before them is repaired already)."""
-    tree = RepairTree.from_asg(c.graph)
+    tree = RepairTree.from_asg(c.graph, language)
     for i, target in enumerate(c.targets):
         tree.relabel(i, target)
         if c.graph.labels[i] == HOLE:

@@ -19,6 +19,7 @@ from ml.graph_repair.rows import graph_row, repair_rows, slot_priors
 from ml.graph_repair.training import TrainSettings, build_model, train_denoiser
 from ml.graph_repair.treesitter_asg import dataflow_of, from_code, is_scaffold, is_valid, to_code
 from ml.languages import get_language
+from tests.test_graph_repair import _oracle  # the known-answer repair, shared
 
 FUNCTIONS = {
     "javascript": [
@@ -112,17 +113,6 @@ def test_the_mask_allows_every_true_label_of_functions_the_tables_never_saw(lang
     assert mask[vocab.index["tok:-"]] and not mask[vocab.index["return_statement"]] and int(mask.sum()) < len(vocab) / 4
 
 
-def _oracle(c, clean, language):
-    tree = RepairTree.from_asg(c.graph, language)
-    for i, target in enumerate(c.targets):
-        tree.relabel(i, target)
-        if c.graph.labels[i] == HOLE:
-            queue = tree.expand(i)
-            while queue:
-                n = queue.pop(0)
-                tree.relabel(n, clean.labels[tree.order().index(n)])
-                queue = tree.expand(n) + queue
-    return tree.to_asg()[0]
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
