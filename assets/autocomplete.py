@@ -40,6 +40,8 @@ class StageConfig(ProfileConfig):
     learning_rate: PositiveFloat | None = from_profile("autocomplete", "learning_rate")
     per_device_train_batch_size: PositiveInt | None = from_profile("autocomplete", "batch_size")
     gradient_accumulation_steps: PositiveInt = 1
+    # on a CPU, rows per forward/backward pass: the same optimizer steps, faster and in less memory (PhaseConfig)
+    cpu_micro_batch_size: NonNegativeInt = 2
     # longer rows are dropped (a cut middle would teach stopping mid-line)
     max_length: PositiveInt | None = from_profile("autocomplete", "max_length")
     warmup_steps: NonNegativeInt = 4
@@ -74,7 +76,7 @@ class AutocompleteEvalConfig(ProfileConfig):
     # the generic set's first N tasks are completed one at a time and timed (an editor's latency); every other
     # completion goes in batches, untimed (one decoding pass serves 8 rows)
     latency_tasks: NonNegativeInt = 16
-    batch_size: PositiveInt = 8
+    batch_size: PositiveInt = 16  # decoding 16 rows costs 0.58x the time per row of 8 (SmolLM2-135M, fp32, 2 cores)
     seed: Seed = 0
 
 

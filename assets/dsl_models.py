@@ -43,6 +43,8 @@ class DslSftConfig(ProfileConfig):
     # evaluation batches are as large
     per_device_train_batch_size: PositiveInt | None = from_profile("dsl", "sft_batch_size")
     gradient_accumulation_steps: PositiveInt | None = from_profile("dsl", "sft_grad_accum")
+    # on a CPU, rows per forward/backward pass: the same optimizer steps, faster and in less memory (PhaseConfig)
+    cpu_micro_batch_size: NonNegativeInt = 2
     learning_rate: PositiveFloat | None = from_profile("dsl", "sft_learning_rate")
     weight_decay: NonNegativeFloat = 0.01
     warmup_steps: NonNegativeInt | None = from_profile("dsl", "sft_warmup_steps")
@@ -78,7 +80,8 @@ class DslSftConfig(ProfileConfig):
 class DslEvalConfig(ProfileConfig):
     # per group: seen-domain test requests, held-out-domain requests
     samples: PositiveInt | None = from_profile("dsl", "eval_samples")
-    batch_size: PositiveInt = 16
+    # rows decoded together: 24 cost 0.74x the time per row of 16 (SmolLM2-135M, fp32, 2 cores; KV cache ≈ 0.5 GB)
+    batch_size: PositiveInt = 24
     seed: Seed = 0
 
 

@@ -69,6 +69,8 @@ class SrlAdapterConfig(ProfileConfig):
     # the step tags' embedding rows start at the vocabulary's mean and must become outputs: they learn this much faster
     sft_tag_lr_multiplier: PositiveFloat = 30.0
     sft_batch_size: PositiveInt = 8
+    # on a CPU, warm-up rows per forward/backward pass: the same optimizer steps, faster and in less memory
+    sft_cpu_micro_batch_size: NonNegativeInt = 2
     max_length: PositiveInt = 768  # warm-up rows longer than this are dropped
     max_steps: PositiveInt | None = from_profile("srl", "grpo_steps")
     beta: NonNegativeFloat = 0.05
@@ -115,7 +117,8 @@ class SrlEvalConfig(ProfileConfig):
     # test tasks (families never trained on) per policy
     eval_tasks: PositiveInt | None = from_profile("srl", "eval_tasks")
     max_new_tokens: PositiveInt = 96
-    batch_size: PositiveInt = 8
+    # rows decoded together: 16 cost 0.58x the time per row of 8 (SmolLM2-135M, fp32, 2 cores; KV cache < 0.2 GB)
+    batch_size: PositiveInt = 16
     # the student also decodes held to the step grammar (llguidance): metrics with a _constrained suffix. (The base
     # writes no tags: held to the grammar, its think never ends within max_new_tokens, so it parses nothing either.)
     constrained: bool = True
@@ -279,6 +282,7 @@ def srl_adapter(context: dg.AssetExecutionContext, config: SrlAdapterConfig, art
         if config.sft_steps:
             cfg = PhaseConfig(max_steps=config.sft_steps, learning_rate=config.sft_learning_rate,
                               per_device_train_batch_size=config.sft_batch_size, per_device_eval_batch_size=8,
+                              cpu_micro_batch_size=config.sft_cpu_micro_batch_size,
                               warmup_steps=min(3, config.sft_steps), logging_steps=min(5, config.sft_steps),
                               save_steps=max(config.sft_steps, 1), max_length=config.max_length,
                               lora_r=config.lora_r, lora_alpha=config.lora_alpha,

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -663,3 +664,33 @@ def test_sft_step_flops_counts_the_backward_down_to_the_lowest_adapted_layer_onl
     backward = 2 * tokens * base + 2 * 2 * tokens * lora + 2 * attention + 2 * 128 * vocab * rows
     got = sft_step_flops(model, batch_size=2, seq_len=length, head_rows=rows)
     assert got == {"forward": forward, "backward": backward, "total": forward + backward}
+
+
+def test_micro_batches_on_a_cpu_make_the_same_optimizer_steps(tmp_path, tokenizer, base_dir, cpu_plan):
+    """``cpu_micro_batch_size``: the batch of 8 runs as 4 passes of 2 rows, and the optimizer steps see the same rows
+    with the same token-averaged loss, so the adapter comes out as one pass over the whole batch makes it (up to float
+    summation order). On a GPU the batch stays whole."""
+    from safetensors.torch import load_file
+
+    from ml.training.lora_sft import train_lora_sft
+    from ml.training.sft_trainer import micro_batching
+
+    cfg = fast_cfg(max_steps=3, warmup_steps=0, eval_steps=100, save_steps=100, separator="\n", add_eos=True,
+                   trainable_embeddings="none", cpu_micro_batch_size=2)
+    assert micro_batching(cfg, cpu_plan) == (2, 4)
+    assert micro_batching(replace(cfg, cpu_micro_batch_size=3), cpu_plan) == (8, 1)  # does not divide: whole
+    assert micro_batching(cfg, replace(cpu_plan, device="cuda")) == (8, 1)
+    pairs = synth_pairs(48, seed=4)
+    weights = {}
+    for micro in (0, 2):
+        out = tmp_path / f"m{micro}"
+        result = train_lora_sft(base_dir, tokenizer, pairs, [], out, tmp_path / f"w{micro}",
+                                replace(cfg, cpu_micro_batch_size=micro), cpu_plan)
+        assert result.steps == 3
+        weights[micro] = load_file(str(out / "adapter_model.safetensors"))
+    assert weights[0].keys() == weights[2].keys()
+    moved = 0
+    for name, whole in weights[0].items():
+        assert torch.allclose(whole, weights[2][name], atol=1e-5, rtol=1e-4), name
+        moved += int("lora_B" in name and bool(whole.abs().sum() > 0))
+    assert moved  # the steps changed the adapter: the comparison is not between two untouched inits

@@ -110,6 +110,7 @@ class GRPOResult:
 
 # SrlAdapterConfig keys the recipe reads itself (the warm-up, the reward, precision), not GRPO's trainer
 GRPO_RECIPE_SETTINGS = frozenset({"sft_steps", "sft_learning_rate", "sft_tag_lr_multiplier", "sft_batch_size",
+                                  "sft_cpu_micro_batch_size",
                                   "max_length", "reward_action", "reward_state", "reward_think", "reward_execution",
                                   "malformed_penalty", "precision"})
 
