@@ -86,3 +86,34 @@ def test_a_job_process_ends_when_the_demo_does(astforge_home, tmp_path):
     assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     assert instance.get_run_by_id("orphan-run") is None  # it stopped before running anything
+
+
+def test_the_datasets_trained_on_python_only_are_made_and_leak_checked_on_the_other_slices(astforge_home, tmp_path):
+    """The groups that train on the python slice still make their datasets on every other slice the demo runs, with
+    their blocking split-leak checks (one run per slice over the selected assets of several groups)."""
+    from demo import ASSET_SELECTION_JOB, SLICE_DATASETS
+
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "config" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), ASTFORGE_HOME=str(astforge_home),
+               ASTFORGE_SOURCE_JAVASCRIPT=f"dir:{FIXTURES / 'javascript'}")
+    proc = subprocess.run([sys.executable, "demo.py", "--groups", "ast_first", "srl", "--slices", "javascript",
+                           "--data-only", "--log-file", str(tmp_path / "demo.log")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[astforge] data and split checks [javascript]" in proc.stdout.splitlines()
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    for asset in SLICE_DATASETS["srl"]:
+        key = dg.AssetKey(asset)
+        assert instance.get_latest_materialization_event(key) is not None, asset
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(key, "no_split_leak")])
+        assert [c.status.value for c in check.values()] == ["SUCCEEDED"], (asset, check)
+    assert ASSET_SELECTION_JOB == defs_asset_job_name()
+
+
+def defs_asset_job_name() -> str:
+    from definitions import defs
+
+    return defs.resolve_implicit_global_asset_job_def().name
