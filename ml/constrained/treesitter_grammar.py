@@ -21,10 +21,14 @@ budget left is within ``MARGIN`` of what the open nodes need, only edges on a ch
 
 from __future__ import annotations
 
+from collections import Counter
+from urllib.parse import unquote
+
 import torch
 
 from ml.codec import treesitter_compact as compact
 from ml.codec.tokens import SEP
+from ml.codec.treesitter_codec import COMMENTS
 from ml.constrained import treesitter_productions as tp
 from ml.constrained.python_grammar import _bytes_to_unicode
 from ml.constrained.ts_lexers import lexer_for
@@ -39,7 +43,8 @@ SP, LT = 0x20, 0x3C
 class _Trie:
     """All productions of all node types as one graph: ``edges[n]`` item -> node, ``ends[n]`` class pairs a node
     may end with there. Most types get a prefix tree of their productions (only sequences seen); a *list* type
-    (no fixed arity, some node with ``LIST_MIN`` children or more: blocks, argument lists, arrays...) gets one
+    (some node with ``LIST_MIN`` children of one type or more, all children separated alike: blocks, argument
+    lists, arrays...) gets one
     state per (first two items, items since the last child), so that its children repeat in any order seen between
     neighbours: a block is any chain of statements where each adjacent pair (with the whole gap between them:
     newlines, written tokens, which decide the left-out ones) was seen. (A
@@ -47,12 +52,14 @@ class _Trie:
 
     LIST_MIN = 4
 
-    def __init__(self, productions: dict, arity: dict):
+    def __init__(self, productions: dict, tab: compact.Tables, comments: frozenset):
         self.edges: list[dict] = []
         self.ends: list[set] = []
         self.root: dict[str, int] = {}
+        arity = tab.arity
         self.list_types = {t for t, seqs in productions.items() if t != tp.ROOT and any(
-            sum(1 for it in seq if it[0] in ("N", "n")) >= self.LIST_MIN for seq in seqs)}
+            _repeats(seq) >= self.LIST_MIN for seq in seqs)
+            and len({g for seq in seqs for g in _separators(t, seq, tab, comments)}) <= 1}
         for ntype, seqs in productions.items():
             r = self.root[ntype] = self._new()
             states = {((), None): r}
@@ -82,6 +89,31 @@ class _Trie:
         self.edges.append({})
         self.ends.append(set())
         return len(self.edges) - 1
+
+
+def _repeats(seq: list) -> int:
+    """How often the most frequent child type occurs in one production."""
+    counts = Counter(item[1] for item in seq if item[0] in ("N", "n"))
+    return max(counts.values(), default=0)
+
+
+def _separators(ntype: str, seq: list, tab: compact.Tables, comments: frozenset) -> set:
+    """The source text between each two adjacent children of one production (gaps next to a comment aside). A type
+    whose children are all separated alike (``,`` in argument lists, nothing between statements) is a list; one
+    with several separators (``for (a; b; c)``, operators) keeps its prefix tree."""
+    out, prev, gap, written = set(), None, [], False
+    for item in seq[:-1]:
+        k = item[0]
+        if k in ("N", "n"):
+            if prev is not None and prev not in comments and item[1] not in comments:
+                out.add(tuple(gap) if written else tab.run_texts.get((ntype, prev, item[1]), ()))
+            prev, gap, written = item[1], [], False
+        elif k == "t":
+            gap.append(unquote(item[1][3:-1]))
+            written = True
+        elif k == "e":
+            written = True
+    return out
 
 
 class TsState:
@@ -130,8 +162,8 @@ class TreeSitterGrammar:
             if LT not in piece:  # a payload never holds "<": structural tokens are added tokens
                 self.pieces[i] = piece
         self._piece_items = sorted(self.pieces.items())
-        self.trie = _Trie(table["productions"], self.tab.arity)
-        kinds = tp.payload_kinds(language, [(tuple(k), v) for k, v in table["leaves"]])
+        self.trie = _Trie(table["productions"], self.tab, COMMENTS[language])
+        kinds = {tuple(ctx): (kind, frozenset(arg) if kind == "set" else arg) for ctx, kind, arg in table["payloads"]}
         self.lexers: dict = {}
         self._kinds = kinds
         self._costs()
@@ -159,7 +191,7 @@ class TreeSitterGrammar:
         key = (ctx, sigs)
         lx = self.lexers.get(key)
         if lx is None:
-            lx = self.lexers[key] = lexer_for(self._kinds.get(ctx, ("set", frozenset())), sigs)
+            lx = self.lexers[key] = lexer_for(self.language, self._kinds.get(ctx, ("set", frozenset())), sigs)
         return lx
 
     def _leaf_cost(self, item: tuple) -> int:

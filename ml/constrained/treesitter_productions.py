@@ -39,7 +39,7 @@ QUOTES = frozenset(('"', "'", "`"))
 JS_RESERVED = frozenset(
     "break case catch class const continue debugger default delete do else export extends finally for function if "
     "import in instanceof new return super switch this throw try typeof var void while with yield let static enum "
-    "await async implements package protected interface private public null true false of get set".split()
+    "await async implements package protected interface private public null true false".split()
 )
 JAVA_RESERVED = frozenset(
     "abstract assert boolean break byte case catch char class const continue default do double else enum extends "
@@ -48,6 +48,7 @@ JAVA_RESERVED = frozenset(
     "volatile while true false null var yield record sealed permits non-sealed when module open exports".split()
 )
 RESERVED = {"javascript": JS_RESERVED, "java": JAVA_RESERVED}
+KEY_NAMES = frozenset(("property_identifier",))  # JavaScript property names: a keyword is a name here
 
 
 def first_class(text: str) -> str:
@@ -170,7 +171,9 @@ def _unescape(payload: str) -> str:
 
 
 def build(language: str, codes: list[str]) -> dict:
-    """The production table of ``codes`` (units of ``language``): what :class:`TreeSitterGrammar` reads."""
+    """The production table of ``codes`` (units of ``language``; those that do not encode are skipped): what
+    ``TreeSitterGrammar`` reads. JSON-ready: ``productions`` type -> item sequences, ``payloads`` per leaf context
+    its payload kind (only a ``set`` keeps its texts)."""
     from ml.codec.treesitter_codec import TreeSitterCodec
 
     codec = TreeSitterCodec(language)
@@ -185,29 +188,14 @@ def build(language: str, codes: list[str]) -> dict:
             continue
         analyse(tokens, tab, out, leaves)
         used += 1
+    kinds = payload_kinds(language, list(leaves.items()))
     return {
         "language": language,
         "format_version": compact.format_version(language),
         "units": used,
         "productions": {t: [list(map(list, items)) for items in sorted(c, key=repr)] for t, c in sorted(out.items())},
-        "leaves": [[list(k), sorted(v)] for k, v in sorted(leaves.items(), key=repr)],
-    }
-
-
-def merge(*tables: dict) -> dict:
-    prods: dict = defaultdict(set)
-    leaves: dict = defaultdict(set)
-    for t in tables:
-        for ntype, seqs in t["productions"].items():
-            prods[ntype].update(json.dumps(s) for s in seqs)
-        for key, texts in t["leaves"]:
-            leaves[tuple(key)].update(texts)
-    return {
-        "language": tables[0]["language"],
-        "format_version": tables[0]["format_version"],
-        "units": sum(t["units"] for t in tables),
-        "productions": {k: [json.loads(s) for s in sorted(v)] for k, v in sorted(prods.items())},
-        "leaves": [[list(k), sorted(v)] for k, v in sorted(leaves.items(), key=repr)],
+        "payloads": [[list(ctx), kind[0], sorted(kind[1]) if kind[0] == "set" else kind[1]]
+                     for ctx, kind in sorted(kinds.items(), key=repr)],
     }
 
 
@@ -224,12 +212,13 @@ def load(language: str) -> dict:
 
 
 def payload_kinds(language: str, leaves: list) -> dict:
-    """Per leaf context (leaf type, parent type, opening): ``("ident", reserved)``, ``("number",)``,
-    ``("words", prefix)`` or ``("set", texts)``. A leaf type is an identifier / number when (nearly) every text seen
+    """Per leaf context (leaf type, parent type, opening): ``("ident", "reserved" | "starts")`` (the words it may not
+    be), ``("number", None)``, ``("words", prefix)`` or ``("set", texts)``. A leaf type is an identifier / number when (nearly) every text seen
     is one (and not a reserved word); quoted strings' fragments and line comments take words (no quotes, backslashes, ``$``, braces); any other
     context only the texts seen in it."""
     by_type: dict = defaultdict(Counter)
     reserved = RESERVED[language]
+    leaves = [(tuple(k), v) for k, v in leaves]
     for (ltype, _parent, _opening), texts in leaves:
         for t in texts:
             kind = "reserved" if t in reserved else "ident" if IDENT_RE.match(t) else "number" if NUMBER_RE.match(
@@ -244,10 +233,12 @@ def payload_kinds(language: str, leaves: list) -> dict:
             kind = ("words", "//")
         elif ltype == "string_fragment" and opening in QUOTES:
             kind = ("words", "")
-        elif c["ident"] >= 0.98 * total:  # a type whose texts are keywords (null, void) keeps its texts
-            kind = ("ident", reserved)
+        elif c["ident"] + (c["reserved"] if ltype in KEY_NAMES else 0) >= 0.98 * total:
+            # a type whose texts are keywords (null, void) keeps its texts; a property name may be a keyword (a.default)
+            # but not one that decides how a statement starts
+            kind = ("ident", "starts" if ltype in KEY_NAMES else "reserved")
         elif c["number"] >= 0.98 * total:
-            kind = ("number",)
+            kind = ("number", None)
         else:
             kind = ("set", frozenset(texts))
         out[(ltype, parent, opening)] = kind

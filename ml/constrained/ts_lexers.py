@@ -9,7 +9,7 @@ small and hashable: they are part of the mask key.
 from __future__ import annotations
 
 from ml.codec.tokens import escape_payload, unescape_payload
-from ml.constrained.treesitter_productions import OTHER, first_class, last_class
+from ml.constrained.treesitter_productions import FIRST_CLASSES, OTHER, RESERVED, first_class, last_class
 
 PLAIN = (OTHER, OTHER)
 _ALPHA = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_$")
@@ -119,7 +119,7 @@ class TextSet(_Lexer):
         return first_class(raw), last_class(raw)
 
 
-def lexer_for(kind: tuple, sigs: frozenset):
+def lexer_for(language: str, kind: tuple, sigs: frozenset):
     """The lexer of a payload kind (``treesitter_productions.payload_kinds``) whose texts have a class pair in
     ``sigs``; None when no text can."""
     name = kind[0]
@@ -129,7 +129,7 @@ def lexer_for(kind: tuple, sigs: frozenset):
     if PLAIN not in sigs:
         return None
     if name == "ident":
-        return Ident(kind[1])
+        return Ident(FIRST_CLASSES if kind[1] == "starts" else RESERVED[language])
     if name == "number":
         return Number()
     return Words(kind[1])
