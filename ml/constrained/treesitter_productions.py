@@ -213,9 +213,9 @@ def load(language: str) -> dict:
 
 def payload_kinds(language: str, leaves: list) -> dict:
     """Per leaf context (leaf type, parent type, opening): ``("ident", "reserved" | "starts")`` (the words it may not
-    be), ``("number", None)``, ``("words", prefix)`` or ``("set", texts)``. A leaf type is an identifier / number when (nearly) every text seen
-    is one (and not a reserved word); quoted strings' fragments and line comments take words (no quotes, backslashes, ``$``, braces); any other
-    context only the texts seen in it."""
+    be), ``("number", None)``, ``("words", prefix)`` or ``("set", texts)``. A leaf type is an identifier / number
+    when (nearly) every text seen is one (and not a reserved word); quoted strings' fragments and line comments take
+    words (no quotes, backslashes, ``$``, braces); any other context only the texts seen in it."""
     by_type: dict = defaultdict(Counter)
     reserved = RESERVED[language]
     leaves = [(tuple(k), v) for k, v in leaves]
