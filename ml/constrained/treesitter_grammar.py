@@ -21,9 +21,6 @@ budget left is within ``MARGIN`` of what the open nodes need, only edges on a ch
 
 from __future__ import annotations
 
-from collections import Counter
-from urllib.parse import unquote
-
 import torch
 
 from ml.codec import treesitter_compact as compact
@@ -38,82 +35,6 @@ __all__ = ["TreeSitterGrammar", "TsState"]
 INF = 1 << 30
 M_BOUND, M_PLAIN, M_PEND, M_RAW = range(4)
 SP, LT = 0x20, 0x3C
-
-
-class _Trie:
-    """All productions of all node types as one graph: ``edges[n]`` item -> node, ``ends[n]`` class pairs a node
-    may end with there. Most types get a prefix tree of their productions (only sequences seen); a *list* type
-    (some node with ``LIST_MIN`` children of one type or more, all children separated alike: blocks, argument
-    lists, arrays...) gets one
-    state per (first two items, items since the last child), so that its children repeat in any order seen between
-    neighbours: a block is any chain of statements where each adjacent pair (with the whole gap between them:
-    newlines, written tokens, which decide the left-out ones) was seen. (A
-    node with a fixed arity and no ``<var>`` keeps its prefix tree: it closes after exactly that many children.)"""
-
-    LIST_MIN = 4
-
-    def __init__(self, productions: dict, tab: compact.Tables, comments: frozenset):
-        self.edges: list[dict] = []
-        self.ends: list[set] = []
-        self.root: dict[str, int] = {}
-        arity = tab.arity
-        self.list_types = {t for t, seqs in productions.items() if t != tp.ROOT and any(
-            _repeats(seq) >= self.LIST_MIN for seq in seqs)
-            and len({g for seq in seqs for g in _separators(t, seq, tab, comments)}) <= 1}
-        for ntype, seqs in productions.items():
-            r = self.root[ntype] = self._new()
-            states = {((), None): r}
-            for seq in seqs:
-                n = r
-                items = [tuple(item) for item in seq[:-1]]
-                # an arity type's nodes without <var> close after exactly k children: those stay a prefix tree
-                loop = ntype in self.list_types and (ntype not in arity or items[:1] == [("v",)])
-                last_child = 0
-                for i, key in enumerate(items):
-                    if key[0] in ("N", "n"):
-                        last_child = i
-                    nxt = self.edges[n].get(key)
-                    if nxt is None:
-                        if loop:
-                            skey = (tuple(items[: min(i + 1, 2)]), tuple(items[last_child: i + 1]))
-                            nxt = states.get(skey)
-                            if nxt is None:
-                                nxt = states[skey] = self._new()
-                        else:
-                            nxt = self._new()
-                        self.edges[n][key] = nxt
-                    n = nxt
-                self.ends[n].add(tuple(seq[-1][1:]))
-
-    def _new(self) -> int:
-        self.edges.append({})
-        self.ends.append(set())
-        return len(self.edges) - 1
-
-
-def _repeats(seq: list) -> int:
-    """How often the most frequent child type occurs in one production."""
-    counts = Counter(item[1] for item in seq if item[0] in ("N", "n"))
-    return max(counts.values(), default=0)
-
-
-def _separators(ntype: str, seq: list, tab: compact.Tables, comments: frozenset) -> set:
-    """The source text between each two adjacent children of one production (gaps next to a comment aside). A type
-    whose children are all separated alike (``,`` in argument lists, nothing between statements) is a list; one
-    with several separators (``for (a; b; c)``, operators) keeps its prefix tree."""
-    out, prev, gap, written = set(), None, [], False
-    for item in seq[:-1]:
-        k = item[0]
-        if k in ("N", "n"):
-            if prev is not None and prev not in comments and item[1] not in comments:
-                out.add(tuple(gap) if written else tab.run_texts.get((ntype, prev, item[1]), ()))
-            prev, gap, written = item[1], [], False
-        elif k == "t":
-            gap.append(unquote(item[1][3:-1]))
-            written = True
-        elif k == "e":
-            written = True
-    return out
 
 
 class TsState:
@@ -141,14 +62,10 @@ class TreeSitterGrammar:
         table = table if table is not None else tp.load(language)
         self.language = language
         self.tab = compact.tables(language)
-        self.tokenizer = tokenizer
         n = len(tokenizer)
-        self.vocab_size = max(n, vocab_size or 0)
-        self.eos_id = tokenizer.eos_token_id
-        vocab = tokenizer.get_vocab()
-        added = tokenizer.get_added_vocab()
-        self.tok_id = {t: i for t, i in added.items()}
-        self.sep_id = added.get(SEP)
+        self.vocab_size, self.eos_id = max(n, vocab_size or 0), tokenizer.eos_token_id
+        vocab, added = tokenizer.get_vocab(), tokenizer.get_added_vocab()
+        self.tok_id, self.sep_id = dict(added), added.get(SEP)
         specials = set(tokenizer.all_special_ids)
         dec = {c: b for b, c in _bytes_to_unicode().items()}
         self.pieces: dict[int, bytes] = {}
@@ -162,16 +79,11 @@ class TreeSitterGrammar:
             if LT not in piece:  # a payload never holds "<": structural tokens are added tokens
                 self.pieces[i] = piece
         self._piece_items = sorted(self.pieces.items())
-        self.trie = _Trie(table["productions"], self.tab, COMMENTS[language])
-        kinds = {tuple(ctx): (kind, frozenset(arg) if kind == "set" else arg) for ctx, kind, arg in table["payloads"]}
-        self.lexers: dict = {}
-        self._kinds = kinds
+        self.trie = tp.ProductionGraph(table["productions"], self.tab, COMMENTS[language])
+        self._kinds = {tuple(c): (k, frozenset(a) if k == "set" else a) for c, k, a in table["payloads"]}
+        self.lexers, self._item_ids, self._slots, self._slot_ids, self._slot_values = {}, {}, {}, {}, []
+        self._allowed_cache, self._masks, self._piece_cache = {}, {}, {}
         self._costs()
-        self._slots: dict = {}
-        self._slot_ids: dict = {}
-        self._allowed_cache: dict = {}
-        self._masks: dict = {}
-        self._piece_cache: dict = {}
         self._empty = torch.zeros(self.vocab_size, dtype=torch.bool)
         self._eos_mask = self._empty.clone()
         if self.eos_id is not None:
@@ -180,11 +92,13 @@ class TreeSitterGrammar:
     # -- tables ---------------------------------------------------------------------------------
 
     def _item_token(self, item: tuple) -> int | None:
-        k = item[0]
-        tok = {"v": compact.VAR, "e": compact.EMPTY, "l": compact.NL, "c": compact.CLOSE}.get(k)
+        if item in self._item_ids:
+            return self._item_ids[item]
+        tok = {"v": compact.VAR, "e": compact.EMPTY, "l": compact.NL, "c": compact.CLOSE}.get(item[0])
         if tok is None:
-            tok = item[1] if k == "t" else f"<{k}:{item[1]}>"
-        return self.tok_id.get(tok)
+            tok = item[1] if item[0] == "t" else f"<{item[0]}:{item[1]}>"
+        self._item_ids[item] = tid = self.tok_id.get(tok)
+        return tid
 
     def lexer(self, ctx: tuple, sigs: frozenset):
         """The payload lexer of a leaf in context ``ctx`` whose text must have one of the class pairs ``sigs``."""
@@ -390,8 +304,8 @@ class TreeSitterGrammar:
     def _intern(self, value: tuple) -> int:
         sid = self._slot_ids.get(value)
         if sid is None:
-            sid = self._slot_ids[value] = len(self._slot_ids)
-            self._slot_values = getattr(self, "_slot_values", []) + [value]
+            sid = self._slot_ids[value] = len(self._slot_values)
+            self._slot_values.append(value)
         return sid
 
     def _slot_value(self, sid: int) -> tuple:

@@ -243,3 +243,79 @@ def payload_kinds(language: str, leaves: list) -> dict:
             kind = ("set", frozenset(texts))
         out[(ltype, parent, opening)] = kind
     return out
+
+
+class ProductionGraph:
+    """All productions of all node types as one graph: ``edges[n]`` item -> node, ``ends[n]`` class pairs a node
+    may end with there. Most types get a prefix tree of their productions (only sequences seen); a *list* type
+    (some node with ``LIST_MIN`` children of one type or more, all children separated alike: blocks, argument
+    lists, arrays...) gets one
+    state per (first two items, items since the last child), so that its children repeat in any order seen between
+    neighbours: a block is any chain of statements where each adjacent pair (with the whole gap between them:
+    newlines, written tokens, which decide the left-out ones) was seen. (A
+    node with a fixed arity and no ``<var>`` keeps its prefix tree: it closes after exactly that many children.)"""
+
+    LIST_MIN = 4
+
+    def __init__(self, productions: dict, tab: compact.Tables, comments: frozenset):
+        self.edges: list[dict] = []
+        self.ends: list[set] = []
+        self.root: dict[str, int] = {}
+        arity = tab.arity
+        self.list_types = {t for t, seqs in productions.items() if t != ROOT and any(
+            _repeats(seq) >= self.LIST_MIN for seq in seqs)
+            and len({g for seq in seqs for g in _separators(t, seq, tab, comments)}) <= 1}
+        for ntype, seqs in productions.items():
+            r = self.root[ntype] = self._new()
+            states = {((), None): r}
+            for seq in seqs:
+                n = r
+                items = [tuple(item) for item in seq[:-1]]
+                # an arity type's nodes without <var> close after exactly k children: those stay a prefix tree
+                loop = ntype in self.list_types and (ntype not in arity or items[:1] == [("v",)])
+                last_child = 0
+                for i, key in enumerate(items):
+                    if key[0] in ("N", "n"):
+                        last_child = i
+                    nxt = self.edges[n].get(key)
+                    if nxt is None:
+                        if loop:
+                            skey = (tuple(items[: min(i + 1, 2)]), tuple(items[last_child: i + 1]))
+                            nxt = states.get(skey)
+                            if nxt is None:
+                                nxt = states[skey] = self._new()
+                        else:
+                            nxt = self._new()
+                        self.edges[n][key] = nxt
+                    n = nxt
+                self.ends[n].add(tuple(seq[-1][1:]))
+
+    def _new(self) -> int:
+        self.edges.append({})
+        self.ends.append(set())
+        return len(self.edges) - 1
+
+
+def _repeats(seq: list) -> int:
+    """How often the most frequent child type occurs in one production."""
+    counts = Counter(item[1] for item in seq if item[0] in ("N", "n"))
+    return max(counts.values(), default=0)
+
+
+def _separators(ntype: str, seq: list, tab: compact.Tables, comments: frozenset) -> set:
+    """The source text between each two adjacent children of one production (gaps next to a comment aside). A type
+    whose children are all separated alike (``,`` in argument lists, nothing between statements) is a list; one
+    with several separators (``for (a; b; c)``, operators) keeps its prefix tree."""
+    out, prev, gap, written = set(), None, [], False
+    for item in seq[:-1]:
+        k = item[0]
+        if k in ("N", "n"):
+            if prev is not None and prev not in comments and item[1] not in comments:
+                out.add(tuple(gap) if written else tab.run_texts.get((ntype, prev, item[1]), ()))
+            prev, gap, written = item[1], [], False
+        elif k == "t":
+            gap.append(unquote(item[1][3:-1]))
+            written = True
+        elif k == "e":
+            written = True
+    return out
