@@ -357,6 +357,8 @@ class TreeSitterGrammar:
         if mode == M_BOUND:
             structs, bare, complete = self._slot_value(slot)
             ids |= structs
+            if complete and self.eos_id is not None:  # an arity-0 node that may still take <var> ends the tree
+                ids.add(self.eos_id)
             start_lex = bare
         elif mode == M_PEND:
             start_lex = lex
