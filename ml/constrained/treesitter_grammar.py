@@ -28,13 +28,11 @@ from ml.codec.tokens import SEP
 from ml.codec.treesitter_codec import COMMENTS
 from ml.constrained import treesitter_productions as tp
 from ml.constrained.python_grammar import _bytes_to_unicode
-from ml.constrained.ts_lexers import lexer_for
+from ml.constrained.ts_lexers import LT, M_BOUND, M_PEND, M_PLAIN, M_RAW, SP, lexer_for, simulate_piece
 
 __all__ = ["TreeSitterGrammar", "TsState"]
 
 INF = 1 << 30
-M_BOUND, M_PLAIN, M_PEND, M_RAW = range(4)
-SP, LT = 0x20, 0x3C
 
 
 class TsState:
@@ -82,7 +80,7 @@ class TreeSitterGrammar:
         self.trie = tp.ProductionGraph(table["productions"], self.tab, COMMENTS[language])
         self._kinds = {tuple(c): (k, frozenset(a) if k == "set" else a) for c, k, a in table["payloads"]}
         self.lexers, self._item_ids, self._slots, self._slot_ids, self._slot_values = {}, {}, {}, {}, []
-        self._allowed_cache, self._masks, self._piece_cache = {}, {}, {}
+        self._allowed_cache, self._masks, self._piece_cache, self._child_edges, self._by_token = {}, {}, {}, {}, {}
         self._costs()
         self._empty = torch.zeros(self.vocab_size, dtype=torch.bool)
         self._eos_mask = self._empty.clone()
@@ -221,8 +219,13 @@ class TreeSitterGrammar:
 
     def _child_demand(self, n: int, demand: frozenset, kind: str, sym: str, slack: int) -> dict:
         """Class pair -> what the node (and its ancestors) need after a child ``sym`` that ends with it."""
-        return {tuple(item[2:4]): self._need(t, demand) for item, t in self._edges(n, demand, slack)
-                if item[0] == kind and item[1] == sym}
+        key = (n, demand, kind, sym, slack)
+        out = self._child_edges.get(key)
+        if out is None:
+            out = self._child_edges[key] = {tuple(item[2:4]): self._need(t, demand)
+                                            for item, t in self._edges(n, demand, slack)
+                                            if item[0] == kind and item[1] == sym}
+        return out
 
     def _push(self, stack: list, sym: str, slack: int) -> None:
         ntype, n, demand, prev, base = stack[-1]
@@ -236,13 +239,14 @@ class TreeSitterGrammar:
         node that this completes (arity closing, the pseudo-root)."""
         while True:
             ntype, n, demand, prev, below = stack[-1]
-            target = None
-            for item, t in self.trie.edges[n].items():
-                if item[0] in ("N", "n") and item[1] == sym and tuple(item[2:4]) == sig:
-                    target = t
-                    break
+            target = self._child_edges.get((n, sym, sig))
             if target is None:
-                raise ValueError(f"{sym} {sig} cannot follow here")
+                for item, t in self.trie.edges[n].items():
+                    if item[0] in ("N", "n") and item[1] == sym and tuple(item[2:4]) == sig:
+                        target = self._child_edges[(n, sym, sig)] = t
+                        break
+                else:
+                    raise ValueError(f"{sym} {sig} cannot follow here")
             stack[-1] = (ntype, target, demand, sym, below)
             if not self.trie.ends[target] or self.trie.edges[target]:
                 return
@@ -327,7 +331,7 @@ class TreeSitterGrammar:
     def key(self, s: TsState):
         if s.finished:
             return "finished"
-        if self.is_complete(s) and s.mode == M_BOUND:
+        if s.mode == M_BOUND and not s.stack:
             return "complete"
         slack = self._slack(s)
         if s.mode == M_BOUND:
@@ -380,7 +384,7 @@ class TreeSitterGrammar:
             if chosen is None:
                 good, finishing = [], []
                 for i, piece in self._piece_items:
-                    r = self._sim(piece, mode, lex, lstate, cont_ok, start_lex, can_end, after_bare)
+                    r = simulate_piece(piece, mode, lex, lstate, cont_ok, start_lex, can_end, after_bare)
                     if r is not None:
                         good.append(i)
                         if r[1] is not None and r[0].accepting(r[1], None):
@@ -391,34 +395,6 @@ class TreeSitterGrammar:
         if ids:
             mask[torch.tensor(sorted(ids), dtype=torch.long)] = True
         return mask
-
-    @staticmethod
-    def _sim(piece: bytes, mode, lex, lstate, cont_ok, start_lex, can_end=False, after_bare=None):
-        """(lexer, state) after ``piece`` continues the payload being written (or starts the bare payload a boundary
-        allows); None when it cannot. A payload ends at a structural token, or (a bare one) at a space that starts a
-        piece and the next bare payload (GPT-2 style pieces carry their leading space); no other space is allowed
-        outside raw payloads."""
-        if mode == M_PLAIN and piece[0] == SP:
-            if not can_end or after_bare is None:
-                return None
-            if len(piece) == 1:
-                return after_bare, None
-            lex, st, piece = after_bare, after_bare.start, piece[1:]
-        elif mode in (M_BOUND, M_PEND):
-            if start_lex is None or piece[0] == SP:
-                return None
-            lex, st = start_lex, start_lex.start
-        else:
-            if not cont_ok:
-                return None
-            st = lstate
-        for c in piece:
-            if c == SP and mode != M_RAW:
-                return None
-            st = lex.step(st, c)
-            if st is None:
-                return None
-        return lex, st
 
     # -- advancing ------------------------------------------------------------------------------
 
@@ -477,9 +453,14 @@ class TreeSitterGrammar:
         stack = s.stack
         while True:
             ntype, n, demand, prev, below = stack[-1]
-            for item, target in self._edges(n, demand, slack):
-                if self._item_token(item) != token_id:
-                    continue
+            key = (n, demand, slack)
+            by_token = self._by_token.get(key)
+            if by_token is None:
+                by_token = self._by_token[key] = {}
+                for item, target in self._edges(n, demand, slack):
+                    by_token.setdefault(self._item_token(item), (item, target))
+            if token_id in by_token:
+                item, target = by_token[token_id]
                 if item[0] == "N":
                     self._push(stack, item[1], slack)
                 elif item[0] == "n":

@@ -12,6 +12,10 @@ from ml.codec.tokens import escape_payload, unescape_payload
 from ml.constrained.treesitter_productions import FIRST_CLASSES, OTHER, RESERVED, first_class, last_class
 
 PLAIN = (OTHER, OTHER)
+# Where the text stands: at a boundary, in a bare payload, after a space or <sep> (a bare payload must start), in a
+# raw payload (after <n:TYPE>).
+M_BOUND, M_PLAIN, M_PEND, M_RAW = range(4)
+SP, LT = 0x20, 0x3C
 _ALPHA = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_$")
 _DIGIT = frozenset(b"0123456789")
 # Words of a quoted string: no quote of any kind, no backslash (escapes are leaves of their own), no "$" / braces
@@ -133,3 +137,31 @@ def lexer_for(language: str, kind: tuple, sigs: frozenset):
     if name == "number":
         return Number()
     return Words(kind[1])
+
+
+def simulate_piece(piece: bytes, mode, lex, lstate, cont_ok, start_lex, can_end=False, after_bare=None):
+    """(lexer, state) after ``piece`` continues the payload being written (or starts the bare payload a boundary
+    allows); None when it cannot. A payload ends at a structural token, or (a bare one) at a space that starts a
+    piece and the next bare payload (GPT-2 style pieces carry their leading space); no other space is allowed
+    outside raw payloads."""
+    if mode == M_PLAIN and piece[0] == SP:
+        if not can_end or after_bare is None:
+            return None
+        if len(piece) == 1:
+            return after_bare, None
+        lex, st, piece = after_bare, after_bare.start, piece[1:]
+    elif mode in (M_BOUND, M_PEND):
+        if start_lex is None or piece[0] == SP:
+            return None
+        lex, st = start_lex, start_lex.start
+    else:
+        if not cont_ok:
+            return None
+        st = lstate
+    for c in piece:
+        if c == SP and mode != M_RAW:
+            return None
+        st = lex.step(st, c)
+        if st is None:
+            return None
+    return lex, st
