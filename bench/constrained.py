@@ -98,7 +98,7 @@ def sample(model, tok, n: int, max_new: int, processor=None, seed: int = 0, star
             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )
     drop = {tok.eos_token_id, tok.pad_token_id}
-    texts, count = [], 0
+    texts, count, rows = [], 0, []
     for row in out.tolist():
         ids = []
         for t in row[1:]:
@@ -106,16 +106,17 @@ def sample(model, tok, n: int, max_new: int, processor=None, seed: int = 0, star
                 break
             ids.append(t)
         count += len(ids)  # generated, without the prompt
+        rows.append([start] + ids if start_token == "<Module>" else ids)
         texts.append(tok.decode([start] + ids) if start_token == "<Module>" else tok.decode(ids))
-    return texts, count
+    return texts, count, rows
 
 
-def replay_us(grammar, tok, texts: list[str]) -> list[float]:
-    """Microseconds of advance + mask per token, replaying the constrained samples on the warm grammar."""
+def replay_us(grammar, rows: list[list[int]]) -> list[float]:
+    """Microseconds of advance + mask per token, replaying the constrained samples' ids on the warm grammar."""
     out = []
-    for text in texts:
-        state = grammar.initial_state(None)  # Python's text starts with <Module>, which its grammar reads
-        for i in tok.encode(text, add_special_tokens=False):
+    for ids in rows:
+        state = grammar.initial_state(None)  # Python's rows start with <Module>, which its grammar reads
+        for i in ids:
             t0 = time.perf_counter()
             state = grammar.advance(state, i)
             grammar.allowed(state)
@@ -168,14 +169,14 @@ def main() -> None:
     warm_s = time.perf_counter() - t0
     proc = processor()
     t0 = time.perf_counter()
-    constrained, tokens = run(args.n, args.max_new_tokens, proc, 0)
+    constrained, tokens, rows = run(args.n, args.max_new_tokens, proc, 0)
     constrained_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    unconstrained, _ = run(args.n, args.max_new_tokens, None, 0)
+    unconstrained, _, _ = run(args.n, args.max_new_tokens, None, 0)
     unconstrained_s = time.perf_counter() - t0
 
     times = sorted(proc.timings_us)
-    active = sorted(replay_us(grammar, tok, constrained))
+    active = sorted(replay_us(grammar, rows))
     ok_c = sum(spec.judge(t).valid for t in constrained)
     ok_u = sum(spec.judge(t).valid for t in unconstrained)
     for t in constrained[:2]:
