@@ -130,6 +130,19 @@ def _python_grammar(tokenizer, vocab_size, max_new_tokens):
         pad_token_id=tokenizer.pad_token_id)
 
 
+def _ts_grammar(language):
+    def make(tokenizer, vocab_size, max_new_tokens):
+        from ml.constrained.python_grammar import GrammarLogitsProcessor
+        from ml.constrained.treesitter_grammar import TreeSitterGrammar
+
+        grammar = TreeSitterGrammar(tokenizer, language, vocab_size=vocab_size)
+        return lambda prompt_lengths: GrammarLogitsProcessor(
+            grammar, prompt_lengths, tokenizer.eos_token_id, vocab_size, max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id)
+
+    return make
+
+
 def _ts_codec(language):
     def make():
         from ml.codec.treesitter_codec import TreeSitterCodec
@@ -180,6 +193,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         codec_factory=_ts_codec("javascript"),
         renamer=_ts_rename("javascript"),
         judge=_ts_judge("javascript"),
+        grammar_factory=_ts_grammar("javascript"),
     ),
     "java": LanguageSpec(
         name="java",
@@ -190,6 +204,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         codec_factory=_ts_codec("java"),
         renamer=_ts_rename("java"),
         judge=_ts_judge("java"),
+        grammar_factory=_ts_grammar("java"),
     ),
 }
 

@@ -78,12 +78,12 @@ def python_setup():
 # ----------------------------------------------------------------------------- the language registry
 
 
-def test_only_python_has_a_grammar_and_every_slice_a_judge(python_setup):
-    assert LANGUAGES["javascript"].grammar_factory is None
-    assert LANGUAGES["java"].grammar_factory is None
+def test_every_slice_has_a_grammar_and_a_judge(python_setup):
     tok, _, _ = python_setup
-    make = LANGUAGES["python"].grammar_factory(tok, len(tok), 32)
-    assert isinstance(make([3, 3]), GrammarLogitsProcessor)
+    js_tok = _tokenizer("javascript", *_rows("javascript", JS_FUNCS))
+    for language, t in (("python", tok), ("javascript", js_tok), ("java", js_tok)):
+        make = LANGUAGES[language].grammar_factory(t, len(t), 32)
+        assert isinstance(make([3, 3]), GrammarLogitsProcessor)
     assert all(callable(spec.judge) for spec in LANGUAGES.values())
 
 
@@ -297,8 +297,10 @@ def test_a_better_phase1_beats_the_base_only_where_the_interval_says_so():
     result = evaluate_ast_models(
         _loader(tok, 0, calls, "base", logit_scale=20.0), _loader(tok, 0, calls, "phase1"),
         _loader(tok, 2, calls, "phase2"), tok, rows, pairs, get_language("javascript"), SETTINGS)
-    assert set(result.metrics) == METRICS - {"valid_rate_constrained"}  # no grammar, no constrained metric
-    assert list(result.samples) == ["unconstrained"] and result.by_construction == ()
+    # The JavaScript grammar samples (and answers docstrings) under its mask: every finished tree re-parses.
+    assert set(result.metrics) == METRICS and list(result.samples) == ["unconstrained", "constrained"]
+    assert set(result.by_construction) == {"valid_rate_constrained", "nl2ast_valid_rate"}
+    assert result.metrics["valid_rate_constrained"].value == 1.0 == result.metrics["nl2ast_valid_rate"].value
     diff = result.metrics["heldout_loss_reduction"]
     assert diff.ci_low > 0 and diff.n == 2
     assert diff.value == pytest.approx(result.metrics["heldout_loss_initial"].value
