@@ -35,6 +35,11 @@ class LanguageSpec:
     # (tokenizer, vocab_size, max_new_tokens) -> (prompt lengths -> logits processor) that admits only trees the
     # judge accepts; None where the language has no grammar automaton yet (no constrained metrics are reported).
     grammar_factory: Callable[[Any, int, int], Callable[[list[int]], Any]] | None = None
+    # True where every tree the grammar lets finish is valid by construction (Python: the automaton follows the
+    # codec's ASDL tables and compile()'s rules), so the constrained valid rates check the automaton and measure no
+    # model. False where only decoding is guaranteed and the re-parse is measured (JS/Java: productions seen in
+    # real units, docs/ast_first.md).
+    grammar_guarantees_validity: bool = False
     # The code a docstring describes (Phase 2 target): Python drops the docstring from the body;
     # JS/Java leading comments sit outside the unit already. None: nothing left to predict.
     nl_target: Callable[[str], str | None] = lambda code: code
@@ -181,6 +186,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         renamer=_python_rename,
         judge=_python_judge,
         grammar_factory=_python_grammar,
+        grammar_guarantees_validity=True,
         nl_target=_python_nl_target,
     ),
     "javascript": LanguageSpec(

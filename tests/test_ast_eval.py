@@ -297,9 +297,10 @@ def test_a_better_phase1_beats_the_base_only_where_the_interval_says_so():
     result = evaluate_ast_models(
         _loader(tok, 0, calls, "base", logit_scale=20.0), _loader(tok, 0, calls, "phase1"),
         _loader(tok, 2, calls, "phase2"), tok, rows, pairs, get_language("javascript"), SETTINGS)
-    # The JavaScript grammar samples (and answers docstrings) under its mask: every finished tree re-parses.
+    # The JavaScript grammar samples (and answers docstrings) under its mask: every finished tree re-parses here,
+    # but only decoding is guaranteed, so the rates are measurements, not labelled "by construction".
     assert set(result.metrics) == METRICS and list(result.samples) == ["unconstrained", "constrained"]
-    assert set(result.by_construction) == {"valid_rate_constrained", "nl2ast_valid_rate"}
+    assert result.by_construction == ()
     assert result.metrics["valid_rate_constrained"].value == 1.0 == result.metrics["nl2ast_valid_rate"].value
     diff = result.metrics["heldout_loss_reduction"]
     assert diff.ci_low > 0 and diff.n == 2

@@ -123,6 +123,8 @@ def evaluate_ast_models(
     metrics["nl2ast_valid_rate"] = rate([sc.valid for sc in scores], split=SPLIT)
     metrics["nl2ast_exact_match"] = rate([sc.exact for sc in scores], split=SPLIT)
     metrics["nl2ast_tree_similarity"] = mean([sc.similarity for sc in scores], split=SPLIT, seed=s.seed)
-    # With a grammar every decoded tree is valid: these rates check the automaton, they measure no model.
-    by_construction = () if factory is None else ("valid_rate_constrained", "nl2ast_valid_rate")
+    # Where the grammar guarantees validity these rates check the automaton, they measure no model; where it only
+    # guarantees decoding (JS/Java) the re-parse is a measurement, reported as one.
+    guaranteed = factory is not None and spec.grammar_guarantees_validity
+    by_construction = ("valid_rate_constrained", "nl2ast_valid_rate") if guaranteed else ()
     return AstEvalResult(metrics, samples, test_pairs, preds, scores, verdicts, by_construction)
