@@ -242,8 +242,10 @@ def _run(
             "workdir": str(workdir),
             "workdir_size": WORKDIR_SIZE_LIMIT,
             "tmp_size": PRIVATE_TMP_SIZE_LIMIT,
-            # what the unprivileged uid must still reach: the interpreter, its standard library, the venv
+            # what the unprivileged uid must still reach: the interpreter, its standard library, the venv; the
+            # venv also at its own path when that is a symlink, or the interpreter would not find its pyvenv.cfg
             "expose": sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
+                              os.path.abspath(sys.prefix),
                               os.path.dirname(os.path.realpath(sys.executable)),
                               os.path.dirname(os.path.abspath(sys.executable))}),
         }

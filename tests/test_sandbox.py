@@ -310,3 +310,21 @@ def test_a_parent_that_ignores_or_blocks_sigterm_does_not_shield_the_program():
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_venv_reached_through_a_symlink_keeps_its_packages(tmp_path):
+    """A venv linked into a checkout (``.venv -> /elsewhere/.venv``) must still see its site-packages inside the
+    sandbox: the interpreter finds its pyvenv.cfg through the link's path, so that path is exposed too."""
+    import subprocess
+    import sys
+
+    linked = tmp_path / "linked-venv"
+    linked.symlink_to(sys.prefix, target_is_directory=True)
+    python = linked / "bin" / Path(sys.executable).name
+    program = "import duckdb\nprint('found', duckdb.__name__)\n"  # a site-packages module, not the stdlib
+    probe = (f"from ml.sandbox import run_python\nr = run_python({program!r}, timeout_s=20)\n"
+             "print(r.status, r.stdout.strip(), r.stderr.strip()[-200:])\n")
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("passed found duckdb"), done.stdout
