@@ -1,11 +1,12 @@
 """Does AST-first help? The text arm and the AST arm on the same base (SmolLM2-135M), functions, LoRA and steps.
 
-Materializes the python slice's data and base (corpus → ast_corpus / nl_ast_pairs → ast_tokenizer → ast_base_model)
-in a temporary ASTFORGE_HOME, then the ``ast_vs_text_eval`` asset (the recipe in ``ml/ast_vs_text/``), and prints
-its figures. On a fresh clone:
+Materializes one slice's data and base (``--lang``, python by default: corpus → ast_corpus / nl_ast_pairs →
+ast_tokenizer → ast_base_model) in a temporary ASTFORGE_HOME, then the ``ast_vs_text_eval`` asset (the recipe in
+``ml/ast_vs_text/``), and prints its figures. On a fresh clone:
 
     python bench/ast_vs_text.py                       # the defaults: within 60 min on 2 CPU cores
     python bench/ast_vs_text.py --steps 10 --humaneval-n 10   # a quick check
+    python bench/ast_vs_text.py --lang java                   # the same experiment on JDK sources (no HumanEval)
 
 Last line: one JSON object with ``text_bits_per_char``, ``ast_bits_per_char``, ``*_valid_rate``,
 ``*_humaneval_pass_at_1``, ``steps``, ``*_tokens_seen``, ``*_train_s``, ``humaneval_n``, ``curve`` (per arm:
@@ -29,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--lang", default="python", choices=("python", "javascript", "java"),
+                    help="the slice (HumanEval runs on python only)")
     ap.add_argument("--steps", type=int, default=30, help="Phase 1 steps and Phase 2 steps, each, per arm")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
@@ -65,11 +68,11 @@ def main() -> None:
     run_config = {"ops": {"ast_tokenizer": {"config": {"base_model": args.base}},
                           "ast_base_model": {"config": {"new_token_init": args.new_token_init}},
                           "ast_vs_text_eval": {"config": config}}}
-    result = dg.materialize([*upstream, ast_vs_text_eval], resources=resources, partition_key="python",
+    result = dg.materialize([*upstream, ast_vs_text_eval], resources=resources, partition_key=args.lang,
                             run_config=run_config)
     if not result.success:
         raise SystemExit("materialization failed")
-    folder = Path(resources["catalog"].latest_artifact("ast_vs_text_eval", "python")["path"])
+    folder = Path(resources["catalog"].latest_artifact("ast_vs_text_eval", args.lang)["path"])
     summary = json.loads((folder / "summary.json").read_text())
     evidence = json.loads((folder / "metrics_evidence.json").read_text())
     values = json.loads((folder / "metrics.json").read_text())
@@ -79,7 +82,7 @@ def main() -> None:
                            for k, e in evidence.items()}
     summary["verdicts"] = {k[:-len("_verdict")]: v.value for k, v in meta.items() if k.endswith("_verdict")}
     summary["base"], summary["report"] = args.base, str(folder / "report.md")
-    summary["new_token_init"] = args.new_token_init
+    summary["new_token_init"], summary["language"] = args.new_token_init, args.lang
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary))
 

@@ -32,9 +32,9 @@ class LanguageSpec:
     # (ast_text, mode="compact") -> ml.codec.judge.Judged: does a generated sequence decode to a
     # program the language accepts (valid), and to what source and productions.
     judge: Callable[..., Any]
-    # (tokenizer, vocab_size, max_new_tokens) -> (prompt lengths -> logits processor) that admits only trees the
-    # judge accepts; None where the language has no grammar automaton yet (no constrained metrics are reported).
-    grammar_factory: Callable[[Any, int, int], Callable[[list[int]], Any]] | None = None
+    # (tokenizer, vocab_size) -> the grammar automaton whose masks admit only trees the judge accepts (built once:
+    # its masks are cached per state); None where the language has none yet (no constrained metrics are reported).
+    grammar_automaton: Callable[[Any, int], Any] | None = None
     # True where every tree the grammar lets finish is valid by construction (Python: the automaton follows the
     # codec's ASDL tables and compile()'s rules), so the constrained valid rates check the automaton and measure no
     # model. False where only decoding is guaranteed and the re-parse is measured (JS/Java: productions seen in
@@ -47,6 +47,24 @@ class LanguageSpec:
     @property
     def codec(self) -> Codec:
         return _codec(self.name)
+
+    @property
+    def grammar_factory(self) -> Callable[[Any, int, int], Callable[[list[int]], Any]] | None:
+        """(tokenizer, vocab_size, max_new_tokens) -> (prompt lengths -> logits processor); None without a grammar."""
+        if self.grammar_automaton is None:
+            return None
+        automaton = self.grammar_automaton
+        return lambda tokenizer, vocab_size, max_new_tokens: grammar_processors(
+            automaton(tokenizer, vocab_size), tokenizer, vocab_size, max_new_tokens)
+
+
+def grammar_processors(automaton, tokenizer, vocab_size: int, max_new_tokens: int) -> Callable[[list[int]], Any]:
+    """prompt lengths -> the logits processor that walks ``automaton`` from where each row's tree starts."""
+    from ml.constrained.python_grammar import GrammarLogitsProcessor
+
+    return lambda prompt_lengths: GrammarLogitsProcessor(
+        automaton, prompt_lengths, tokenizer.eos_token_id, vocab_size, max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id)
 
 
 def _python_stdlib() -> SourceSpec:
@@ -126,24 +144,17 @@ def _python_judge(ast_text, mode="compact"):
     return judge_python(ast_text, mode)
 
 
-def _python_grammar(tokenizer, vocab_size, max_new_tokens):
-    from ml.constrained.python_grammar import GrammarLogitsProcessor, PythonAstGrammar
+def _python_automaton(tokenizer, vocab_size):
+    from ml.constrained.python_grammar import PythonAstGrammar
 
-    grammar = PythonAstGrammar(tokenizer, vocab_size=vocab_size)
-    return lambda prompt_lengths: GrammarLogitsProcessor(
-        grammar, prompt_lengths, tokenizer.eos_token_id, vocab_size, max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id)
+    return PythonAstGrammar(tokenizer, vocab_size=vocab_size)
 
 
-def _ts_grammar(language):
-    def make(tokenizer, vocab_size, max_new_tokens):
-        from ml.constrained.python_grammar import GrammarLogitsProcessor
+def _ts_automaton(language):
+    def make(tokenizer, vocab_size):
         from ml.constrained.treesitter_grammar import TreeSitterGrammar
 
-        grammar = TreeSitterGrammar(tokenizer, language, vocab_size=vocab_size)
-        return lambda prompt_lengths: GrammarLogitsProcessor(
-            grammar, prompt_lengths, tokenizer.eos_token_id, vocab_size, max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id)
+        return TreeSitterGrammar(tokenizer, language, vocab_size=vocab_size)
 
     return make
 
@@ -185,7 +196,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         codec_factory=_python_codec,
         renamer=_python_rename,
         judge=_python_judge,
-        grammar_factory=_python_grammar,
+        grammar_automaton=_python_automaton,
         grammar_guarantees_validity=True,
         nl_target=_python_nl_target,
     ),
@@ -199,7 +210,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         codec_factory=_ts_codec("javascript"),
         renamer=_ts_rename("javascript"),
         judge=_ts_judge("javascript"),
-        grammar_factory=_ts_grammar("javascript"),
+        grammar_automaton=_ts_automaton("javascript"),
     ),
     "java": LanguageSpec(
         name="java",
@@ -210,7 +221,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
         codec_factory=_ts_codec("java"),
         renamer=_ts_rename("java"),
         judge=_ts_judge("java"),
-        grammar_factory=_ts_grammar("java"),
+        grammar_automaton=_ts_automaton("java"),
     ),
 }
 

@@ -93,6 +93,25 @@ def test_text_answers_score_like_trees():
     assert not score_source("def var_0(:\n", ref).valid
 
 
+@pytest.mark.parametrize("language, reference, same, other, broken", [
+    ("javascript", "function var_0(var_1) { return var_1 + 1; }",
+     "function var_0(var_1) { return var_1+1; /* spelled differently */ }", "function var_0(var_1) { return var_1(1); }",
+     "function var_0(var_1) { return var_1 + ; }"),
+    ("java", "int var_0(int var_1) { return var_1 + 1; }",
+     "int var_0(int var_1) { return var_1+1; /* spelled differently */ }", "int var_0(int var_1) { return Math.abs(var_1); }",
+     "int var_0(int var_1) { return var_1 + ; }"),
+])
+def test_text_answers_score_like_trees_on_a_tree_sitter_slice(language, reference, same, other, broken):
+    from ml.languages import get_language
+
+    ref = tokens_to_text(get_language(language).codec.encode(reference))
+    scored = score_source(same, ref, language)
+    assert scored.valid and scored.exact and scored.similarity == pytest.approx(1.0)
+    near = score_source(other, ref, language)
+    assert near.valid and not near.exact and 0 < near.similarity < 1
+    assert not score_source(broken, ref, language).valid  # no clean re-parse: invalid, not scored
+
+
 PROBLEM = {"task_id": "T/0", "entry_point": "add_one", "test": "def check(f):\n    assert f([1], 2) == [3]\n",
            "prompt": "from typing import List\n\n\ndef add_one(numbers: List[int], k: int) -> List[int]:\n"
                      "    \"\"\"Add k to every number.\n    >>> add_one([1], 1)\n    [2]\n    \"\"\"\n"}

@@ -10,9 +10,9 @@ import torch
 
 from ml.ast_vs_text.humaneval import HumanEvalTask, program, truncate_text_completion
 from ml.ast_vs_text.metrics import bits_per_char, score_source, sequence_nats
-from ml.codec.judge import judge_python
 from ml.evaluation.ast_metrics import PairScore, score_prediction
 from ml.evaluation.lm import left_padded_batches
+from ml.languages import get_language, grammar_processors
 from ml.sandbox import run_many
 
 TEXT, AST = "text", "ast"
@@ -89,15 +89,15 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, pref
     return out
 
 
-def python_grammar(tokenizer, model) -> Callable[[int], Callable[[list[int]], object]]:
-    """length budget -> the Python grammar constraint's processor factory (the automaton's masks built once)."""
-    from ml.constrained.python_grammar import GrammarLogitsProcessor, PythonAstGrammar
-
+def grammar_for(language: str, tokenizer, model) -> Callable[[int], Callable[[list[int]], object]] | None:
+    """length budget -> the slice's grammar constraint's processor factory (the automaton and its masks built
+    once); None where the slice has no grammar automaton."""
+    spec = get_language(language)
+    if spec.grammar_automaton is None:
+        return None
     vocab_size = model.get_output_embeddings().weight.shape[0]
-    automaton = PythonAstGrammar(tokenizer, vocab_size=vocab_size)
-    return lambda budget: lambda starts: GrammarLogitsProcessor(
-        automaton, starts, tokenizer.eos_token_id, vocab_size, max_new_tokens=budget,
-        pad_token_id=tokenizer.pad_token_id)
+    automaton = spec.grammar_automaton(tokenizer, vocab_size)
+    return lambda budget: grammar_processors(automaton, tokenizer, vocab_size, budget)
 
 
 @dataclass
@@ -110,23 +110,27 @@ class Answers:
     humaneval_sources: list[str | None]
 
 
-def _decoded(arm: str, text: str, prefix: str = "") -> str | None:
+def _decoded(arm: str, text: str, language: str, prefix: str = "") -> str | None:
     """Source of an answer: the text arm's text, or the AST arm's tree decoded (None when it does not decode)."""
     if arm == TEXT:
         return prefix + text
-    judged = judge_python(prefix + text)
+    judged = get_language(language).judge(prefix + text)
     return judged.source if judged.valid else None
 
 
 def answer(model, tokenizer, arm: str, pairs: Sequence[dict], tasks: Sequence[HumanEvalTask], *, separator: str,
-           max_new_tokens: int, constrained: bool, workers: int = 2, timeout_s: float = 10.0) -> Answers:
-    """Greedy docstring → code on test ``pairs`` and HumanEval ``tasks``; the tests run in the sandbox."""
-    grammar = python_grammar(tokenizer, model) if constrained else None
+           max_new_tokens: int, constrained: bool, language: str = "python", workers: int = 2,
+           timeout_s: float = 10.0) -> Answers:
+    """Greedy docstring → code on test ``pairs`` and HumanEval ``tasks`` (Python only); the tests run in the
+    sandbox. ``constrained``: the AST arm decodes under the slice's grammar automaton."""
+    grammar = grammar_for(language, tokenizer, model) if constrained else None
+    if constrained and grammar is None:
+        raise ValueError(f"the {language} slice has no grammar automaton to constrain decoding with")
     outputs = generate(model, tokenizer, [p["nl"] + separator for p in pairs], max_new_tokens, grammar=grammar)
     if arm == TEXT:
-        scores = [score_source(o, p["ast_text"]) for o, p in zip(outputs, pairs)]
+        scores = [score_source(o, p["ast_text"], language) for o, p in zip(outputs, pairs)]
     else:
-        scores = [score_prediction("python", o, p["ast_text"]) for o, p in zip(outputs, pairs)]
+        scores = [score_prediction(language, o, p["ast_text"]) for o, p in zip(outputs, pairs)]
     sources = [s.prediction_source or (o if arm == TEXT else "") for s, o in zip(scores, outputs)]
 
     prefixes = [t.text_prefix if arm == TEXT else t.ast_prefix for t in tasks]
@@ -142,7 +146,7 @@ def answer(model, tokenizer, arm: str, pairs: Sequence[dict], tasks: Sequence[Hu
         completions[k] = text
     if arm == TEXT:
         completions = [truncate_text_completion(c) for c in completions]
-    he_sources = [_decoded(arm, c, prefix) for c, prefix in zip(completions, prefixes)]
+    he_sources = [_decoded(arm, c, language, prefix) for c, prefix in zip(completions, prefixes)]
     programs = [program(t, s) for t, s in zip(tasks, he_sources)]
     runnable = [i for i, p in enumerate(programs) if p is not None]
     results = run_many([programs[i] for i in runnable], workers=workers, timeout_s=timeout_s) if runnable else []

@@ -24,6 +24,9 @@ from ml.renaming.python_rename import alpha_rename, undo_renaming
 _STOP = re.compile(r"\n(?=\S)")
 
 
+HUMANEVAL_LANGUAGE = "python"  # the benchmark's problems, prompts and tests are Python
+
+
 @dataclass(frozen=True)
 class HumanEvalTask:
     task_id: str

@@ -5,20 +5,21 @@
   both, so the figures compare like with like (per-token losses would not).
 - :func:`sequence_nats`: the summed loss of each sequence, optionally only after a prompt (docstring → code).
 - :func:`score_source`: docstring → code quality of generated source against the reference tree, scored by
-  ``ast_metrics.score_prediction`` as a generated tree is (valid = compiles; exact = equal after alpha-renaming).
+  ``ast_metrics.score_prediction`` as a generated tree is (valid = the slice's judge accepts it; exact = equal after
+  alpha-renaming).
 """
 
 from __future__ import annotations
 
-import ast
 import math
 from collections.abc import Sequence
 
 import torch
 
-from ml.codec.python_ast import encode
 from ml.codec.tokens import tokens_to_text
+from ml.dataset import without_natural_language
 from ml.evaluation.ast_metrics import PairScore, score_prediction
+from ml.languages import get_language
 
 
 def bits_per_char(nats: float, chars: int) -> float:
@@ -65,24 +66,29 @@ def sequence_nats(model, tokenizer, texts: Sequence[str], prompts: Sequence[str]
     return out
 
 
-def source_as_ast_text(source: str | None) -> str | None:
-    """The compact AST text of ``source`` when it compiles, else None: a text prediction scored on the same footing
-    as a generated tree."""
+def source_as_ast_text(source: str | None, language: str = "python") -> str | None:
+    """The compact AST text of ``source``, without its docstrings and comments as the reference, when the slice's judge accepts it (Python: it compiles; JS/Java: it
+    re-parses as one function with no error node), else None: a text prediction scored on the same footing as a
+    generated tree."""
     if source is None:
         return None
+    spec = get_language(language)
     try:
-        tree = ast.parse(source)
-        compile(tree, "<generated>", "exec")
-        return tokens_to_text(encode(source))
+        # the reference's own form: docstrings and comments removed (tree-sitter trees keep comments as nodes)
+        code = without_natural_language(language, source)
+        if code is None:
+            return None
+        text = tokens_to_text(spec.codec.encode(code))
     except (SyntaxError, ValueError, RecursionError, MemoryError, TypeError):
         return None
+    return text if spec.judge(text).valid else None
 
 
-def score_source(predicted: str | None, reference_ast_text: str) -> PairScore:
+def score_source(predicted: str | None, reference_ast_text: str, language: str = "python") -> PairScore:
     """Docstring → code quality of generated source text against the reference tree, scored by the same function
-    as a generated tree (``score_prediction``): valid when it compiles, exact when equal after alpha-renaming, tree
-    similarity of depth-one productions (0 when invalid)."""
-    text = source_as_ast_text(predicted)
+    as a generated tree (``score_prediction``): valid when the slice's judge accepts it, exact when equal after
+    alpha-renaming, tree similarity of depth-one productions (0 when invalid)."""
+    text = source_as_ast_text(predicted, language)
     if text is None:
         return PairScore(False, False, 0.0, predicted)
-    return score_prediction("python", text, reference_ast_text)
+    return score_prediction(language, text, reference_ast_text)

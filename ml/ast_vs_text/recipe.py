@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml.ast_vs_text.evaluation import AST, TEXT, Answers, answer, heldout_bits, representation
-from ml.ast_vs_text.humaneval import HumanEvalTask
+from ml.ast_vs_text.humaneval import HUMANEVAL_LANGUAGE, HumanEvalTask
 from ml.dataset import evaluation_rows, split_rows
+from ml.languages import get_language
 from ml.stats import Estimate, mean, paired_difference, rate, verdict
 
 ARMS = (TEXT, AST)
@@ -36,6 +37,7 @@ OnLog = Callable[[str], None]
 @dataclass(frozen=True)
 class ExperimentSettings:
     arms: tuple[str, ...] = ARMS  # the switch: which arms train and get measured
+    language: str = "python"  # the slice: its codec, judge and grammar automaton (ml.languages)
     phase1_steps: int = 30
     phase2_steps: int = 30
     batch_size: int = 8
@@ -195,11 +197,12 @@ def answer_arm(run: ArmRun, base_dir, tokenizer, data: ArmData, tasks: Sequence[
 
     s = settings
     model = load_merged(base_dir, Path(work_dir) / run.arm / "phase2", plan)
-    for label in ("unconstrained", "constrained") if run.arm == AST else ("unconstrained",):
+    constrains = run.arm == AST and get_language(s.language).grammar_automaton is not None
+    for label in ("unconstrained", "constrained") if constrains else ("unconstrained",):
         started = time.perf_counter()
         run.answers[label] = answer(model, tokenizer, run.arm, data.test_pairs, tasks, separator=s.separator,
                                     max_new_tokens=s.max_new_tokens, constrained=label == "constrained",
-                                    workers=s.workers)
+                                    language=s.language, workers=s.workers)
         passed = run.answers[label].humaneval_passed
         if on_log:
             on_log(f"{run.arm} {label}: HumanEval {sum(passed)}/{len(passed)} in {time.perf_counter() - started:.0f}s")
@@ -221,7 +224,8 @@ def arm_metrics(runs: Sequence[ArmRun], seed: int = 0) -> tuple[dict[str, Estima
             metrics[f"{p}_valid_rate"] = rate([sc.valid for sc in a.scores], split=SPLIT)
             metrics[f"{p}_exact_match"] = rate([sc.exact for sc in a.scores], split=SPLIT)
             metrics[f"{p}_tree_similarity"] = mean([sc.similarity for sc in a.scores], split=SPLIT, seed=seed)
-            metrics[f"{p}_humaneval_pass_at_1"] = rate(a.humaneval_passed, split=SPLIT)
+            if a.humaneval_passed:  # none on a slice other than Python's: no empty figure
+                metrics[f"{p}_humaneval_pass_at_1"] = rate(a.humaneval_passed, split=SPLIT)
         metrics[f"{run.arm}_tokens_seen"] = float(run.tokens_seen)
         metrics[f"{run.arm}_train_s"] = round(run.train_s, 1)
     verdicts: dict[str, str] = {}
@@ -240,6 +244,8 @@ def arm_metrics(runs: Sequence[ArmRun], seed: int = 0) -> tuple[dict[str, Estima
             p = _prefix(tree, label)
             for name, get in (("humaneval_pass_at_1", lambda x: [float(v) for v in x.humaneval_passed]),
                               ("tree_similarity", lambda x: [sc.similarity for sc in x.scores])):
+                if not get(ans):
+                    continue
                 key = f"{p}_minus_text_{name}"
                 metrics[key] = d = paired_difference(get(ans), get(base), split=SPLIT, seed=seed)
                 verdicts[key] = verdict(d, f"the {p} arm", "the text arm")
@@ -254,8 +260,8 @@ class ExperimentResult:
     tasks: list[HumanEvalTask]
     metrics: dict[str, Estimate | float]
     verdicts: dict[str, str]
-    # figures a grammar guarantees: checks of the automaton, not results
-    by_construction: tuple[str, ...] = ("ast_constrained_valid_rate",)
+    # figures a grammar guarantees: checks of the automaton, not results (Python's; JS/Java's are measured)
+    by_construction: tuple[str, ...] = ()
 
     def curve_points(self) -> dict[str, list[tuple[int, str, float]]]:
         return {r.arm: r.curve for r in self.runs}
@@ -284,8 +290,9 @@ def run_experiment(base_dir, tokenizer, corpus_rows: Sequence[dict], pairs: Sequ
                    problems: Sequence[dict], settings: ExperimentSettings, plan, work_dir=None,
                    on_log: OnLog | None = None) -> ExperimentResult:
     """Train and measure the arms of ``settings.arms`` (see the module docstring). ``corpus_rows`` are
-    ``ast_corpus`` rows, ``pairs`` ``nl_ast_pairs`` rows of the Python slice, ``problems`` the HumanEval problems
-    to answer (``ml.autocomplete.humaneval.sample_problems`` picks a seeded sample)."""
+    ``ast_corpus`` rows, ``pairs`` ``nl_ast_pairs`` rows of ``settings.language``'s slice, ``problems`` the
+    HumanEval problems to answer (``ml.autocomplete.humaneval.sample_problems`` picks a seeded sample; Python only,
+    none on another slice)."""
     from ml.ast_vs_text.humaneval import make_task
 
     unknown = [a for a in settings.arms if a not in ARMS]
@@ -293,6 +300,8 @@ def run_experiment(base_dir, tokenizer, corpus_rows: Sequence[dict], pairs: Sequ
         raise ValueError(f"arms must be a non-empty subset of {ARMS}, got {settings.arms}")
     if settings.curve_points < 1:
         raise ValueError("curve_points must be >= 1")
+    if problems and settings.language != HUMANEVAL_LANGUAGE:
+        raise ValueError(f"HumanEval is a {HUMANEVAL_LANGUAGE} benchmark: no problems on the {settings.language} slice")
     data = select_rows(tokenizer, corpus_rows, pairs, settings)
     tasks = [make_task(p) for p in problems]
     log = on_log or (lambda _m: None)
@@ -307,5 +316,7 @@ def run_experiment(base_dir, tokenizer, corpus_rows: Sequence[dict], pairs: Sequ
             answer_arm(run, base_dir, tokenizer, data, tasks, settings, plan, work, log)
             runs.append(run)
     metrics, verdicts = arm_metrics(runs, settings.seed)
-    return ExperimentResult(settings, runs, data, tasks, metrics, verdicts)
+    guaranteed = get_language(settings.language).grammar_guarantees_validity
+    return ExperimentResult(settings, runs, data, tasks, metrics, verdicts,
+                            ("ast_constrained_valid_rate",) if guaranteed else ())
 

@@ -39,8 +39,9 @@ def experiment_report(result: ExperimentResult, curve_file: str | None = None) -
     s, m = result.settings, result.metrics
     columns = [r.arm for r in result.runs] + (["ast_constrained"] if any(
         "constrained" in r.answers for r in result.runs) else [])
+    language = s.language
     lines = [
-        "# AST-first vs plain text (python, test split)", "",
+        f"# AST-first vs plain text ({language}, test split)", "",
         f"Same base, same {len(result.data.phase1_rows)} code-only and {len(result.data.phase2_rows)} docstring → "
         f"code train functions (alpha-renamed; functions too long in either form left out of both: "
         f"{result.data.dropped}), LoRA r={s.lora_r} alpha={s.lora_alpha}, learning rate {s.learning_rate}, "
@@ -52,8 +53,15 @@ def experiment_report(result: ExperimentResult, curve_file: str | None = None) -
     for run in result.runs:
         lines.append(f"| {run.arm}: tokens seen (Phase 1 + Phase 2), train wall time | {run.phase_tokens} "
                      f"{run.train_s:.0f}s |" + " |" * (len(columns) - 1))
-    lines += ["", "`ast_constrained_valid_rate` is 1 by construction (the grammar admits only valid trees): a check "
-              "of the automaton, not a result.", "", "## Paired differences (same test items)", ""]
+    if "ast_constrained_valid_rate" in result.by_construction:
+        lines += ["", "`ast_constrained_valid_rate` is 1 by construction (the grammar admits only valid trees): a "
+                  "check of the automaton, not a result."]
+    elif "ast_constrained" in columns:
+        lines += ["", f"`ast_constrained_valid_rate` is measured: the {language} automaton guarantees that decoding "
+                  "finishes a tree, and the re-parse judges it."]
+    if not result.tasks:
+        lines += ["", f"No HumanEval on the {language} slice: the benchmark is Python."]
+    lines += ["", "## Paired differences (same test items)", ""]
     for key, text in result.verdicts.items():
         lines.append(f"- `{key}` = {m[key]}: {text}")
     if curve_file:
@@ -62,9 +70,9 @@ def experiment_report(result: ExperimentResult, curve_file: str | None = None) -
     answers = {r.arm: r.answers.get("unconstrained") for r in result.runs}
     for i, pair in enumerate(result.data.test_pairs[:3]):
         lines += [f"### {pair['name']}", "", "> " + pair["nl"].replace("\n", "\n> "), "",
-                  "reference:", "```python", pair["target_code"].rstrip(), "```"]
+                  "reference:", f"```{language}", pair["target_code"].rstrip(), "```"]
         for arm, a in answers.items():
             if a is not None:
                 shown = a.nl2code[i] or "(does not decode)"
-                lines += [f"{arm}:", "```python", shown.rstrip(), "```"]
+                lines += [f"{arm}:", f"```{language}", shown.rstrip(), "```"]
     return "\n".join(lines) + "\n"
