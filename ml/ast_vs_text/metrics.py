@@ -67,9 +67,9 @@ def sequence_nats(model, tokenizer, texts: Sequence[str], prompts: Sequence[str]
 
 
 def source_as_ast_text(source: str | None, language: str = "python") -> str | None:
-    """The compact AST text of ``source``, without its docstrings and comments as the reference, when the slice's judge accepts it (Python: it compiles; JS/Java: it
-    re-parses as one function with no error node), else None: a text prediction scored on the same footing as a
-    generated tree."""
+    """The compact AST text of ``source`` without its docstrings and comments (as the reference), when the slice's
+    judge accepts it (Python: it compiles; JS/Java: it re-parses as one function with no error node), else None: a
+    text prediction scored on the same footing as a generated tree."""
     if source is None:
         return None
     spec = get_language(language)
