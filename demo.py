@@ -9,6 +9,7 @@ logs, metadata and lineage; every log line, DEBUG included, also goes to a log f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", nargs="*", default=SLICES, help="language slices (default: all)")
     parser.add_argument("--data-only", action="store_true", help="skip training and evaluation")
+    parser.add_argument("--train-slices", nargs="*", default=["python"], choices=SLICES,
+                        help="the slices the autocomplete, srl and graph_repair groups train and evaluate on "
+                             "(default: python; the other slices of --slices get their datasets and leak checks)")
     groups = ["ast_first", "dsl", "autocomplete", "srl", "graph_repair"]
     parser.add_argument("--groups", nargs="*", default=groups, choices=groups,
                         help="asset groups to run (default: all)")
@@ -77,12 +81,12 @@ CHILD_FLAG = "--execute-job"
 ASSET_SELECTION_JOB = "__ASSET_JOB"
 # Per group, the partitioned datasets (each with its blocking leak check) that the demo trains on the python slice
 # only; made on the other slices too (see DemoRunner.main).
-SLICE_DATASETS = {"autocomplete": ["fim_samples"], "srl": ["srl_tasks", "srl_teacher_traces"],
+SLICE_DATASETS = {"autocomplete": ["fim_samples", "domain_corpus"], "srl": ["srl_tasks", "srl_teacher_traces"],
                   "graph_repair": ["asg_corpus", "repair_dataset"]}
 
 
 def run_job_in_child(job_name: str, partition: str | None, assets: list[str] | None, run_id: str,
-                     log_level: str) -> tuple[bool, float]:
+                     log_level: str, ops: dict | None = None) -> tuple[bool, float]:
     """Run ``job_name`` as run ``run_id`` of the shared Dagster instance in a child process; its success and peak
     resident memory in GiB. The child writes to this process's stdout/stderr (the log file when quiet)."""
     command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--job", job_name, "--run-id", run_id,
@@ -91,6 +95,8 @@ def run_job_in_child(job_name: str, partition: str | None, assets: list[str] | N
         command += ["--partition", partition]
     if assets:
         command += ["--assets", *assets]
+    if ops:
+        command += ["--ops", json.dumps(ops)]
     sys.stdout.flush()
     sys.stderr.flush()
     child = subprocess.Popen(command)
@@ -108,10 +114,13 @@ def execute_job(argv: list[str]) -> int:
     parser.add_argument("--partition", default=None)
     parser.add_argument("--assets", nargs="*", default=None)
     parser.add_argument("--parent", type=int, default=None)
+    parser.add_argument("--ops", default=None, help="the run config's ops, as JSON")
     args = parser.parse_args(argv)
     end_with_parent(args.parent)
     quiet_progress_bars()
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    if args.ops:
+        run_config["ops"] = json.loads(args.ops)
     job = (defs.resolve_implicit_global_asset_job_def() if args.job == ASSET_SELECTION_JOB
            else defs.resolve_job_def(args.job))
     result = job.execute_in_process(
@@ -170,7 +179,8 @@ class Demo:
         self.screen.write(text + "\n")
         self.screen.flush()
 
-    def run(self, job_name: str, language: str | None, assets: list[str] | None = None) -> bool:
+    def run(self, job_name: str, language: str | None, assets: list[str] | None = None,
+            ops: dict | None = None) -> bool:
         start = time.monotonic()
         name = "data and split checks" if job_name == ASSET_SELECTION_JOB else job_name
         label = f"{name} [{language or ', '.join(assets or [])}]" if language or assets else name
@@ -179,7 +189,8 @@ class Demo:
         self.say(f"[astforge] {label}" + ("" if quiet else " ..."))
         lines = StepLines(self.instance, run_id, self.screen) if quiet else nullcontext()
         with lines:
-            success, job_peak = run_job_in_child(job_name, language, assets, run_id, "DEBUG" if quiet else "INFO")
+            success, job_peak = run_job_in_child(job_name, language, assets, run_id, "DEBUG" if quiet else "INFO",
+                                                 ops)
         self.job_peaks[label] = job_peak
         took = time.monotonic() - start
         if not quiet:
@@ -227,32 +238,34 @@ class Demo:
         if "dsl" in args.groups and not args.data_only:
             run("dsl_job", None)
 
+        trained = [s for s in args.slices if s in args.train_slices]
         if "autocomplete" in args.groups:
-            # Stage A trains on the python slice's FIM rows (its default `languages`); the domain is AWS CDK (Python).
-            if "ast_first" not in args.groups:
-                run("ast_data_job", "python")
-            if run("autocomplete_data_job", "python") and not args.data_only and run("autocomplete_job", None):
+            # Stage A trains on the FIM rows of the trained slices (the demo: python), Stage B on their domain slices
+            # (AWS CDK's examples in the slice's language); the evaluation reports each slice's two sets
+            languages = {"config": {"languages": trained}}
+            ops = {op: languages for op in ("autocomplete_base_model", "autocomplete_stage_a_adapter",
+                                            "autocomplete_eval")}
+            for language in trained if "ast_first" not in args.groups else []:
+                run("ast_data_job", language)
+            data = [run("autocomplete_data_job", language) for language in trained]
+            if trained and all(data) and not args.data_only and run("autocomplete_job", None, ops=ops):
                 # M2 as GGUF for llama.cpp / Ollama (gguf_export_job also exports M1 and the DSL student)
                 run("gguf_export_job", None, ["autocomplete_stage_b_gguf"])
 
-        if "srl" in args.groups:
-            # ast-grep rewrites on the python slice's code units (the corpus job above made them)
-            if "ast_first" not in args.groups and "autocomplete" not in args.groups:
-                run("ast_data_job", "python")
-            if not args.data_only:
-                run("srl_job", "python")
+        for language in trained if {"srl", "graph_repair"} & set(args.groups) else []:
+            # both read the slice's code units (the corpus job above made them)
+            if not {"ast_first", "autocomplete"} & set(args.groups):
+                run("ast_data_job", language)
+            if "srl" in args.groups and not args.data_only:
+                run("srl_job", language)  # ast-grep rewrites of the slice's code
+            if "graph_repair" in args.groups and not args.data_only:
+                run("graph_repair_job", language)  # the Graph U-Net against a Transformer of its size
 
-        if "graph_repair" in args.groups and not args.data_only:
-            # graphs of the python slice's code units; the Graph U-Net against a Transformer of its size
-            if not {"ast_first", "autocomplete", "srl"} & set(args.groups):
-                run("ast_data_job", "python")
-            run("graph_repair_job", "python")
-
-        # The groups above train on the python slice; their datasets (and the blocking leak checks that run with
-        # them) are made on every other slice too, so a split that lets a test item's near-duplicate into train
-        # fails the demo on any slice. About 25 s per slice.
+        # The groups above train on the trained slices (python by default); their datasets (and the blocking leak
+        # checks that run with them) are made on every other slice too, so a split that lets a test item's
+        # near-duplicate into train fails the demo on any slice. About 1 min per slice.
         slice_data = [a for group, assets in SLICE_DATASETS.items() if group in args.groups for a in assets]
-        for language in [s for s in args.slices if s != "python"] if slice_data else []:
+        for language in [s for s in args.slices if s not in trained] if slice_data else []:
             if "ast_first" in args.groups and catalog.latest_artifact("code_units", language):
                 run(ASSET_SELECTION_JOB, language, slice_data)
 
@@ -350,12 +363,12 @@ COMPARISONS = [
      "M2", "M0", True),
     ("autocomplete_eval", "all", "diff_m2_vs_m1_generic_edit_similarity", "autocomplete M2 - M1: generic edit sim.",
      "M2", "M1", True),
-    ("srl_eval", "python", "student_minus_base_reward", "SRL student - base: reward", "student", "base", True),
-    ("srl_eval", "python", "student_minus_warmup_reward", "SRL GRPO - warm-up only: reward", "GRPO", "warm-up",
+    ("srl_eval", None, "student_minus_base_reward", "SRL student - base: reward", "student", "base", True),
+    ("srl_eval", None, "student_minus_warmup_reward", "SRL GRPO - warm-up only: reward", "GRPO", "warm-up",
      True),
-    ("graph_repair_eval", "python", "diff_graph_unet_vs_slot_frequency_one_shot_grammar_exact_mid",
+    ("graph_repair_eval", None, "diff_graph_unet_vs_slot_frequency_one_shot_grammar_exact_mid",
      "graph repair G-U-Net - slot freq.: exact, mid", "Graph U-Net", "slot frequency", True),
-    ("graph_repair_eval", "python", "diff_graph_unet_vs_transformer_one_shot_grammar_exact_mid",
+    ("graph_repair_eval", None, "diff_graph_unet_vs_transformer_one_shot_grammar_exact_mid",
      "graph repair G-U-Net - Transformer: exact, mid", "Graph U-Net", "Transformer", True),
 ]
 

@@ -8,7 +8,7 @@ from typing import Literal
 import dagster as dg
 import pyarrow.parquet as pq
 
-from assets.autocomplete_data import GROUP, domain_corpus, domain_rows, fim_samples, rows_of
+from assets.autocomplete_data import GROUP, domain_corpus, fim_samples, rows_of
 from assets.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, Seed, TrainFraction
 from assets.k8s_tags import MODEL_STEP, TRAINING_STEP
 from assets.models import base_lineage, pretrained_base, resolve_base
@@ -25,7 +25,8 @@ MODELS = {"m0": "autocomplete_base_model", "m1": "autocomplete_stage_a_adapter",
 class AutocompleteBaseModelConfig(ProfileConfig):
     # smollm2-135m (packaged, offline) | Qwen/Qwen2.5-Coder-0.5B (hub) | gguf:PATH | a local folder | tiny:qwen2
     base_model: str | None = from_profile("autocomplete", "base_model")
-    languages: list[str] = ["python"]  # the slices whose rows train a tiny: base's BPE (pretrained bases keep theirs)
+    # the slices whose rows train a tiny: base's BPE (pretrained bases keep theirs)
+    languages: list[str] | None = from_profile("autocomplete", "languages")
     vocab_size: PositiveInt = 4000
     seed: Seed = 0
 
@@ -54,7 +55,8 @@ class StageConfig(ProfileConfig):
 
 
 class StageAConfig(StageConfig):
-    languages: list[str] = ["python"]  # fim_samples slices Stage A trains on
+    # the fim_samples slices Stage A trains on; Stage B trains on the domain_corpus slices of the same languages
+    languages: list[str] | None = from_profile("autocomplete", "languages")
 
 
 class StageBConfig(StageConfig):
@@ -71,7 +73,9 @@ class AutocompleteEvalConfig(ProfileConfig):
     # on dev, so that nothing is tuned on the benchmark)
     split: Literal["dev", "test"] = "test"
     max_new_tokens: PositiveInt = 48
-    languages: list[str] = ["python"]  # slices of the generic set
+    # the slices evaluated: per slice a generic set (its fim_samples' tasks) and a domain set (its domain_corpus'),
+    # named generic / domain for python and generic_{slice} / domain_{slice} for the others; HumanEval with python
+    languages: list[str] | None = from_profile("autocomplete", "languages")
     sandbox_timeout_s: PositiveFloat = 10.0  # per HumanEval program
     # the generic set's first N tasks are completed one at a time and timed (an editor's latency); every other
     # completion goes in batches, untimed (one decoding pass serves 8 rows)
@@ -186,7 +190,7 @@ def autocomplete_stage_b_adapter(context: dg.AssetExecutionContext, config: Stag
     except ValueError as exc:
         raise dg.Failure(f"autocomplete_stage_b_adapter: {exc}") from exc
     general, versions = rows_of(catalog, languages)
-    domain, dversions = domain_rows(catalog)
+    domain, dversions = rows_of(catalog, languages, "domain_corpus")  # the domain slices of the same languages
     rows = stage_b_rows([r for r in domain if r["split"] == "train"], [r for r in general if r["split"] == "train"],
                         config.replay_ratio, config.seed)
     return _train(context, config, artifacts, catalog, compute, rows, {**versions, **dversions},
@@ -218,20 +222,26 @@ def _load(catalog: DuckDBCatalog, model: str, plan):
 def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEvalConfig, artifacts: ArtifactStore,
                       catalog: DuckDBCatalog, compute: ComputeResource) -> dg.MaterializeResult:
     from ml.autocomplete import humaneval
-    from ml.autocomplete.recipe import evaluate_set, paired_differences, sample_tasks
+    from ml.autocomplete.recipe import eval_set_name, evaluate_set, paired_differences, sample_tasks
     from ml.autocomplete.report import autocomplete_report, differences_table, exact_match_plot
     from ml.models.loading import load_tokenizer
     from ml.stats import Estimate, metadata_text, write_metrics_files
 
     plan = compute.plan()
-    generic, gversions = rows_of(catalog, config.languages)
-    domain, dversions = domain_rows(catalog)
     split = config.split
-    sets = {"generic": sample_tasks(generic, config.tasks_per_set, config.seed, split=split),
-            "domain": sample_tasks(domain, config.tasks_per_set, config.seed, split=split)}
-    if split == "test":
+    sets, set_languages, versions = {}, {}, {}
+    for language in config.languages:
+        generic, gversions = rows_of(catalog, [language])
+        domain, dversions = rows_of(catalog, [language], "domain_corpus")
+        versions |= gversions | dversions
+        for kind, rows in (("generic", generic), ("domain", domain)):
+            name = eval_set_name(kind, language)
+            sets[name] = sample_tasks(rows, config.tasks_per_set, config.seed, split=split)
+            set_languages[name] = language
+    if split == "test" and "python" in config.languages:  # HumanEval is Python
         problems = humaneval.sample_problems(humaneval.load_problems(), config.humaneval_problems, config.seed)
         sets["humaneval"] = humaneval.single_line_tasks(problems, seed=config.seed)
+        set_languages["humaneval"] = "python"
     for set_name, tasks in sets.items():
         if not tasks:
             raise dg.Failure(f"autocomplete_eval: no {split} task in the {set_name} set (its data has no {split} "
@@ -243,16 +253,17 @@ def autocomplete_eval(context: dg.AssetExecutionContext, config: AutocompleteEva
 
     metrics: dict[str, float | Estimate] = {}
     results: list[dict] = []
-    versions = {**gversions, **dversions}
+    timed_set = next(iter(sets))  # the first slice's generic set: an editor's latency
     for model, asset in MODELS.items():
         loaded, entry = _load(catalog, model, plan)
         versions[asset] = entry["data_version"]
         tok = load_tokenizer(entry["path"])
         for set_name, tasks in sets.items():
-            m, rows = evaluate_set(loaded, tok, tasks, set_name, max_new_tokens=config.max_new_tokens,
+            m, rows = evaluate_set(loaded, tok, tasks, set_name, language=set_languages[set_name],
+                                   max_new_tokens=config.max_new_tokens,
                                    score=run_tests if set_name == "humaneval" else None,
                                    split="test" if set_name == "humaneval" else split, batch_size=config.batch_size,
-                                   latency_tasks=config.latency_tasks if set_name == "generic" else 0)
+                                   latency_tasks=config.latency_tasks if set_name == timed_set else 0)
             metrics |= {f"{model}_{k}": v for k, v in m.items()}
             results += [{"model": model, **r} for r in rows]
             context.log.info(f"autocomplete_eval {model} {set_name}: " + ", ".join(

@@ -1,8 +1,11 @@
 """`autocomplete` group, data half: FIM and comment-to-code rows per language slice (`fim_samples`) and the Stage B
-domain corpus (`domain_corpus`, AWS CDK by default), each with a `split` column (train / dev / test, decided by a
-group key: the file, or the domain's near-duplicate cluster) and a blocking check that no group is on two sides."""
+domain corpus per slice (`domain_corpus`, AWS CDK by default: the Python wheel's examples, the npm package's
+TypeScript examples that are plain JavaScript, its Java translations), each with a `split` column (train / dev /
+test, decided by a group key: the file, or the domain's near-duplicate cluster) and a blocking check that no group
+is on two sides."""
 
 from collections import Counter
+from functools import partial
 from typing import Annotated
 
 import dagster as dg
@@ -13,7 +16,7 @@ from assets.corpus import code_units
 from assets.k8s_tags import DATA_STEP
 from assets.partitions import language_slices
 from assets.profile_config import ProfileConfig, from_profile
-from assets.publish import UNPARTITIONED, publish_rows, read_upstream, skip_metadata
+from assets.publish import publish_rows, read_upstream, skip_metadata
 from assets.split_checks import leak_check, leak_check_spec
 from ml.autocomplete.fim import FimRates, dataset_rows
 from ml.languages import get_language
@@ -56,7 +59,9 @@ class FimRowsConfig(ProfileConfig):
 
 
 class DomainCorpusConfig(FimRowsConfig):
-    # default: the README examples in the aws-cdk-lib wheel's docstrings | dir:PATH | zip:PATH (every *.py file)
+    # default: AWS CDK's examples in the slice's language (python: the aws-cdk-lib wheel's docstrings; javascript,
+    # java: the aws-cdk-lib npm package's jsii tablet) | dir:PATH | zip:PATH (every file of the slice's language) |
+    # npm:PATH (the jsii tablet of a jsii library's npm tarball or folder)
     source: str = "default"
     max_examples: NonNegativeInt | None = from_profile("autocomplete", "domain_max_examples")  # 0 = all
     min_chars: PositiveInt = 40
@@ -106,31 +111,30 @@ def fim_samples(context: dg.AssetExecutionContext, config: FimRowsConfig, artifa
                                 check_results=[leak_check("fim_samples", rows)])
 
 
-_DOMAIN_LEAK_CHECK = leak_check_spec("domain_corpus", partitions_def=None)  # domain_corpus is not partitioned
-
-
-@dg.asset(group_name=GROUP, kinds={"python", "parquet", "duckdb"}, op_tags=DATA_STEP,
-          check_specs=[_DOMAIN_LEAK_CHECK],
-          description="Stage B domain corpus: the code examples in the aws-cdk-lib wheel's docstrings (or dir:/zip: "
-                      "sources of your own), parsed, deduplicated, split train/dev/test by near-duplicate cluster "
-                      "(edited copies of one example share a split), made into FIM / comment-to-code rows and "
-                      "infilling tasks like fim_samples.")
+@dg.asset(group_name=GROUP, partitions_def=language_slices, kinds={"python", "parquet", "duckdb"}, op_tags=DATA_STEP,
+          check_specs=[leak_check_spec("domain_corpus")],
+          description="Stage B domain corpus of the slice: AWS CDK's code examples (python: the aws-cdk-lib wheel's "
+                      "docstrings; javascript: the npm package's TypeScript examples that are plain JavaScript; java: "
+                      "their Java translations) or dir:/zip:/npm: sources of your own, parsed by the slice's parser, "
+                      "deduplicated, split train/dev/test by near-duplicate cluster (edited copies of one example "
+                      "share a split), made into FIM / comment-to-code rows and infilling tasks like fim_samples.")
 def domain_corpus(context: dg.AssetExecutionContext, config: DomainCorpusConfig, artifacts: ArtifactStore,
                   catalog: DuckDBCatalog) -> dg.MaterializeResult:
     from ml.autocomplete.domain import domain_examples, domain_units, without_leading_comment
 
+    language = context.partition_key
     try:
-        found = domain_examples(config.source, max_examples=config.max_examples, min_chars=config.min_chars,
-                                max_chars=config.max_chars)
+        found = domain_examples(config.source, language=language, max_examples=config.max_examples,
+                                min_chars=config.min_chars, max_chars=config.max_chars)
     except (FileNotFoundError, ValueError) as exc:
-        raise dg.Failure(f"domain_corpus: {exc}") from exc
+        raise dg.Failure(f"domain_corpus[{language}]: {exc}") from exc
     if not found.examples:
-        raise dg.Failure(f"domain_corpus: no usable example in {config.source!r} ({dict(found.skipped)})")
-    context.log.info(f"domain_corpus: {len(found.examples)} examples from {found.files_read} files "
+        raise dg.Failure(f"domain_corpus[{language}]: no usable example in {config.source!r} ({dict(found.skipped)})")
+    context.log.info(f"domain_corpus[{language}]: {len(found.examples)} examples from {found.files_read} files "
                      f"({dict(found.skipped)} skipped)")
-    units = domain_units(found.examples, threshold=config.near_duplicate_threshold)
-    rows = dataset_rows(units, "python", config.rates(), seed=config.seed, **config.split_fractions(),
-                        nl_target=without_leading_comment)
+    units = domain_units(found.examples, threshold=config.near_duplicate_threshold, language=language)
+    rows = dataset_rows(units, language, config.rates(), seed=config.seed, **config.split_fractions(),
+                        nl_target=partial(without_leading_comment, language=language))
     publish_rows(context, store=artifacts, catalog=catalog, rows=rows, schema=FIM_SAMPLES,
                  skipped=dict(found.skipped), upstream={"source": config.source})
     return dg.MaterializeResult(metadata={
@@ -140,23 +144,20 @@ def domain_corpus(context: dg.AssetExecutionContext, config: DomainCorpusConfig,
     }, check_results=[leak_check("domain_corpus", rows)])
 
 
-def rows_of(catalog: DuckDBCatalog, languages: list[str]) -> tuple[list[dict], dict[str, str]]:
-    """fim_samples rows of ``languages`` (each slice's latest) and their data versions; a missing slice fails."""
+def rows_of(catalog: DuckDBCatalog, languages: list[str],
+            asset: str = "fim_samples") -> tuple[list[dict], dict[str, str]]:
+    """``asset``'s rows (fim_samples or domain_corpus) of ``languages`` (each slice's latest) and their data versions;
+    a missing slice fails."""
     rows, versions = [], {}
     for language in languages:
-        entry = catalog.latest_artifact("fim_samples", language)
+        entry = catalog.latest_artifact(asset, language)
         if entry is None:
-            raise dg.Failure(f"fim_samples[{language}] is not materialized: run autocomplete_data_job for the slice "
+            raise dg.Failure(f"{asset}[{language}] is not materialized: run autocomplete_data_job for the slice "
                              f"(or remove {language!r} from `languages`)")
-        part, _ = read_upstream(catalog, "fim_samples", language)
+        part, _ = read_upstream(catalog, asset, language)
         rows += part
-        versions[f"fim_samples[{language}]"] = entry["data_version"]
+        versions[f"{asset}[{language}]"] = entry["data_version"]
     return rows, versions
-
-
-def domain_rows(catalog: DuckDBCatalog) -> tuple[list[dict], dict[str, str]]:
-    rows, entry = read_upstream(catalog, "domain_corpus", UNPARTITIONED)
-    return rows, {"domain_corpus": entry["data_version"]}
 
 
 AUTOCOMPLETE_DATA_ASSETS = [fim_samples, domain_corpus]

@@ -63,16 +63,17 @@ dsl_eval_job = dg.define_asset_job(
 
 autocomplete_data_job = dg.define_asset_job(
     "autocomplete_data_job",
-    selection=dg.AssetSelection.assets("fim_samples"),
+    selection=dg.AssetSelection.assets("fim_samples", "domain_corpus"),
     partitions_def=language_slices,
-    description="FIM and comment-to-code rows (and held-out infilling tasks) of one slice, from its code units.",
+    description="FIM and comment-to-code rows (and held-out infilling tasks) of one slice: from its code units "
+                "(fim_samples) and from its domain examples (domain_corpus, AWS CDK by default).",
 )
 
 autocomplete_job = dg.define_asset_job(
     "autocomplete_job",
-    selection=dg.AssetSelection.groups("autocomplete") - dg.AssetSelection.assets("fim_samples"),
-    description="Domain corpus, base with FIM tokens (M0), Stage A (M1), Stage B (M2), M0/M1/M2 evaluation and "
-                "report, on the current fim_samples of the slices Stage A reads.",
+    selection=dg.AssetSelection.groups("autocomplete") - dg.AssetSelection.assets("fim_samples", "domain_corpus"),
+    description="Base with FIM tokens (M0), Stage A (M1), Stage B (M2), M0/M1/M2 evaluation and report, on the "
+                "current fim_samples and domain_corpus of the slices in the stages' `languages`.",
 )
 
 gguf_export_job = dg.define_asset_job(

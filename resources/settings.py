@@ -196,6 +196,9 @@ class AutocompleteProfile:
     eval_tasks: int  # per set (generic, domain): a seeded sample of the test split's tasks
     train_precision: str
     humaneval_problems: int = 0  # a seeded sample of HumanEval's 164 problems, one masked line each (0: all)
+    # the slices Stage A trains on (Stage B: their domain slices) and the evaluation reports; each needs its
+    # fim_samples and domain_corpus (autocomplete_data_job on the slice)
+    languages: tuple[str, ...] = ("python",)
 
 
 AUTOCOMPLETE_PROFILES = {
@@ -209,7 +212,8 @@ AUTOCOMPLETE_PROFILES = {
                                 train_precision=BF16_IF_CPU, humaneval_problems=40),
     "full": AutocompleteProfile("full", "Qwen/Qwen2.5-Coder-0.5B", domain_max_examples=0, stage_a_steps=2000,
                                 stage_b_steps=600, batch_size=16, max_length=1024, learning_rate=2e-4,
-                                eval_tasks=164, train_precision="auto", humaneval_problems=0),
+                                eval_tasks=164, train_precision="auto", humaneval_problems=0,
+                                languages=("python", "javascript", "java")),
 }
 
 

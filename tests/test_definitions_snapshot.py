@@ -46,7 +46,7 @@ EXPECTED_ASSETS: dict[str, tuple[str, tuple | None]] = {
     "dsl_report": ("dsl", None),
     # autocomplete
     "fim_samples": ("autocomplete", SLICES),
-    "domain_corpus": ("autocomplete", None),
+    "domain_corpus": ("autocomplete", SLICES),
     "autocomplete_base_model": ("autocomplete", None),
     "autocomplete_stage_a_adapter": ("autocomplete", None),
     "autocomplete_stage_b_adapter": ("autocomplete", None),

@@ -51,10 +51,42 @@ def _write_sources(root: Path, language: str, functions: int = 24) -> str:
     if language == "javascript":
         for k in range(functions):
             (folder / f"mod{k}.js").write_text(_JS.format(k=k, srl=_JS_SRL[k % 3]))
-    else:
-        body = "\n".join(_JAVA.format(k=k, srl=_JAVA_SRL[k % 3]) for k in range(functions))
-        (folder / "Totals.java").write_text(f"class Totals {{\n{body}}}\n")
+    else:  # a file per four methods: the FIM rows split by file
+        for f in range(0, functions, 4):
+            body = "\n".join(_JAVA.format(k=k, srl=_JAVA_SRL[k % 3]) for k in range(f, min(f + 4, functions)))
+            (folder / f"Totals{f}.java").write_text(f"class Totals{f} {{\n{body}}}\n")
     return f"dir:{folder}"
+
+
+_CDK_WORDS = ["topic", "vpc", "role", "alarm", "cluster", "bucket", "key", "stream", "rule", "secret", "table", "zone",
+              "queue", "graph", "pipe", "fleet", "cache", "mesh", "trail", "vault"]
+
+
+def _write_tablet(root: Path, examples: int = 36) -> str:
+    """A jsii tablet as the aws-cdk-lib npm package carries it (gzipped JSON): TypeScript originals ("$"), a third
+    of them TypeScript-only (a type annotation), and their Java translations; as an npm: domain source."""
+    import gzip
+    import json
+    import random
+
+    rng = random.Random(3)
+    snippets = {}
+    for i in range(examples):
+        w = rng.sample(_CDK_WORDS, 6)
+        typed = ": iam.IRole" if i % 3 == 0 else ""
+        head = f"// a {w[0]} for the {w[1]} service\n"
+        grant = f"{w[0]}{i}.grant{w[1].title()}({w[2]}Role);\n"
+        ts = (f"{head}const {w[0]}{i}{typed} = new {w[2]}.{w[3].title()}(this, '{w[4].title()}{i}', {{\n"
+              f"  {w[5]}: {i},\n}});\n{grant}")
+        java = (f"{head}{w[3].title()} {w[0]}{i} = {w[3].title()}.Builder.create(this, \"{w[4].title()}{i}\")\n"
+                f"        .{w[5]}({i})\n        .build();\n{grant}")
+        snippets[f"s{i:03d}"] = {"translations": {"$": {"source": ts, "version": "0"},
+                                                  "java": {"source": java, "version": "1"}},
+                                 "location": {"api": {"api": "type", "fqn": f"aws-cdk-lib.aws_{w[2]}.{w[3].title()}"}}}
+    path = root / "tablet" / ".jsii.tabl.json.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(json.dumps({"version": "2", "snippets": snippets}).encode()))
+    return f"npm:{path.parent}"
 
 
 def _partitioned_assets():
@@ -99,10 +131,12 @@ def test_every_partitioned_asset_materializes_on_the_slice(tmp_path, astforge_ho
     partitioned = _partitioned_assets()
     names = {a.key.to_user_string() for a in partitioned}
     # the groups' per-slice assets: a new one joins this run by being partitioned
-    assert {"ast_eval", "ast_vs_text_eval", "fim_samples", "graph_repair_eval", "srl_eval", "srl_ablation"} <= names
+    assert {"ast_eval", "ast_vs_text_eval", "fim_samples", "domain_corpus", "graph_repair_eval", "srl_eval",
+            "srl_ablation"} <= names
     shared = [a for a in ALL_ASSETS if a.key.to_user_string() == "srl_base_model"]  # the SRL slices' one base
+    run_config = {"ops": {**RUN_CONFIG["ops"], "domain_corpus": {"config": {"source": _write_tablet(tmp_path)}}}}
     result = dg.materialize([*shared, *partitioned], resources=resources, partition_key=language,
-                            run_config=RUN_CONFIG, raise_on_error=False)
+                            run_config=run_config, raise_on_error=False)
     failures = [e.step_key + ": " + str(e.step_failure_data.error.message)[:400]
                 for e in result.all_events if e.is_step_failure]
     assert result.success, failures
@@ -121,3 +155,32 @@ def test_every_partitioned_asset_materializes_on_the_slice(tmp_path, astforge_ho
     vs_text = {r["metric"] for r in evidence if r["asset_key"] == "ast_vs_text_eval"}
     assert "ast_constrained_valid_rate" in vs_text  # the slice's grammar automaton constrains the AST arm
     assert not any("humaneval" in m for m in vs_text)  # HumanEval is Python: no empty figure elsewhere
+    domain = result.asset_materializations_for_node("domain_corpus")[-1].metadata
+    # the tablet's TypeScript-only third is counted, not used, on javascript; Java has every translation
+    assert domain["examples"].value == (24 if language == "javascript" else 36)
+    if language == "javascript":
+        assert domain["skipped_typescript_only"].value == 12
+
+    # the unpartitioned autocomplete models on this slice alone: M0 / M1 / M2 and the evaluation of its two sets
+    models = [a for a in ALL_ASSETS if a.key.to_user_string() in (
+        "autocomplete_base_model", "autocomplete_stage_a_adapter", "autocomplete_stage_b_adapter", "autocomplete_eval")]
+    stage = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 512, "save_steps": 2,
+             "logging_steps": 1, "precision": "fp32"}
+    result = dg.materialize(models, resources=resources, raise_on_error=False, run_config={"ops": {
+        "autocomplete_base_model": {"config": {"base_model": "tiny:qwen2", "vocab_size": 400,
+                                               "languages": [language]}},
+        "autocomplete_stage_a_adapter": {"config": {**stage, "languages": [language]}},
+        "autocomplete_stage_b_adapter": {"config": stage},
+        "autocomplete_eval": {"config": {"tasks_per_set": 2, "max_new_tokens": 6, "languages": [language]}}}})
+    failures = [e.step_key + ": " + str(e.step_failure_data.error.message)[:400]
+                for e in result.all_events if e.is_step_failure]
+    assert result.success, failures
+    metrics = {r["metric"]: r for r in catalog.query("SELECT metric, n, split FROM eval_metrics "
+                                                     "WHERE asset_key = 'autocomplete_eval'")}
+    for model in ("m0", "m1", "m2"):
+        for kind in ("generic", "domain"):
+            assert metrics[f"{model}_{kind}_{language}_exact_match"]["n"] >= 1
+    assert f"diff_m2_vs_m0_domain_{language}_edit_similarity" in metrics
+    assert not any("humaneval" in m or m.startswith("m0_generic_exact") for m in metrics)  # python's sets: absent
+    report = result.asset_materializations_for_node("autocomplete_eval")[-1].metadata["report"].value
+    assert f"| domain_{language} | exact_match |" in report

@@ -166,15 +166,17 @@ def test_autocomplete_on_the_full_profile(full_profile, resources, tmp_path):
     domain.mkdir()
     for i in range(12):
         (domain / f"ex{i}.py").write_text(f"# make queue {i}\nqueue_{i} = sqs.Queue(self, 'Q{i}')\n")
-    _slice_data(resources, AUTOCOMPLETE_ASSETS[:1])
+    data = [a for a in AUTOCOMPLETE_ASSETS if a.key.to_user_string() in ("fim_samples", "domain_corpus")]
+    _slice_data(resources, data, {"ops": {"domain_corpus": {"config": {"source": f"dir:{domain}"}}}})
     selected = [a for a in AUTOCOMPLETE_ASSETS if a.key.to_user_string() in (
-        "domain_corpus", "autocomplete_base_model", "autocomplete_stage_a_adapter", "autocomplete_stage_b_adapter",
+        "autocomplete_base_model", "autocomplete_stage_a_adapter", "autocomplete_stage_b_adapter",
         "autocomplete_eval")]
-    stage = {**TWO_STEPS, "max_length": 512}
+    stage = {**TWO_STEPS, "max_length": 512, "languages": ["python"]}  # the profile's three slices: python here
     result = dg.materialize(selected, resources=resources, run_config={"ops": {
-        "domain_corpus": {"config": {"source": f"dir:{domain}"}},
-        "autocomplete_stage_a_adapter": {"config": stage}, "autocomplete_stage_b_adapter": {"config": stage},
-        "autocomplete_eval": {"config": {"tasks_per_set": 2, "humaneval_problems": 1, "max_new_tokens": 4}}}})
+        "autocomplete_stage_a_adapter": {"config": stage},
+        "autocomplete_stage_b_adapter": {"config": {**TWO_STEPS, "max_length": 512}},
+        "autocomplete_eval": {"config": {"tasks_per_set": 2, "humaneval_problems": 1, "max_new_tokens": 4,
+                                         "languages": ["python"]}}}})
     assert result.success
     base = _meta(result, "autocomplete_base_model")
     assert base["base_model"].value == "Qwen/Qwen2.5-Coder-0.5B"  # the full profile's, served by the mirror

@@ -1,10 +1,11 @@
 """The autocomplete pipeline's recipe, called by the `autocomplete` assets and the bench alike: the FIM tokenizer,
 Stage A / Stage B training pairs, completion with latency, and the M0/M1/M2 evaluation of one model on one set.
 
-Sets: ``generic`` (single-line infilling of held-out files of the training slices), ``domain`` (the same on
-held-out domain examples), ``humaneval`` (one masked line of each HumanEval canonical solution, scored by running
-the problem's tests in :mod:`ml.sandbox`). Generic and domain tasks are the ``test`` split's (``dev`` when tuning);
-HumanEval is evaluation-only, all of it test. Metric names: ``{set}_{metric}``, the rates and means as
+Sets, per language slice: ``generic`` (single-line infilling of held-out files of the slice), ``domain`` (the same
+on held-out domain examples of the slice), named bare for python and ``generic_{slice}`` / ``domain_{slice}`` for
+the others (:func:`eval_set_name`); ``humaneval`` (one masked line of each HumanEval canonical solution, scored by
+running the problem's tests in :mod:`ml.sandbox`). Generic and domain tasks are the ``test`` split's (``dev`` when
+tuning); HumanEval is evaluation-only, all of it test. Metric names: ``{set}_{metric}``, the rates and means as
 :class:`ml.stats.Estimate` (n and 95% interval); the asset prefixes the model (``m0``, ``m1``, ``m2``). Models are
 compared by :func:`paired_differences` on the same tasks: ``diff_{a}_vs_{b}_{set}_{metric}``.
 """
@@ -212,6 +213,12 @@ def paired_differences(results: Sequence[Mapping[str, Any]], *, split: str = "te
                     [float(by_model[a][k][column]) for k in keys], [float(by_model[b][k][column]) for k in keys],
                     split=split)
     return out
+
+
+def eval_set_name(kind: str, language: str) -> str:
+    """The name of a slice's ``generic`` or ``domain`` set: the bare kind for python (the names the metrics had
+    before there were other slices), ``{kind}_{language}`` for the others."""
+    return kind if language == "python" else f"{kind}_{language}"
 
 
 def sample_tasks(rows: Sequence[Mapping[str, Any]], n: int, seed: int, *,

@@ -10,7 +10,7 @@ from ml.reports import markdown_table
 from ml.stats import Estimate, verdict
 
 MODEL_NAMES = {"m0": "M0 base", "m1": "M1 stage A", "m2": "M2 stage B"}
-SETS = ("generic", "domain", "humaneval")
+SETS = ("generic", "domain", "humaneval")  # the python sets; other slices add generic_{slice} / domain_{slice}
 METRICS = ("exact_match", "edit_similarity", "syntax_valid_rate", "syntax_valid_rate_truncated", "pass_at_1",
            "latency_ms_p50", "latency_ms_p95", "tokens_per_s")
 Metrics = Mapping[str, "float | Estimate"]
@@ -28,9 +28,16 @@ def _value(value: float | Estimate | None, default: float = 0.0) -> float:
     return value.value if isinstance(value, Estimate) else float(value)
 
 
+def set_names(metrics: Metrics) -> list[str]:
+    """The evaluation sets ``metrics`` hold (``{model}_{set}_exact_match``), the python sets first."""
+    found = {name[len(k) + 1: -len("_exact_match")] for name in metrics for k in MODEL_NAMES
+             if name.startswith(k + "_") and name.endswith("_exact_match")}
+    return [s for s in SETS if s in found] + sorted(found - set(SETS))
+
+
 def metrics_table(metrics: Metrics) -> str:
     rows = []
-    for s in SETS:
+    for s in set_names(metrics):
         for m in METRICS:
             cells = {k: metrics.get(f"{k}_{s}_{m}") for k in MODEL_NAMES}
             if all(v is None for v in cells.values()):
@@ -43,30 +50,34 @@ def differences_table(metrics: Metrics) -> str:
     """One row per ``diff_{a}_vs_{b}_{set}_{metric}`` estimate: the difference a − b and what it allows a report
     to say ("beats" only when the interval excludes 0)."""
     rows = []
+    sets = sorted(set_names(metrics), key=len, reverse=True)  # generic_java before generic
     for name, diff in metrics.items():
         if not (name.startswith("diff_") and isinstance(diff, Estimate)):
             continue
         a, _, rest = name[len("diff_"):].partition("_vs_")
         b, _, rest = rest.partition("_")
-        set_name = next((s for s in SETS if rest.startswith(s + "_")), rest.split("_")[0])
+        set_name = next((s for s in sets if rest.startswith(s + "_")), rest.split("_")[0])
         metric = rest[len(set_name) + 1:]
         better, worse = MODEL_NAMES.get(a, a), MODEL_NAMES.get(b, b)
         rows.append({"set": set_name, "metric": metric, "comparison": f"{better} − {worse}", "difference": str(diff),
                      "verdict": verdict(diff, better, worse)})
-    rows.sort(key=lambda r: SETS.index(r["set"]) if r["set"] in SETS else len(SETS))  # stable: comparisons in order
+    order = set_names(metrics)
+    rows.sort(key=lambda r: order.index(r["set"]) if r["set"] in order else len(order))  # stable: comparisons in order
     if not rows:
         return "No paired comparison (fewer than two models evaluated on the same tasks)."
     return markdown_table(rows, ["set", "metric", "comparison", "difference", "verdict"])
 
 
 def exact_match_plot(metrics: Metrics) -> bytes:
-    values = {s: {MODEL_NAMES[k]: _value(metrics.get(f"{k}_{s}_exact_match")) for k in MODEL_NAMES} for s in SETS}
+    values = {s: {MODEL_NAMES[k]: _value(metrics.get(f"{k}_{s}_exact_match")) for k in MODEL_NAMES}
+              for s in set_names(metrics)}
     return grouped_bars(values, "single-line infilling: exact match", "exact match")
 
 
 def autocomplete_report(metrics: Metrics, results: Sequence[Mapping], set_sizes: Mapping[str, int],
                         split: str = "test") -> str:
-    samples = [r for r in results if r["model"] == "m2" and r["set"] == "generic"][:5]
+    first = next(iter(set_sizes), "generic")
+    samples = [r for r in results if r["model"] == "m2" and r["set"] == first][:5]
     lines = [
         "# Autocomplete: base (M0) vs Stage A (M1) vs Stage B (M2)", "",
         "Single-line infilling, PSM prompts, greedy, batch 1 (an editor's request): "
@@ -81,7 +92,7 @@ def autocomplete_report(metrics: Metrics, results: Sequence[Mapping], set_sizes:
         "Each model's per-task score minus the other's on the same tasks, mean and paired-bootstrap 95% interval. "
         "A model beats another only where the interval excludes 0.", "",
         differences_table(metrics), "",
-        "![exact match](exact_match.png)", "", "## Samples (M2, generic)", "",
+        "![exact match](exact_match.png)", "", f"## Samples (M2, {first})", "",
     ]
     for r in samples:
         outcome = "exact" if r["exact_match"] else f"edit similarity {r['edit_similarity']:.2f}"
