@@ -363,6 +363,10 @@ COMPARISONS = [
      "M2", "M0", True),
     ("autocomplete_eval", "all", "diff_m2_vs_m1_generic_edit_similarity", "autocomplete M2 - M1: generic edit sim.",
      "M2", "M1", True),
+    # the other slices' sets, where the stages trained on them (demo.py --train-slices)
+    *[("autocomplete_eval", "all", f"diff_{a}_vs_{b}_{kind}_{language}_edit_similarity",
+       f"autocomplete {a.upper()} - {b.upper()}: {kind} {language}", a.upper(), b.upper(), True)
+      for language in ("javascript", "java") for kind, a, b in (("generic", "m1", "m0"), ("domain", "m2", "m0"))],
     ("srl_eval", None, "student_minus_base_reward", "SRL student - base: reward", "student", "base", True),
     ("srl_eval", None, "student_minus_warmup_reward", "SRL GRPO - warm-up only: reward", "GRPO", "warm-up",
      True),

@@ -4,9 +4,10 @@
 
 ``parse_s`` is the parser alone (``ast.parse``; tree-sitter for JavaScript/Java) over the same
 files, in the same run. ``codec_s`` is encode + decode + verify of every unit, starting from its
-parsed tree. ``inflation`` is AST tokens over BPE tokens of the same units with one BPE tokenizer
-(trained on those units' source, the codec's structural tokens added as single tokens); it is
-reported per mode, ``inflation`` being the compact one.
+parsed tree; ``encode_s`` and ``verify_s`` (decode + compare) split it. ``inflation`` is AST
+tokens over BPE tokens of the same units with one BPE tokenizer (trained on those units' source,
+the codec's structural tokens added as single tokens); it is reported per mode, ``inflation``
+being the compact one.
 Last line: {"units", "roundtrip_exact", "roundtrip_total", "parse_s", "codec_s", "codec_vs_parse",
 "ast_tokens", "bpe_tokens", "inflation", "peak_rss_mb", ...}.
 """
@@ -50,39 +51,44 @@ def _parse_all(language: str, texts: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _roundtrips(language: str, codes: list[str], mode: str) -> tuple[list[list[str]], int, float, float]:
+def _roundtrips(language: str, codes: list[str], mode: str) -> tuple[list[list[str]], int, float, float, float]:
     """Encode, decode and verify every unit from its parsed tree.
 
-    Returns (tokens, exact, seconds for all of it, seconds of encoding alone)."""
+    Returns (tokens, exact, seconds for all of it, seconds of encoding, seconds of decoding and verifying)."""
     if language == "python":
         from ml.codec import python_ast as pc
 
         trees = [ast.parse(c) for c in codes]
-        encode_s = 0.0
+        encode_s = verify_s = 0.0
         start = time.perf_counter()
         all_tokens, exact = [], 0
         for tree in trees:
             t0 = time.perf_counter()
             tokens = pc.encode_tree(tree, mode)
-            encode_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
             exact += pc.same_tree(pc.decode_tree(tokens, mode), tree)
+            encode_s += t1 - t0
+            verify_s += time.perf_counter() - t1
             all_tokens.append(tokens)
-        return all_tokens, exact, time.perf_counter() - start, encode_s
+        return all_tokens, exact, time.perf_counter() - start, encode_s, verify_s
     from ml.codec.treesitter_codec import TreeSitterCodec, parse_unit_with_source
 
     codec = TreeSitterCodec(language)
     parsed = [parse_unit_with_source(c, language) for c in codes]
-    encode_s = 0.0
+    encode_s = verify_s = 0.0
     start = time.perf_counter()
     all_tokens, exact = [], 0
     for node, src in parsed:
         t0 = time.perf_counter()
         tokens = codec.encode_node(node, src, mode)
-        encode_s += time.perf_counter() - t0
-        # Verifying a tree-sitter unit means decoding to text and parsing that text again.
-        exact += codec.verify_node(node, src, tokens, mode)
+        t1 = time.perf_counter()
+        # Verifying: decode to text and compare it with the unit's source (whitespace aside). The tokens were just
+        # encoded from this tree, so verify_node is handed them as the expected encoding instead of encoding again.
+        exact += codec.verify_node(node, src, tokens, mode, expected=tokens)
+        encode_s += t1 - t0
+        verify_s += time.perf_counter() - t1
         all_tokens.append(tokens)
-    return all_tokens, exact, time.perf_counter() - start, encode_s
+    return all_tokens, exact, time.perf_counter() - start, encode_s, verify_s
 
 
 def main() -> None:
@@ -111,7 +117,7 @@ def main() -> None:
     per_mode = {}
     for mode in ("compact", "verbose"):
         per_mode[mode] = _roundtrips(args.lang, codes, mode)
-    tokens_c, exact_c, codec_s, encode_s = per_mode["compact"]
+    tokens_c, exact_c, codec_s, encode_s, verify_s = per_mode["compact"]
     exact_v = per_mode["verbose"][1]
     result |= {
         "roundtrip_exact": exact_c,
@@ -123,6 +129,9 @@ def main() -> None:
         "codec_s_verbose": round(per_mode["verbose"][2], 3),
         "encode_s": round(encode_s, 3),
         "encode_vs_parse": round(encode_s / parse_s, 3) if parse_s else None,
+        "verify_s": round(verify_s, 3),  # decode + compare
+        "verify_vs_parse": round(verify_s / parse_s, 3) if parse_s else None,
+        "parse_us_per_unit": round(parse_s / len(codes) * 1e6, 1) if codes else None,
     }
 
     # One BPE tokenizer for both sides: trained on the units' source, AST tokens added on top.

@@ -15,6 +15,8 @@ total_start=$SECONDS
 # is already installed, so that is quick).
 FINGERPRINT=$(cat pyproject.toml Makefile "$0" | sha256sum | cut -d' ' -f1)
 
+SKIPPED=3  # a stage's command exits with this when an optional tool is missing (its last log line says which)
+
 stage() {  # stage NAME EXPECTED COMMAND...: run COMMAND unless NAME's stamp exists; report the time it took
     local name=$1 expected=$2
     shift 2
@@ -25,10 +27,14 @@ stage() {  # stage NAME EXPECTED COMMAND...: run COMMAND unless NAME's stamp exi
         return 0
     fi
     printf 'make install [%d/%d] %-60s (%s) ... ' "$stage_no" "$STAGES" "$name" "$expected"
-    local start=$SECONDS
-    if "$@" >>"$LOG" 2>&1; then
+    local start=$SECONDS status
+    "$@" >>"$LOG" 2>&1
+    status=$?
+    if [ "$status" -eq 0 ]; then
         echo "$FINGERPRINT" >"$stamp"
         printf 'done in %ds\n' $((SECONDS - start))
+    elif [ "$status" -eq "$SKIPPED" ]; then  # optional and not possible here: no stamp, so the next run tries again
+        printf 'skipped: %s\n' "$(tail -n 1 "$LOG")"
     else
         printf 'FAILED after %ds\n\n' $((SECONDS - start))
         echo "---- the last lines of $LOG ----"
@@ -61,9 +67,9 @@ aws_cdk_lib_npm() {
     # npm pack downloads the package's tarball and runs none of its scripts; only the jsii tablet (every example in
     # TypeScript with its Java, Python, C# and Go translations) and package.json are kept, in the venv like the wheel
     local dir="$VENV/share/astforge/aws-cdk-lib" tmp
-    if ! command -v npm >/dev/null; then
-        echo "npm not found: install Node.js's npm, then run make install again" >&2
-        return 1
+    if ! command -v npm >/dev/null; then  # the python slice works without it
+        echo "npm not found (the javascript and java domain slices need it: install npm, then make install)"
+        return "$SKIPPED"
     fi
     tmp=$(mktemp -d) &&
         (cd "$tmp" && npm pack --silent "aws-cdk-lib@$CDK_VERSION") &&

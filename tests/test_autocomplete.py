@@ -172,6 +172,82 @@ def test_literal_blocks_and_the_domain_extractor(tmp_path):
     assert unit["docstring"] == "make a queue" and without_leading_comment(unit["code"]) == "queue = Queue()\n"
 
 
+def _tablet(snippets: dict[str, dict[str, str]]) -> bytes:
+    import gzip
+
+    return gzip.compress(json.dumps({"version": "2", "snippets": {
+        k: {"translations": {lang: {"source": src} for lang, src in v.items()},
+            "location": {"api": {"api": "type", "fqn": f"aws-cdk-lib.{k}"}}} for k, v in snippets.items()}}).encode())
+
+
+def test_the_npm_jsii_tablet_gives_each_slice_its_examples(tmp_path):
+    """The javascript slice keeps the TypeScript originals that are plain JavaScript (the rest are counted, not
+    used), the java slice the Java translations; a tarball as npm packs it, its folder or the tablet file reads the
+    same; what is not a tablet says so."""
+    import io
+    import tarfile
+
+    snippets = {
+        "plain": {"$": "// a bucket for the logs\nconst logs = new s3.Bucket(this, 'Logs', { versioned: true });\n",
+                  "java": "// a bucket for the logs\nBucket logs = Bucket.Builder.create(this, \"Logs\")"
+                          ".versioned(true).build();\n"},
+        "typed": {"$": "declare const role: iam.IRole;\nconst fn = new lambda.Function(this, 'Fn', { role });\n",
+                  "java": "IRole role;\nFunction fn = Function.Builder.create(this, \"Fn\").role(role).build();\n"},
+        "short": {"$": "app.synth();\n", "java": "app.synth();\n"},
+        "python_only": {"python": "queue = sqs.Queue(self, 'Q', visibility_timeout=Duration.seconds(300))\n"},
+    }
+    data = _tablet(snippets)
+    folder = tmp_path / "pkg" / "package"
+    folder.mkdir(parents=True)
+    (folder / ".jsii.tabl.json.gz").write_bytes(data)
+    tgz = tmp_path / "aws-cdk-lib-0.0.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        info = tarfile.TarInfo("package/.jsii.tabl.json.gz")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    for source in (f"npm:{tgz}", f"npm:{tmp_path / 'pkg'}", f"npm:{folder / '.jsii.tabl.json.gz'}"):
+        js = domain_examples(source, language="javascript")
+        assert [e["source"] for e in js.examples] == ["aws-cdk-lib.plain"]
+        assert js.skipped == {"typescript_only": 1, "too_short": 1, "no_translation": 1}
+        java = domain_examples(source, language="java")
+        assert [e["source"] for e in java.examples] == ["aws-cdk-lib.plain", "aws-cdk-lib.typed"]
+    unit = domain_units(java.examples, language="java")[0]
+    assert unit["docstring"] == "a bucket for the logs"
+    assert without_leading_comment(unit["code"], "java").startswith("Bucket logs = ")
+    rows = fim.dataset_rows(domain_units(java.examples, language="java"), "java", fim.FimRates(), seed=0)
+    assert rows and all(r["language"] == "java" for r in rows)
+    (tmp_path / "not_a_tablet.json").write_text('{"files": []}')
+    with pytest.raises(ValueError, match="not a jsii tablet"):
+        domain_examples(f"npm:{tmp_path / 'not_a_tablet.json'}", language="java")
+    with pytest.raises(FileNotFoundError, match="no jsii tablet"):
+        domain_examples(f"npm:{tmp_path / 'missing.tgz'}", language="java")
+    with pytest.raises(ValueError, match="no domain corpus for the slice"):
+        domain_examples(f"npm:{tgz}", language="cobol")
+
+
+def test_sets_of_other_slices_are_named_and_reported_apart():
+    from ml.autocomplete.recipe import eval_set_name
+
+    assert eval_set_name("generic", "python") == "generic" and eval_set_name("domain", "java") == "domain_java"
+    rng = random.Random(1)
+    base = [rng.random() * 0.3 for _ in range(20)]
+    results = []
+    for set_name in ("generic", "generic_javascript", "domain_javascript"):
+        results += _result_rows("m0", set_name, base) + _result_rows("m1", set_name, [s + 0.5 for s in base])
+    diffs = paired_differences(results)
+    assert "diff_m1_vs_m0_domain_javascript_edit_similarity" in diffs
+    metrics = {f"{m}_{k}": v for m in ("m0", "m1") for set_name in ("generic", "generic_javascript",
+                                                                     "domain_javascript")
+               for k, v in set_metrics([r for r in results if r["model"] == m and r["set"] == set_name],
+                                       set_name).items()} | diffs
+    table = differences_table(metrics)
+    assert "| domain_javascript | edit_similarity | M1 stage A − M0 base |" in table
+    assert "| generic_javascript | exact_match |" in table
+    report = autocomplete_report(metrics, results, {"generic": 20, "generic_javascript": 20,
+                                                    "domain_javascript": 20})
+    assert "| generic_javascript | edit_similarity |" in report and "| domain_javascript | exact_match |" in report
+
+
 CDK_BASES = [
     """# a bucket for the build artifacts
 bucket = s3.Bucket(self, "ArtifactBucket",

@@ -50,14 +50,14 @@ def differences_table(metrics: Metrics) -> str:
     """One row per ``diff_{a}_vs_{b}_{set}_{metric}`` estimate: the difference a − b and what it allows a report
     to say ("beats" only when the interval excludes 0)."""
     rows = []
-    sets = sorted(set_names(metrics), key=len, reverse=True)  # generic_java before generic
     for name, diff in metrics.items():
         if not (name.startswith("diff_") and isinstance(diff, Estimate)):
             continue
         a, _, rest = name[len("diff_"):].partition("_vs_")
         b, _, rest = rest.partition("_")
-        set_name = next((s for s in sets if rest.startswith(s + "_")), rest.split("_")[0])
-        metric = rest[len(set_name) + 1:]
+        # the set's name may hold underscores (generic_javascript), the compared metric is a known one
+        metric = next((m for m in METRICS if rest.endswith("_" + m)), rest.rsplit("_", 1)[-1])
+        set_name = rest[: -len(metric) - 1]
         better, worse = MODEL_NAMES.get(a, a), MODEL_NAMES.get(b, b)
         rows.append({"set": set_name, "metric": metric, "comparison": f"{better} − {worse}", "difference": str(diff),
                      "verdict": verdict(diff, better, worse)})
