@@ -155,6 +155,9 @@ def test_every_partitioned_asset_materializes_on_the_slice(tmp_path, astforge_ho
     vs_text = {r["metric"] for r in evidence if r["asset_key"] == "ast_vs_text_eval"}
     assert "ast_constrained_valid_rate" in vs_text  # the slice's grammar automaton constrains the AST arm
     assert not any("humaneval" in m for m in vs_text)  # HumanEval is Python: no empty figure elsewhere
+    repair = {r["metric"] for r in evidence if r["asset_key"] == "graph_repair_eval"}
+    assert "graph_unet_one_shot_grammar_exact_mid" in repair
+    assert not any("z3" in m for m in repair)  # the Z3 check is Python's: no procedure that would repeat another
     domain = result.asset_materializations_for_node("domain_corpus")[-1].metadata
     # the tablet's TypeScript-only third is counted, not used, on javascript; Java has every translation
     assert domain["examples"].value == (24 if language == "javascript" else 36)

@@ -54,23 +54,28 @@ def summarize(rows: Sequence[dict], split: str = "test") -> dict:
 def evaluate(model: nn.Module, examples: Sequence[dict], vocab: Vocabulary, priors: dict, diffusion_steps: int = 4,
              z3_tries: int = 4, log: Callable[[str], None] = print, *, split: str = "test",
              relabel_threshold: float = 0.7) -> dict:
-    """{noise level: {procedure: summary}} for the procedures one_shot, one_shot_grammar, one_shot_grammar_z3,
-    iterative_grammar (``summarize``: estimates on ``split``); ``scored``: {procedure: the per-example rows
-    (``score``)}, which the paired comparisons align by id; z3 rejection counts ride along on one_shot_grammar_z3."""
+    """{noise level: {procedure: summary}} for the procedures one_shot, one_shot_grammar, one_shot_grammar_z3
+    (where the language has a Z3 check), iterative_grammar (``summarize``: estimates on ``split``); ``scored``:
+    {procedure: the per-example rows (``score``)}, which the paired comparisons align by id; z3 rejection counts
+    ride along on one_shot_grammar_z3."""
     graphs = [graph_of(e) for e in examples]
     backend = backend_for(vocab.language)
     grammar = backend.grammar(vocab)
+    # one_shot_grammar_z3 only where the language has a Z3 check (Python): elsewhere it would repeat
+    # one_shot_grammar figure for figure
+    with_z3 = backend.violations is not None
     decoders = {"one_shot": Decoder(vocab, priors, relabel_threshold=relabel_threshold),
                 **{p: Decoder(vocab, priors, grammar, relabel_threshold) for p in (
-                    "one_shot_grammar", "one_shot_grammar_z3", "iterative_grammar")}}
+                    "one_shot_grammar", *(["one_shot_grammar_z3"] if with_z3 else []), "iterative_grammar")}}
     runs: dict[str, list[RepairTree]] = {}
     runs["one_shot"], _ = repair_one_shot(model, graphs, decoders["one_shot"])
-    runs["one_shot_grammar"], _ = repair_one_shot(model, graphs, decoders["one_shot_grammar"])
-    runs["one_shot_grammar_z3"], z3_stats = repair_one_shot(model, graphs, decoders["one_shot_grammar_z3"],
-                                                            z3_tries=z3_tries)
+    runs["one_shot_grammar"], z3_stats = repair_one_shot(model, graphs, decoders["one_shot_grammar"])
+    if with_z3:
+        runs["one_shot_grammar_z3"], z3_stats = repair_one_shot(model, graphs, decoders["one_shot_grammar_z3"],
+                                                                z3_tries=z3_tries)
     runs["iterative_grammar"] = repair_iterative(model, graphs, decoders["iterative_grammar"], diffusion_steps)
     # how often the constraints flag a correct program (0: they only reject real inconsistencies)
-    if z3_tries and backend.violations is not None:
+    if z3_tries and with_z3:
         clean = {e["unit_id"]: graph_of(e, "clean_") for e in examples}
         z3_stats["z3_clean_flagged"] = sum(bool(backend.violations(backend.to_code(g))) for g in clean.values())
         z3_stats["z3_clean_checked"] = len(clean)

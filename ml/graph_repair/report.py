@@ -106,7 +106,7 @@ def graph_repair_report(language: str, results: Mapping[str, Mapping], sizes: Ma
                if by.get("z3", {}).get("stats", {}).get("z3_checked")]
     if language != "python":  # the constraints are Python's (``ml.graph_repair.logic``)
         lines += ["## Z3 (level 2)", "",
-                  f"No Z3 check for {language}: one_shot_grammar_z3 repeats one_shot_grammar.", ""]
+                  f"No Z3 check for {language} (the constraints are Python's): no one_shot_grammar_z3 procedure.", ""]
         return _dead_ends(lines, results)
     lines += ["## Z3 (level 2)", "", "Candidates checked (one-shot with the grammar mask, some node changed), rejected "
               "by the constraints, rejected ones whose resample passed, and the clean test functions the "
