@@ -37,15 +37,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml.autocomplete.fim import LINE_COMMENT
+
 DEFAULT_DOMAIN = "default"
 CDK_PACKAGE = "aws-cdk-lib"
 CDK_VERSION = "2.275.0"  # the wheel and the npm package (scripts/install.sh pins both)
 # where scripts/install.sh unpacks the npm package's jsii tablet (and package.json): inside the venv, like the wheel
 CDK_NPM_DIR = Path(sys.prefix) / "share" / "astforge" / CDK_PACKAGE
 TABLET = ".jsii.tabl.json"
-# a slice's key in a jsii tablet's translations ("$" is the original TypeScript) and its line-comment mark
+# a slice's key in a jsii tablet's translations ("$" is the original TypeScript)
 TABLET_KEYS = {"python": "python", "javascript": "$", "java": "java"}
-LINE_COMMENTS = {"python": "#", "javascript": "//", "java": "//"}
 
 _FENCE = re.compile(r"```python[ \t]*\n(.*?)```", re.S)
 _EXAMPLE = re.compile(r"^([ \t]*)Example::[ \t]*$", re.M)
@@ -177,7 +178,7 @@ def _tablet_examples(path: Path, language: str) -> Iterator[tuple[str, str | Non
         location = (snippet.get("location") or {}).get("api") or {}
         where = location.get("fqn") or location.get("moduleFqn") or snippet_key[:16]
         source = ((snippet.get("translations") or {}).get(key) or {}).get("source")
-        yield f"{where}", source if isinstance(source, str) else None
+        yield where, source if isinstance(source, str) else None
 
 
 def _default_tablet() -> Path:
@@ -241,7 +242,7 @@ def domain_examples(source: str = DEFAULT_DOMAIN, *, language: str = "python", m
 
 def _leading_comment(code: str, language: str = "python") -> tuple[str, str]:
     """(the example's leading line-comment text, the code after it)."""
-    mark = LINE_COMMENTS[language]
+    mark = LINE_COMMENT[language]
     lines = code.splitlines(keepends=True)
     k = 0
     while k < len(lines) and lines[k].lstrip().startswith(mark):
